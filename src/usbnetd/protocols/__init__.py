@@ -1,0 +1,1 @@
+"""Protocol drivers: one small module per USB Ethernet class on one shared core."""
