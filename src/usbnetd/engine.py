@@ -1,0 +1,335 @@
+"""The libusb bulk engine: a real USB device behind the Transport contract, on python-libusb1.
+
+Owns the device handle and every USBTransfer. A fixed set of bulk IN transfers stays in flight over pool
+buffers, a fixed set of bulk OUT transfers is drawn from a free list, and one interrupt transfer is kept
+resubmitted for notifications. Completions run inside `handle_events()`, which the service calls from its
+single event loop when libusb's file descriptors are readable — no thread hop per packet.
+
+Teardown order matters (python-libusb1 and libusb both insist): cancel every submitted transfer, keep
+handling events until each has completed as cancelled, then release interfaces, reattach the kernel drivers
+we detached, and only then close the handle.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import usb1
+
+from .descriptors import Configuration, parse_configuration
+from .pool import Packet
+from .transport import (
+    STATUS_CANCELLED,
+    STATUS_ERROR,
+    STATUS_NO_DEVICE,
+    STATUS_OK,
+    STATUS_OVERFLOW,
+    STATUS_STALL,
+    STATUS_TIMED_OUT,
+    DeviceIdentity,
+    IntCallback,
+    RxCallback,
+    Transport,
+    TransportError,
+    TxCallback,
+)
+
+log = logging.getLogger(__name__)
+
+_STATUS = {
+    usb1.TRANSFER_COMPLETED: STATUS_OK,
+    usb1.TRANSFER_ERROR: STATUS_ERROR,
+    usb1.TRANSFER_TIMED_OUT: STATUS_TIMED_OUT,
+    usb1.TRANSFER_CANCELLED: STATUS_CANCELLED,
+    usb1.TRANSFER_STALL: STATUS_STALL,
+    usb1.TRANSFER_NO_DEVICE: STATUS_NO_DEVICE,
+    usb1.TRANSFER_OVERFLOW: STATUS_OVERFLOW,
+}
+
+_SPEED_MBPS = {
+    usb1.SPEED_LOW: 1,
+    usb1.SPEED_FULL: 12,
+    usb1.SPEED_HIGH: 480,
+    usb1.SPEED_SUPER: 5000,
+}
+
+GET_DESCRIPTOR = 0x06
+DT_CONFIG = 0x02
+
+
+def busid_of(device: usb1.USBDevice) -> str:
+    """The bus id as sysfs and usbip write it: bus number, dash, dotted port path."""
+    ports = device.getPortNumberList() or []
+    return f"{device.getBusNumber()}-{'.'.join(str(p) for p in ports)}" if ports else f"usb{device.getBusNumber()}"
+
+
+def read_configurations(handle: usb1.USBDeviceHandle, count: int) -> list[Configuration]:
+    configs = []
+    for index in range(count):
+        try:
+            head = handle.controlRead(0x80, GET_DESCRIPTOR, (DT_CONFIG << 8) | index, 0, 9, timeout=1000)
+            if len(head) < 4:
+                continue
+            total = head[2] | (head[3] << 8)
+            raw = handle.controlRead(0x80, GET_DESCRIPTOR, (DT_CONFIG << 8) | index, 0, total, timeout=1000)
+        except usb1.USBError as exc:
+            log.warning("reading configuration descriptor %d failed: %s", index, exc)
+            continue
+        config, _ = parse_configuration(bytes(raw))
+        if config is not None:
+            configs.append(config)
+    return configs
+
+
+class LibusbTransport(Transport):
+    def __init__(self, context: usb1.USBContext, device: usb1.USBDevice) -> None:
+        self._context = context
+        self._device = device
+        try:
+            self._handle = device.open()
+        except usb1.USBError as exc:
+            raise TransportError(f"cannot open {busid_of(device)}: {exc}") from exc
+        handle = self._handle
+        try:
+            active = handle.getConfiguration()
+        except usb1.USBError:
+            active = None
+        self.identity = DeviceIdentity(
+            busid=busid_of(device),
+            vendor=device.getVendorID(),
+            product=device.getProductID(),
+            speed_mbps=_SPEED_MBPS.get(device.getDeviceSpeed(), 480),
+            active_configuration=active,
+            configurations=read_configurations(handle, device.getNumConfigurations()),
+        )
+        self.identity.manufacturer = self._safe_string(device.getManufacturer)
+        self.identity.product_name = self._safe_string(device.getProduct)
+        self.identity.serial = self._safe_string(device.getSerialNumber)
+        self._claimed: list[int] = []
+        self._detached: list[int] = []
+        self._rx_free: list[usb1.USBTransfer] = []
+        self._tx_free: list[usb1.USBTransfer] = []
+        self._all: list[usb1.USBTransfer] = []
+        self._int_transfer: usb1.USBTransfer | None = None
+        self._int_buffer: bytearray | None = None
+        self._stopping = False
+        self._ep_in = self._ep_out = 0
+
+    @staticmethod
+    def _safe_string(getter) -> str | None:
+        try:
+            return getter()
+        except (usb1.USBError, UnicodeDecodeError, ValueError):
+            return None
+
+    # --- setup ---
+    def set_configuration(self, value: int) -> None:
+        if self.identity.active_configuration == value:
+            return
+        config = self.identity.configuration(self.identity.active_configuration or -1)
+        # Every interface of the old configuration must be free of kernel drivers before switching.
+        if config is not None:
+            for iface in config.interfaces:
+                self._detach(iface.number)
+        try:
+            self._handle.setConfiguration(value)
+        except usb1.USBError as exc:
+            raise TransportError(f"SET_CONFIGURATION {value} failed: {exc}") from exc
+        self.identity.active_configuration = value
+
+    def _detach(self, interface: int) -> None:
+        try:
+            if self._handle.kernelDriverActive(interface):
+                self._handle.detachKernelDriver(interface)
+                self._detached.append(interface)
+        except usb1.USBErrorNotFound:
+            pass
+        except usb1.USBError as exc:
+            raise TransportError(f"cannot detach the kernel driver from interface {interface}: {exc}") from exc
+
+    def claim(self, interface: int) -> None:
+        if interface in self._claimed:
+            return
+        self._detach(interface)
+        try:
+            self._handle.claimInterface(interface)
+        except usb1.USBErrorBusy as exc:
+            raise TransportError(f"interface {interface} is busy (another program holds it)") from exc
+        except usb1.USBError as exc:
+            raise TransportError(f"cannot claim interface {interface}: {exc}") from exc
+        self._claimed.append(interface)
+
+    def set_alt(self, interface: int, alternate: int) -> None:
+        try:
+            self._handle.setInterfaceAltSetting(interface, alternate)
+        except usb1.USBError as exc:
+            raise TransportError(f"cannot select alt setting {alternate} of interface {interface}: {exc}") from exc
+
+    def get_string(self, index: int) -> str | None:
+        if not index:
+            return None
+        try:
+            return self._handle.getASCIIStringDescriptor(index)
+        except (usb1.USBError, UnicodeDecodeError, ValueError):
+            return None
+
+    def control_in(self, request_type, request, value, index, length, timeout_ms=1000) -> bytes:
+        try:
+            return bytes(self._handle.controlRead(request_type, request, value, index, length, timeout=timeout_ms))
+        except usb1.USBError as exc:
+            raise TransportError(f"control request 0x{request:02x} failed: {exc}") from exc
+
+    def control_out(self, request_type, request, value, index, data, timeout_ms=1000) -> None:
+        try:
+            self._handle.controlWrite(request_type, request, value, index, data, timeout=timeout_ms)
+        except usb1.USBError as exc:
+            raise TransportError(f"control request 0x{request:02x} failed: {exc}") from exc
+
+    # --- data path ---
+    def open_pipes(self, ep_in: int, ep_out: int, ep_int: int | None, n_rx: int, n_tx: int,
+                   int_size: int, on_rx: RxCallback, on_tx: TxCallback, on_int: IntCallback) -> None:
+        self._ep_in, self._ep_out = ep_in, ep_out
+        self._on_rx, self._on_tx, self._on_int = on_rx, on_tx, on_int
+        for _ in range(n_rx):
+            t = self._handle.getTransfer()
+            self._rx_free.append(t)
+            self._all.append(t)
+        for _ in range(n_tx):
+            t = self._handle.getTransfer()
+            self._tx_free.append(t)
+            self._all.append(t)
+        if ep_int is not None:
+            self._int_buffer = bytearray(int_size)
+            t = self._handle.getTransfer()
+            # Interrupt endpoint polling period comes from bInterval; the host controller enforces it.
+            t.setInterrupt(ep_int, self._int_buffer, self._int_done, None, 0)
+            self._int_transfer = t
+            self._all.append(t)
+
+    def _rx_done(self, transfer: usb1.USBTransfer) -> None:
+        packet = transfer.getUserData()
+        transfer.setUserData(None)
+        self._rx_free.append(transfer)
+        self._on_rx(packet, _STATUS.get(transfer.getStatus(), STATUS_ERROR), transfer.getActualLength())
+
+    def _tx_done(self, transfer: usb1.USBTransfer) -> None:
+        packet = transfer.getUserData()
+        transfer.setUserData(None)
+        self._tx_free.append(transfer)
+        self._on_tx(packet, _STATUS.get(transfer.getStatus(), STATUS_ERROR))
+
+    def _int_done(self, transfer: usb1.USBTransfer) -> None:
+        status = transfer.getStatus()
+        if status == usb1.TRANSFER_COMPLETED:
+            self._on_int(memoryview(self._int_buffer), transfer.getActualLength())
+        if self._stopping or status in (usb1.TRANSFER_CANCELLED, usb1.TRANSFER_NO_DEVICE):
+            return
+        try:
+            transfer.submit()
+        except usb1.USBError as exc:
+            log.warning("interrupt endpoint resubmit failed: %s", exc)
+
+    def submit_rx(self, packet: Packet, length: int) -> bool:
+        if self._stopping or not self._rx_free:
+            return False
+        t = self._rx_free.pop()
+        t.setBulk(self._ep_in, packet.view[:length], self._rx_done, packet, 0)
+        try:
+            t.submit()
+        except usb1.USBError:
+            t.setUserData(None)
+            self._rx_free.append(t)
+            return False
+        return True
+
+    def submit_tx(self, packet: Packet, length: int, zlp: bool) -> bool:
+        if self._stopping or not self._tx_free:
+            return False
+        t = self._tx_free.pop()
+        t.setAddZeroPacket(zlp)
+        # A 5 s timeout is usbnet's TX watchdog: a device that stops taking data must not pin buffers forever.
+        t.setBulk(self._ep_out, packet.view[packet.offset : packet.offset + length], self._tx_done, packet, 5000)
+        try:
+            t.submit()
+        except usb1.USBError:
+            t.setUserData(None)
+            self._tx_free.append(t)
+            return False
+        return True
+
+    def start_interrupt(self) -> None:
+        if self._int_transfer is not None and not self._int_transfer.isSubmitted():
+            try:
+                self._int_transfer.submit()
+            except usb1.USBError as exc:
+                raise TransportError(f"cannot poll the interrupt endpoint: {exc}") from exc
+
+    @property
+    def tx_free(self) -> int:
+        return len(self._tx_free)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(1 for t in self._all if t.isSubmitted())
+
+    def poll_fds(self) -> list[tuple[int, int]]:
+        return self._context.getPollFDList()
+
+    def handle_events(self) -> None:
+        try:
+            self._context.handleEventsTimeout(0)
+        except usb1.USBErrorInterrupted:
+            pass
+
+    # --- teardown ---
+    def stop(self, timeout: float = 2.0) -> int:
+        self._stopping = True
+        for t in self._all:
+            if t.isSubmitted():
+                try:
+                    t.cancel()
+                except usb1.USBError:
+                    pass  # already completing; it will be reaped below
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            left = self.in_flight
+            if not left:
+                return 0
+            try:
+                self._context.handleEventsTimeout(0.05)
+            except usb1.USBError:
+                pass
+        left = self.in_flight
+        if left:
+            log.error("%d transfers could not be reaped within %.1fs", left, timeout)
+        return left
+
+    def close(self) -> None:
+        handle = self._handle
+        if handle is None:
+            return
+        if self.in_flight:
+            # Closing with transfers in flight would let libusb free memory a callback still uses; leak instead.
+            log.error("not closing the device handle: transfers still in flight")
+            return
+        for iface in self._claimed:
+            try:
+                handle.releaseInterface(iface)
+            except usb1.USBError:
+                pass
+        for iface in self._detached:
+            try:
+                handle.attachKernelDriver(iface)
+            except usb1.USBError as exc:
+                log.warning("could not give interface %d back to the kernel driver: %s", iface, exc)
+        self._claimed.clear()
+        self._detached.clear()
+        for t in self._all:
+            t.close()
+        self._all.clear()
+        self._rx_free.clear()
+        self._tx_free.clear()
+        self._int_transfer = None
+        handle.close()
+        self._handle = None

@@ -1,0 +1,193 @@
+"""The protocol driver contract and the CDC plumbing ECM and NCM share.
+
+A driver is small, like a Linux usbnet minidriver: it says whether a configuration is its kind (`match`),
+talks the class requests that bring the function up (`bind`, `activate`), frames TX in place inside a pool
+packet (`tx_*`), splits a received transfer into frames (`rx_decode`), turns notifications into link events,
+and programs filters. The Ethernet service owns everything else: queues, pool, TAP, the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..descriptors import XFER_BULK, XFER_INTERRUPT, AltSetting, Configuration, Endpoint
+from ..pool import Packet
+from ..stats import Stats
+from ..transport import Transport, TransportError
+from . import cdc
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[int, int], object]  # (offset, length) of one frame inside the received transfer
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Where a protocol function lives in a configuration."""
+
+    configuration: int
+    control: int | None
+    data: int
+    data_alt: int
+    ep_in: Endpoint
+    ep_out: Endpoint
+    ep_int: Endpoint | None
+    functional: cdc.CdcFunctional | None
+
+
+@dataclass(frozen=True)
+class LinkEvent:
+    connected: bool | None = None
+    up_bps: int | None = None
+    down_bps: int | None = None
+
+
+@dataclass(frozen=True)
+class Options:
+    ntb32: bool | None = None  # None: the driver's choice
+    rx_size: int | None = None  # NCM: requested NTB input size
+    tx_size: int | None = None  # NCM: NTB output size cap
+
+
+def bulk_alt(iface_alts: tuple[AltSetting, ...]) -> tuple[AltSetting, Endpoint, Endpoint] | None:
+    """The alt setting that carries a bulk IN and a bulk OUT endpoint (CDC data alt 1, or alt 0 for EEM)."""
+    for alt in iface_alts:
+        ep_in = alt.endpoint(XFER_BULK, True)
+        ep_out = alt.endpoint(XFER_BULK, False)
+        if ep_in is not None and ep_out is not None:
+            return alt, ep_in, ep_out
+    return None
+
+
+def match_cdc(config: Configuration, subclass: int, protocol: int | None = None) -> Binding | None:
+    """Find a CDC communications interface of `subclass` and pair it with its data interface.
+
+    The pairing comes from the Union functional descriptor, never from interface-number guesses, so a
+    composite device (a phone with ADB and tethering, say) binds the right data interface.
+    """
+    for iface in config.interfaces:
+        ctrl = iface.alt(0) or (iface.alts[0] if iface.alts else None)
+        if ctrl is None or ctrl.cls != cdc.CLASS_COMM or ctrl.subclass != subclass:
+            continue
+        if protocol is not None and ctrl.protocol != protocol:
+            continue
+        functional = cdc.parse_cdc_functional(ctrl.extra)
+        if functional.union_control is None or not functional.union_subordinates:
+            continue
+        data_iface = config.interface(functional.union_subordinates[0])
+        if data_iface is None:
+            continue
+        found = bulk_alt(data_iface.alts)
+        if found is None:
+            continue
+        alt, ep_in, ep_out = found
+        ep_int = ctrl.endpoint(XFER_INTERRUPT, True)
+        return Binding(config.value, ctrl.number, data_iface.number, alt.alternate, ep_in, ep_out, ep_int,
+                       functional)
+    return None
+
+
+class ProtocolDriver:
+    """Base class; subclasses set `name` and override what their framing needs."""
+
+    name = "?"
+    # Headroom a TX frame needs in front of it (EEM's 2-byte header, RNDIS's 44); 0 for ECM and NCM.
+    tx_headroom = 0
+
+    def __init__(self, transport: Transport, binding: Binding, stats: Stats, options: Options) -> None:
+        self.transport = transport
+        self.binding = binding
+        self.stats = stats
+        self.options = options
+        self.mac: bytes | None = None
+        self.max_frame = 1514  # largest Ethernet frame (without FCS) the device takes
+        self.rx_size = 2048  # bytes per bulk IN transfer
+        self.tx_size = 2048  # bytes per bulk OUT transfer
+        self.maxpacket = binding.ep_out.max_packet or 512
+        self._notifications = cdc.NotificationParser()
+
+    @classmethod
+    def match(cls, config: Configuration) -> Binding | None:
+        raise NotImplementedError
+
+    # --- setup ---
+    def claim(self) -> None:
+        b = self.binding
+        if b.control is not None:
+            self.transport.claim(b.control)
+        self.transport.claim(b.data)
+        if b.data_alt != 0:
+            # CDC: alt 0 of the data interface has no endpoints; selecting it resets the function.
+            self.transport.set_alt(b.data, 0)
+
+    def bind(self) -> None:
+        """Class requests before the data interface goes live: read the MAC, negotiate framing."""
+        self.mac = self.read_mac()
+
+    def read_mac(self) -> bytes | None:
+        f = self.binding.functional
+        if f is None or f.ethernet is None:
+            return None
+        return cdc.parse_mac_string(self.transport.get_string(f.ethernet.imac_index))
+
+    def activate(self) -> None:
+        if self.binding.data_alt != 0:
+            self.transport.set_alt(self.binding.data, self.binding.data_alt)
+
+    def deactivate(self) -> None:
+        if self.binding.data_alt != 0:
+            try:
+                self.transport.set_alt(self.binding.data, 0)
+            except TransportError as exc:
+                log.debug("could not return the data interface to alt 0: %s", exc)
+
+    def set_packet_filter(self, bits: int) -> bool:
+        if self.binding.control is None:
+            return False
+        try:
+            self.transport.control_out(cdc.REQ_TYPE_CLASS_OUT, cdc.SET_ETHERNET_PACKET_FILTER, bits,
+                                       self.binding.control, b"")
+        except TransportError as exc:
+            log.info("device refused the packet filter 0x%02x: %s", bits, exc)
+            return False
+        return True
+
+    # --- notifications ---
+    def notification(self, view: memoryview, length: int) -> LinkEvent | None:
+        n = self._notifications.feed(view, length)
+        if n is None:
+            return None
+        return self.link_event(n)
+
+    def link_event(self, n: cdc.Notification) -> LinkEvent | None:
+        if n.kind == cdc.NETWORK_CONNECTION:
+            return LinkEvent(connected=bool(n.connected))
+        if n.kind == cdc.CONNECTION_SPEED_CHANGE:
+            return LinkEvent(up_bps=n.up_bps, down_bps=n.down_bps)
+        return None
+
+    # --- TX framing, in place in a pool packet ---
+    def tx_begin(self, packet: Packet) -> None:
+        raise NotImplementedError
+
+    def tx_slot(self) -> tuple[int, int]:
+        """(offset, room) where the next frame goes; room < max_frame means: finish this transfer first."""
+        raise NotImplementedError
+
+    def tx_commit(self, length: int) -> bool:
+        """Record a frame written at the slot; True when the transfer is full and must be finished now."""
+        raise NotImplementedError
+
+    @property
+    def tx_count(self) -> int:
+        raise NotImplementedError
+
+    def tx_finish(self) -> tuple[int, bool]:
+        """Close the transfer; return (bytes to send from packet.offset, whether to add a ZLP)."""
+        raise NotImplementedError
+
+    # --- RX ---
+    def rx_decode(self, view: memoryview, length: int, emit: Emit) -> int:
+        raise NotImplementedError

@@ -1,0 +1,101 @@
+"""The TAP interface: the host-facing half of usbnetd, one Ethernet frame per read or write.
+
+pytun creates the device (IFF_TAP | IFF_NO_PI: without NO_PI every frame carries a 4-byte prefix). Carrier is
+set with the TUNSETCARRIER ioctl because neither pytun nor pyroute2 can (pyroute2 silently ignores
+`carrier=`). Everything else — MAC, MTU, up/down, reading state back — goes through one long-lived pyroute2
+IPRoute: creating one per call leaks netlink ports.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import struct
+
+import pytun
+from pyroute2 import IPRoute
+
+# _IOW('T', 226, int): set the carrier of a tun/tap device (Linux >= 5.0).
+TUNSETCARRIER = 0x400454E2
+IFNAMSIZ = 16
+_IFNAME_OK = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+class TapError(Exception):
+    pass
+
+
+def validate_ifname(name: str) -> str | None:
+    """Return why `name` cannot be an interface name, or None when it can."""
+    if not name:
+        return "interface name is empty"
+    if len(name.encode()) >= IFNAMSIZ:
+        return f"interface name {name!r} is longer than {IFNAMSIZ - 1} characters"
+    if name in (".", "..") or not _IFNAME_OK.match(name):
+        return f"interface name {name!r} may contain only letters, digits, '-', '_' and '.'"
+    return None
+
+
+def mac_to_str(mac: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in mac)
+
+
+class Tap:
+    def __init__(self, name: str, mac: bytes, mtu: int, ipr: IPRoute | None = None) -> None:
+        reason = validate_ifname(name)
+        if reason:
+            raise TapError(reason)
+        try:
+            self._dev = pytun.TunTapDevice(name=name, flags=pytun.IFF_TAP | pytun.IFF_NO_PI)
+        except pytun.Error as exc:
+            msg = exc.args[-1] if exc.args else exc
+            raise TapError(f"cannot create TAP interface {name}: {msg}") from exc
+        self.name = self._dev.name
+        self.fd = self._dev.fileno()
+        os.set_blocking(self.fd, False)
+        self._own_ipr = ipr is None
+        self.ipr = ipr if ipr is not None else IPRoute()
+        self.index = self.ipr.link_lookup(ifname=self.name)[0]
+        self.carrier: bool | None = None
+        try:
+            self.set_carrier(False)
+            self.ipr.link("set", index=self.index, address=mac_to_str(mac), mtu=mtu)
+        except Exception:
+            self.close()
+            raise
+        self.mac = mac
+        self.mtu = mtu
+
+    def up(self) -> None:
+        self.ipr.link("set", index=self.index, state="up")
+
+    def set_carrier(self, on: bool) -> None:
+        if self.carrier is on:
+            return
+        try:
+            fcntl.ioctl(self.fd, TUNSETCARRIER, struct.pack("i", 1 if on else 0))
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOTTY):
+                raise
+            # Kernels before 5.0 lack TUNSETCARRIER; the interface then just stays "carrier on".
+        self.carrier = on
+
+    def state(self) -> dict:
+        """MTU, MAC and flags as the kernel sees them now (the user may have changed them)."""
+        msg = self.ipr.get_links(self.index)[0]
+        return {
+            "mtu": msg.get_attr("IFLA_MTU"),
+            "mac": msg.get_attr("IFLA_ADDRESS"),
+            "flags": msg["flags"],
+            "operstate": msg.get_attr("IFLA_OPERSTATE"),
+        }
+
+    def close(self) -> None:
+        dev, self._dev = getattr(self, "_dev", None), None
+        if dev is not None:
+            dev.close()  # a non-persistent TAP disappears with its last fd
+        if self._own_ipr and self.ipr is not None:
+            self.ipr.close()
+            self.ipr = None

@@ -1,0 +1,122 @@
+"""The transport contract: what the Ethernet service and protocol drivers may ask of a USB device.
+
+Two implementations stand behind it: `engine.LibusbTransport` (a real device through python-libusb1's
+asynchronous transfers) and `sim.SimTransport` (an in-process device model). Setup-time requests are
+synchronous; the data path is asynchronous: the service hands over pool packets, and completions come back
+through the callbacks it registered, always from inside `handle_events()`, in the event-loop thread.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .descriptors import Configuration
+from .pool import Packet
+
+# Completion callbacks. `ok` is False for an errored transfer; `cancelled` tells teardown from faults.
+RxCallback = Callable[[Packet, int, int], None]  # packet, status, actual length
+TxCallback = Callable[[Packet, int], None]  # packet, status
+IntCallback = Callable[[memoryview, int], None]  # buffer, actual length
+
+# Transfer status values, mirroring libusb's so the sim can report the same ones.
+STATUS_OK = 0
+STATUS_ERROR = 1
+STATUS_TIMED_OUT = 2
+STATUS_CANCELLED = 3
+STATUS_STALL = 4
+STATUS_NO_DEVICE = 5
+STATUS_OVERFLOW = 6
+
+
+class TransportError(Exception):
+    """A setup-time failure talking to the device (the data path never raises these)."""
+
+
+@dataclass
+class DeviceIdentity:
+    busid: str
+    vendor: int
+    product: int
+    manufacturer: str | None = None
+    product_name: str | None = None
+    serial: str | None = None
+    speed_mbps: int = 480
+    active_configuration: int | None = None
+    configurations: list[Configuration] = field(default_factory=list)
+
+    def configuration(self, value: int) -> Configuration | None:
+        for c in self.configurations:
+            if c.value == value:
+                return c
+        return None
+
+
+class Transport(ABC):
+    identity: DeviceIdentity
+
+    # --- setup (synchronous) ---
+    @abstractmethod
+    def set_configuration(self, value: int) -> None: ...
+
+    @abstractmethod
+    def claim(self, interface: int) -> None:
+        """Claim an interface, detaching (and remembering) a kernel driver bound to it."""
+
+    @abstractmethod
+    def set_alt(self, interface: int, alternate: int) -> None: ...
+
+    @abstractmethod
+    def get_string(self, index: int) -> str | None: ...
+
+    @abstractmethod
+    def control_in(self, request_type: int, request: int, value: int, index: int, length: int,
+                   timeout_ms: int = 1000) -> bytes: ...
+
+    @abstractmethod
+    def control_out(self, request_type: int, request: int, value: int, index: int, data: bytes,
+                    timeout_ms: int = 1000) -> None: ...
+
+    # --- data path (asynchronous) ---
+    @abstractmethod
+    def open_pipes(self, ep_in: int, ep_out: int, ep_int: int | None, n_rx: int, n_tx: int,
+                   int_size: int, on_rx: RxCallback, on_tx: TxCallback, on_int: IntCallback) -> None: ...
+
+    @abstractmethod
+    def submit_rx(self, packet: Packet, length: int) -> bool:
+        """Start a bulk IN into packet.view[:length]; False when every RX transfer is busy or on error."""
+
+    @abstractmethod
+    def submit_tx(self, packet: Packet, length: int, zlp: bool) -> bool:
+        """Start a bulk OUT of packet.view[:length]; `zlp` ends an exact multiple of wMaxPacketSize."""
+
+    @abstractmethod
+    def start_interrupt(self) -> None: ...
+
+    @property
+    @abstractmethod
+    def tx_free(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def in_flight(self) -> int: ...
+
+    @abstractmethod
+    def poll_fds(self) -> list[tuple[int, int]]: ...
+
+    @abstractmethod
+    def handle_events(self) -> None: ...
+
+    def pending(self) -> bool:
+        """True when completions are ready without any fd becoming readable (the sim uses this)."""
+        return False
+
+    # --- teardown ---
+    @abstractmethod
+    def stop(self, timeout: float = 2.0) -> int:
+        """Cancel and reap every transfer; return how many could not be reaped (0 on success)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release interfaces, reattach kernel drivers that were detached, close the handle."""
