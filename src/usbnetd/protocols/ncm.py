@@ -102,9 +102,9 @@ class NcmDriver(ProtocolDriver):
         return self._builder.count
 
     def tx_finish(self) -> tuple[int, bool]:
-        n = self._builder.finish()
-        # The codec pads so no NTB needs a ZLP (protocol-facts: the short-packet rule); be safe anyway.
-        return n, n % self.maxpacket == 0
+        # No ZLP: the layout keeps every NTB below the device's maximum off a wMaxPacketSize multiple, and one
+        # of exactly dwNtbOutMaxSize ends the device's read by itself (a ZLP would arrive as an empty NTB).
+        return self._builder.finish(), False
 
     # --- RX ---
     def rx_decode(self, view: memoryview, length: int, emit: Emit) -> int:

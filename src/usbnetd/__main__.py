@@ -1,0 +1,5 @@
+"""`python -m usbnetd` is the `usbnetd` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,283 @@
+"""The `usbnetd` command line: list, run, attach, detach, status.
+
+Every failure is one line on stderr and a non-zero exit (1: it could not be done, 2: bad input); no
+traceback reaches the user. `run` is what the systemd unit runs; `attach` starts the same in the background
+and returns once the interface is up; `status` and `detach` talk to running instances over their control
+sockets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+
+import click
+
+from . import control
+from .discovery import BadDevice, DeviceSpec, list_devices, parse_device_spec, resolve_busid, sanitize
+from .tap import validate_ifname
+
+STATUS_FIELDS = ("busid", "ifname", "protocol", "link", "speed_mbps", "mac", "mtu", "rx_packets", "tx_packets",
+                 "rx_bytes", "tx_bytes", "rx_errors", "tx_errors", "rx_dropped", "tx_dropped")
+_MAC = re.compile(r"^([0-9a-fA-F]{2})([:-]?)([0-9a-fA-F]{2})(\2[0-9a-fA-F]{2}){4}$")
+
+
+class Fail(click.ClickException):
+    """An error for the user: printed as one line, exit code 1."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"usbnetd: error: {self.format_message()}", err=True)
+
+
+def _device(value: str) -> DeviceSpec:
+    try:
+        return parse_device_spec(value)
+    except BadDevice as exc:
+        raise click.BadParameter(str(exc), param_hint="DEVICE") from None
+
+
+def _check_ifname(ctx, param, value):
+    if value is not None:
+        reason = validate_ifname(value)
+        if reason:
+            raise click.BadParameter(reason)
+    return value
+
+
+def _check_mac(ctx, param, value):
+    if value is None:
+        return None
+    if not _MAC.match(value):
+        raise click.BadParameter(f"{value!r} is not a MAC address like 02:11:22:33:44:55")
+    mac = bytes.fromhex(re.sub(r"[:-]", "", value))
+    if mac[0] & 1:
+        raise click.BadParameter(f"{value} is a multicast address; an interface needs a unicast one")
+    if mac == bytes(6):
+        raise click.BadParameter("00:00:00:00:00:00 is not a usable address")
+    return mac
+
+
+def instance_name(spec: DeviceSpec, sim_peer: str | None = None) -> str:
+    if spec.kind == "sim":
+        return f"sim_{spec.sim}_{sim_peer}"
+    busid = resolve_busid(spec)
+    if busid is None:
+        raise Fail(f"no USB device {spec}")
+    return busid
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="usbnetd")
+def cli() -> None:
+    """User-space USB Ethernet adapter driver: drives a USB NIC with libusb and presents it as a TAP."""
+
+
+@cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def list_cmd(as_json: bool) -> None:
+    """List the USB network devices usbnetd can drive."""
+    devices = list_devices()
+    attached = {}
+    for st in _statuses():
+        attached[st.get("busid")] = st.get("ifname")
+    for d in devices:
+        d.attached = attached.get(d.busid)
+    if as_json:
+        click.echo(json.dumps([d.as_dict() for d in devices], indent=2))
+        return
+    if not devices:
+        click.echo("no USB network devices found")
+        return
+    click.echo(f"{'BUSID':<10} {'VID:PID':<10} {'PROTOCOL':<9} {'CONFIG':<7} {'STATE':<34} PRODUCT")
+    for d in devices:
+        click.echo(f"{d.busid:<10} {d.vendor:04x}:{d.product:04x}  {d.protocol:<9} {d.configuration!s:<7} "
+                   f"{d.state:<34} {d.product_name or ''}")
+
+
+def _run_options(f):
+    f = click.option("--ifname", callback=_check_ifname, help="Interface name (default enx<MAC>).")(f)
+    f = click.option("--sim-peer", default="usbnetsim0", show_default=True, callback=_check_ifname,
+                     help="For sim: adapters, the name of the TAP that is the simulated wire.")(f)
+    f = click.option("--mac", callback=_check_mac, help="Use this MAC instead of the device's.")(f)
+    f = click.option("--mtu", type=click.IntRange(68, 16000), help="MTU (default: from the device).")(f)
+    f = click.option("--protocol", type=click.Choice(["ncm", "ecm"]), help="Force a protocol.")(f)
+    f = click.option("--configuration", type=click.IntRange(1, 255), help="Force a USB configuration.")(f)
+    f = click.option("--ntb32", is_flag=True, default=None, help="NCM: use 32-bit NTBs.")(f)
+    f = click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")(f)
+    return f
+
+
+@cli.command()
+@click.argument("device")
+@_run_options
+def run(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, verbose) -> None:
+    """Drive DEVICE in the foreground until SIGINT or SIGTERM."""
+    from .runner import StartError, run_device
+
+    spec = _device(device)
+    logging.basicConfig(level=logging.WARNING, format=f"usbnetd[{device}]: %(message)s", stream=sys.stderr)
+    # -v: our own info; -vv: our debug. Libraries (pyroute2 is chatty) stay at warnings.
+    logging.getLogger("usbnetd").setLevel(logging.INFO - 10 * min(verbose, 1) if verbose else logging.INFO)
+    path = control.socket_path(instance_name(spec, sim_peer))
+    try:
+        run_device(spec, control_path=path, ifname=ifname, sim_peer=sim_peer, mac=mac, mtu=mtu,
+                   protocol=protocol, configuration=configuration, ntb32=ntb32)
+    except StartError as exc:
+        raise Fail(str(exc)) from None
+
+
+@cli.command()
+@click.argument("device")
+@_run_options
+@click.option("--timeout", type=click.FloatRange(1, 600), default=30, show_default=True,
+              help="Seconds to wait for the interface.")
+def attach(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, verbose, timeout) -> None:
+    """Start driving DEVICE in the background; print the interface name once it is up."""
+    spec = _device(device)
+    name = instance_name(spec, sim_peer)
+    path = control.socket_path(name)
+    if os.path.exists(path) and _query(path) is not None:
+        raise Fail(f"{device} is already attached")
+    args = [sys.executable, "-m", "usbnetd", "run", device, "--sim-peer", sim_peer]
+    for opt, val in (("--ifname", ifname), ("--mtu", mtu), ("--protocol", protocol),
+                     ("--configuration", configuration)):
+        if val is not None:
+            args += [opt, str(val)]
+    if mac is not None:
+        args += ["--mac", mac.hex(":")]
+    if ntb32:
+        args.append("--ntb32")
+    if verbose:
+        args.append("-" + "v" * verbose)
+    os.makedirs(control.RUN_DIR, exist_ok=True)
+    log_path = os.path.join(control.RUN_DIR, f"{os.path.basename(path)[:-5]}.log")
+    with open(log_path, "ab") as logf:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise Fail(_last_error(log_path) or f"usbnetd run exited with status {proc.returncode}")
+        reply = _query(path) if os.path.exists(path) else None
+        if reply and reply.get("status", {}).get("state") == "running":
+            click.echo(reply["status"]["ifname"])
+            return
+        time.sleep(0.1)
+    proc.terminate()
+    raise Fail(f"{device} did not come up within {timeout:g}s (log: {log_path})")
+
+
+def _last_error(log_path: str) -> str | None:
+    try:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            lines = [ln.strip() for ln in f if ln.strip()]
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if "error" in line.lower():
+            return line.split("error: ", 1)[-1]
+    return lines[-1] if lines else None
+
+
+def _query(path: str) -> dict | None:
+    try:
+        reply = control.request(path, "status", timeout=3.0)
+    except (OSError, ValueError):
+        return None
+    return reply if reply.get("ok") else None
+
+
+def _statuses() -> list[dict]:
+    out = []
+    for path in control.instances():
+        reply = _query(path)
+        if reply is not None:
+            st = reply["status"]
+            st["_path"] = path
+            out.append(st)
+    return out
+
+
+def _select(target: str | None) -> list[dict]:
+    statuses = _statuses()
+    if target is None:
+        return statuses
+    busid = None
+    try:
+        spec = parse_device_spec(target)
+        busid = resolve_busid(spec) if spec.kind != "sim" else str(spec)
+    except BadDevice:
+        pass
+    return [s for s in statuses if target in (s.get("ifname"), s.get("busid")) or (busid and s.get("busid") == busid)]
+
+
+@cli.command()
+@click.argument("target", metavar="DEVICE|IFNAME")
+@click.option("--timeout", type=click.FloatRange(1, 600), default=15, show_default=True)
+def detach(target, timeout) -> None:
+    """Stop driving a device: the interface goes away and the kernel driver gets it back."""
+    matches = _select(target)
+    if not matches:
+        raise Fail(f"{target} is not attached")
+    for st in matches:
+        path = st["_path"]
+        try:
+            control.request(path, "detach")
+        except (OSError, ValueError) as exc:
+            raise Fail(f"cannot reach the instance for {target}: {exc}") from None
+        deadline = time.monotonic() + timeout
+        while os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if os.path.exists(path):
+            raise Fail(f"{st['ifname']} did not stop within {timeout:g}s")
+        click.echo(f"detached {st['busid']} ({st['ifname']})")
+
+
+@cli.command()
+@click.argument("target", metavar="[DEVICE|IFNAME]", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def status(target, as_json) -> None:
+    """Show link, speed, MAC, MTU, protocol and counters of attached devices."""
+    matches = _select(target)
+    if target is not None and not matches:
+        raise Fail(f"{target} is not attached")
+    rows = [{k: s.get(k) for k in STATUS_FIELDS} for s in matches]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no devices attached")
+        return
+    for r in rows:
+        speed = f"{r['speed_mbps']} Mbit/s" if r["speed_mbps"] is not None else "unknown speed"
+        click.echo(f"{r['ifname']}: {r['protocol']} on {sanitize(r['busid'])}, link {r['link']}, {speed}, "
+                   f"MAC {r['mac']}, MTU {r['mtu']}")
+        click.echo(f"  RX {r['rx_packets']} packets {r['rx_bytes']} bytes, {r['rx_errors']} errors, "
+                   f"{r['rx_dropped']} dropped")
+        click.echo(f"  TX {r['tx_packets']} packets {r['tx_bytes']} bytes, {r['tx_errors']} errors, "
+                   f"{r['tx_dropped']} dropped")
+
+
+def main() -> None:
+    try:
+        rc = cli.main(prog_name="usbnetd", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("usbnetd: aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        if isinstance(exc, click.UsageError):
+            msg = exc.format_message()
+            click.echo(f"usbnetd: error: {msg}", err=True)
+            sys.exit(2)
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(1)
+    sys.exit(rc if isinstance(rc, int) else 0)

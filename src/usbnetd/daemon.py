@@ -1,0 +1,118 @@
+"""The event loop of one usbnetd instance: one thread, one poll(), every file descriptor in it.
+
+libusb's descriptors (usbfs and its timerfd), the TAP, the simulated wire, the control socket and a signal
+wake-up pipe all go into one `select.poll`. USB completions, TAP reads and queue processing therefore happen
+in the same thread, in batches, with no per-packet thread hop and no lock. SIGTERM/SIGINT only set a flag
+(through the wake-up fd); teardown then runs in the normal flow, never inside a signal handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import socket
+
+from .control import ControlServer
+from .service import EthernetService, State
+
+log = logging.getLogger(__name__)
+
+POLLIN = select.POLLIN
+IDLE_TIMEOUT_MS = 250  # wake up now and then even when idle, so a lost wake-up can never wedge the loop
+
+
+class Daemon:
+    def __init__(self, service: EthernetService, control_path: str | None) -> None:
+        self.service = service
+        self.control_path = control_path
+        self.control: ControlServer | None = None
+        self.stop_reason: str | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+
+    def _on_signal(self, signum: int, frame) -> None:
+        self.stop_reason = signal.Signals(signum).name
+
+    def handle_request(self, req: dict) -> dict:
+        cmd = req["cmd"]
+        if cmd == "status":
+            return {"ok": True, "status": self.service.status(), "pid": os.getpid()}
+        if cmd == "detach":
+            self.stop_reason = "detach requested"
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    def run(self, on_ready=None) -> None:
+        """Start the service, serve until told to stop, tear down. Raises what start() raised."""
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno())
+        try:
+            if self.control_path:
+                self.control = ControlServer(self.control_path, self.handle_request)
+            if self.stop_reason is None:
+                self.service.start()
+                if on_ready is not None:
+                    on_ready(self.service)
+                self._loop()
+        finally:
+            self.service.stop()
+            if self.control is not None:
+                self.control.close()
+            signal.set_wakeup_fd(old_wakeup)
+            for s, h in old.items():
+                signal.signal(s, h)
+            log.info("stopped: %s", self.stop_reason or "start-up failed")
+
+    def _loop(self) -> None:
+        svc = self.service
+        poller = select.poll()
+        registered: dict[int, int] = {}
+        wake_fd = self._wake_r.fileno()
+        fixed = {wake_fd: POLLIN}
+        if self.control is not None:
+            fixed[self.control.fileno()] = POLLIN
+        tap_fd = svc.tap.fd
+        while self.stop_reason is None:
+            if svc.device_gone:
+                self.stop_reason = "device disappeared"
+                break
+            # Registrations change rarely (TAP backpressure, the sim's wire); diff them instead of rebuilding.
+            want = dict(fixed)
+            for fd, ev in svc.poll_fds():
+                want[fd] = want.get(fd, 0) | ev
+            if svc.wants_tap_read():
+                want[tap_fd] = POLLIN
+            if want != registered:
+                for fd in registered.keys() - want.keys():
+                    poller.unregister(fd)
+                for fd, ev in want.items():
+                    if registered.get(fd) != ev:
+                        poller.register(fd, ev)
+                registered = want
+            t = svc.timeout()
+            timeout_ms = IDLE_TIMEOUT_MS if t is None else min(IDLE_TIMEOUT_MS, int(t * 1000 + 0.999))
+            try:
+                events = poller.poll(timeout_ms)
+            except InterruptedError:
+                continue
+            usb = False
+            for fd, ev in events:
+                if fd == tap_fd:
+                    svc.on_tap_readable()
+                elif fd == wake_fd:
+                    try:
+                        self._wake_r.recv(512)
+                    except BlockingIOError:
+                        pass
+                elif self.control is not None and fd == self.control.fileno():
+                    self.control.on_readable()
+                else:
+                    usb = True
+            if usb or not events or svc.transport.pending():
+                svc.on_usb()
+            svc.process()
+            if svc.state is not State.RUNNING:
+                self.stop_reason = "service stopped"
