@@ -410,8 +410,11 @@ class EthernetService:
                 self._tx_packet = None
             pool.deallocate_batch(batch)
             batch.clear()
-            if pool.in_use and not left:
-                log.error("teardown: %d packets did not come back to the pool", pool.in_use)
+            if pool.in_use:
+                log.error("teardown: %d of %d packets did not come back to the pool (%d transfers unreaped)",
+                          pool.in_use, pool.packet_count, left)
+            else:
+                log.info("teardown: every packet back in the pool (%d)", pool.packet_count)
         if not self.device_gone:
             self.driver.deactivate()
         t.close()

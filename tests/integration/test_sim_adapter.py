@@ -1,0 +1,85 @@
+"""usbnetd on the simulated adapter, natively: ping and TCP both ways, status, clean teardown."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import pytest
+
+from .conftest import Usbnetd, wire_up
+
+TCP_TOOL = os.path.join(os.path.dirname(__file__), "tcp_stream.py")
+STREAM_BYTES = 8 * 1024 * 1024
+
+
+def tcp_stream(server_ns, client_ns, server_ip: str, port: int) -> tuple[str, str]:
+    srv = server_ns.popen(sys.executable, TCP_TOOL, "serve", str(port), stdout=-1, text=True)
+    assert srv.stdout.readline().strip() == "listening"
+    sent = client_ns.run(sys.executable, TCP_TOOL, "send", server_ip, str(port), str(STREAM_BYTES),
+                         timeout=120).stdout.strip()
+    got = srv.communicate(timeout=60)[0].strip()
+    return sent, got
+
+
+@pytest.mark.parametrize("kind", ["ncm", "ecm"])
+def test_sim_adapter_end_to_end(netns_pair, tmp_path, kind):
+    a, b = netns_pair
+    u = Usbnetd(a, b, f"sim:{kind}", str(tmp_path))
+    try:
+        host_ip, peer_ip = wire_up(u, 10 if kind == "ncm" else 11)
+        # Carrier comes from the simulated device's NETWORK_CONNECTION notification.
+        deadline = time.monotonic() + 10
+        while "LOWER_UP" not in a.run("ip", "link", "show", u.ifname).stdout:
+            assert time.monotonic() < deadline, u.output()
+            time.sleep(0.05)
+        a.run("ping", "-c", "3", "-i", "0.2", "-W", "2", peer_ip, timeout=30)
+        b.run("ping", "-c", "3", "-i", "0.2", "-W", "2", host_ip, timeout=30)
+
+        sent, got = tcp_stream(b, a, peer_ip, 5201)  # usbnetd interface -> peer (TX path)
+        assert sent == got and sent.startswith(str(STREAM_BYTES))
+        sent, got = tcp_stream(a, b, host_ip, 5202)  # peer -> usbnetd interface (RX path)
+        assert sent == got and sent.startswith(str(STREAM_BYTES))
+
+        st = json.loads(u.cli("status", "--json").stdout)
+        assert len(st) == 1
+        s = st[0]
+        assert (s["busid"], s["ifname"], s["protocol"], s["link"]) == (f"sim:{kind}", u.ifname, kind, "up")
+        assert s["speed_mbps"] == 480 and s["mtu"] == 1500
+        assert s["rx_bytes"] > STREAM_BYTES and s["tx_bytes"] > STREAM_BYTES
+        assert s["rx_packets"] > STREAM_BYTES // 1514 and s["tx_packets"] > STREAM_BYTES // 1514
+        assert s["rx_errors"] == 0 and s["tx_errors"] == 0
+        assert set(s) >= {"mac", "rx_dropped", "tx_dropped"}
+    finally:
+        rc = u.stop()
+    out = u.output()
+    assert rc == 0, out
+    assert "every packet back in the pool" in out, out
+    assert not a.has_link(u.ifname), "the TAP must disappear with the instance"
+    assert not os.listdir(tmp_path) or all(not f.endswith(".sock") for f in os.listdir(tmp_path))
+
+
+def test_detach_by_interface_name(netns_pair, tmp_path):
+    a, b = netns_pair
+    u = Usbnetd(a, b, "sim:ecm", str(tmp_path), ifname="usbd0", peer="simd0")
+    r = u.cli("detach", "usbd0")
+    assert "detached sim:ecm (usbd0)" in r.stdout
+    u.proc.wait(15)
+    assert u.proc.returncode == 0
+    assert not a.has_link("usbd0")
+    r = u.cli("status", "usbd0", check=False)
+    assert r.returncode == 1 and r.stderr.strip() == "usbnetd: error: usbd0 is not attached"
+
+
+def test_second_instance_for_same_device_is_refused(netns_pair, tmp_path):
+    a, b = netns_pair
+    u = Usbnetd(a, b, "sim:ncm", str(tmp_path), ifname="usbs0", peer="sims0")
+    try:
+        r = u.cli("run", "sim:ncm", "--ifname", "usbs1", "--sim-peer", "sims0", check=False)
+        assert r.returncode == 1
+        assert r.stderr.startswith("usbnetd: error: ") and "Traceback" not in r.stderr
+        assert a.has_link("usbs0"), "the first instance must survive"
+    finally:
+        assert u.stop() == 0
