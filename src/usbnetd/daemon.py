@@ -99,7 +99,7 @@ class Daemon:
             except InterruptedError:
                 continue
             usb = False
-            for fd, ev in events:
+            for fd, _ev in events:
                 if fd == tap_fd:
                     svc.on_tap_readable()
                 elif fd == wake_fd:

@@ -249,6 +249,8 @@ class SimTransport(Transport):
                 n = os.readv(self.peer_fd, (packet.view[offset : offset + room],))
             except OSError:
                 break
+            if n < 14:
+                continue  # a runt is no Ethernet frame; a real device would drop it too
             b.commit(n)
         if b.count == 0:
             return 0

@@ -36,6 +36,6 @@ def choose(configs: list[Configuration], active: int | None, protocol: str | Non
             binding = driver.match(config)
             if binding is not None:
                 return driver, binding
-    what = f"a {protocol.upper()} function" if protocol else "a network function usbnetd drives"
+    what = f"{protocol.upper()} function" if protocol else "network function usbnetd drives"
     where = f"configuration {configuration}" if configuration is not None else "any configuration"
     raise NoDriver(f"the device has no {what} in {where}")
