@@ -1,0 +1,123 @@
+"""usbnetd on real device implementations: the NCM and ECM gadgets and QEMU usb-net's ECM configuration.
+
+The kernel host drivers stay unloaded (the `gadgets`/`usbnet` fixtures see to it), so the device is free
+for usbnetd, except in the hand-back test, where cdc_ncm owns the device first and must get it back. Each
+test attaches with the CLI, pings and runs iperf3 both ways to the device side in a peer namespace, checks
+that `usbnetd status --json` counted the traffic, and detaches, leaving no interface behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+
+from . import bench
+
+pytestmark = pytest.mark.vm
+
+ATTACH_TIMEOUT = 180  # Python under TCG starts slowly; this is an upper bound, not an expectation
+
+
+@pytest.fixture
+def usbnetd(tmp_path):
+    """Run the usbnetd CLI with a private control-socket directory; detach whatever is left at the end."""
+    env = dict(os.environ, USBNETD_RUN_DIR=str(tmp_path / "run"))
+
+    def cli(*args: str, check: bool = True, timeout: float = ATTACH_TIMEOUT + 30) -> subprocess.CompletedProcess:
+        r = subprocess.run([sys.executable, "-m", "usbnetd", *args], capture_output=True, text=True, env=env,
+                           timeout=timeout)
+        if check and r.returncode != 0:
+            logs = "".join(p.read_text() for p in (tmp_path / "run").glob("*.log"))
+            raise AssertionError(f"usbnetd {' '.join(args)} failed ({r.returncode}): {r.stderr}\n{logs}")
+        return r
+
+    yield cli
+    for st in json.loads(cli("status", "--json", check=False).stdout or "[]"):
+        cli("detach", st["ifname"], check=False)
+
+
+def link_exists(ifname: str) -> bool:
+    return (bench.SYS_NET / ifname).exists()
+
+
+def drive(cli: Callable, busid: str, ifname: str, peer: bench.PeerNamespace, protocol: str,
+          extra: tuple[str, ...] = ()) -> None:
+    r = cli("attach", busid, "--ifname", ifname, "--timeout", str(ATTACH_TIMEOUT), *extra)
+    assert r.stdout.strip() == ifname
+    peer.address_host_side(ifname)
+    bench.wait_carrier(ifname, timeout=30)
+
+    result = bench.ping(peer.peer_addr, count=5)
+    print(result["output"])
+    assert result["sent"] == 5 and result["received"] >= 4, result["output"]
+    up = bench.iperf3_tcp(peer, seconds=2)
+    down = bench.iperf3_tcp(peer, seconds=2, reverse=True)
+    print(f"{protocol} on {busid}: iperf3 TCP to device {up['bits_per_second'] / 1e6:.1f} Mbit/s, "
+          f"from device {down['bits_per_second'] / 1e6:.1f} Mbit/s")
+    assert up["bytes"] > 0 and down["bytes"] > 0
+
+    (st,) = json.loads(cli("status", ifname, "--json").stdout)
+    print(st)
+    assert (st["busid"], st["ifname"], st["protocol"], st["link"]) == (busid, ifname, protocol, "up")
+    assert st["tx_bytes"] >= up["bytes"] and st["rx_bytes"] >= down["bytes"]
+    assert st["rx_packets"] > 0 and st["tx_packets"] > 0
+    assert st["mtu"] == 1500 and st["mac"]
+
+    r = cli("detach", ifname)
+    assert f"detached {busid} ({ifname})" in r.stdout
+    assert not link_exists(ifname), "the interface must disappear on detach"
+
+
+@pytest.mark.parametrize("function", ["ncm", "ecm"])
+def test_usbnetd_drives_gadget(function, gadgets, peers, usbnetd):
+    g = gadgets(function)
+    busid = g.bind()
+    peer = peers(40 + g.index)
+    peer.take(g.gadget_netdev)
+    drive(usbnetd, busid, f"usbn{function}0", peer, function)
+    # The gadget side saw the traffic too: the frames really crossed the USB link.
+    stats = peer.exec("cat", f"/sys/class/net/{g.gadget_netdev}/statistics/rx_packets").stdout
+    assert int(stats) > 0
+
+
+def test_usbnetd_drives_usbnet_ecm(usbnet, peers, usbnetd):
+    usbnet.set_configuration(bench.UsbNet.ECM_CONFIG)
+    busid = usbnet.wait_enumerated()
+    peer = peers(60)
+    peer.take(bench.UsbNet.peer_netdev())
+    drive(usbnetd, busid, "usbnqemu0", peer, "ecm", ("--protocol", "ecm"))
+
+
+def test_kernel_driver_is_detached_and_handed_back(gadgets, peers, usbnetd):
+    """cdc_ncm owns the device; usbnetd takes it over, and gives it back on detach."""
+    g = gadgets("ncm")
+    bench.kernel_driver("cdc_ncm")
+    busid = g.bind()
+    kernel_if = g.host_netdev(driver="cdc_ncm")
+    peer = peers(70)
+    peer.take(g.gadget_netdev)
+    r = usbnetd("attach", busid, "--ifname", "usbnback0", "--timeout", str(ATTACH_TIMEOUT))
+    assert r.stdout.strip() == "usbnback0"
+    assert not link_exists(kernel_if), "usbnetd must have detached cdc_ncm"
+    listing = json.loads(usbnetd("list", "--json").stdout)
+    (entry,) = [d for d in listing if d["busid"] == busid]
+    assert entry["protocol"] == "ncm" and entry["state"] == "attached by usbnetd (usbnback0)"
+    usbnetd("detach", "usbnback0")
+    assert not link_exists("usbnback0")
+    back = g.host_netdev(driver="cdc_ncm", timeout=30)
+    print(f"cdc_ncm got {busid} back as {back}")
+
+
+def test_list_shows_free_gadget_and_bad_device_is_one_line(gadgets, usbnetd):
+    g = gadgets("ecm")
+    busid = g.bind()
+    listing = json.loads(usbnetd("list", "--json").stdout)
+    (entry,) = [d for d in listing if d["busid"] == busid]
+    assert (entry["protocol"], entry["state"], entry["configuration"]) == ("ecm", "free", 1)
+    r = usbnetd("attach", "9-9", check=False)
+    assert r.returncode == 1 and r.stderr.strip() == "usbnetd: error: no USB device 9-9"
