@@ -1,0 +1,1 @@
+"""VM bench: a QEMU guest with USB, see docs/testing.md."""
