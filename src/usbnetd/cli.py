@@ -280,4 +280,9 @@ def main() -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback
+        logging.getLogger("usbnetd").debug("internal error", exc_info=True)
+        click.echo(f"usbnetd: error: internal error: {type(exc).__name__}: {exc} (run with -vv for details)",
+                   err=True)
+        sys.exit(1)
     sys.exit(rc if isinstance(rc, int) else 0)

@@ -161,6 +161,8 @@ class LibusbTransport(Transport):
         self._claimed.append(interface)
 
     def set_alt(self, interface: int, alternate: int) -> None:
+        if self._handle is None:
+            raise TransportError("the device handle is closed")
         try:
             self._handle.setInterfaceAltSetting(interface, alternate)
         except usb1.USBError as exc:

@@ -86,6 +86,7 @@ class EthernetService:
         self._tx_errors = BurstLog("bulk OUT transfers failing")
         self._tap_errors = BurstLog("TAP write failing")
         self._tap_wants_read = True
+        self._torn_down = False
 
     # ------------------------------------------------------------------ start
     def start(self) -> None:
@@ -393,8 +394,9 @@ class EthernetService:
         return st
 
     def stop(self) -> None:
-        if self.state is State.STOPPED and self.pool is None and self.tap is None:
-            return
+        if self._torn_down:
+            return  # a failed start already tore down; the caller's own stop() must be harmless
+        self._torn_down = True
         self.state = State.STOPPING
         t = self.transport
         left = t.stop()

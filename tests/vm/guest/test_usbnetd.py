@@ -27,6 +27,8 @@ ATTACH_TIMEOUT = 180  # Python under TCG starts slowly; this is an upper bound, 
 def usbnetd(tmp_path):
     """Run the usbnetd CLI with a private control-socket directory; detach whatever is left at the end."""
     env = dict(os.environ, USBNETD_RUN_DIR=str(tmp_path / "run"))
+    # /dev/net/tun: a normal system autoloads tun; the guest's modprobe needs the bench's kernel root.
+    bench.kernel_driver("tun")
 
     def cli(*args: str, check: bool = True, timeout: float = ATTACH_TIMEOUT + 30) -> subprocess.CompletedProcess:
         r = subprocess.run([sys.executable, "-m", "usbnetd", *args], capture_output=True, text=True, env=env,
