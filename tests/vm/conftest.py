@@ -10,3 +10,12 @@ from __future__ import annotations
 import os
 
 collect_ignore = [] if os.environ.get("USBNETD_VM_GUEST") == "1" else ["guest"]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config) -> None:
+    from .test_vm import VM_SUMMARY_KEY
+
+    summary = config.stash.get(VM_SUMMARY_KEY, None)
+    if summary:
+        terminalreporter.section("VM bench")
+        terminalreporter.write_line(summary)

@@ -233,6 +233,18 @@ class PeerNamespace:
         if up:
             netdev_up(ifname)
 
+    def bounce(self) -> None:
+        """Take the peer interface down and up again.
+
+        For f_ecm this re-sends the connection notification: the gadget sends it when its netdev opens,
+        and a host that was not yet listening on the interrupt endpoint can miss it and stay without
+        carrier. Bring the host side up first, or bounce the gadget side after.
+        """
+        if self.ifname is None:
+            raise BenchError(f"{self.name}: no interface taken yet")
+        run("ip", "-n", self.name, "link", "set", self.ifname, "down")
+        netdev_up(self.ifname, self.name)
+
     def exec(self, *cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
         return run(*cmd, check=check, timeout=timeout, netns=self.name)
 

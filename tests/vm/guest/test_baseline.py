@@ -30,11 +30,13 @@ def gadget_link(function: str, gadgets: Callable[..., bench.Gadget],
     g = gadgets(function)
     bench.kernel_driver(g.host_driver)
     g.bind()
-    # The gadget netdev exists only once bound; f_ecm in particular must be moved and brought up after.
     peer = peers(g.index)
-    peer.take(g.gadget_netdev)
     host_if = g.host_netdev(driver=g.host_driver)
     peer.address_host_side(host_if)
+    # The gadget netdev exists only once bound, and goes up only after the host side is up: f_ecm
+    # reports the link in an interrupt notification when its netdev opens, and cdc_ether sometimes
+    # missed it (carrier stayed off) when the gadget side opened first.
+    peer.take(g.gadget_netdev)
     bench.wait_carrier(host_if)
     bench.wait_carrier(g.gadget_netdev, peer.name)
     print(f"{function}: busid {g.busid} host {host_if} ({g.host_driver}) <-> {peer.name}/{g.gadget_netdev}")
