@@ -148,8 +148,8 @@ class EthernetService:
             assert p is not None  # the pool was sized for this
             self.rx_submission.enqueue(p)
         self._submit_rx()
-        log.info("%s: %s on %s, MAC %s, MTU %d, %d RX x %d B, %d TX x %d B", self.ifname, d.name,
-                 t.identity.busid, mac_to_str(mac), mtu, self.n_rx, d.rx_size, self.n_tx, d.tx_size)
+        log.info("%s: %s (%s) on %s, MAC %s, MTU %d, %d RX x %d B, %d TX x %d B", self.ifname, d.name,
+                 d.framing, t.identity.busid, mac_to_str(mac), mtu, self.n_rx, d.rx_size, self.n_tx, d.tx_size)
 
     # ------------------------------------------------------------------ completions (inside handle_events)
     def _on_rx(self, packet: Packet, status: int, actual: int) -> None:

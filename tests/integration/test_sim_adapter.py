@@ -24,12 +24,13 @@ def tcp_stream(server_ns, client_ns, server_ip: str, port: int) -> tuple[str, st
     return sent, got
 
 
-@pytest.mark.parametrize("kind", ["ncm", "ecm"])
-def test_sim_adapter_end_to_end(netns_pair, tmp_path, kind):
+@pytest.mark.parametrize("kind,extra", [("ncm", ()), ("ncm", ("--ntb32",)), ("ecm", ())],
+                         ids=["ncm-ntb16", "ncm-ntb32", "ecm"])
+def test_sim_adapter_end_to_end(netns_pair, tmp_path, kind, extra):
     a, b = netns_pair
-    u = Usbnetd(a, b, f"sim:{kind}", str(tmp_path))
+    u = Usbnetd(a, b, f"sim:{kind}", str(tmp_path), extra=extra)
     try:
-        host_ip, peer_ip = wire_up(u, 10 if kind == "ncm" else 11)
+        host_ip, peer_ip = wire_up(u, {"ncm": 10, "ecm": 11}[kind] + 10 * len(extra))
         # Carrier comes from the simulated device's NETWORK_CONNECTION notification.
         deadline = time.monotonic() + 10
         while "LOWER_UP" not in a.run("ip", "link", "show", u.ifname).stdout:
@@ -57,6 +58,8 @@ def test_sim_adapter_end_to_end(netns_pair, tmp_path, kind):
     out = u.output()
     assert rc == 0, out
     assert "every packet back in the pool" in out, out
+    if kind == "ncm":
+        assert ("(NTB32," if extra else "(NTB16,") in out, out  # the negotiated format really was used
     assert not a.has_link(u.ifname), "the TAP must disappear with the instance"
     assert not os.listdir(tmp_path) or all(not f.endswith(".sock") for f in os.listdir(tmp_path))
 

@@ -112,6 +112,11 @@ class ProtocolDriver:
     def match(cls, config: Configuration) -> Binding | None:
         raise NotImplementedError
 
+    @property
+    def framing(self) -> str:
+        """How frames travel, for logs and status (e.g. "NTB32, 32768 B in / 32769 B out")."""
+        return "one frame per transfer"
+
     # --- setup ---
     def claim(self) -> None:
         b = self.binding

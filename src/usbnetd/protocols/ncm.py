@@ -82,6 +82,10 @@ class NcmDriver(ProtocolDriver):
         self._decoder = NtbDecoder(self.stats, max_datagram=max(self.max_frame, 1514))
         self._packet: Packet | None = None
 
+    @property
+    def framing(self) -> str:
+        return f"{'NTB32' if self.ntb32 else 'NTB16'}, {self.rx_size} B in / {self.tx_size} B out"
+
     # --- TX: frames are read from the TAP straight into the NTB under construction ---
     def tx_begin(self, packet: Packet) -> None:
         self._packet = packet
