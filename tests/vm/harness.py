@@ -221,10 +221,16 @@ def ensure_kernel(refresh: bool = False) -> Kernel:
         (tmp / "lib").symlink_to("usr/lib")
     depmod = shutil.which("depmod") or "/sbin/depmod"
     _run([depmod, "-b", str(tmp), ver], 300)
-    tmp.rename(root)
-    (root / ".complete").write_text(ver + "\n")
+    (tmp / ".complete").write_text(ver + "\n")
+    try:
+        tmp.rename(root)
+    except OSError:
+        # another run unpacked the same kernel meanwhile: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (root / ".complete").exists():
+            raise
     for deb in debs:
-        deb.unlink()  # 70 MB we no longer need: the unpacked tree is the cache
+        deb.unlink(missing_ok=True)  # 70 MB we no longer need: the unpacked tree is the cache
     return Kernel(ver, root)
 
 
@@ -406,9 +412,9 @@ def build_initramfs(kernel: Kernel) -> Path:
     data = gzip.compress(cp.finish(), compresslevel=6, mtime=0)
     out = cache_dir() / f"initramfs-{kernel.version}.cpio.gz"
     if not out.exists() or out.read_bytes() != data:
-        tmp = out.with_suffix(".tmp")
+        tmp = out.with_name(f".{out.name}.{os.getpid()}")
         tmp.write_bytes(data)
-        tmp.rename(out)
+        tmp.replace(out)
     return out
 
 
@@ -480,6 +486,13 @@ def qemu_command(kernel: Kernel, initramfs: Path, results: Path, memory_mb: int 
     ]
 
 
+def new_run_dir() -> Path:
+    """A fresh directory for one guest run under ``<cache>/runs/``."""
+    runs = cache_dir() / "runs"
+    runs.mkdir(exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=runs))
+
+
 def run_in_guest(
     command: str,
     *,
@@ -496,13 +509,9 @@ def run_in_guest(
     ``echo`` copies the console to stderr live.
     """
     kernel, initramfs = prepared or prepare()
-    if results_dir is None:
-        runs = cache_dir() / "runs"
-        runs.mkdir(exist_ok=True)
-        results_dir = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=runs))
-    results_dir = results_dir.resolve()
+    results_dir = (results_dir or new_run_dir()).resolve()
     results_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("rc", "uptime", "dmesg.txt"):
+    for stale in ("rc", "uptime", "dmesg.txt", "report.jsonl", "junit.xml"):
         (results_dir / stale).unlink(missing_ok=True)
     (results_dir / "cmd.sh").write_text(
         f"cd {shlex.quote(str(cwd))} || exit 125\n{command}\n"

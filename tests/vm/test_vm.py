@@ -98,12 +98,17 @@ def guest_session(request: pytest.FixtureRequest) -> GuestSession:
         prepared = harness.prepare()
     except harness.HarnessError as e:
         pytest.fail(f"VM bench could not be prepared: {e}", pytrace=False)
-    results = Path(os.environ["USBNETD_VM_RESULTS"]) if os.environ.get("USBNETD_VM_RESULTS") else None
-    if results is None:
+    if os.environ.get("USBNETD_VM_RESULTS"):
+        results = Path(os.environ["USBNETD_VM_RESULTS"])
+    else:
         _prune_runs(KEEP_RUNS - 1)
+        results = harness.new_run_dir()
     command = harness.pytest_command(["-v", *selected])
     if reporter:
-        reporter.write_line(f"\n[vm] booting the guest for {len(selected)} test(s); timeout {RUN_TIMEOUT:.0f}s")
+        reporter.write_line(
+            f"\n[vm] booting the guest for {len(selected)} test(s), timeout {RUN_TIMEOUT:.0f}s; "
+            f"console log: {results / 'console.log'}"
+        )
     result = harness.run_in_guest(command, results_dir=results, timeout=RUN_TIMEOUT, prepared=prepared)
     session = GuestSession(result, selected)
     request.config.stash[VM_SUMMARY_KEY] = session.describe()

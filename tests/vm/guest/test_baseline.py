@@ -24,10 +24,9 @@ def _read_counter(ifname: str, name: str) -> int:
     return int((bench.SYS_NET / ifname / "statistics" / name).read_text())
 
 
-def gadget_link(function: str, gadgets: Callable[..., bench.Gadget],
+def gadget_link(g: bench.Gadget,
                 peers: Callable[[int], bench.PeerNamespace]) -> tuple[str, bench.PeerNamespace]:
-    """Plug a ``function`` gadget in with its kernel host driver; return (host ifname, peer namespace)."""
-    g = gadgets(function)
+    """Plug gadget ``g`` in with its kernel host driver; return (host ifname, peer namespace)."""
     bench.kernel_driver(g.host_driver)
     g.bind()
     peer = peers(g.index)
@@ -39,7 +38,7 @@ def gadget_link(function: str, gadgets: Callable[..., bench.Gadget],
     peer.take(g.gadget_netdev)
     bench.wait_carrier(host_if)
     bench.wait_carrier(g.gadget_netdev, peer.name)
-    print(f"{function}: busid {g.busid} host {host_if} ({g.host_driver}) <-> {peer.name}/{g.gadget_netdev}")
+    print(f"{g.function}: busid {g.busid} host {host_if} ({g.host_driver}) <-> {peer.name}/{g.gadget_netdev}")
     return host_if, peer
 
 
@@ -65,7 +64,8 @@ def usbnet_link(config: int, usbnet: bench.UsbNet,
 def test_kernel_driver_ping(case: str, request: pytest.FixtureRequest,
                             peers: Callable[[int], bench.PeerNamespace]) -> None:
     if case.startswith("gadget-"):
-        host_if, peer = gadget_link(case.removeprefix("gadget-"), request.getfixturevalue("gadgets"), peers)
+        gadgets = request.getfixturevalue("gadgets")
+        host_if, peer = gadget_link(gadgets(case.removeprefix("gadget-")), peers)
     else:
         host_if, peer = usbnet_link(USBNET_CASES[case], request.getfixturevalue("usbnet"), peers)
     tx0, rx0 = _read_counter(host_if, "tx_packets"), _read_counter(host_if, "rx_packets")
@@ -83,7 +83,29 @@ def test_kernel_driver_ping(case: str, request: pytest.FixtureRequest,
 def test_kernel_driver_iperf3(function: str, peers: Callable[[int], bench.PeerNamespace],
                               gadgets: Callable[..., bench.Gadget]) -> None:
     """A short TCP transfer through the gadget; prints Mbit/s, asserts only that bytes moved."""
-    _, peer = gadget_link(function, gadgets, peers)
+    _, peer = gadget_link(gadgets(function), peers)
     result = bench.iperf3_tcp(peer, seconds=2)
     print(f"{function}: iperf3 TCP {result['bits_per_second'] / 1e6:.0f} Mbit/s ({result['bytes']} bytes)")
     assert result["bytes"] > 0
+
+
+def test_gadget_replug(peers: Callable[[int], bench.PeerNamespace],
+                       gadgets: Callable[..., bench.Gadget]) -> None:
+    """Unplug and replug an NCM gadget: the device leaves the host side and comes back working.
+
+    The gadget netdev survives the unplug in its namespace; the host-side netdev is a new one.
+    """
+    g = gadgets("ncm")
+    host_if, peer = gadget_link(g, peers)
+    assert bench.ping(peer.peer_addr)["received"] >= 2
+    g.unbind()
+    assert g.busid is None and not g.bound
+    bench.wait_for(lambda: not (bench.SYS_NET / host_if).exists(), 10, f"{host_if} to go away")
+    busid = g.bind()
+    assert busid == g.busid
+    host_if = g.host_netdev(driver=g.host_driver)
+    peer.address_host_side(host_if)
+    bench.wait_carrier(host_if)
+    result = bench.ping(peer.peer_addr, count=5)
+    print(f"after replug: {result['received']}/{result['sent']} replies via {host_if}")
+    assert result["received"] >= 4, result["output"]
