@@ -131,10 +131,12 @@ def test_guest(guest_test: str, guest_session: GuestSession) -> None:
     entries = guest_session.reports.get(guest_test)
     if not entries:
         pytest.fail(_fail_text(guest_session, f"the guest reported nothing for {guest_test}"), pytrace=False)
+    # Each phase's report repeats the sections of the phases before it: print each section once.
+    sections: dict[str, str] = {}
     for e in entries:
-        for name, text in e.get("sections", []):
-            if e["when"] == "call" or "stdout" in name or "stderr" in name:
-                print(f"--- guest {name} ({e['when']}) ---\n{text}")
+        sections.update((name, text) for name, text in e.get("sections", []))
+    for name, text in sections.items():
+        print(f"--- guest: {name} ---\n{text}")
     failed = [e for e in entries if e["outcome"] == "failed"]
     if failed:
         text = "\n".join(f"[guest {e['when']}] {e['longrepr']}" for e in failed)

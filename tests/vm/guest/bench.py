@@ -91,8 +91,10 @@ def _read(path: Path) -> str | None:
 
 
 def _write(path: Path, value: str) -> None:
+    # An empty write is no write(2) at all: sysfs/configfs must see a newline to clear a value
+    # (UDC, for one).
     with open(path, "w") as f:
-        f.write(value)
+        f.write(value or "\n")
 
 
 # --------------------------------------------------------------------------------------------------
