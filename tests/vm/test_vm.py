@@ -124,30 +124,47 @@ def _fail_text(session: GuestSession, what: str) -> str:
     return f"{what}\n{session.describe()}\n--- console tail ---\n{session.result.console_tail()}"
 
 
+def judge(entries: list[dict]) -> tuple[str, str]:
+    """Outcome of one guest test from its report entries: (kind, text).
+
+    kind is "failed" (any phase failed; text is the failure), "xfailed", "skipped" (text is the reason),
+    "passed", or "missing" (no entries, or no passing call phase).
+    """
+    if not entries:
+        return "missing", "the guest reported nothing for this test"
+    failed = [e for e in entries if e["outcome"] == "failed"]
+    if failed:
+        return "failed", "\n".join(f"[guest {e['when']}] {e['longrepr']}" for e in failed)
+    for e in entries:
+        if e["outcome"] == "skipped":
+            if e.get("wasxfail") is not None:
+                return "xfailed", e["wasxfail"] or e["longrepr"]
+            return "skipped", e["longrepr"]
+    if not any(e["when"] == "call" and e["outcome"] == "passed" for e in entries):
+        return "missing", "no passing call phase was reported"
+    return "passed", ""
+
+
 def test_guest(guest_test: str, guest_session: GuestSession) -> None:
     """One guest test, run in the session's guest; its outcome there is its outcome here."""
     if guest_test.startswith("collection-error::"):
         pytest.fail(guest_test.removeprefix("collection-error::"), pytrace=False)
-    entries = guest_session.reports.get(guest_test)
-    if not entries:
-        pytest.fail(_fail_text(guest_session, f"the guest reported nothing for {guest_test}"), pytrace=False)
+    entries = guest_session.reports.get(guest_test, [])
     # Each phase's report repeats the sections of the phases before it: print each section once.
     sections: dict[str, str] = {}
     for e in entries:
         sections.update((name, text) for name, text in e.get("sections", []))
     for name, text in sections.items():
         print(f"--- guest: {name} ---\n{text}")
-    failed = [e for e in entries if e["outcome"] == "failed"]
-    if failed:
-        text = "\n".join(f"[guest {e['when']}] {e['longrepr']}" for e in failed)
+    kind, text = judge(entries)
+    if kind == "failed":
         pytest.fail(f"{text}\n\nconsole log: {guest_session.result.console_log}", pytrace=False)
-    for e in entries:
-        if e["outcome"] == "skipped":
-            if e.get("wasxfail") is not None:
-                pytest.xfail(f"guest xfail: {e['wasxfail'] or e['longrepr']}")
-            pytest.skip(f"skipped in the guest: {e['longrepr']}")
-    if not any(e["when"] == "call" and e["outcome"] == "passed" for e in entries):
-        pytest.fail(_fail_text(guest_session, f"no passing call phase reported for {guest_test}"), pytrace=False)
+    if kind == "missing":
+        pytest.fail(_fail_text(guest_session, f"{guest_test}: {text}"), pytrace=False)
+    if kind == "xfailed":
+        pytest.xfail(f"guest xfail: {text}")
+    if kind == "skipped":
+        pytest.skip(f"skipped in the guest: {text}")
 
 
 def test_guest_run_completed(guest_session: GuestSession) -> None:
