@@ -27,6 +27,7 @@ from .transport import (
     STATUS_OVERFLOW,
     STATUS_STALL,
     STATUS_TIMED_OUT,
+    CtrlCallback,
     DeviceIdentity,
     IntCallback,
     RxCallback,
@@ -111,6 +112,7 @@ class LibusbTransport(Transport):
         self._rx_free: list[usb1.USBTransfer] = []
         self._tx_free: list[usb1.USBTransfer] = []
         self._all: list[usb1.USBTransfer] = []
+        self._ctrl_free: list[usb1.USBTransfer] = []
         self._int_transfer: usb1.USBTransfer | None = None
         self._int_buffer: bytearray | None = None
         self._stopping = False
@@ -188,6 +190,14 @@ class LibusbTransport(Transport):
         except usb1.USBError as exc:
             raise TransportError(f"control request 0x{request:02x} failed: {exc}") from exc
 
+    def interrupt_read(self, endpoint: int, length: int, timeout_ms: int) -> bytes:
+        try:
+            return bytes(self._handle.interruptRead(endpoint, length, timeout=timeout_ms))
+        except usb1.USBErrorTimeout as exc:
+            raise TransportError(f"no notification from the device within {timeout_ms} ms") from exc
+        except usb1.USBError as exc:
+            raise TransportError(f"interrupt endpoint read failed: {exc}") from exc
+
     # --- data path ---
     def open_pipes(self, ep_in: int, ep_out: int, ep_int: int | None, n_rx: int, n_tx: int,
                    int_size: int, on_rx: RxCallback, on_tx: TxCallback, on_int: IntCallback) -> None:
@@ -200,6 +210,11 @@ class LibusbTransport(Transport):
         for _ in range(n_tx):
             t = self._handle.getTransfer()
             self._tx_free.append(t)
+            self._all.append(t)
+        # A few control transfers for class requests while running (RNDIS keepalives and status, filters).
+        for _ in range(4):
+            t = self._handle.getTransfer()
+            self._ctrl_free.append(t)
             self._all.append(t)
         if ep_int is not None:
             self._int_buffer = bytearray(int_size)
@@ -231,6 +246,28 @@ class LibusbTransport(Transport):
             transfer.submit()
         except usb1.USBError as exc:
             log.warning("interrupt endpoint resubmit failed: %s", exc)
+
+    def submit_control(self, request_type: int, request: int, value: int, index: int, data: bytes | int,
+                       callback: CtrlCallback, timeout_ms: int = 5000) -> bool:
+        if self._stopping or not self._ctrl_free:
+            return False
+        t = self._ctrl_free.pop()
+        t.setControl(request_type, request, value, index, data, self._ctrl_done, callback, timeout_ms)
+        try:
+            t.submit()
+        except usb1.USBError:
+            self._ctrl_free.append(t)
+            return False
+        return True
+
+    def _ctrl_done(self, transfer: usb1.USBTransfer) -> None:
+        callback = transfer.getUserData()
+        status = _STATUS.get(transfer.getStatus(), STATUS_ERROR)
+        data = bytes(transfer.getBuffer()[: transfer.getActualLength()]) if status == STATUS_OK else b""
+        transfer.setUserData(None)
+        self._ctrl_free.append(transfer)
+        if status != STATUS_CANCELLED:
+            callback(status, data)
 
     def submit_rx(self, packet: Packet, length: int) -> bool:
         if self._stopping or not self._rx_free:
@@ -332,6 +369,7 @@ class LibusbTransport(Transport):
         self._all.clear()
         self._rx_free.clear()
         self._tx_free.clear()
+        self._ctrl_free.clear()
         self._int_transfer = None
         handle.close()
         self._handle = None

@@ -27,6 +27,8 @@ from .stats import Stats
 from .transport import (
     STATUS_CANCELLED,
     STATUS_OK,
+    STATUS_STALL,
+    CtrlCallback,
     DeviceIdentity,
     IntCallback,
     RxCallback,
@@ -111,7 +113,8 @@ class SimTransport(Transport):
         self._in_size = 2048  # NCM 1.0 §6.2.7: the default until the host sets it
         self._filter = 0
         self._in_q: collections.deque[tuple[Packet, int]] = collections.deque()
-        self._done: collections.deque[tuple[int, Packet | None, int, int]] = collections.deque()
+        # (kind, packet or control callback, status, length or control reply); kind 0 RX, 1 TX, 2 control
+        self._done: collections.deque[tuple] = collections.deque()
         self._int_pending: collections.deque[bytes] = collections.deque()
         self._tx_in_flight = 0
         self._n_tx = 0
@@ -172,6 +175,23 @@ class SimTransport(Transport):
                     self._in_size = size
                     return
         raise TransportError(f"control request 0x{request:02x} failed: stall")
+
+    def interrupt_read(self, endpoint: int, length: int, timeout_ms: int) -> bytes:
+        raise TransportError("the simulated adapter has no synchronous interrupt reads")
+
+    def submit_control(self, request_type: int, request: int, value: int, index: int, data: bytes | int,
+                       callback: CtrlCallback, timeout_ms: int = 5000) -> bool:
+        try:
+            if isinstance(data, int):
+                reply = self.control_in(request_type, request, value, index, data)
+            else:
+                self.control_out(request_type, request, value, index, data)
+                reply = b""
+            status = STATUS_OK
+        except TransportError:
+            status, reply = STATUS_STALL, b""
+        self._done.append((2, callback, status, reply))
+        return True
 
     # --- data path ---
     def open_pipes(self, ep_in, ep_out, ep_int, n_rx, n_tx, int_size, on_rx: RxCallback, on_tx: TxCallback,
@@ -283,6 +303,8 @@ class SimTransport(Transport):
             kind, packet, status, n = done.popleft()
             if kind == 0:
                 self._on_rx(packet, status, n)
+            elif kind == 2:
+                packet(status, n)  # a control completion: (callback, status, reply)
             else:
                 self._tx_in_flight -= 1
                 self._on_tx(packet, status)

@@ -19,6 +19,7 @@ from .pool import Packet
 RxCallback = Callable[[Packet, int, int], None]  # packet, status, actual length
 TxCallback = Callable[[Packet, int], None]  # packet, status
 IntCallback = Callable[[memoryview, int], None]  # buffer, actual length
+CtrlCallback = Callable[[int, bytes], None]  # status, data received (empty for OUT)
 
 # Transfer status values, mirroring libusb's so the sim can report the same ones.
 STATUS_OK = 0
@@ -78,6 +79,10 @@ class Transport(ABC):
     def control_out(self, request_type: int, request: int, value: int, index: int, data: bytes,
                     timeout_ms: int = 1000) -> None: ...
 
+    @abstractmethod
+    def interrupt_read(self, endpoint: int, length: int, timeout_ms: int) -> bytes:
+        """Synchronous interrupt IN, for setup only (RNDIS waits for RESPONSE_AVAILABLE this way)."""
+
     # --- data path (asynchronous) ---
     @abstractmethod
     def open_pipes(self, ep_in: int, ep_out: int, ep_int: int | None, n_rx: int, n_tx: int,
@@ -93,6 +98,14 @@ class Transport(ABC):
 
     @abstractmethod
     def start_interrupt(self) -> None: ...
+
+    @abstractmethod
+    def submit_control(self, request_type: int, request: int, value: int, index: int, data: bytes | int,
+                       callback: CtrlCallback, timeout_ms: int = 5000) -> bool:
+        """Start a class request while running (bytes: OUT with that payload, int: IN of that length).
+
+        The callback runs from handle_events(); False when every control transfer is busy.
+        """
 
     @property
     @abstractmethod
