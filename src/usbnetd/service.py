@@ -102,6 +102,8 @@ class EthernetService:
 
     def _start(self) -> None:
         d, t = self.driver, self.transport
+        d.on_link = self.apply_link_event
+        d.kick_tx = self._kick_tx
         d.claim()
         d.bind()
         mac = self.requested_mac or d.mac or cdc.random_local_mac()
@@ -228,17 +230,9 @@ class EthernetService:
         budget = TAP_READ_BUDGET
         drained = False
         while budget:
-            p = self._tx_packet
+            p = self._tx_packet or self._open_tx()
             if p is None:
-                if not self.tx_submission.space:
-                    break
-                p = pool.allocate(TX)
-                if p is None:
-                    break
-                d.tx_begin(p)
-                self._tx_packet = p
-                self._tx_frames[p.index] = 0
-                self._tx_bytes[p.index] = 0
+                break
             offset, room = d.tx_slot()
             if room < max_frame:
                 self._finish_tx()
@@ -268,6 +262,19 @@ class EthernetService:
                 self._flush_at = time.monotonic() + TX_FLUSH_DELAY
         self._tap_wants_read = bool(self.tx_submission.space and pool.free_count)
 
+    def _open_tx(self) -> Packet | None:
+        """Start framing a new TX transfer, if the tx submission queue and the pool have room for one."""
+        if not self.tx_submission.space:
+            return None
+        p = self.pool.allocate(TX)
+        if p is None:
+            return None
+        self.driver.tx_begin(p)
+        self._tx_packet = p
+        self._tx_frames[p.index] = 0
+        self._tx_bytes[p.index] = 0
+        return p
+
     def _finish_tx(self) -> None:
         p = self._tx_packet
         self._tx_packet = None
@@ -282,24 +289,20 @@ class EthernetService:
         self._tx_zlp[p.index] = zlp
         self.tx_submission.enqueue(p)
 
+    def _kick_tx(self) -> None:
+        """The driver has something of its own to send (an EEM echo response): start a transfer for it."""
+        if self.state is State.RUNNING and (self._tx_packet or self._open_tx()):
+            self._finish_tx()  # if no transfer can be had now, the next one carries it
+
     def send(self, frame: bytes) -> bool:
         """Queue one frame for the device from inside usbnetd (tests, diagnostics). Refused unless RUNNING."""
         if self.state is not State.RUNNING or not (ETH_HLEN <= len(frame) <= self.driver.max_frame):
             self.stats.tx_dropped += 1
             return False
-        if self._tx_packet is None:
-            if not self.tx_submission.space:
-                self.stats.tx_dropped += 1
-                return False
-            p = self.pool.allocate(TX)
-            if p is None:
-                self.stats.tx_dropped += 1
-                return False
-            self.driver.tx_begin(p)
-            self._tx_packet = p
-            self._tx_frames[p.index] = 0
-            self._tx_bytes[p.index] = 0
-        p = self._tx_packet
+        p = self._tx_packet or self._open_tx()
+        if p is None:
+            self.stats.tx_dropped += 1
+            return False
         offset, room = self.driver.tx_slot()
         if room < len(frame):
             self._finish_tx()

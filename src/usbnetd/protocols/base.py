@@ -107,6 +107,10 @@ class ProtocolDriver:
         self.tx_size = 2048  # bytes per bulk OUT transfer
         self.maxpacket = binding.ep_out.max_packet or 512
         self._notifications = cdc.NotificationParser()
+        # Set by the service: report a link change found outside notification() (RNDIS indications
+        # arrive through a control transfer), and ask for a TX transfer with no frame in it (EEM echoes).
+        self.on_link: Callable[[LinkEvent], None] = lambda event: None
+        self.kick_tx: Callable[[], None] = lambda: None
 
     @classmethod
     def match(cls, config: Configuration) -> Binding | None:
@@ -196,3 +200,53 @@ class ProtocolDriver:
     # --- RX ---
     def rx_decode(self, view: memoryview, length: int, emit: Emit) -> int:
         raise NotImplementedError
+
+
+class OneFramePerTransfer:
+    """TX/RX framing of ECM and the CDC subset: the transfer is the frame, with no header.
+
+    A frame that is an exact multiple of wMaxPacketSize must end with a zero-length packet, or the device
+    keeps waiting for the rest of the transfer; libusb's ADD_ZERO_PACKET does that without a padding byte.
+    """
+
+    stats: Stats
+    max_frame: int
+    maxpacket: int
+
+    def init_framing(self) -> None:
+        mp = self.maxpacket
+        # Room for the largest frame, rounded up to whole USB packets.
+        self.rx_size = self.tx_size = ((self.max_frame + mp - 1) // mp) * mp
+        self._packet: Packet | None = None
+        self._length = 0
+
+    def tx_begin(self, packet: Packet) -> None:
+        self._packet = packet
+        self._length = 0
+
+    def tx_slot(self) -> tuple[int, int]:
+        if self._length:
+            return 0, 0
+        p = self._packet
+        return p.offset, p.capacity - p.offset
+
+    def tx_commit(self, length: int) -> bool:
+        self._length = length
+        return True
+
+    @property
+    def tx_count(self) -> int:
+        return 1 if self._length else 0
+
+    def tx_finish(self) -> tuple[int, bool]:
+        n = self._length
+        self._length = 0
+        return n, n % self.maxpacket == 0
+
+    def rx_decode(self, view: memoryview, length: int, emit: Emit) -> int:
+        if length < 14 or length > self.max_frame:
+            self.stats.rx_length_errors += 1
+            self.stats.rx_errors += 1
+            return 0
+        emit(0, length)
+        return 1
