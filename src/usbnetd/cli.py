@@ -19,6 +19,7 @@ import time
 import click
 
 from . import control
+from .devices import PROTOCOLS, ConfigError
 from .discovery import BadDevice, DeviceSpec, list_devices, parse_device_spec, resolve_busid, sanitize
 from .tap import validate_ifname
 
@@ -81,7 +82,10 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def list_cmd(as_json: bool) -> None:
     """List the USB network devices usbnetd can drive."""
-    devices = list_devices()
+    try:
+        devices = list_devices()
+    except ConfigError as exc:
+        raise Fail(str(exc)) from None
     attached = {}
     for st in _statuses():
         attached[st.get("busid")] = st.get("ifname")
@@ -105,7 +109,7 @@ def _run_options(f):
                      help="For sim: adapters, the name of the TAP that is the simulated wire.")(f)
     f = click.option("--mac", callback=_check_mac, help="Use this MAC instead of the device's.")(f)
     f = click.option("--mtu", type=click.IntRange(68, 16000), help="MTU (default: from the device).")(f)
-    f = click.option("--protocol", type=click.Choice(["ncm", "ecm"]), help="Force a protocol.")(f)
+    f = click.option("--protocol", type=click.Choice(list(PROTOCOLS)), help="Force a protocol.")(f)
     f = click.option("--configuration", type=click.IntRange(1, 255), help="Force a USB configuration.")(f)
     f = click.option("--ntb32", is_flag=True, default=None, help="NCM: use 32-bit NTBs.")(f)
     f = click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")(f)

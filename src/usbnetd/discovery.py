@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 from .descriptors import parse_descriptor_blob
+from .devices import load_table
 from .protocols import NoDriver, choose
 
 SYSFS_USB = "/sys/bus/usb/devices"
@@ -105,7 +106,9 @@ def sanitize(text: str | None) -> str | None:
     return "".join(c if c.isprintable() else "?" for c in text)[:128]
 
 
-def list_devices(root: str = SYSFS_USB) -> list[ListedDevice]:
+def list_devices(root: str = SYSFS_USB, table: dict | None = None) -> list[ListedDevice]:
+    if table is None:
+        table = load_table()
     try:
         names = sorted(os.listdir(root))
     except OSError:
@@ -125,8 +128,11 @@ def list_devices(root: str = SYSFS_USB) -> list[ListedDevice]:
             continue
         active_text = _read(os.path.join(base, "bConfigurationValue"))
         active = int(active_text) if active_text and active_text.isdigit() else None
+        entry = table.get((dev.vendor, dev.product))
         try:
-            driver, binding = choose(configs, active)
+            driver, binding = choose(configs, active, entry.protocol if entry else None,
+                                     entry.configuration if entry else None,
+                                     vendor_subset=bool(entry and entry.protocol == "subset"))
         except NoDriver:
             continue
         drivers = []

@@ -11,6 +11,7 @@ import logging
 
 from .control import AlreadyRunning
 from .daemon import Daemon
+from .devices import ConfigError, lookup
 from .discovery import BadDevice, DeviceSpec, open_usb
 from .protocols import NoDriver, choose
 from .protocols.base import Options
@@ -40,15 +41,24 @@ def run_device(spec: DeviceSpec, control_path: str | None, ifname: str | None = 
         else:
             context, transport = open_usb(spec)
         ident = transport.identity
-        driver_cls, binding = choose(ident.configurations, ident.active_configuration, protocol, configuration)
+        entry = lookup(ident.vendor, ident.product) if spec.kind != "sim" else None
+        if entry is not None:
+            log.info("device table: %04x:%04x %s", ident.vendor, ident.product, entry.note or "")
+        driver_cls, binding = choose(
+            ident.configurations, ident.active_configuration,
+            protocol or (entry.protocol if entry else None),
+            configuration or (entry.configuration if entry else None),
+            vendor_subset=bool(entry and entry.protocol == "subset"),
+        )
         if binding.configuration != ident.active_configuration:
             log.info("switching %s to configuration %d for %s", ident.busid, binding.configuration,
                      driver_cls.name)
             transport.set_configuration(binding.configuration)
-        driver = driver_cls(transport, binding, Stats(), Options(ntb32=ntb32))
+        quirks = entry.quirks if entry else frozenset()
+        driver = driver_cls(transport, binding, Stats(), Options(ntb32=ntb32, quirks=quirks))
         service = EthernetService(transport, driver, ifname=ifname, mac=mac, mtu=mtu)
         Daemon(service, control_path).run(on_ready)
-    except (BadDevice, NoDriver, TransportError, TapError, AlreadyRunning) as exc:
+    except (BadDevice, NoDriver, TransportError, TapError, AlreadyRunning, ConfigError) as exc:
         raise StartError(str(exc)) from None
     except PermissionError as exc:
         raise StartError(f"permission denied: {exc.strerror or exc} (usbnetd needs root or CAP_NET_ADMIN "

@@ -87,6 +87,7 @@ class EthernetService:
         self._tap_errors = BurstLog("TAP write failing")
         self._tap_wants_read = True
         self._torn_down = False
+        self._ignore_link = False
 
     # ------------------------------------------------------------------ start
     def start(self) -> None:
@@ -139,11 +140,14 @@ class EthernetService:
         mtu = self.requested_mtu or (d.max_frame - ETH_HLEN)
         self.tap = Tap(self.requested_ifname or default_ifname(mac), mac, mtu)
         self.ifname = self.tap.name
-        if ep_int is None:
-            self._set_link(True)  # no notifications: the link is as up as the bus
+        quirks = d.options.quirks
+        self._ignore_link = "ignore-link" in quirks
+        if ep_int is None or self._ignore_link:
+            self._set_link(True)  # no (trusted) notifications: the link is as up as the bus
         t.start_interrupt()
         d.activate()
-        d.set_packet_filter(cdc.packet_filter_bits(promisc=False, allmulti=True, multicast=True))
+        if "no-packet-filter" not in quirks:
+            d.set_packet_filter(cdc.packet_filter_bits(promisc=False, allmulti=True, multicast=True))
         self.tap.up()
         for _ in range(self.n_rx):
             p = self.pool.allocate()
@@ -192,7 +196,7 @@ class EthernetService:
             self.apply_link_event(event)
 
     def apply_link_event(self, event: LinkEvent) -> None:
-        if event.connected is not None:
+        if event.connected is not None and not self._ignore_link:
             self._set_link(event.connected)
         if event.down_bps is not None:
             speed = event.down_bps // 1_000_000

@@ -1,7 +1,8 @@
 """Protocol drivers: one small module per USB Ethernet class on one shared core.
 
-`DRIVERS` lists them in order of preference — the protocol usbnetd drives best first (NCM batches many
-frames per transfer, ECM sends one) — and `choose()` picks a configuration and driver for a device.
+`DRIVERS` lists them in order of preference — the protocol usbnetd drives best first: NCM batches many
+frames per transfer with a clean spec; ECM is simple and universal; RNDIS works but is chatty and
+Microsoft-defined; EEM and the subset carry no link state. `choose()` picks a configuration and driver.
 """
 
 from __future__ import annotations
@@ -10,9 +11,20 @@ from ..descriptors import Configuration
 from .base import Binding, ProtocolDriver
 from .ecm import EcmDriver
 from .ncm import NcmDriver
+from .subset import SubsetDriver
 
-DRIVERS: tuple[type[ProtocolDriver], ...] = (NcmDriver, EcmDriver)
+DRIVERS: tuple[type[ProtocolDriver], ...] = (NcmDriver, EcmDriver, SubsetDriver)
 BY_NAME = {d.name: d for d in DRIVERS}
+
+
+def register(driver: type[ProtocolDriver], before: str | None = None) -> None:
+    """Add a driver to the preference list (before `before`, else last)."""
+    global DRIVERS, BY_NAME
+    names = [d.name for d in DRIVERS]
+    drivers = list(DRIVERS)
+    drivers.insert(names.index(before) if before in names else len(drivers), driver)
+    DRIVERS = tuple(drivers)
+    BY_NAME = {d.name: d for d in DRIVERS}
 
 
 class NoDriver(Exception):
@@ -20,8 +32,12 @@ class NoDriver(Exception):
 
 
 def choose(configs: list[Configuration], active: int | None, protocol: str | None = None,
-           configuration: int | None = None) -> tuple[type[ProtocolDriver], Binding]:
-    """Pick (driver, binding): the best protocol overall, preferring the active configuration on a tie."""
+           configuration: int | None = None, vendor_subset: bool = False) -> tuple[type[ProtocolDriver], Binding]:
+    """Pick (driver, binding): the best protocol overall, preferring the active configuration on a tie.
+
+    `protocol` / `configuration` restrict the choice (from the command line or the device table);
+    `vendor_subset` lets the subset driver take a vendor-class interface (a device-table entry says so).
+    """
     drivers = DRIVERS
     if protocol is not None:
         if protocol not in BY_NAME:
@@ -34,6 +50,8 @@ def choose(configs: list[Configuration], active: int | None, protocol: str | Non
     for driver in drivers:
         for config in candidates:
             binding = driver.match(config)
+            if binding is None and vendor_subset and driver is SubsetDriver:
+                binding = SubsetDriver.match_vendor(config)
             if binding is not None:
                 return driver, binding
     what = f"{protocol.upper()} function" if protocol else "network function usbnetd drives"

@@ -49,6 +49,7 @@ class Options:
     ntb32: bool | None = None  # None: the driver's choice
     rx_size: int | None = None  # NCM: requested NTB input size
     tx_size: int | None = None  # NCM: NTB output size cap
+    quirks: frozenset[str] = frozenset()  # names from devices.QUIRKS
 
 
 def bulk_alt(iface_alts: tuple[AltSetting, ...]) -> tuple[AltSetting, Endpoint, Endpoint] | None:

@@ -52,6 +52,10 @@ class NcmDriver(ProtocolDriver):
         self.capabilities = caps
 
         want32 = self.options.ntb32
+        if want32 is None and "ntb32" in self.options.quirks:
+            want32 = True
+        if "ntb16" in self.options.quirks:
+            want32 = False
         ntb32 = bool(want32) and bool(params.formats_supported & FORMATS_NTB32)
         if want32 and not ntb32:
             raise TransportError("NTB32 was asked for but the device supports only NTB16")
