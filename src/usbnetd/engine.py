@@ -13,6 +13,7 @@ we detached, and only then close the handle.
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import usb1
@@ -54,6 +55,11 @@ _SPEED_MBPS = {
     usb1.SPEED_HIGH: 480,
     usb1.SPEED_SUPER: 5000,
 }
+
+SYSFS_USB = "/sys/bus/usb/devices"
+# Kernel drivers usbnetd may displace when it switches configurations: they drive the same network function.
+NET_DRIVERS = frozenset({"cdc_ether", "cdc_ncm", "cdc_eem", "cdc_subset", "rndis_host", "rndis_wlan", "zaurus",
+                         "cdc_mbim", "r8152", "ax88179_178a", "asix", "usbnet"})
 
 GET_DESCRIPTOR = 0x06
 DT_CONFIG = 0x02
@@ -109,6 +115,7 @@ class LibusbTransport(Transport):
         self.identity.serial = self._safe_string(device.getSerialNumber)
         self._claimed: list[int] = []
         self._detached: list[int] = []
+        self._original_configuration: int | None = None  # set when usbnetd switched configurations
         self._rx_free: list[usb1.USBTransfer] = []
         self._tx_free: list[usb1.USBTransfer] = []
         self._all: list[usb1.USBTransfer] = []
@@ -126,18 +133,42 @@ class LibusbTransport(Transport):
             return None
 
     # --- setup ---
+    def _interface_driver(self, config: int, interface: int) -> str | None:
+        link = f"{SYSFS_USB}/{self.identity.busid}:{config}.{interface}/driver"
+        try:
+            return os.path.basename(os.readlink(link))
+        except OSError:
+            return None
+
     def set_configuration(self, value: int) -> None:
-        if self.identity.active_configuration == value:
+        active = self.identity.active_configuration
+        if active == value:
             return
-        config = self.identity.configuration(self.identity.active_configuration or -1)
-        # Every interface of the old configuration must be free of kernel drivers before switching.
+        config = self.identity.configuration(active or -1)
+        # Switching configurations takes every interface away from whoever holds it. Only do that when the
+        # holders are USB network drivers (usbnetd replaces them anyway); never take a storage, serial or
+        # another program's (usbfs) interface from under it.
         if config is not None:
+            for iface in config.interfaces:
+                try:
+                    bound = self._handle.kernelDriverActive(iface.number)
+                except usb1.USBError:
+                    bound = False
+                if not bound:
+                    continue
+                driver = self._interface_driver(active, iface.number) or "an unknown driver"
+                if driver not in NET_DRIVERS:
+                    raise TransportError(f"cannot switch {self.identity.busid} to configuration {value}: "
+                                         f"interface {iface.number} is in use by {driver}")
             for iface in config.interfaces:
                 self._detach(iface.number)
         try:
             self._handle.setConfiguration(value)
         except usb1.USBError as exc:
             raise TransportError(f"SET_CONFIGURATION {value} failed: {exc}") from exc
+        if self._original_configuration is None:
+            self._original_configuration = active
+        self._detached.clear()  # those interfaces belonged to the old configuration
         self.identity.active_configuration = value
 
     def _detach(self, interface: int) -> None:
@@ -357,6 +388,12 @@ class LibusbTransport(Transport):
                 handle.releaseInterface(iface)
             except usb1.USBError:
                 pass
+        if self._original_configuration is not None:
+            # Hand the device back as we found it; the kernel probes its drivers on the restored interfaces.
+            try:
+                handle.setConfiguration(self._original_configuration)
+            except usb1.USBError as exc:
+                log.warning("could not restore configuration %d: %s", self._original_configuration, exc)
         for iface in self._detached:
             try:
                 handle.attachKernelDriver(iface)
