@@ -394,6 +394,7 @@ class LibusbTransport(Transport):
                 handle.setConfiguration(self._original_configuration)
             except usb1.USBError as exc:
                 log.warning("could not restore configuration %d: %s", self._original_configuration, exc)
+            self._detached.clear()  # interfaces of the configuration we leave; nothing to re-attach there
         for iface in self._detached:
             try:
                 handle.attachKernelDriver(iface)
