@@ -11,9 +11,10 @@ from ..descriptors import Configuration
 from .base import Binding, ProtocolDriver
 from .ecm import EcmDriver
 from .ncm import NcmDriver
+from .rndis import RndisDriver
 from .subset import SubsetDriver
 
-DRIVERS: tuple[type[ProtocolDriver], ...] = (NcmDriver, EcmDriver, SubsetDriver)
+DRIVERS: tuple[type[ProtocolDriver], ...] = (NcmDriver, EcmDriver, RndisDriver, SubsetDriver)
 BY_NAME = {d.name: d for d in DRIVERS}
 
 

@@ -69,13 +69,14 @@ def drive(cli: Callable, busid: str, ifname: str, peer: bench.PeerNamespace, pro
     assert st["tx_bytes"] >= up["bytes"] and st["rx_bytes"] >= down["bytes"]
     assert st["rx_packets"] > 0 and st["tx_packets"] > 0
     assert st["mtu"] == 1500 and st["mac"]
+    assert st["rx_errors"] == 0 and st["tx_errors"] == 0
 
     r = cli("detach", ifname)
     assert f"detached {busid} ({ifname})" in r.stdout
     assert not link_exists(ifname), "the interface must disappear on detach"
 
 
-@pytest.mark.parametrize("function", ["ncm", "ecm"])
+@pytest.mark.parametrize("function", ["ncm", "ecm", "rndis", "eem", "subset"])
 def test_usbnetd_drives_gadget(function, gadgets, peers, usbnetd):
     g = gadgets(function)
     busid = g.bind()
@@ -87,12 +88,15 @@ def test_usbnetd_drives_gadget(function, gadgets, peers, usbnetd):
     assert int(stats) > 0
 
 
-def test_usbnetd_drives_usbnet_ecm(usbnet, peers, usbnetd):
-    usbnet.set_configuration(bench.UsbNet.ECM_CONFIG)
+@pytest.mark.parametrize("protocol", ["ecm", "rndis"])
+def test_usbnetd_drives_usbnet(protocol, usbnet, peers, usbnetd):
+    """QEMU's usb-net, forced into each of its configurations by --protocol (usbnetd switches)."""
     busid = usbnet.wait_enumerated()
     peer = peers(60)
     peer.take(bench.UsbNet.peer_netdev())
-    drive(usbnetd, busid, "usbnqemu0", peer, "ecm", ("--protocol", "ecm"))
+    drive(usbnetd, busid, f"usbnq{protocol}0", peer, protocol, ("--protocol", protocol))
+    # Detach handed the device back in the configuration it had (the kernel's default, ECM).
+    assert usbnet.configuration == bench.UsbNet.DEFAULT_CONFIG
 
 
 def test_kernel_driver_is_detached_and_handed_back(gadgets, peers, usbnetd):

@@ -1,0 +1,264 @@
+"""RNDIS (MS-RNDIS 1.0): phones tethering, Windows-era gadgets, QEMU's usb-net configuration 2.
+
+Control goes through SEND_ENCAPSULATED_COMMAND / GET_ENCAPSULATED_RESPONSE on the control interface, with
+RESPONSE_AVAILABLE on the interrupt endpoint saying when to fetch. Bring-up is synchronous and happens
+before the interrupt pipe is handed to the event loop: INITIALIZE (we announce what we can receive per
+transfer), QUERY OID_GEN_PHYSICAL_MEDIUM (optional, logged), QUERY OID_802_3_PERMANENT_ADDRESS (the MAC
+must be the device's, or unicast silently fails on many phones), QUERY OID_GEN_MEDIA_CONNECT_STATUS
+(optional), SET OID_GEN_CURRENT_PACKET_FILTER (the data path starts only after it). While running, every
+RESPONSE_AVAILABLE fetches the response asynchronously: MEDIA_CONNECT / MEDIA_DISCONNECT indications drive
+the carrier, device KEEPALIVEs are answered, failed completions are logged. HALT on teardown.
+
+Data: 44-byte PACKET_MSG headers, several messages per received transfer, TX batched up to the device's
+MaxPacketsPerTransfer and MaxTransferSize from INITIALIZE_CMPLT (the framing lives in `rndis_codec`).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+
+from ..descriptors import XFER_BULK, XFER_INTERRUPT, Configuration
+from ..pool import Packet
+from ..transport import STATUS_OK, TransportError
+from . import cdc
+from . import rndis_codec as rc
+from .base import Binding, Emit, LinkEvent, ProtocolDriver, bulk_alt
+
+log = logging.getLogger(__name__)
+
+# Control interfaces that speak RNDIS: (class, subclass, protocol).
+CONTROL_CLASSES = (
+    (cdc.CLASS_COMM, cdc.SUBCLASS_ACM, 0xFF),  # the standard "CDC ACM, vendor protocol" RNDIS
+    (cdc.CLASS_WIRELESS, 0x01, 0x03),  # Android: wireless controller / RF / RNDIS
+    (cdc.CLASS_MISC, 0x04, 0x01),  # Microsoft's "RNDIS over Ethernet" misc class
+    (cdc.CLASS_MISC, 0x01, 0x01),  # ActiveSync-era devices
+)
+RX_TRANSFER = 16384  # we announce this in INITIALIZE; Android may ignore it and send up to 16 KiB anyway
+COMMAND_TIMEOUT_MS = 5000  # Linux's RNDIS control timeout
+RESPONSE_ATTEMPTS = 10  # responses that are not ours (indications, keepalives) we read past before giving up
+
+
+def match_rndis(config: Configuration) -> Binding | None:
+    for iface in config.interfaces:
+        ctrl = iface.alts[0] if iface.alts else None
+        if ctrl is None or (ctrl.cls, ctrl.subclass, ctrl.protocol) not in CONTROL_CLASSES:
+            continue
+        functional = cdc.parse_cdc_functional(ctrl.extra) if ctrl.extra else None
+        # The Union names the data interface; devices without one (some ActiveSync-era ones) put it next.
+        if functional is not None and functional.union_subordinates:
+            data_number = functional.union_subordinates[0]
+        else:
+            data_number = iface.number + 1
+        data = config.interface(data_number)
+        if data is None:
+            continue
+        found = bulk_alt(data.alts)
+        if found is None:
+            continue
+        alt, ep_in, ep_out = found
+        ep_int = ctrl.endpoint(XFER_INTERRUPT, True)
+        if ep_in.transfer_type != XFER_BULK:
+            continue
+        return Binding(config.value, iface.number, data_number, alt.alternate, ep_in, ep_out, ep_int, functional)
+    return None
+
+
+class RndisDriver(ProtocolDriver):
+    name = "rndis"
+
+    @classmethod
+    def match(cls, config: Configuration) -> Binding | None:
+        return match_rndis(config)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._request_id = 0
+        self._filter: int | None = None
+        self.max_frame = 1514
+        self.rx_size = RX_TRANSFER
+        self._decoder = rc.RndisDecoder(self.stats, max_frame=rc.DEFAULT_MAX_FRAME)
+        self.initial_link: bool | None = None
+
+    def _next_id(self) -> int:
+        self._request_id = (self._request_id % 0xFFFFFFFE) + 1
+        return self._request_id
+
+    # --- synchronous control, setup only ---
+    def _send(self, message: bytes) -> None:
+        self.transport.control_out(cdc.REQ_TYPE_CLASS_OUT, cdc.SEND_ENCAPSULATED_COMMAND, 0, self.binding.control,
+                                   message, timeout_ms=COMMAND_TIMEOUT_MS)
+
+    def _command(self, message: bytes, request_id: int, expect_type: int) -> rc.ControlMessage:
+        """Send one command and wait for its completion, answering whatever else the device says first."""
+        self._send(message)
+        deadline = time.monotonic() + COMMAND_TIMEOUT_MS / 1000
+        ep_int = self.binding.ep_int
+        for _ in range(RESPONSE_ATTEMPTS):
+            if ep_int is not None:
+                left = max(1, int((deadline - time.monotonic()) * 1000))
+                try:
+                    self.transport.interrupt_read(ep_int.address, max(8, ep_int.max_packet), left)
+                except TransportError:
+                    pass  # some devices never notify; polling the response is still correct
+            raw = self.transport.control_in(cdc.REQ_TYPE_CLASS_IN, cdc.GET_ENCAPSULATED_RESPONSE, 0,
+                                            self.binding.control, rc.CONTROL_BUFFER_SIZE,
+                                            timeout_ms=COMMAND_TIMEOUT_MS)
+            if not raw:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.04)  # Linux polls the response 10 x 40 ms
+                continue
+            try:
+                msg = rc.parse_control(raw)
+            except rc.RndisError as exc:
+                log.info("ignoring a malformed RNDIS response during setup: %s", exc)
+                continue
+            if msg.msg_type == expect_type and msg.request_id == request_id:
+                try:
+                    return rc.expect(msg, expect_type, request_id)
+                except rc.RndisError as exc:
+                    raise TransportError(f"RNDIS {exc}") from None
+            self._unsolicited(msg, synchronous=True)
+            if time.monotonic() > deadline:
+                break
+        raise TransportError(f"RNDIS device did not answer {rc.message_name(expect_type & 0x7FFFFFFF)} "
+                             f"within {COMMAND_TIMEOUT_MS / 1000:g} s")
+
+    def _query(self, oid: int) -> rc.QueryComplete:
+        rid = self._next_id()
+        return self._command(rc.query(rid, oid), rid, rc.QUERY_CMPLT)  # type: ignore[return-value]
+
+    def bind(self) -> None:
+        rid = self._next_id()
+        init = self._command(rc.initialize(rid, RX_TRANSFER), rid, rc.INITIALIZE_CMPLT)
+        assert isinstance(init, rc.InitializeComplete)
+        self._batch = rc.RndisBatch.from_init_complete(init, self.maxpacket, max_transfer_cap=65536)
+        self.tx_size = self._batch.max_transfer_size + 1
+        log.info("RNDIS %d.%d, device takes %d packets / %d bytes per transfer, alignment %d", init.major,
+                 init.minor, self._batch.max_packets, self._batch.max_transfer_size, self._batch.alignment)
+        try:
+            medium = self._query(rc.OID_GEN_PHYSICAL_MEDIUM).u32()
+            log.info("RNDIS physical medium: %s", rc.physical_medium_name(medium))
+        except (TransportError, rc.RndisError):
+            pass  # optional OID; most gadgets do not answer it
+        try:
+            mac = self._query(rc.OID_802_3_PERMANENT_ADDRESS).payload
+        except TransportError as exc:
+            raise TransportError(f"RNDIS device would not tell its MAC address: {exc}") from None
+        if len(mac) < 6 or mac[0] & 1:
+            raise TransportError(f"RNDIS device gave an unusable MAC address {mac.hex(':')}")
+        self.mac = bytes(mac[:6])
+        try:
+            state = self._query(rc.OID_GEN_MEDIA_CONNECT_STATUS).u32()
+            self.initial_link = state == rc.MEDIA_STATE_CONNECTED
+        except (TransportError, rc.RndisError):
+            self.initial_link = None
+        self._set_filter_sync(rc.FILTER_DEFAULT)
+
+    def _set_filter_sync(self, bits: int) -> None:
+        rid = self._next_id()
+        self._command(rc.set_packet_filter(rid, bits), rid, rc.SET_CMPLT)
+        self._filter = bits
+
+    def activate(self) -> None:
+        super().activate()
+        if self.initial_link is not None:
+            self.on_link(LinkEvent(connected=self.initial_link))
+        else:
+            self.on_link(LinkEvent(connected=True))  # no status OID: assume up until told otherwise
+
+    def set_packet_filter(self, bits: int) -> bool:
+        """CDC filter bits -> NDIS filter bits, sent asynchronously (the interrupt pipe belongs to the loop)."""
+        ndis = rc.FILTER_DIRECTED | rc.FILTER_BROADCAST
+        if bits & cdc.PACKET_TYPE_PROMISCUOUS:
+            ndis |= rc.FILTER_PROMISCUOUS
+        if bits & cdc.PACKET_TYPE_ALL_MULTICAST:
+            ndis |= rc.FILTER_ALL_MULTICAST
+        if bits & cdc.PACKET_TYPE_MULTICAST:
+            ndis |= rc.FILTER_MULTICAST
+        if ndis == self._filter:
+            return True
+        self._filter = ndis
+        return self._send_async(rc.set_packet_filter(self._next_id(), ndis))
+
+    def deactivate(self) -> None:
+        try:
+            self._send(rc.halt(self._next_id()))
+        except TransportError as exc:
+            log.debug("RNDIS HALT not delivered: %s", exc)
+        super().deactivate()
+
+    # --- while running ---
+    def _send_async(self, message: bytes) -> bool:
+        ok = self.transport.submit_control(cdc.REQ_TYPE_CLASS_OUT, cdc.SEND_ENCAPSULATED_COMMAND, 0,
+                                           self.binding.control, message, self._sent)
+        if not ok:
+            log.warning("RNDIS: no control transfer free to send %s", rc.message_name(
+                struct.unpack_from("<I", message)[0]))
+        return ok
+
+    def _sent(self, status: int, data: bytes) -> None:
+        if status != STATUS_OK:
+            log.warning("RNDIS: sending a control message failed (status %d)", status)
+
+    def notification(self, view: memoryview, length: int) -> LinkEvent | None:
+        n = self._notifications.feed(view, length)
+        if n is not None and n.kind == cdc.RESPONSE_AVAILABLE:
+            self.transport.submit_control(cdc.REQ_TYPE_CLASS_IN, cdc.GET_ENCAPSULATED_RESPONSE, 0,
+                                          self.binding.control, rc.CONTROL_BUFFER_SIZE, self._response)
+        return None
+
+    def _response(self, status: int, data: bytes) -> None:
+        if status != STATUS_OK or not data:
+            return
+        try:
+            msg = rc.parse_control(data)
+        except rc.RndisError as exc:
+            self.stats.notification_errors += 1
+            log.info("RNDIS: malformed response dropped: %s", exc)
+            return
+        self._unsolicited(msg, synchronous=False)
+
+    def _unsolicited(self, msg: rc.ControlMessage, synchronous: bool) -> None:
+        if isinstance(msg, rc.IndicateStatus):
+            link = rc.media_state(msg.status)
+            if link is not None:
+                if synchronous:
+                    self.initial_link = link
+                else:
+                    self.on_link(LinkEvent(connected=link))
+            else:
+                log.info("RNDIS status indication %s", rc.status_name(msg.status))
+        elif msg.msg_type == rc.KEEPALIVE_MSG:
+            reply = rc.keepalive_complete(msg.request_id)
+            if synchronous:
+                self._send(reply)
+            else:
+                self._send_async(reply)
+        elif getattr(msg, "status", rc.STATUS_SUCCESS) != rc.STATUS_SUCCESS:
+            log.warning("RNDIS %s failed: %s", msg.name, rc.status_name(msg.status))  # type: ignore[attr-defined]
+
+    # --- data ---
+    def tx_begin(self, packet: Packet) -> None:
+        packet.offset = 0
+        self._batch.begin(packet.view)
+
+    def tx_slot(self) -> tuple[int, int]:
+        return self._batch.next_slot()
+
+    def tx_commit(self, length: int) -> bool:
+        self._batch.commit(length)
+        return self._batch.next_slot()[1] < self.max_frame
+
+    @property
+    def tx_count(self) -> int:
+        return self._batch.count
+
+    def tx_finish(self) -> tuple[int, bool]:
+        n = self._batch.finish()
+        return n, self._batch.zlp
+
+    def rx_decode(self, view: memoryview, length: int, emit: Emit) -> int:
+        return self._decoder.decode(view, length, emit)
