@@ -252,7 +252,10 @@ def status(target, as_json) -> None:
         raise Fail(f"{target} is not attached")
     rows = [{k: s.get(k) for k in STATUS_FIELDS} for s in matches]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        # The documented fields first, then the finer counters (rx_length_errors, ...) and pool figures.
+        full = [{**r, **{k: v for k, v in s.items() if k not in r and not k.startswith("_")}}
+                for r, s in zip(rows, matches, strict=True)]
+        click.echo(json.dumps(full, indent=2))
         return
     if not rows:
         click.echo("no devices attached")

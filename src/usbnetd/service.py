@@ -105,6 +105,7 @@ class EthernetService:
         d, t = self.driver, self.transport
         d.on_link = self.apply_link_event
         d.kick_tx = self._kick_tx
+        d.deliver = self._deliver
         d.claim()
         d.bind()
         mac = self.requested_mac or d.mac or cdc.random_local_mac()
@@ -217,8 +218,12 @@ class EthernetService:
         self.transport.handle_events()
 
     def _emit_rx(self, offset: int, length: int) -> None:
+        self._deliver(self._rx_view, offset, length)
+
+    def _deliver(self, view: memoryview, offset: int, length: int) -> None:
+        """One received frame to the TAP, straight from wherever it lies (usually the RX transfer)."""
         try:
-            os.write(self._tap_fd, self._rx_view[offset : offset + length])
+            os.write(self._tap_fd, view[offset : offset + length])
         except OSError as exc:
             # BlockingIOError (queue full) or EIO (interface down): the frame is dropped, never raised.
             self.stats.rx_dropped += 1

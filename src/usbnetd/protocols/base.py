@@ -112,6 +112,8 @@ class ProtocolDriver:
         # arrive through a control transfer), and ask for a TX transfer with no frame in it (EEM echoes).
         self.on_link: Callable[[LinkEvent], None] = lambda event: None
         self.kick_tx: Callable[[], None] = lambda: None
+        # Set by the service: hand a frame from a buffer other than the RX transfer to the TAP.
+        self.deliver: Callable[[memoryview, int, int], None] = lambda view, offset, length: None
 
     @classmethod
     def match(cls, config: Configuration) -> Binding | None:

@@ -27,6 +27,7 @@ from . import rndis_codec as rc
 from .base import Binding, Emit, LinkEvent, ProtocolDriver, bulk_alt
 
 log = logging.getLogger(__name__)
+_HEADER = struct.Struct("<II")  # MessageType, MessageLength
 
 # Control interfaces that speak RNDIS: (class, subclass, protocol).
 CONTROL_CLASSES = (
@@ -79,6 +80,10 @@ class RndisDriver(ProtocolDriver):
         self.max_frame = 1514
         self.rx_size = RX_TRANSFER
         self._decoder = rc.RndisDecoder(self.stats, max_frame=rc.DEFAULT_MAX_FRAME)
+        # One message carried across a transfer boundary (see rx_decode); preallocated, reused.
+        self._carry = bytearray(rc.PACKET_HEADER_LEN + rc.DEFAULT_MAX_FRAME + 64)
+        self._carry_view = memoryview(self._carry)
+        self._carry_len = 0
         self.initial_link: bool | None = None
 
     def _next_id(self) -> int:
@@ -151,6 +156,10 @@ class RndisDriver(ProtocolDriver):
             raise TransportError(f"RNDIS device gave an unusable MAC address {mac.hex(':')}")
         self.mac = bytes(mac[:6])
         try:
+            self.initial_speed_bps = self._query(rc.OID_GEN_LINK_SPEED).u32() * 100  # in units of 100 bit/s
+        except (TransportError, rc.RndisError):
+            self.initial_speed_bps = None
+        try:
             state = self._query(rc.OID_GEN_MEDIA_CONNECT_STATUS).u32()
             self.initial_link = state == rc.MEDIA_STATE_CONNECTED
         except (TransportError, rc.RndisError):
@@ -164,10 +173,10 @@ class RndisDriver(ProtocolDriver):
 
     def activate(self) -> None:
         super().activate()
-        if self.initial_link is not None:
-            self.on_link(LinkEvent(connected=self.initial_link))
-        else:
-            self.on_link(LinkEvent(connected=True))  # no status OID: assume up until told otherwise
+        # No media-state OID: assume up until an indication says otherwise, as Linux's rndis_host does.
+        connected = self.initial_link if self.initial_link is not None else True
+        speed = self.initial_speed_bps
+        self.on_link(LinkEvent(connected=connected, up_bps=speed, down_bps=speed))
 
     def set_packet_filter(self, bits: int) -> bool:
         """CDC filter bits -> NDIS filter bits, sent asynchronously (the interrupt pipe belongs to the loop)."""
@@ -260,5 +269,70 @@ class RndisDriver(ProtocolDriver):
         n = self._batch.finish()
         return n, self._batch.zlp
 
+    # A bulk IN transfer that comes back exactly full may end inside a message: devices that neither pad
+    # nor send a ZLP after a message that is a multiple of wMaxPacketSize (QEMU's usb-net does this) keep
+    # streaming into the next transfer. The tail of such a transfer is carried over and completed from the
+    # next one; only a full transfer can continue, so a short one that ends mid-message is still an error.
     def rx_decode(self, view: memoryview, length: int, emit: Emit) -> int:
-        return self._decoder.decode(view, length, emit)
+        frames = 0
+        start = 0
+        if self._carry_len:
+            start, frames = self._complete_carry(view, length)
+            if start >= length:
+                return frames
+        end = length
+        if length == self.rx_size:
+            end = self._split_point(view, start, length)
+            if end < length:
+                self._carry[: length - end] = view[end:length]
+                self._carry_len = length - end
+        if start == 0:
+            return frames + self._decoder.decode(view, end, emit)
+        self._shift, self._shift_emit = start, emit
+        return frames + self._decoder.decode(view[start:end], end - start, self._emit_shifted)
+
+    def _emit_shifted(self, offset: int, length: int) -> None:
+        self._shift_emit(offset + self._shift, length)
+
+    def _split_point(self, view: memoryview, pos: int, length: int) -> int:
+        """Where the last message that does not fit in this transfer starts (length when all fit)."""
+        while length - pos >= 8:
+            msg_type, msg_len = _HEADER.unpack_from(view, pos)
+            if msg_type != rc.PACKET_MSG or msg_len < rc.PACKET_HEADER_LEN or msg_len > len(self._carry):
+                return length  # not a message we could carry: leave it to the decoder to judge and count
+            if pos + msg_len > length:
+                return pos
+            pos += msg_len
+        return pos if pos < length and any(view[pos:length]) else length
+
+    def _complete_carry(self, view: memoryview, length: int) -> tuple[int, int]:
+        """Fill the carried message from the start of `view`; return (bytes used, frames delivered)."""
+        carry, have = self._carry, self._carry_len
+        if have < 8:  # even the header was split: take just enough of it to learn the length
+            take = min(8 - have, length)
+            carry[have : have + take] = view[:take]
+            have += take
+            self._carry_len = have
+            if have < 8:
+                return take, 0
+            used = take
+        else:
+            used = 0
+        need = _HEADER.unpack_from(carry, 0)[1]
+        if not rc.PACKET_HEADER_LEN <= need <= len(carry):
+            self._carry_len = 0
+            self.stats.rx_errors += 1
+            self.stats.rx_frame_errors += 1
+            return used, 0
+        take = min(need - have, length - used)
+        carry[have : have + take] = view[used : used + take]
+        have += take
+        used += take
+        if have < need:
+            self._carry_len = have
+            return used, 0
+        self._carry_len = 0
+        return used, self._decoder.decode(self._carry_view, need, self._emit_carried)
+
+    def _emit_carried(self, offset: int, length: int) -> None:
+        self.deliver(self._carry_view, offset, length)

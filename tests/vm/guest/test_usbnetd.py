@@ -41,6 +41,8 @@ def usbnetd(tmp_path):
     yield cli
     for st in json.loads(cli("status", "--json", check=False).stdout or "[]"):
         cli("detach", st["ifname"], check=False)
+    for log in sorted((tmp_path / "run").glob("*.log")):
+        print(f"--- {log.name}\n{log.read_text()}")  # shown by pytest when the test failed
 
 
 def link_exists(ifname: str) -> bool:
