@@ -10,11 +10,12 @@ from __future__ import annotations
 from ..descriptors import Configuration
 from .base import Binding, ProtocolDriver
 from .ecm import EcmDriver
+from .eem import EemDriver
 from .ncm import NcmDriver
 from .rndis import RndisDriver
 from .subset import SubsetDriver
 
-DRIVERS: tuple[type[ProtocolDriver], ...] = (NcmDriver, EcmDriver, RndisDriver, SubsetDriver)
+DRIVERS: tuple[type[ProtocolDriver], ...] = (NcmDriver, EcmDriver, RndisDriver, EemDriver, SubsetDriver)
 BY_NAME = {d.name: d for d in DRIVERS}
 
 
