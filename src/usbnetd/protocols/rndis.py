@@ -213,8 +213,9 @@ class RndisDriver(ProtocolDriver):
             log.warning("RNDIS: sending a control message failed (status %d)", status)
 
     def notification(self, view: memoryview, length: int) -> LinkEvent | None:
-        n = self._notifications.feed(view, length)
-        if n is not None and n.kind == cdc.RESPONSE_AVAILABLE:
+        # RNDIS's RESPONSE_AVAILABLE is not a CDC notification: MS-RNDIS says 8 bytes {1, 0} as LE32s (f_rndis
+        # and QEMU send exactly that), some devices send the CDC form. Either way the only meaning is "fetch".
+        if length >= 4:
             self.transport.submit_control(cdc.REQ_TYPE_CLASS_IN, cdc.GET_ENCAPSULATED_RESPONSE, 0,
                                           self.binding.control, rc.CONTROL_BUFFER_SIZE, self._response)
         return None
