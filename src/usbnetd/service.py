@@ -134,8 +134,11 @@ class EthernetService:
         self._tx_zlp = bytearray(n)  # whether the driver wants a ZLP after each TX transfer
 
         ep_int = d.binding.ep_int
+        # The interrupt transfer is exactly one wMaxPacketSize: a longer one would sit on a full-size packet
+        # waiting for more (RNDIS's 8-byte notifications on an 8-byte endpoint never end short), and a CDC
+        # speed change split over two transfers is reassembled by the notification parser.
         t.open_pipes(d.binding.ep_in.address, d.binding.ep_out.address, ep_int.address if ep_int else None,
-                     self.n_rx, self.n_tx, max(16, ep_int.max_packet if ep_int else 16),
+                     self.n_rx, self.n_tx, ep_int.max_packet if ep_int else 16,
                      self._on_rx, self._on_tx, self._on_interrupt)
 
         mtu = self.requested_mtu or (d.max_frame - ETH_HLEN)

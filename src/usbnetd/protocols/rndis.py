@@ -215,12 +215,17 @@ class RndisDriver(ProtocolDriver):
     def notification(self, view: memoryview, length: int) -> LinkEvent | None:
         # RNDIS's RESPONSE_AVAILABLE is not a CDC notification: MS-RNDIS says 8 bytes {1, 0} as LE32s (f_rndis
         # and QEMU send exactly that), some devices send the CDC form. Either way the only meaning is "fetch".
-        if length >= 4:
+        # One 8-byte notification per queued response; with an 8-byte wMaxPacketSize several arrive merged
+        # in one transfer (f_rndis sends them back to back), and each must be fetched, or the device's queue
+        # never drains and it stops notifying at all.
+        log.debug("RNDIS: interrupt %s", bytes(view[:length]).hex())
+        for _ in range(max(1, length // 8) if length >= 4 else 0):
             self.transport.submit_control(cdc.REQ_TYPE_CLASS_IN, cdc.GET_ENCAPSULATED_RESPONSE, 0,
                                           self.binding.control, rc.CONTROL_BUFFER_SIZE, self._response)
         return None
 
     def _response(self, status: int, data: bytes) -> None:
+        log.debug("RNDIS: response (status %d) %s", status, data[:32].hex())
         if status != STATUS_OK or not data:
             return
         try:

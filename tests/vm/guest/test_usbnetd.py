@@ -134,3 +134,24 @@ def test_list_shows_free_gadget_and_bad_device_is_one_line(gadgets, usbnetd):
     assert (entry["protocol"], entry["state"], entry["configuration"]) == ("ecm", "free", 1)
     r = usbnetd("attach", "9-9", check=False)
     assert r.returncode == 1 and r.stderr.strip() == "usbnetd: error: no USB device 9-9"
+
+
+@pytest.mark.parametrize("function", ["ncm", "ecm", "rndis"])
+def test_carrier_follows_the_device_link(function, gadgets, peers, usbnetd):
+    """The gadget reports its link (NETWORK_CONNECTION, or RNDIS MEDIA_(DIS)CONNECT indications) when its
+    netdev goes down and up; the usbnetd interface's carrier must follow, both ways."""
+    g = gadgets(function)
+    busid = g.bind()
+    peer = peers(80 + g.index)
+    peer.take(g.gadget_netdev)
+    ifname = f"usbl{function}0"
+    usbnetd("attach", busid, "--ifname", ifname, "--timeout", str(ATTACH_TIMEOUT))
+    bench.netdev_up(ifname)
+    bench.wait_carrier(ifname, timeout=30)
+    peer.exec("ip", "link", "set", g.gadget_netdev, "down")
+    bench.wait_for(lambda: not bench.carrier(ifname), 30, f"{ifname} to lose carrier")
+    peer.exec("ip", "link", "set", g.gadget_netdev, "up")
+    bench.wait_carrier(ifname, timeout=30)
+    (st,) = json.loads(usbnetd("status", ifname, "--json").stdout)
+    assert st["link"] == "up" and st["notifications"] > 0
+    usbnetd("detach", ifname)
