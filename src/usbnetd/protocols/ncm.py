@@ -86,6 +86,12 @@ class NcmDriver(ProtocolDriver):
         self._decoder = NtbDecoder(self.stats, max_datagram=max(self.max_frame, 1514))
         self._packet: Packet | None = None
 
+    def set_packet_filter(self, bits: int) -> bool:
+        # NCM 1.0 §6.2.1: SET_ETHERNET_PACKET_FILTER is optional, announced by bmNetworkCapabilities bit 0.
+        if not self.capabilities & cdc.NCM_NCAP_ETH_FILTER:
+            return False
+        return super().set_packet_filter(bits)
+
     @property
     def framing(self) -> str:
         return f"{'NTB32' if self.ntb32 else 'NTB16'}, {self.rx_size} B in / {self.tx_size} B out"

@@ -155,3 +155,16 @@ def test_carrier_follows_the_device_link(function, gadgets, peers, usbnetd):
     (st,) = json.loads(usbnetd("status", ifname, "--json").stdout)
     assert st["link"] == "up" and st["notifications"] > 0
     usbnetd("detach", ifname)
+
+
+def test_list_shows_protocol_and_configuration_for_every_bench_device(gadgets, usbnet, usbnetd):
+    expected = {}
+    for function in ("ncm", "ecm", "rndis", "eem", "subset"):
+        g = gadgets(function)
+        expected[g.bind()] = (function, 1)
+    expected[usbnet.wait_enumerated()] = ("ecm", bench.UsbNet.ECM_CONFIG)  # ECM beats RNDIS
+    listing = {d["busid"]: d for d in json.loads(usbnetd("list", "--json").stdout)}
+    print(usbnetd("list").stdout)
+    for busid, (protocol, config) in expected.items():
+        assert (listing[busid]["protocol"], listing[busid]["configuration"]) == (protocol, config), listing[busid]
+        assert listing[busid]["state"] == "free"
