@@ -13,8 +13,10 @@ import os
 import select
 import signal
 import socket
+import time
 
 from .control import ControlServer
+from .notify import Notifier
 from .service import EthernetService, State
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ class Daemon:
         self.control_path = control_path
         self.control: ControlServer | None = None
         self.stop_reason: str | None = None
+        self.notifier = Notifier()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -54,17 +57,27 @@ class Daemon:
                 self.control = ControlServer(self.control_path, self.handle_request)
             if self.stop_reason is None:
                 self.service.start()
+                # READY=1 only now: the TAP exists and RX is primed.
+                self.notifier.ready(self._status_line())
                 if on_ready is not None:
                     on_ready(self.service)
                 self._loop()
         finally:
+            self.notifier.stopping(f"stopping: {self.stop_reason or 'start-up failed'}")
             self.service.stop()
             if self.control is not None:
                 self.control.close()
             signal.set_wakeup_fd(old_wakeup)
             for s, h in old.items():
                 signal.signal(s, h)
+            self.notifier.close()
             log.info("stopped: %s", self.stop_reason or "start-up failed")
+
+    def _status_line(self) -> str:
+        svc = self.service
+        speed = f", {svc.speed_mbps} Mbit/s" if svc.speed_mbps is not None else ""
+        return (f"{svc.driver.name} on {svc.transport.identity.busid}: {getattr(svc, 'ifname', '?')}, "
+                f"link {'up' if svc.link else 'down'}{speed}")
 
     def _loop(self) -> None:
         svc = self.service
@@ -75,10 +88,21 @@ class Daemon:
         if self.control is not None:
             fixed[self.control.fileno()] = POLLIN
         tap_fd = svc.tap.fd
+        notifier = self.notifier
+        watchdog = notifier.watchdog_interval()
+        next_ping = time.monotonic() if watchdog else None
+        link = (svc.link, svc.speed_mbps)
         while self.stop_reason is None:
             if svc.device_gone:
                 self.stop_reason = "device disappeared"
                 break
+            if (svc.link, svc.speed_mbps) != link:
+                link = (svc.link, svc.speed_mbps)
+                notifier.status(self._status_line())
+            if next_ping is not None and time.monotonic() >= next_ping:
+                # The loop is turning and the service is running (checked below): that is our health.
+                notifier.watchdog()
+                next_ping = time.monotonic() + watchdog
             # Registrations change rarely (TAP backpressure, the sim's wire); diff them instead of rebuilding.
             want = dict(fixed)
             for fd, ev in svc.poll_fds():
@@ -94,6 +118,8 @@ class Daemon:
                 registered = want
             t = svc.timeout()
             timeout_ms = IDLE_TIMEOUT_MS if t is None else min(IDLE_TIMEOUT_MS, int(t * 1000 + 0.999))
+            if next_ping is not None:
+                timeout_ms = max(0, min(timeout_ms, int((next_ping - time.monotonic()) * 1000 + 0.999)))
             try:
                 events = poller.poll(timeout_ms)
             except InterruptedError:
