@@ -112,6 +112,9 @@ def _run_options(f):
     f = click.option("--protocol", type=click.Choice(list(PROTOCOLS)), help="Force a protocol.")(f)
     f = click.option("--configuration", type=click.IntRange(1, 255), help="Force a USB configuration.")(f)
     f = click.option("--ntb32", is_flag=True, default=None, help="NCM: use 32-bit NTBs.")(f)
+    f = click.option("--persistent/--no-persistent", default=None,
+                     help="Keep the interface (addresses, routes) when the daemon stops; detach removes it. "
+                          "Default: [interface] persistent in the configuration (off).")(f)
     f = click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")(f)
     return f
 
@@ -119,7 +122,7 @@ def _run_options(f):
 @cli.command()
 @click.argument("device")
 @_run_options
-def run(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, verbose) -> None:
+def run(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, persistent, verbose) -> None:
     """Drive DEVICE in the foreground until SIGINT or SIGTERM."""
     from .runner import StartError, run_device
 
@@ -130,7 +133,7 @@ def run(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, verb
     path = control.socket_path(instance_name(spec, sim_peer))
     try:
         run_device(spec, control_path=path, ifname=ifname, sim_peer=sim_peer, mac=mac, mtu=mtu,
-                   protocol=protocol, configuration=configuration, ntb32=ntb32)
+                   protocol=protocol, configuration=configuration, ntb32=ntb32, persistent=persistent)
     except StartError as exc:
         raise Fail(str(exc)) from None
 
@@ -140,7 +143,8 @@ def run(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, verb
 @_run_options
 @click.option("--timeout", type=click.FloatRange(1, 600), default=30, show_default=True,
               help="Seconds to wait for the interface.")
-def attach(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, verbose, timeout) -> None:
+def attach(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, persistent, verbose,
+           timeout) -> None:
     """Start driving DEVICE in the background; print the interface name once it is up."""
     spec = _device(device)
     name = instance_name(spec, sim_peer)
@@ -156,6 +160,8 @@ def attach(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, v
         args += ["--mac", mac.hex(":")]
     if ntb32:
         args.append("--ntb32")
+    if persistent is not None:
+        args.append("--persistent" if persistent else "--no-persistent")
     if verbose:
         args.append("-" + "v" * verbose)
     os.makedirs(control.RUN_DIR, exist_ok=True)

@@ -1,25 +1,13 @@
-"""The device table: per VID:PID choices and quirks, as data, extendable from configuration files.
+"""The device table: per-device choices and quirks, as data.
 
-Class matching (protocols.choose) handles every standards-compliant adapter; this table is only for devices
-that need more: a vendor-class CDC-subset device that no class code identifies, a preferred protocol or
-configuration, or a quirk. Entries from `[[device]]` tables in /etc/usbnetd/usbnetd.toml and
-/etc/usbnetd/conf.d/*.toml (USBNETD_CONFIG_DIR overrides the directory) are added after, and so override,
-the built-in ones — no code change needed for a new device.
-
-    [[device]]
-    id = "0bda:8153"            # VID:PID, hex
-    protocol = "ecm"            # ncm | ecm | rndis | eem | subset (optional)
-    configuration = 2           # bConfigurationValue (optional)
-    quirks = ["no-packet-filter"]
-    note = "why this entry exists"
+Class matching (protocols.choose) handles every standards-compliant adapter; this table is for devices that
+need more: a vendor-class CDC-subset device that no class code identifies, a preferred protocol or
+configuration, or a quirk. The built-in entries are here; `[[device]]` tables in the configuration files
+(config.py) add to and override them — no code change needed for a new device.
 """
 
 from __future__ import annotations
 
-import glob
-import os
-import re
-import tomllib
 from dataclasses import dataclass, field
 
 PROTOCOLS = ("ncm", "ecm", "rndis", "eem", "subset")
@@ -32,21 +20,26 @@ QUIRKS = {
     "ignore-repeated-link": "act only on link changes (the default for every device; kept for documentation)",
 }
 
-_ID = re.compile(r"^([0-9a-fA-F]{4}):([0-9a-fA-F]{4})$")
-
-
 class ConfigError(Exception):
     """A configuration file is wrong; the message names the file, the key and the reason."""
 
 
 @dataclass(frozen=True)
 class DeviceEntry:
-    vendor: int
-    product: int
+    """One device's settings. Matched by VID:PID, or by bus id; `serial` narrows either."""
+
+    vendor: int | None = None
+    product: int | None = None
     protocol: str | None = None
     configuration: int | None = None
     quirks: frozenset[str] = field(default_factory=frozenset)
     note: str = ""
+    busid: str | None = None
+    serial: str | None = None
+    ifname: str | None = None
+    mac: bytes | None = None
+    mtu: int | None = None
+    auto_attach: bool = False
 
 
 # Built-in entries. Only facts verified against a device or its driver belong here.
@@ -56,63 +49,12 @@ BUILTIN: tuple[DeviceEntry, ...] = (
 )
 
 
-def config_dir() -> str:
-    return os.environ.get("USBNETD_CONFIG_DIR", "/etc/usbnetd")
-
-
-def config_files(directory: str | None = None) -> list[str]:
-    d = directory or config_dir()
-    main = os.path.join(d, "usbnetd.toml")
-    return ([main] if os.path.exists(main) else []) + sorted(glob.glob(os.path.join(d, "conf.d", "*.toml")))
-
-
-def _entry(path: str, i: int, raw: object) -> DeviceEntry:
-    where = f"{path}: device[{i}]"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: must be a table")
-    unknown = set(raw) - {"id", "protocol", "configuration", "quirks", "note"}
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
-    m = _ID.match(str(raw.get("id", "")))
-    if not m:
-        raise ConfigError(f"{where}.id: must be \"VID:PID\" in hex, like \"0bda:8153\"")
-    protocol = raw.get("protocol")
-    if protocol is not None and protocol not in PROTOCOLS:
-        raise ConfigError(f"{where}.protocol: {protocol!r} is not one of {', '.join(PROTOCOLS)}")
-    configuration = raw.get("configuration")
-    if configuration is not None and (not isinstance(configuration, int) or isinstance(configuration, bool)
-                                      or not 1 <= configuration <= 255):
-        raise ConfigError(f"{where}.configuration: must be an integer from 1 to 255")
-    quirks = raw.get("quirks", [])
-    if not isinstance(quirks, list) or not all(isinstance(q, str) for q in quirks):
-        raise ConfigError(f"{where}.quirks: must be a list of strings")
-    for q in quirks:
-        if q not in QUIRKS:
-            raise ConfigError(f"{where}.quirks: unknown quirk {q!r} (known: {', '.join(sorted(QUIRKS))})")
-    note = raw.get("note", "")
-    if not isinstance(note, str):
-        raise ConfigError(f"{where}.note: must be a string")
-    return DeviceEntry(int(m.group(1), 16), int(m.group(2), 16), protocol, configuration, frozenset(quirks), note)
-
-
 def load_table(directory: str | None = None) -> dict[tuple[int, int], DeviceEntry]:
+    """VID:PID -> entry, built-in first, then the configuration files' (for listing)."""
+    from .config import load
+
     table = {(e.vendor, e.product): e for e in BUILTIN}
-    for path in config_files(directory):
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        devices = data.get("device", [])
-        if not isinstance(devices, list):
-            raise ConfigError(f"{path}: device: must be an array of tables ([[device]])")
-        for i, raw in enumerate(devices):
-            e = _entry(path, i, raw)
+    for e in load(directory).devices:
+        if e.vendor is not None and e.busid is None and e.serial is None:
             table[(e.vendor, e.product)] = e
     return table
-
-
-def lookup(vendor: int, product: int, table: dict[tuple[int, int], DeviceEntry] | None = None) -> DeviceEntry | None:
-    return (table if table is not None else load_table()).get((vendor, product))

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 
+from . import config
 from .control import AlreadyRunning
 from .daemon import Daemon
-from .devices import ConfigError, lookup
+from .devices import ConfigError
 from .discovery import BadDevice, DeviceSpec, open_usb
 from .protocols import NoDriver, choose
 from .protocols.base import Options
@@ -30,10 +31,12 @@ class StartError(Exception):
 def run_device(spec: DeviceSpec, control_path: str | None, ifname: str | None = None,
                sim_peer: str = "usbnetsim0", mac: bytes | None = None, mtu: int | None = None,
                protocol: str | None = None, configuration: int | None = None, ntb32: bool | None = None,
-               on_ready=None) -> None:
+               persistent: bool | None = None, on_ready=None) -> None:
+    """Command-line values win over the device's [[device]] entry, which wins over the global settings."""
     context = None
     transport = None
     try:
+        settings = config.load()  # first: a bad configuration must stop us before anything is touched
         if spec.kind == "sim":
             from .sim import SimTransport
 
@@ -41,9 +44,10 @@ def run_device(spec: DeviceSpec, control_path: str | None, ifname: str | None = 
         else:
             context, transport = open_usb(spec)
         ident = transport.identity
-        entry = lookup(ident.vendor, ident.product) if spec.kind != "sim" else None
+        entry = settings.device(ident.vendor, ident.product, ident.busid, ident.serial) if spec.kind != "sim" \
+            else None
         if entry is not None:
-            log.info("device table: %04x:%04x %s", ident.vendor, ident.product, entry.note or "")
+            log.info("configuration for %s: %s", ident.busid, entry.note or "device entry")
         driver_cls, binding = choose(
             ident.configurations, ident.active_configuration,
             protocol or (entry.protocol if entry else None),
@@ -54,9 +58,25 @@ def run_device(spec: DeviceSpec, control_path: str | None, ifname: str | None = 
             log.info("switching %s to configuration %d for %s", ident.busid, binding.configuration,
                      driver_cls.name)
             transport.set_configuration(binding.configuration)
-        quirks = entry.quirks if entry else frozenset()
-        driver = driver_cls(transport, binding, Stats(), Options(ntb32=ntb32, quirks=quirks))
-        service = EthernetService(transport, driver, ifname=ifname, mac=mac, mtu=mtu)
+        options = Options(
+            ntb32=ntb32 if ntb32 is not None else settings.ntb32,
+            rx_size=settings.rx_ntb_size, tx_size=settings.tx_ntb_size,
+            quirks=entry.quirks if entry else frozenset(),
+        )
+        driver = driver_cls(transport, binding, Stats(), options)
+
+        def name_for(device_mac: bytes) -> str:
+            return settings.ifname_for(device_mac, ident.busid, ident.serial, driver_cls.name)
+
+        service = EthernetService(
+            transport, driver,
+            ifname=ifname or (entry.ifname if entry else None),
+            mac=mac or (entry.mac if entry else None),
+            mtu=mtu or (entry.mtu if entry else None) or settings.mtu,
+            name_for=name_for,
+            persistent=settings.persistent if persistent is None else persistent,
+            rx_transfers=settings.rx_transfers, tx_transfers=settings.tx_transfers,
+        )
         Daemon(service, control_path).run(on_ready)
     except (BadDevice, NoDriver, TransportError, TapError, AlreadyRunning, ConfigError) as exc:
         raise StartError(str(exc)) from None

@@ -66,7 +66,11 @@ class BurstLog:
 
 class EthernetService:
     def __init__(self, transport: Transport, driver: ProtocolDriver, ifname: str | None = None,
-                 mac: bytes | None = None, mtu: int | None = None) -> None:
+                 mac: bytes | None = None, mtu: int | None = None, name_for=None, persistent: bool = False,
+                 rx_transfers: int = 0, tx_transfers: int = 0) -> None:
+        self.name_for = name_for or default_ifname  # interface name from the MAC when none was given
+        self.persistent = persistent
+        self.rx_transfers, self.tx_transfers = rx_transfers, tx_transfers
         self.transport = transport
         self.driver = driver
         self.stats = driver.stats if driver.stats is not None else Stats()
@@ -112,8 +116,8 @@ class EthernetService:
         self.mac = mac
 
         speed_factor = 5 if t.identity.speed_mbps >= 5000 else 1
-        self.n_rx = max(4, min(64, INFLIGHT_BYTES * speed_factor // d.rx_size))
-        self.n_tx = max(4, min(64, INFLIGHT_BYTES * speed_factor // d.tx_size))
+        self.n_rx = self.rx_transfers or max(4, min(64, INFLIGHT_BYTES * speed_factor // d.rx_size))
+        self.n_tx = self.tx_transfers or max(4, min(64, INFLIGHT_BYTES * speed_factor // d.tx_size))
         caps = {
             "rx_submission": self.n_rx,
             "rx_completion": self.n_rx,
@@ -142,8 +146,10 @@ class EthernetService:
                      self._on_rx, self._on_tx, self._on_interrupt)
 
         mtu = self.requested_mtu or (d.max_frame - ETH_HLEN)
-        self.tap = Tap(self.requested_ifname or default_ifname(mac), mac, mtu)
+        self.tap = Tap(self.requested_ifname or self.name_for(mac), mac, mtu, persistent=self.persistent)
         self.ifname = self.tap.name
+        if self.tap.reused:
+            log.info("%s taken over from an earlier run (its addresses and routes are kept)", self.ifname)
         quirks = d.options.quirks
         self._ignore_link = "ignore-link" in quirks
         if ep_int is None or self._ignore_link:
@@ -408,7 +414,8 @@ class EthernetService:
             st["pool_in_use"] = self.pool.in_use
         return st
 
-    def stop(self) -> None:
+    def stop(self, remove_interface: bool = True) -> None:
+        """Tear down. `remove_interface` False keeps a persistent TAP (a restart or an unplug, not a detach)."""
         if self._torn_down:
             return  # a failed start already tore down; the caller's own stop() must be harmless
         self._torn_down = True
@@ -436,7 +443,7 @@ class EthernetService:
             self.driver.deactivate()
         t.close()
         if self.tap is not None:
-            self.tap.close()
+            self.tap.close(remove=remove_interface)
             self.tap = None
         self.state = State.STOPPED
 

@@ -19,6 +19,8 @@ from pyroute2 import IPRoute
 
 # _IOW('T', 226, int): set the carrier of a tun/tap device (Linux >= 5.0).
 TUNSETCARRIER = 0x400454E2
+# _IOW('T', 203, int): keep the device when its last fd closes (addresses and routes survive a restart).
+TUNSETPERSIST = 0x400454CB
 IFNAMSIZ = 16
 _IFNAME_OK = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
@@ -43,10 +45,17 @@ def mac_to_str(mac: bytes) -> str:
 
 
 class Tap:
-    def __init__(self, name: str, mac: bytes, mtu: int, ipr: IPRoute | None = None) -> None:
+    def __init__(self, name: str, mac: bytes, mtu: int, ipr: IPRoute | None = None, persistent: bool = False) -> None:
         reason = validate_ifname(name)
         if reason:
             raise TapError(reason)
+        self._own_ipr = ipr is None
+        self.ipr = ipr if ipr is not None else IPRoute()
+        # A persistent TAP left by an earlier run of ours is taken over, with its addresses and routes.
+        self.reused = bool(self.ipr.link_lookup(ifname=name))
+        if self.reused and not persistent:
+            self._close_ipr()
+            raise TapError(f"interface {name} already exists")
         try:
             self._dev = pytun.TunTapDevice(name=name, flags=pytun.IFF_TAP | pytun.IFF_NO_PI)
         except pytun.Error as exc:
@@ -55,11 +64,12 @@ class Tap:
         self.name = self._dev.name
         self.fd = self._dev.fileno()
         os.set_blocking(self.fd, False)
-        self._own_ipr = ipr is None
-        self.ipr = ipr if ipr is not None else IPRoute()
         self.index = self.ipr.link_lookup(ifname=self.name)[0]
         self.carrier: bool | None = None
+        self.persistent = persistent
         try:
+            if persistent:
+                fcntl.ioctl(self.fd, TUNSETPERSIST, 1)
             self.set_carrier(False)
             self.ipr.link("set", index=self.index, address=mac_to_str(mac), mtu=mtu)
         except Exception:
@@ -92,10 +102,22 @@ class Tap:
             "operstate": msg.get_attr("IFLA_OPERSTATE"),
         }
 
-    def close(self) -> None:
+    def close(self, remove: bool = True) -> None:
+        """Close the TAP. A persistent one stays (carrier down) unless `remove`; others always go."""
         dev, self._dev = getattr(self, "_dev", None), None
         if dev is not None:
+            try:
+                if getattr(self, "persistent", False):
+                    if remove:
+                        fcntl.ioctl(self.fd, TUNSETPERSIST, 0)
+                    else:
+                        self.set_carrier(False)  # the daemon is away: the link is down, the interface stays
+            except OSError:
+                pass
             dev.close()  # a non-persistent TAP disappears with its last fd
+        self._close_ipr()
+
+    def _close_ipr(self) -> None:
         if self._own_ipr and self.ipr is not None:
             self.ipr.close()
             self.ipr = None

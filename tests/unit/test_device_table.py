@@ -31,7 +31,7 @@ def test_entries_from_main_file_and_conf_d_override_in_order(tmp_path):
 @pytest.mark.parametrize("text,needle", [
     ('[[device]]\nid = "12:34"\n', "device[0].id: must be \"VID:PID\""),
     ('[[device]]\nid = "1234:abcd"\nprotocol = "wifi"\n', "device[0].protocol: 'wifi' is not one of"),
-    ('[[device]]\nid = "1234:abcd"\nconfiguration = 0\n', "device[0].configuration: must be an integer"),
+    ('[[device]]\nid = "1234:abcd"\nconfiguration = 0\n', "device[0].configuration: 0 is not in 1..255"),
     ('[[device]]\nid = "1234:abcd"\nquirks = ["fast"]\n', "device[0].quirks: unknown quirk 'fast'"),
     ('[[device]]\nid = "1234:abcd"\ncolour = 1\n', "device[0]: unknown key 'colour'"),
     ('device = 3\n', "device: must be an array of tables"),
