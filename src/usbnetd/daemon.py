@@ -31,6 +31,7 @@ class Daemon:
         self.control_path = control_path
         self.control: ControlServer | None = None
         self.stop_reason: str | None = None
+        self.remove_interface = False
         self.notifier = Notifier()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -45,6 +46,7 @@ class Daemon:
             return {"ok": True, "status": self.service.status(), "pid": os.getpid()}
         if cmd == "detach":
             self.stop_reason = "detach requested"
+            self.remove_interface = True  # detach removes even a persistent interface; a restart keeps it
             return {"ok": True}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
@@ -64,7 +66,7 @@ class Daemon:
                 self._loop()
         finally:
             self.notifier.stopping(f"stopping: {self.stop_reason or 'start-up failed'}")
-            self.service.stop()
+            self.service.stop(remove_interface=self.remove_interface)
             if self.control is not None:
                 self.control.close()
             signal.set_wakeup_fd(old_wakeup)
