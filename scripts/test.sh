@@ -13,9 +13,10 @@ cd "$repo"
 venv="${USBNETD_VENV:-$repo/.venv}"
 
 # python3-venv for the venv; iproute2/iputils-ping/iperf3 for the integration layer; the rest for the
-# VM layer (tests/vm/harness.py checks again and installs what is missing, for runs without this script).
+# VM layer (tests/vm/harness.py checks again and installs what is missing, for runs without this script);
+# systemd (systemd-analyze, systemd-escape) and udev (udevadm, systemd-udevd) for the unit and rules tests.
 apt_packages=(python3 python3-venv iproute2 iputils-ping iperf3 qemu-system-x86 busybox-static cpio kmod
-  libusb-1.0-0 xz-utils zstd usbutils)
+  libusb-1.0-0 xz-utils zstd usbutils systemd udev)
 
 missing=()
 for p in "${apt_packages[@]}"; do
