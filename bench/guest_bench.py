@@ -1,0 +1,173 @@
+"""VM benchmark, guest side: usbnetd and the kernel's host driver on the same gadget, in the same boot.
+
+Runs inside the QEMU guest (``bench/vm.py`` starts it through ``python -m tests.vm.harness run``), as root,
+with the project venv's Python. For each gadget function (NCM, then ECM) on dummy_hcd:
+
+1. the kernel host drivers are unloaded; the gadget is bound and its gadget-side netdev moved into a peer
+   namespace (198.18.<150+i>.2/24);
+2. ``usbnetd attach <busid>`` drives it (198.18.<150+i>.1/24 on usbnetd's TAP): ping, iperf3 TCP
+   host->device and device->host, UDP 64-byte both ways; then ``usbnetd detach``;
+3. the gadget is unplugged, the kernel host driver (cdc_ncm / cdc_ether) loaded, the gadget plugged back
+   in, and the same measurements run over the kernel's netdev.
+
+"host" is the guest's initial namespace (the USB host side), "device" the peer namespace (the gadget).
+Reuses tests/vm/guest/bench.py (Gadget, PeerNamespace, kernel_driver, ...) read-only. Writes
+``$USBNETD_VM_RESULTS/bench-vm.json`` after every step, so a broken run still brings back what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO / "tests"))
+
+import common as c  # noqa: E402
+
+from vm.guest import bench as vb  # noqa: E402
+
+ATTACH_TIMEOUT = 180
+RUN_DIR = "/run/usbnetd-bench"
+
+
+def usbnetd_cli(*args: str, timeout: float = ATTACH_TIMEOUT + 30, check: bool = True):
+    env = dict(os.environ, USBNETD_RUN_DIR=RUN_DIR)
+    return c.run([sys.executable, "-m", "usbnetd", *args], env=env, timeout=timeout, check=check)
+
+
+def find_pid(busid: str, ifname: str) -> int | None:
+    """The ``usbnetd run`` process `attach` started for this device (its command line names both)."""
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            argv = (p / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"usbnetd" in b" ".join(argv) and b"run" in argv and busid.encode() in argv and ifname.encode() in argv:
+            return int(p.name)
+    return None
+
+
+def measure_link(peer: vb.PeerNamespace, seconds: float, port: int, pid: int | None) -> dict:
+    host: list[str] = []
+    dev = ["ip", "netns", "exec", peer.name]
+    c.ping(host, peer.peer_addr, count=3, interval=0.2)  # neighbour resolution out of the timed part
+    res: dict = {"ping": c.ping(host, peer.peer_addr, count=20, interval=0.2)}
+    dirs = {"host_to_device": (dev, host, peer.peer_addr), "device_to_host": (host, dev, peer.host_addr)}
+    for proto in ("tcp", "udp"):
+        for name, (srv, cli, addr) in dirs.items():
+            c.log(f"guest: {proto.upper()} {name} {seconds:g} s")
+            cpu0 = c.cpu_seconds(pid) if pid else None
+            r = c.iperf3(srv, cli, addr, port, seconds, udp=proto == "udp")
+            port += 1
+            if pid and cpu0 is not None:
+                r["usbnetd_cpu_seconds"] = c.cpu_seconds(pid) - cpu0
+            res[f"{proto}_{name}"] = r
+    return res
+
+
+def run_usbnetd(g: vb.Gadget, busid: str, peer: vb.PeerNamespace, seconds: float) -> dict:
+    ifname = f"ubench{g.function}0"
+    t0 = time.monotonic()
+    r = usbnetd_cli("attach", busid, "--ifname", ifname, "--timeout", str(ATTACH_TIMEOUT))
+    if r.stdout.strip() != ifname:
+        raise c.BenchBroken(f"usbnetd attach printed {r.stdout!r}, expected {ifname}")
+    attach_s = time.monotonic() - t0
+    out: dict = {"ifname": ifname, "attach_seconds": round(attach_s, 1)}
+    try:
+        peer.address_host_side(ifname)
+        vb.wait_carrier(ifname, timeout=30)
+        pid = find_pid(busid, ifname)
+        out.update(measure_link(peer, seconds, 5301, pid))
+        if pid:
+            out["memory_kib"] = c.memory_kib(pid)
+        st = json.loads(usbnetd_cli("status", ifname, "--json").stdout)
+        out["status"] = st[0] if st else None
+    finally:
+        usbnetd_cli("detach", ifname, check=False, timeout=60)
+    return out
+
+
+def run_kernel(g: vb.Gadget, peer: vb.PeerNamespace, seconds: float) -> dict:
+    g.unbind()
+    vb.kernel_driver(g.host_driver)
+    g.bind()
+    host_if = g.host_netdev(driver=g.host_driver)
+    peer.address_host_side(host_if)
+    # f_ecm reports the link when its netdev opens; the host side must be listening by then (bench.py).
+    peer.bounce()
+    vb.wait_carrier(host_if, timeout=30)
+    vb.wait_carrier(g.gadget_netdev, peer.name, timeout=30)
+    out = {"ifname": host_if, "driver": g.host_driver}
+    try:
+        out.update(measure_link(peer, seconds, 5401, None))
+    finally:
+        g.unbind()
+        vb.unload_host_drivers()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--functions", default="ncm,ecm")
+    ap.add_argument("--output", default=os.path.join(os.environ.get("USBNETD_VM_RESULTS", "."), "bench-vm.json"))
+    ns = ap.parse_args(argv)
+    if os.environ.get("USBNETD_VM_GUEST") != "1":
+        c.log("guest_bench.py runs inside the VM guest: use bench/run.sh vm (or bench/vm.py)")
+        return 2
+    started = time.monotonic()
+    data: dict = {"mode": "vm-guest", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": c.machine(),
+                  "seconds_per_run": ns.seconds, "udp_payload": c.UDP_PAYLOAD, "cases": []}
+
+    def save() -> None:
+        data["elapsed_s"] = round(time.monotonic() - started, 1)
+        c.write_json(ns.output, data)
+
+    status = 0
+    try:
+        os.makedirs(RUN_DIR, exist_ok=True)
+        for g in vb.CONFIGFS.glob(f"{vb.GADGET_PREFIX}*"):
+            vb.Gadget._remove_tree(g)
+        vb.unload_host_drivers()
+        vb.ensure_dummy_hcd()
+        vb.kernel_driver("tun")
+        for i, function in enumerate(ns.functions.split(","), 1):
+            case: dict = {"function": function}
+            data["cases"].append(case)
+            g = vb.Gadget.create(function, index=i)
+            peer = vb.PeerNamespace(150 + i).create()
+            try:
+                busid = g.bind()
+                case["busid"] = busid
+                peer.take(g.gadget_netdev)
+                c.log(f"guest: {function} gadget {busid}: usbnetd")
+                case["usbnetd"] = run_usbnetd(g, busid, peer, ns.seconds)
+                save()
+                c.log(f"guest: {function} gadget: kernel {g.host_driver}")
+                case["kernel"] = run_kernel(g, peer, ns.seconds)
+                save()
+            finally:
+                g.destroy()
+                peer.delete()
+                vb.unload_host_drivers()
+    except (c.BenchBroken, vb.BenchError, OSError) as e:
+        traceback.print_exc()
+        data["error"] = f"{type(e).__name__}: {e}"
+        status = 1
+    save()
+    c.log(f"guest: results in {ns.output} ({data['elapsed_s']} s)")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

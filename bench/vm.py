@@ -1,0 +1,147 @@
+"""VM benchmark, host side: boot the QEMU guest once, run bench/guest_bench.py in it, tabulate usbnetd/kernel.
+
+Runs ``python -m tests.vm.harness run --results DIR -- <venv python> bench/guest_bench.py`` (one boot; the
+harness prepares the kernel and initramfs if needed, see docs/testing.md), reads ``DIR/bench-vm.json`` back
+and prints, per gadget (NCM, ECM), usbnetd's and the kernel host driver's figures and the ratio, with the
+issue's bars: usbnetd/kernel TCP >= 0.7x on NCM and >= 0.5x on ECM, both directions; ping RTT <= 1.5x the
+kernel's. The bars are labels: the exit status is 0 unless the benchmark broke.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common as c  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TCP_BAR = {"ncm": c.VM_RATIO_NCM_TCP, "ecm": c.VM_RATIO_ECM_TCP}
+DIRECTIONS = ("host_to_device", "device_to_host")
+ARROW = {"host_to_device": "host->device", "device_to_host": "device->host"}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def analyse(guest: dict) -> list[dict]:
+    """One row per (gadget, metric): usbnetd, kernel, ratio, bar and verdict."""
+    rows = []
+    for case in guest.get("cases", []):
+        fn, u, k = case["function"], case.get("usbnetd") or {}, case.get("kernel") or {}
+
+        def get(side: dict, key: str, field: str, scale: float) -> float | None:
+            v = (side.get(key) or {}).get(field)
+            return None if v is None else v / scale
+
+        for d in DIRECTIONS:
+            uv, kv = get(u, f"tcp_{d}", "bits_per_second", 1e6), get(k, f"tcp_{d}", "bits_per_second", 1e6)
+            r = _ratio(uv, kv)
+            bar = TCP_BAR.get(fn)
+            rows.append({"gadget": fn, "metric": f"TCP {ARROW[d]} Mbit/s", "usbnetd": uv, "kernel": kv,
+                         "ratio": r, "bar": f">= {bar:g}x" if bar else "",
+                         "pass": None if r is None or bar is None else r >= bar})
+        for d in DIRECTIONS:
+            uv, kv = get(u, f"udp_{d}", "pps", 1e3), get(k, f"udp_{d}", "pps", 1e3)
+            rows.append({"gadget": fn, "metric": f"UDP{c.UDP_PAYLOAD} {ARROW[d]} kpps", "usbnetd": uv,
+                         "kernel": kv, "ratio": _ratio(uv, kv), "bar": "", "pass": None})
+        uv, kv = get(u, "ping", "rtt_avg_ms", 1), get(k, "ping", "rtt_avg_ms", 1)
+        r = _ratio(uv, kv)
+        rows.append({"gadget": fn, "metric": "ping RTT avg ms (20)", "usbnetd": uv, "kernel": kv, "ratio": r,
+                     "bar": f"<= {c.VM_RTT_RATIO:g}x", "pass": None if r is None else r <= c.VM_RTT_RATIO})
+    return rows
+
+
+def render(data: dict, markdown: bool = False) -> str:
+    headers = ["gadget", "metric", "usbnetd", "kernel driver", "usbnetd/kernel", "bar", "verdict"]
+    rows = []
+    for r in data["rows"]:
+        spec = ".3f" if "ms" in r["metric"] else (".1f" if "kpps" in r["metric"] else ".0f")
+        rows.append([r["gadget"], r["metric"], c.fmt(r["usbnetd"], spec), c.fmt(r["kernel"], spec),
+                     c.fmt(r["ratio"], ".2f", "x"), r["bar"], c.verdict(r["pass"]) if r["bar"] else ""])
+    return c.table(headers, rows, markdown)
+
+
+def extras(data: dict, markdown: bool = False) -> str:
+    """usbnetd's attach time, memory and CPU in the guest, and its error counters."""
+    headers = ["gadget", "usbnetd attach s", "usbnetd RSS / HWM MiB", "usbnetd CPU s/Gbit h->d / d->h",
+               "rx/tx errors", "rx/tx dropped", "UDP sent kpps h->d / d->h (usbnetd | kernel)"]
+    rows = []
+    for case in data["guest"].get("cases", []):
+        u, k = case.get("usbnetd") or {}, case.get("kernel") or {}
+        mem, st = u.get("memory_kib") or {}, u.get("status") or {}
+
+        def cpu(d: str, u=u) -> str:
+            t = u.get(f"tcp_{d}") or {}
+            cs = t.get("usbnetd_cpu_seconds")
+            return c.fmt(cs / (t["bytes"] * 8 / 1e9) if cs is not None and t.get("bytes") else None)
+
+        def sent(side: dict) -> str:
+            return " / ".join(c.fmt((side.get(f"udp_{d}") or {}).get("sent_pps", 0) / 1e3, ".1f") for d in DIRECTIONS)
+
+        rows.append([case["function"], c.fmt(u.get("attach_seconds"), ".1f"),
+                     f"{mem['vmrss_kib'] / 1024:.1f} / {mem['vmhwm_kib'] / 1024:.1f}" if mem else "-",
+                     f"{cpu('host_to_device')} / {cpu('device_to_host')}",
+                     f"{st.get('rx_errors', '-')}/{st.get('tx_errors', '-')}",
+                     f"{st.get('rx_dropped', '-')}/{st.get('tx_dropped', '-')}",
+                     f"{sent(u)} | {sent(k)}"])
+    return c.table(headers, rows, markdown)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--functions", default="ncm,ecm")
+    ap.add_argument("--timeout", type=float, default=1500, help="whole guest run, boot included")
+    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--results", help="host directory the guest writes to (default: a new temporary one)")
+    ap.add_argument("--quiet", action="store_true", help="do not echo the guest console")
+    ns = ap.parse_args(argv)
+    started = time.monotonic()
+    results = ns.results or tempfile.mkdtemp(prefix="usbnetd-bench-vm-")
+    guest_cmd = shlex.join([sys.executable, os.path.join(REPO, "bench", "guest_bench.py"),
+                            "--seconds", f"{ns.seconds:g}", "--functions", ns.functions])
+    cmd = [sys.executable, "-m", "tests.vm.harness", "run", "--results", results, "--timeout", f"{ns.timeout:g}",
+           *(["--quiet"] if ns.quiet else []), "--", guest_cmd]
+    c.log(f"vm: {shlex.join(cmd)}")
+    rc = subprocess.run(cmd, cwd=REPO).returncode
+    path = os.path.join(results, "bench-vm.json")
+    data: dict = {"mode": "vm", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "host_machine": c.machine(),
+                  "harness_exit_status": rc, "guest_results_dir": results,
+                  "console_log": os.path.join(results, "console.log")}
+    try:
+        with open(path) as f:
+            data["guest"] = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        c.log(f"BROKEN: no guest results ({e}); harness exit {rc}; console: {data['console_log']}")
+        data["error"] = f"no guest results: {e}"
+        if ns.json:
+            c.write_json(ns.json, data)
+        return 1
+    data["rows"] = analyse(data["guest"])
+    data["elapsed_s"] = round(time.monotonic() - started, 1)
+    print(f"\nVM benchmark, {data['date']}; guest: QEMU TCG, {data['guest']['machine']['nproc']} vCPUs, kernel "
+          f"{data['guest']['machine']['kernel']}; gadgets on dummy_hcd; {ns.seconds:g} s per run\n")
+    print(render(data))
+    print()
+    print(extras(data))
+    broken = rc != 0 or "error" in data["guest"]
+    if broken:
+        c.log(f"BROKEN: guest run reported {data['guest'].get('error') or f'harness exit {rc}'}; "
+              f"console: {data['console_log']}")
+        data["error"] = data["guest"].get("error") or f"harness exit {rc}"
+    if ns.json:
+        c.write_json(ns.json, data)
+        print(f"\nresults: {ns.json} ({data['elapsed_s']} s)")
+    return 1 if broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
