@@ -128,11 +128,16 @@ def ping(prefix: list[str], addr: str, count: int = 20, interval: float = 0.2) -
 # ------------------------------------------------------------------------------------------ /proc
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` (all its threads), in seconds."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) of ``pid`` (all its threads), in seconds."""
     with open(f"/proc/{pid}/stat") as f:
         rest = f.read().rsplit(")", 1)[1].split()
-    return (int(rest[11]) + int(rest[12])) / CLK_TCK  # fields 14 and 15 of proc(5)
+    return int(rest[11]) / CLK_TCK, int(rest[12]) / CLK_TCK  # fields 14 and 15 of proc(5)
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (all its threads), in seconds."""
+    return sum(cpu_times(pid))
 
 
 def memory_kib(pid: int) -> dict:

@@ -172,15 +172,16 @@ def measure_case(case: str, seconds: float, cpus: tuple[int | None, int | None],
         res["ping"] = c.ping(s.pre_a(), s.addr_b, count=20, interval=0.1)
         for name, (srv, cli, addr) in dirs.items():
             c.log(f"native {case}: TCP {name} {seconds} s")
-            cpu0, t0 = (c.cpu_seconds(pid) if pid else 0.0), time.monotonic()
+            (u0, s0), t0 = (c.cpu_times(pid) if pid else (0.0, 0.0)), time.monotonic()
             r = c.iperf3(srv, cli, addr, port, seconds)
             port += 1
             if pid:
-                cpu = c.cpu_seconds(pid) - cpu0
+                u1, s1 = c.cpu_times(pid)
+                cpu = (u1 - u0) + (s1 - s0)
                 wall = time.monotonic() - t0
                 gbit = r["bytes"] * 8 / 1e9
-                r.update(cpu_seconds=cpu, cpu_s_per_gbit=cpu / gbit if gbit else None,
-                         cpu_percent=100 * cpu / wall)
+                r.update(cpu_seconds=cpu, cpu_user_seconds=u1 - u0, cpu_system_seconds=s1 - s0,
+                         cpu_s_per_gbit=cpu / gbit if gbit else None, cpu_percent=100 * cpu / wall)
             res[f"tcp_{name}"] = r
         for name, (srv, cli, addr) in dirs.items():
             c.log(f"native {case}: UDP {c.UDP_PAYLOAD}-byte {name} {seconds} s")
@@ -250,6 +251,13 @@ def render(data: dict, markdown: bool = False) -> str:
     return c.table(headers, rows, markdown) + "\n" + bars_line
 
 
+def _cpu_split(t: dict) -> str:
+    if t.get("cpu_percent") is None:
+        return "-"
+    user = 100 * t["cpu_percent"] * t["cpu_user_seconds"] / t["cpu_seconds"] if t["cpu_seconds"] else 0
+    return f"{t['cpu_percent']:.0f} ({user:.0f}+{t['cpu_percent'] - user:.0f})" if t["cpu_seconds"] else "0"
+
+
 def _k(v: float | None) -> float | None:
     return None if v is None else v / 1e3
 
@@ -257,7 +265,7 @@ def _k(v: float | None) -> float | None:
 def detail(data: dict, markdown: bool = False) -> str:
     """Second table: sender rates, loss, CPU use, usbnetd's own drop counters."""
     headers = ["case", "UDP A->B sent kpps / loss", "UDP B->A sent kpps / loss", "usbnetd kpps A->B / B->A",
-               "usbnetd CPU% TCP A->B",
+               "usbnetd CPU% (user+sys) TCP A->B",
                "usbnetd CPU% TCP B->A", "CPU us/pkt UDP A->B", "CPU us/pkt UDP B->A", "rx/tx dropped",
                "teardown"]
     rows = []
@@ -270,8 +278,8 @@ def detail(data: dict, markdown: bool = False) -> str:
             f"{r['udp_b_to_a']['sent_pps'] / 1e3:.0f} / {c.fmt(r['udp_b_to_a']['lost_percent'], '.0f', '%')}",
             (f"{c.fmt(_k(r['udp_a_to_b'].get('usbnetd_pps')), '.0f')} / "
              f"{c.fmt(_k(r['udp_b_to_a'].get('usbnetd_pps')), '.0f')}"),
-            c.fmt(r["tcp_a_to_b"].get("cpu_percent"), ".0f"),
-            c.fmt(r["tcp_b_to_a"].get("cpu_percent"), ".0f"),
+            _cpu_split(r["tcp_a_to_b"]),
+            _cpu_split(r["tcp_b_to_a"]),
             c.fmt(r["udp_a_to_b"].get("cpu_us_per_received"), ".1f"),
             c.fmt(r["udp_b_to_a"].get("cpu_us_per_received"), ".1f"),
             f"{st.get('rx_dropped', '-')}/{st.get('tx_dropped', '-')}" if st else "-",
@@ -318,11 +326,11 @@ def summarise_raw(raw: str, top: int = 20) -> dict:
         for fn in {f"{fu} ({fi})" for fu, fi, _ in frames}:
             incl_fn[fn] += n
 
-    def pct(counter: collections.Counter) -> list[list]:
-        return [[k, v, round(100 * v / total, 1)] for k, v in counter.most_common(top)]
+    def pct(counter: collections.Counter, n: int = top) -> list[list]:
+        return [[k, v, round(100 * v / total, 1)] for k, v in counter.most_common(n)]
 
     return {"samples": total, "self_by_line": pct(by_line), "self_by_function": pct(self_fn),
-            "inclusive_by_function": pct(incl_fn)}
+            "inclusive_by_function": pct(incl_fn, top + 20)}
 
 
 def profile(seconds: float, out_dir: str, cpus: tuple[int | None, int | None]) -> dict:
@@ -367,8 +375,11 @@ def render_profile(p: dict, markdown: bool = False, top: int = 15) -> str:
                      f"{p['seconds']} s, {d['tcp_gbps_while_profiled']:.2f} Gbit/s while sampled")
         parts.append(c.table(["self % (by line)", "function (file:line)"],
                              [[f"{pct:.1f}", k] for k, _, pct in d["self_by_line"][:top]], markdown))
-        parts.append(c.table(["inclusive %", "function (file)"],
-                             [[f"{pct:.1f}", k] for k, _, pct in d["inclusive_by_function"][:top]], markdown))
+        parts.append(c.table(["self % (by function)", "function (file)"],
+                             [[f"{pct:.1f}", k] for k, _, pct in d["self_by_function"][:10]], markdown))
+        # The call chain above the event loop is in every sample: leave it out.
+        inclusive = [[f"{pct:.1f}", k] for k, _, pct in d["inclusive_by_function"] if pct < 99.5][:top]
+        parts.append(c.table(["inclusive % (below the event loop)", "function (file)"], inclusive, markdown))
     return "\n\n".join(parts)
 
 

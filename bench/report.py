@@ -1,0 +1,53 @@
+"""Render benchmark JSON again: ``python bench/report.py [--markdown] FILE...`` (native, vm or profile JSON).
+
+With ``--markdown`` the tables come out as the Markdown that docs/performance.md holds, so the page can be
+regenerated from a new run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import native  # noqa: E402
+
+import vm  # noqa: E402
+
+
+def render(data: dict, markdown: bool) -> str:
+    mode = data.get("mode")
+    head = f"{mode} run of {data.get('date')}"
+    if data.get("error"):
+        head += f" (BROKEN: {data['error']})"
+    if mode == "native":
+        m = data["machine"]
+        head += (f"; {m['nproc']} CPUs, {m['cpu_model']}, kernel {m['kernel']}, Python {m['python']}; "
+                 f"{data['pinning']}; {data['seconds_per_run']:g} s per run; took {data.get('elapsed_s')} s")
+        return "\n\n".join([head, native.render(data, markdown), native.detail(data, markdown)])
+    if mode == "vm":
+        g = data["guest"]
+        head += (f"; guest kernel {g['machine']['kernel']}, {g['machine']['nproc']} vCPUs (QEMU TCG), "
+                 f"{g['seconds_per_run']:g} s per run; took {data.get('elapsed_s')} s")
+        return "\n\n".join([head, vm.render(data, markdown), vm.extras(data, markdown)])
+    if mode == "profile":
+        return "\n\n".join([head, native.render_profile(data["profile"], markdown)])
+    raise SystemExit(f"unknown mode {mode!r}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("files", nargs="+")
+    ns = ap.parse_args()
+    for path in ns.files:
+        with open(path) as f:
+            print(render(json.load(f), ns.markdown))
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
