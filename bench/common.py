@@ -164,6 +164,16 @@ def machine() -> dict:
             "hostname_is_guest": os.environ.get("USBNETD_VM_GUEST") == "1"}
 
 
+def source(repo: str) -> dict:
+    """The commit measured, and whether src/ differed from it (other engineers edit src/ concurrently)."""
+    def git(*args: str) -> str:
+        r = subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True, check=False)
+        return r.stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD") or None,
+            "src_modified": bool(git("status", "--porcelain", "--", "src")) if shutil.which("git") else None}
+
+
 # ------------------------------------------------------------------------------------------ output
 
 

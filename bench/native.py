@@ -411,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         pinning = "everything on CPU 0 (one CPU)"
     started = time.monotonic()
     data = {"mode": "native", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": c.machine(),
+            "source": c.source(REPO),
             "pinning": pinning, "seconds_per_run": ns.seconds, "udp_payload": c.UDP_PAYLOAD}
     try:
         if ns.profile:

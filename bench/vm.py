@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     rc = subprocess.run(cmd, cwd=REPO).returncode
     path = os.path.join(results, "bench-vm.json")
     data: dict = {"mode": "vm", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "host_machine": c.machine(),
+                  "source": c.source(REPO),
                   "harness_exit_status": rc, "guest_results_dir": results,
                   "console_log": os.path.join(results, "console.log")}
     try:
