@@ -3,8 +3,10 @@
 The protocol is one AF_UNIX datagram of newline-separated `KEY=VALUE` lines sent to the socket named by
 $NOTIFY_SOCKET; a name starting with '@' is in the abstract namespace (the '@' becomes a NUL byte). Without
 $NOTIFY_SOCKET (not started by systemd, or a unit that is not Type=notify) every call is a no-op, so the
-daemon calls it unconditionally. A failed send is logged once and never raised: the data path must not
-depend on the service manager.
+daemon calls it unconditionally. A failed send is logged once and never raised, and a send never blocks: the
+socket is non-blocking, so a receiver that stops reading (its queue holds net.unix.max_dgram_qlen datagrams,
+10 by default) costs a dropped message, never a stalled event loop. The data path must not depend on the
+service manager.
 
 $WATCHDOG_USEC (with $WATCHDOG_PID, when set, naming this process) asks for WATCHDOG=1 at least that often;
 sd_watchdog_enabled(3) recommends half the interval, which `Notifier.watchdog_interval` returns.
@@ -60,7 +62,8 @@ class Notifier:
         data = "\n".join(f.replace("\n", " ") for f in fields).encode()
         try:
             if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                self._sock = socket.socket(socket.AF_UNIX,
+                                           socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
             self._sock.sendto(data, self.address)
             return True
         except OSError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import uuid
 
 import pytest
@@ -58,6 +59,20 @@ def test_without_notify_socket_everything_is_a_no_op():
 def test_unusable_addresses_are_ignored(value):
     assert socket_address(value) is None
     assert not Notifier({"NOTIFY_SOCKET": value}).enabled
+
+
+def test_a_receiver_that_stops_reading_never_blocks_the_sender(tmp_path):
+    """Found in the VM bench: with a blocking socket, WATCHDOG=1 to a full queue froze the event loop."""
+    sock, value = receiver(tmp_path, False)
+    n = Notifier({"NOTIFY_SOCKET": value})
+    results: list[bool] = []
+    # The queue holds net.unix.max_dgram_qlen datagrams (10 by default); a blocking send would hang here.
+    sender = threading.Thread(target=lambda: results.extend(n.watchdog() for _ in range(200)), daemon=True)
+    sender.start()
+    sender.join(5)
+    assert not sender.is_alive(), f"the sender blocked after {len(results)} messages"
+    assert results[0] and not results[-1], "the first fits, the ones past the queue's limit are dropped"
+    assert sock.recv(4096) == b"WATCHDOG=1"
 
 
 def test_a_vanished_socket_is_not_an_error(tmp_path):
