@@ -90,6 +90,9 @@ class Daemon:
         if self.control is not None:
             fixed[self.control.fileno()] = POLLIN
         tap_fd = svc.tap.fd
+        handlers = svc.fd_handlers()
+        for fd in handlers:
+            fixed[fd] = POLLIN
         notifier = self.notifier
         watchdog = notifier.watchdog_interval()
         next_ping = time.monotonic() if watchdog else None
@@ -137,6 +140,8 @@ class Daemon:
                         pass
                 elif self.control is not None and fd == self.control.fileno():
                     self.control.on_readable()
+                elif fd in handlers:
+                    handlers[fd]()
                 else:
                     usb = True
             if usb or not events or svc.transport.pending():

@@ -21,12 +21,13 @@ import os
 import time
 from array import array
 
+from .follow import LinkFollower
 from .pool import TX, Packet, PacketBufferPool
 from .protocols import cdc
 from .protocols.base import LinkEvent, ProtocolDriver
 from .queues import RingQueue
 from .stats import Stats
-from .tap import Tap, mac_to_str
+from .tap import Tap, TapError, mac_to_str
 from .transport import STATUS_CANCELLED, STATUS_NO_DEVICE, STATUS_OK, Transport
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class EthernetService:
         self._tap_wants_read = True
         self._torn_down = False
         self._ignore_link = False
+        self.follower: LinkFollower | None = None
 
     # ------------------------------------------------------------------ start
     def start(self) -> None:
@@ -146,6 +148,9 @@ class EthernetService:
                      self._on_rx, self._on_tx, self._on_interrupt)
 
         mtu = self.requested_mtu or (d.max_frame - ETH_HLEN)
+        if mtu + ETH_HLEN > d.max_frame:
+            raise TapError(f"MTU {mtu} is more than the device takes (at most {d.max_frame - ETH_HLEN})")
+        self.device_mac = d.mac or mac  # the address the device filters for (devices without one don't filter)
         self.tap = Tap(self.requested_ifname or self.name_for(mac), mac, mtu, persistent=self.persistent)
         self.ifname = self.tap.name
         if self.tap.reused:
@@ -159,6 +164,7 @@ class EthernetService:
         if "no-packet-filter" not in quirks:
             d.set_packet_filter(cdc.packet_filter_bits(promisc=False, allmulti=True, multicast=True))
         self.tap.up()
+        self.follower = LinkFollower(self)
         for _ in range(self.n_rx):
             p = self.pool.allocate()
             assert p is not None  # the pool was sized for this
@@ -355,8 +361,11 @@ class EthernetService:
             batch.clear()
             if self._tx_packet is not None and self.driver.tx_count:
                 self._finish_tx()
-        if self._flush_at is not None and time.monotonic() >= self._flush_at:
+        now = time.monotonic()
+        if self._flush_at is not None and now >= self._flush_at:
             self._finish_tx()
+        if now >= self.follower.next_check:
+            self.follower.reconcile()
         self._submit_tx()
         self._tap_wants_read = bool(self.tx_submission.space and pool.free_count)
 
@@ -390,6 +399,10 @@ class EthernetService:
 
     def poll_fds(self) -> list[tuple[int, int]]:
         return self.transport.poll_fds()
+
+    def fd_handlers(self) -> dict:
+        """File descriptors of the service's own (not USB, not the TAP) and what to call when readable."""
+        return {self.follower.fileno(): self.follower.on_readable}
 
     # ------------------------------------------------------------------ status and teardown
     def status(self) -> dict:
@@ -442,6 +455,9 @@ class EthernetService:
         if not self.device_gone:
             self.driver.deactivate()
         t.close()
+        if getattr(self, "follower", None) is not None:
+            self.follower.close()
+            self.follower = None
         if self.tap is not None:
             self.tap.close(remove=remove_interface)
             self.tap = None

@@ -13,6 +13,7 @@ the next `handle_events()`, and a submitted IN waits until the peer TAP has fram
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import select
 import struct
@@ -37,7 +38,12 @@ from .transport import (
     TxCallback,
 )
 
+log = logging.getLogger(__name__)
+
 KINDS = ("ncm", "ecm")
+SIM_MC_FILTERS = 16
+# CDC 1.2 §6.2.4: what f_ecm/f_ncm start with before the host sets a filter.
+DEFAULT_FILTER = cdc.PACKET_TYPE_DIRECTED | cdc.PACKET_TYPE_BROADCAST | cdc.PACKET_TYPE_ALL_MULTICAST
 SIM_VENDOR = 0x1D6B  # Linux Foundation, as Linux's own gadgets use
 SIM_PRODUCT = {"ncm": 0x0101, "ecm": 0x0102}
 MAXPACKET = 512  # high speed bulk
@@ -68,9 +74,11 @@ def build_config_descriptor(kind: str) -> bytes:
     body += bytes([5, 0x24, 0x00, 0x10, 0x01])  # header, bcdCDC 1.10
     body += bytes([5, 0x24, 0x06, CTRL_IF, DATA_IF])  # union: control 0, data 1
     # Ethernet networking: iMACAddress, no statistics, wMaxSegmentSize 1514, no MC filters, no power filters
-    body += bytes([13, 0x24, 0x0F, STR_MAC]) + struct.pack("<IHHB", 0, 1514, 0, 0)
+    # Ethernet networking: iMACAddress, no statistics, wMaxSegmentSize 1514, 16 exact multicast filters, no
+    # power filters. The filters are real: the device drops what its packet filter and list say to drop.
+    body += bytes([13, 0x24, 0x0F, STR_MAC]) + struct.pack("<IHHB", 0, 1514, SIM_MC_FILTERS, 0)
     if kind == "ncm":
-        body += bytes([6, 0x24, 0x1A, 0x00, 0x01, 0x11])  # NCM 1.0: packet filter + max datagram size
+        body += bytes([6, 0x24, 0x1A, 0x00, 0x01, 0x19])  # NCM 1.0: packet filter, max datagram size, CRC mode
     body += _endpoint(EP_INT, 0x03, 16, 9)  # 2^(9-1) microframes = 32 ms, like f_ncm
     data_proto = 0x01 if kind == "ncm" else 0x00
     body += _interface(DATA_IF, 0, 0, cdc.CLASS_DATA, 0, data_proto)
@@ -111,7 +119,9 @@ class SimTransport(Transport):
         self._alt = 0
         self._ntb32 = False
         self._in_size = 2048  # NCM 1.0 §6.2.7: the default until the host sets it
-        self._filter = 0
+        self.filter = DEFAULT_FILTER
+        self.multicast: set[bytes] = set()
+        self.max_datagram = 1514
         self._in_q: collections.deque[tuple[Packet, int]] = collections.deque()
         # (kind, packet or control callback, status, length or control reply); kind 0 RX, 1 TX, 2 control
         self._done: collections.deque[tuple] = collections.deque()
@@ -163,12 +173,23 @@ class SimTransport(Transport):
         if request_type != cdc.REQ_TYPE_CLASS_OUT or index != CTRL_IF:
             raise TransportError(f"control request 0x{request:02x} failed: stall")
         if request == cdc.SET_ETHERNET_PACKET_FILTER:
-            self._filter = value
+            self.filter = value
+            log.info("simulated device: packet filter 0x%02x", value)
+            return
+        if request == cdc.SET_ETHERNET_MULTICAST_FILTERS and value <= SIM_MC_FILTERS and len(data) == 6 * value:
+            self.multicast = {bytes(data[i : i + 6]) for i in range(0, len(data), 6)}
+            log.info("simulated device: %d multicast filters", value)
             return
         if self.kind == "ncm":
             if request == cdc.SET_NTB_FORMAT and value in (0, 1) and self._alt == 0:
                 self._ntb32 = bool(value)
                 return
+            if request == cdc.SET_MAX_DATAGRAM_SIZE and len(data) == 2:
+                size = struct.unpack("<H", data)[0]
+                if 68 + 14 <= size <= 1514:
+                    self.max_datagram = size
+                    log.info("simulated device: max datagram size %d", size)
+                    return
             if request == cdc.SET_NTB_INPUT_SIZE and len(data) in (4, 8):
                 size = struct.unpack_from("<I", data)[0]
                 if 2048 <= size <= SIM_NTB.ntb_in_max_size:
@@ -247,11 +268,29 @@ class SimTransport(Transport):
             self._in_q.popleft()
             self._done.append((0, packet, STATUS_OK, n))
 
+    def _passes(self, view: memoryview, offset: int) -> bool:
+        """The device's packet filter (CDC 1.2 §6.2.4) on a frame from the wire, by destination."""
+        f = self.filter
+        if f & cdc.PACKET_TYPE_PROMISCUOUS:
+            return True
+        dst = view[offset : offset + 6]
+        if not dst[0] & 1:
+            return bool(f & cdc.PACKET_TYPE_DIRECTED) and dst == self.host_mac
+        if dst == b"\xff\xff\xff\xff\xff\xff":
+            return bool(f & cdc.PACKET_TYPE_BROADCAST)
+        if f & cdc.PACKET_TYPE_ALL_MULTICAST:
+            return True
+        return bool(f & cdc.PACKET_TYPE_MULTICAST) and bytes(dst) in self.multicast
+
     def _fill_ecm(self, packet: Packet, size: int) -> int:
-        try:
-            return os.readv(self.peer_fd, (packet.view[:size],))
-        except OSError:
-            return 0
+        while True:
+            try:
+                n = os.readv(self.peer_fd, (packet.view[:size],))
+            except OSError:
+                return 0
+            if n >= 14 and self._passes(packet.view, 0):
+                return n
+            self.device_stats.rx_dropped += 1
 
     def _fill_ncm(self, packet: Packet, size: int) -> int:
         layout = TxLayout(ntb32=self._ntb32, max_size=min(size, self._in_size), divisor=SIM_NTB.ndp_in_divisor,
@@ -269,8 +308,9 @@ class SimTransport(Transport):
                 n = os.readv(self.peer_fd, (packet.view[offset : offset + room],))
             except OSError:
                 break
-            if n < 14:
-                continue  # a runt is no Ethernet frame; a real device would drop it too
+            if n < 14 or not self._passes(packet.view, offset):
+                self.device_stats.rx_dropped += 1  # a runt, or filtered out, as a real device would
+                continue
             b.commit(n)
         if b.count == 0:
             return 0

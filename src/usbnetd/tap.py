@@ -100,7 +100,14 @@ class Tap:
             "mac": msg.get_attr("IFLA_ADDRESS"),
             "flags": msg["flags"],
             "operstate": msg.get_attr("IFLA_OPERSTATE"),
+            # counts, not flags: tcpdump, bridges and `ip link set promisc on` all add to them
+            "promiscuity": msg.get_attr("IFLA_PROMISCUITY") or 0,
+            "allmulti": msg.get_attr("IFLA_ALLMULTI") or 0,
         }
+
+    def set_mtu(self, mtu: int) -> None:
+        self.ipr.link("set", index=self.index, mtu=mtu)
+        self.mtu = mtu
 
     def close(self, remove: bool = True) -> None:
         """Close the TAP. A persistent one stays (carrier down) unless `remove`; others always go."""

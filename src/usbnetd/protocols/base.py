@@ -166,6 +166,48 @@ class ProtocolDriver:
             return False
         return True
 
+    # --- the interface follows the user (follow.py calls these while running) ---
+    def change_mtu(self, frame: int) -> str | None:
+        """The user set an MTU giving `frame`-byte frames: None if the device can do it, else why not."""
+        if frame > self.max_frame:
+            return f"the device takes frames of at most {self.max_frame} bytes (MTU {self.max_frame - 14})"
+        return None
+
+    def change_mac(self, mac: bytes) -> str:
+        """The user set a MAC. Returns what was done; the default cannot tell the device, so the service
+        receives promiscuously from then on (unicast to the new MAC must still get through)."""
+        return "the device cannot be told a new address; receiving promiscuously"
+
+    @property
+    def mc_filter_slots(self) -> int:
+        """How many exact multicast filters the device has (0: none, or only imperfect/hash ones)."""
+        f = self.binding.functional
+        if f is None or f.ethernet is None or f.ethernet.mc_imperfect:
+            return 0
+        return f.ethernet.mc_filters
+
+    def apply_filter(self, promisc: bool, allmulti: bool, multicast: list[bytes]) -> str:
+        """Program the device's packet filter (and exact multicast list when it has filters) while running,
+        asynchronously. Returns a description for the log."""
+        if self.binding.control is None or "no-packet-filter" in self.options.quirks:
+            return "the device has no packet filter"
+        exact = not promisc and not allmulti and 0 < len(multicast) <= self.mc_filter_slots
+        bits = cdc.packet_filter_bits(promisc=promisc, allmulti=bool(multicast) and not exact or allmulti,
+                                      multicast=exact)
+        if exact:
+            self.transport.submit_control(cdc.REQ_TYPE_CLASS_OUT, cdc.SET_ETHERNET_MULTICAST_FILTERS,
+                                          len(multicast), self.binding.control,
+                                          cdc.multicast_filter_payload(multicast), self._filter_done)
+        self.transport.submit_control(cdc.REQ_TYPE_CLASS_OUT, cdc.SET_ETHERNET_PACKET_FILTER, bits,
+                                      self.binding.control, b"", self._filter_done)
+        what = "promiscuous" if promisc else "all multicast" if bits & cdc.PACKET_TYPE_ALL_MULTICAST else \
+            f"{len(multicast)} exact multicast filters" if exact else "directed and broadcast only"
+        return f"packet filter 0x{bits:02x} ({what})"
+
+    def _filter_done(self, status: int, data: bytes) -> None:
+        if status != 0:
+            log.warning("the device refused a filter request (status %d)", status)
+
     # --- notifications ---
     def notification(self, view: memoryview, length: int) -> LinkEvent | None:
         n = self._notifications.feed(view, length)

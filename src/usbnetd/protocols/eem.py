@@ -47,6 +47,9 @@ class EemDriver(ProtocolDriver):
         self._command_only = 0
         self._rx_view: memoryview | None = None
 
+    def apply_filter(self, promisc: bool, allmulti: bool, multicast: list[bytes]) -> str:
+        return "the device has no packet filter"
+
     def set_packet_filter(self, bits: int) -> bool:
         return False  # EEM has no class requests
 

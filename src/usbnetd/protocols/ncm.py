@@ -86,6 +86,19 @@ class NcmDriver(ProtocolDriver):
         self._decoder = NtbDecoder(self.stats, max_datagram=max(self.max_frame, 1514))
         self._packet: Packet | None = None
 
+    def change_mtu(self, frame: int) -> str | None:
+        reason = super().change_mtu(frame)
+        if reason is None and self.capabilities & cdc.NCM_NCAP_MAX_DATAGRAM_SIZE:
+            # NCM 1.0 §6.2.16: tell the device the largest datagram it may send us and must accept.
+            self.transport.submit_control(cdc.REQ_TYPE_CLASS_OUT, cdc.SET_MAX_DATAGRAM_SIZE, 0,
+                                          self.binding.control, struct.pack("<H", frame), self._filter_done)
+        return reason
+
+    def apply_filter(self, promisc: bool, allmulti: bool, multicast: list[bytes]) -> str:
+        if not self.capabilities & cdc.NCM_NCAP_ETH_FILTER:
+            return "the device has no packet filter (bmNetworkCapabilities)"
+        return super().apply_filter(promisc, allmulti, multicast)
+
     def set_packet_filter(self, bits: int) -> bool:
         # NCM 1.0 §6.2.1: SET_ETHERNET_PACKET_FILTER is optional, announced by bmNetworkCapabilities bit 0.
         if not self.capabilities & cdc.NCM_NCAP_ETH_FILTER:

@@ -192,6 +192,11 @@ class RndisDriver(ProtocolDriver):
         self._filter = ndis
         return self._send_async(rc.set_packet_filter(self._next_id(), ndis))
 
+    def apply_filter(self, promisc: bool, allmulti: bool, multicast: list[bytes]) -> str:
+        bits = cdc.packet_filter_bits(promisc=promisc, allmulti=allmulti or bool(multicast), multicast=False)
+        self.set_packet_filter(bits)
+        return f"RNDIS packet filter 0x{self._filter:02x}"
+
     def deactivate(self) -> None:
         try:
             self._send(rc.halt(self._next_id()))

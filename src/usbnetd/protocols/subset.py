@@ -51,5 +51,8 @@ class SubsetDriver(OneFramePerTransfer, ProtocolDriver):
         self.mac = None  # random unless configured: subset devices have no standard way to tell a MAC
         self.init_framing()
 
+    def apply_filter(self, promisc: bool, allmulti: bool, multicast: list[bytes]) -> str:
+        return "the device has no packet filter"
+
     def set_packet_filter(self, bits: int) -> bool:
         return False  # no control requests at all

@@ -1,0 +1,108 @@
+"""The interface follows the user: changes made with `ip link` reach the device.
+
+A raw NETLINK_ROUTE socket subscribed to link and address events is only a doorbell (drained, never
+parsed): on each ring, and every few seconds for multicast joins that raise no event, the follower reads
+the TAP's state back through the service's long-lived IPRoute and reconciles:
+
+- MTU: accepted when the device can carry the frames (NCM is told with SET_MAX_DATAGRAM_SIZE when it has
+  that request); refused otherwise, with the old MTU put back and the reason logged.
+- MAC: kept, and since no standard request tells a CDC device its new address while running, the device's
+  filter goes promiscuous so unicast to the new address still arrives.
+- Promiscuous / all-multicast counts and the exact multicast list (from /proc/net/dev_mcast, what the kernel
+  holds for the TAP): the device's packet filter, plus SET_ETHERNET_MULTICAST_FILTERS when it has exact
+  filters for the whole list.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+log = logging.getLogger(__name__)
+
+RTMGRP_LINK = 0x1
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV6_IFADDR = 0x100
+PERIOD = 2.0  # seconds between reconciles without an event (multicast joins by sockets raise none)
+DEV_MCAST = "/proc/net/dev_mcast"
+
+
+def multicast_list(ifindex: int, path: str = DEV_MCAST) -> list[bytes]:
+    """The link-layer multicast addresses the kernel holds for an interface (index refcount global addr)."""
+    out = []
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 5 and parts[0].isdigit() and int(parts[0]) == ifindex and len(parts[4]) == 12:
+                    out.append(bytes.fromhex(parts[4]))
+    except (OSError, ValueError):
+        pass
+    return sorted(out)
+
+
+class LinkFollower:
+    def __init__(self, service) -> None:
+        self.service = service
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, socket.NETLINK_ROUTE)
+        self.sock.bind((0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
+        tap = service.tap
+        self.mtu = tap.mtu
+        self.mac = tap.mac
+        self.filter: tuple | None = None
+        self.next_check = 0.0
+        self.reconcile()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def on_readable(self) -> None:
+        try:
+            while self.sock.recv(65536):
+                pass
+        except BlockingIOError:
+            pass
+        except OSError as exc:  # ENOBUFS: events were lost; a reconcile catches up anyway
+            log.debug("netlink: %s", exc)
+        self.reconcile()
+
+    def maybe_reconcile(self, now: float) -> None:
+        if now >= self.next_check:
+            self.reconcile()
+
+    def reconcile(self) -> None:
+        self.next_check = time.monotonic() + PERIOD
+        svc = self.service
+        tap = svc.tap
+        try:
+            st = tap.state()
+        except Exception as exc:  # noqa: BLE001 - netlink trouble must not stop the data path
+            log.debug("could not read %s: %s", tap.name, exc)
+            return
+        driver = svc.driver
+        mtu = st["mtu"]
+        if mtu is not None and mtu != self.mtu:
+            reason = driver.change_mtu(mtu + 14)
+            if reason is None:
+                log.info("%s: MTU %d -> %d", tap.name, self.mtu, mtu)
+                self.mtu = tap.mtu = mtu
+            else:
+                log.warning("%s: MTU %d refused: %s; back to %d", tap.name, mtu, reason, self.mtu)
+                tap.set_mtu(self.mtu)
+        mac = bytes.fromhex(st["mac"].replace(":", "")) if st["mac"] else None
+        if mac is not None and mac != self.mac:
+            log.info("%s: MAC %s -> %s: %s", tap.name, self.mac.hex(":"), mac.hex(":"), driver.change_mac(mac))
+            self.mac = tap.mac = svc.mac = mac
+        promisc = bool(st["promiscuity"]) or self.mac != svc.device_mac
+        allmulti = bool(st["allmulti"])
+        mc = multicast_list(tap.index)
+        wanted = (promisc, allmulti, tuple(mc))
+        if wanted != self.filter:
+            what = driver.apply_filter(promisc, allmulti, mc)
+            if self.filter is not None or promisc or allmulti:
+                log.info("%s: %s", tap.name, what)
+            self.filter = wanted
+
+    def close(self) -> None:
+        self.sock.close()
