@@ -19,6 +19,7 @@ import time
 import click
 
 from . import control
+from . import systemd as sd
 from .devices import PROTOCOLS, ConfigError
 from .discovery import BadDevice, DeviceSpec, list_devices, parse_device_spec, resolve_busid, sanitize
 from .tap import validate_ifname
@@ -143,27 +144,38 @@ def run(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, pers
 @_run_options
 @click.option("--timeout", type=click.FloatRange(1, 600), default=30, show_default=True,
               help="Seconds to wait for the interface.")
-def attach(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, persistent, verbose,
-           timeout) -> None:
-    """Start driving DEVICE in the background; print the interface name once it is up."""
+def attach(device, timeout, **opts) -> None:
+    """Start driving DEVICE in the background; print the interface name once it is up.
+
+    With systemd running, this starts usbnetd@<busid>.service (settings from the configuration file); with
+    command-line options, or without systemd, a background `usbnetd run` process.
+    """
     spec = _device(device)
+    sim_peer = opts["sim_peer"]
     name = instance_name(spec, sim_peer)
     path = control.socket_path(name)
     if os.path.exists(path) and _query(path) is not None:
         raise Fail(f"{device} is already attached")
+    plan = sd.plan_attach(spec.kind, name, sd.given_options(opts, {"sim_peer": "usbnetsim0"}))
+    if plan.systemd:
+        _attach_systemd(device, plan, path, timeout)
+        return
+    if plan.note:
+        click.echo(f"usbnetd: note: {plan.note}", err=True)
+    ifname, mac, mtu, protocol = opts["ifname"], opts["mac"], opts["mtu"], opts["protocol"]
     args = [sys.executable, "-m", "usbnetd", "run", device, "--sim-peer", sim_peer]
     for opt, val in (("--ifname", ifname), ("--mtu", mtu), ("--protocol", protocol),
-                     ("--configuration", configuration)):
+                     ("--configuration", opts["configuration"])):
         if val is not None:
             args += [opt, str(val)]
     if mac is not None:
         args += ["--mac", mac.hex(":")]
-    if ntb32:
+    if opts["ntb32"]:
         args.append("--ntb32")
-    if persistent is not None:
-        args.append("--persistent" if persistent else "--no-persistent")
-    if verbose:
-        args.append("-" + "v" * verbose)
+    if opts["persistent"] is not None:
+        args.append("--persistent" if opts["persistent"] else "--no-persistent")
+    if opts["verbose"]:
+        args.append("-" + "v" * opts["verbose"])
     os.makedirs(control.RUN_DIR, exist_ok=True)
     log_path = os.path.join(control.RUN_DIR, f"{os.path.basename(path)[:-5]}.log")
     with open(log_path, "ab") as logf:
@@ -173,13 +185,42 @@ def attach(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, p
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise Fail(_last_error(log_path) or f"usbnetd run exited with status {proc.returncode}")
-        reply = _query(path) if os.path.exists(path) else None
-        if reply and reply.get("status", {}).get("state") == "running":
-            click.echo(reply["status"]["ifname"])
+        if _report_running(path):
             return
         time.sleep(0.1)
     proc.terminate()
     raise Fail(f"{device} did not come up within {timeout:g}s (log: {log_path})")
+
+
+def _report_running(path: str) -> bool:
+    """Print the interface name once the instance at `path` reports running (both attach paths end here)."""
+    reply = _query(path) if os.path.exists(path) else None
+    if reply and reply.get("status", {}).get("state") == "running":
+        click.echo(reply["status"]["ifname"])
+        return True
+    return False
+
+
+def _attach_systemd(device: str, plan: sd.Plan, path: str, timeout: float) -> None:
+    """systemctl start returns once the unit sent READY=1 (Type=notify) or failed."""
+    deadline = time.monotonic() + timeout
+    try:
+        r = subprocess.run(plan.command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        subprocess.run([sd.SYSTEMCTL, "stop", "--no-block", plan.unit], capture_output=True)
+        raise Fail(f"{device} did not come up within {timeout:g}s (journalctl -u {plan.unit})") from None
+    except OSError as exc:
+        raise Fail(f"cannot run systemctl: {exc.strerror or exc}") from None
+    if r.returncode != 0:
+        journal = sd.journal_tail(plan.unit)
+        errors = [ln.split("error: ", 1)[-1] for ln in journal if "error" in ln.lower()]
+        reason = (errors or [ln for ln in r.stderr.splitlines() if ln.strip()] or [f"exit {r.returncode}"])[-1]
+        raise Fail(f"{plan.unit}: {reason}")
+    while time.monotonic() < deadline:
+        if _report_running(path):
+            return
+        time.sleep(0.1)
+    raise Fail(f"{plan.unit} started but its control socket {path} does not report running")
 
 
 def _last_error(log_path: str) -> str | None:
@@ -230,19 +271,32 @@ def _select(target: str | None) -> list[dict]:
 @click.argument("target", metavar="DEVICE|IFNAME")
 @click.option("--timeout", type=click.FloatRange(1, 600), default=15, show_default=True)
 def detach(target, timeout) -> None:
-    """Stop driving a device: the interface goes away and the kernel driver gets it back."""
+    """Stop driving a device: the interface goes away and the kernel driver gets it back.
+
+    The instance is asked over its control socket (so it removes even a persistent interface); an instance
+    that is a systemd unit is then stopped with systemctl too, so systemd records it as stopped.
+    """
     matches = _select(target)
     if not matches:
         raise Fail(f"{target} is not attached")
     for st in matches:
         path = st["_path"]
+        plan = sd.plan_detach(st["busid"])
         try:
             control.request(path, "detach")
         except (OSError, ValueError) as exc:
-            raise Fail(f"cannot reach the instance for {target}: {exc}") from None
+            if not plan.systemd:
+                raise Fail(f"cannot reach the instance for {target}: {exc}") from None
         deadline = time.monotonic() + timeout
         while os.path.exists(path) and time.monotonic() < deadline:
             time.sleep(0.05)
+        if plan.systemd:
+            try:
+                r = subprocess.run(plan.command, capture_output=True, text=True, timeout=timeout)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise Fail(f"systemctl stop {plan.unit}: {exc}") from None
+            if r.returncode != 0:
+                raise Fail(f"systemctl stop {plan.unit}: {r.stderr.strip() or f'exit {r.returncode}'}")
         if os.path.exists(path):
             raise Fail(f"{st['ifname']} did not stop within {timeout:g}s")
         click.echo(f"detached {st['busid']} ({st['ifname']})")
