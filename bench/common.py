@@ -161,7 +161,37 @@ def machine() -> dict:
     iperf = run(["iperf3", "--version"], check=False).stdout.splitlines()[:1] if shutil.which("iperf3") else []
     return {"nproc": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
             "python": platform.python_version(), "iperf3": iperf[0] if iperf else None,
-            "hostname_is_guest": os.environ.get("USBNETD_VM_GUEST") == "1"}
+            "hostname_is_guest": os.environ.get("USBNETD_VM_GUEST") == "1",
+            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()], "other_busy": busy_processes()}
+
+
+def busy_processes(threshold: float = 0.2, window: float = 0.5) -> list[str]:
+    """Other processes using more than ``threshold`` of a CPU right now: the machine is shared, and a
+    concurrent QEMU or test run shows up in the numbers. Sampled over ``window`` seconds."""
+    def ticks() -> dict[int, tuple[int, str]]:
+        out = {}
+        for d in os.listdir("/proc"):
+            if not d.isdigit() or int(d) == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    head, rest = f.read().rsplit(")", 1)
+                fields = rest.split()
+                out[int(d)] = (int(fields[11]) + int(fields[12]), head.split("(", 1)[1])
+            except (OSError, ValueError, IndexError):
+                continue
+        return out
+
+    before = ticks()
+    time.sleep(window)
+    after = ticks()
+    busy = []
+    for pid, (t1, name) in after.items():
+        t0 = before.get(pid, (t1, name))[0]
+        share = (t1 - t0) / CLK_TCK / window
+        if share > threshold:
+            busy.append(f"{name}({pid}) {100 * share:.0f}%")
+    return busy
 
 
 def source(repo: str) -> dict:

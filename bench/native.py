@@ -254,7 +254,7 @@ def render(data: dict, markdown: bool = False) -> str:
 def _cpu_split(t: dict) -> str:
     if t.get("cpu_percent") is None:
         return "-"
-    user = 100 * t["cpu_percent"] * t["cpu_user_seconds"] / t["cpu_seconds"] if t["cpu_seconds"] else 0
+    user = t["cpu_percent"] * t["cpu_user_seconds"] / t["cpu_seconds"] if t["cpu_seconds"] else 0
     return f"{t['cpu_percent']:.0f} ({user:.0f}+{t['cpu_percent'] - user:.0f})" if t["cpu_seconds"] else "0"
 
 
@@ -266,7 +266,7 @@ def detail(data: dict, markdown: bool = False) -> str:
     """Second table: sender rates, loss, CPU use, usbnetd's own drop counters."""
     headers = ["case", "UDP A->B sent kpps / loss", "UDP B->A sent kpps / loss", "usbnetd kpps A->B / B->A",
                "usbnetd CPU% (user+sys) TCP A->B",
-               "usbnetd CPU% TCP B->A", "CPU us/pkt UDP A->B", "CPU us/pkt UDP B->A", "rx/tx dropped",
+               "usbnetd CPU% (user+sys) TCP B->A", "CPU us/pkt UDP A->B", "CPU us/pkt UDP B->A", "rx/tx dropped",
                "teardown"]
     rows = []
     for r in data["cases"]:
@@ -429,7 +429,11 @@ def main(argv: list[str] | None = None) -> int:
                 data["cases"].append(res)
                 port += 10
             data["elapsed_s"] = round(time.monotonic() - started, 1)
+            data["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
             print(f"\nnative benchmark, {data['date']}; {pinning}; {ns.seconds:g} s per run\n")
+            m = data["machine"]
+            print(f"load average at start {m['loadavg_at_start']}, at end {data['loadavg_at_end']}; other busy "
+                  f"processes at start: {', '.join(m['other_busy']) or 'none'}\n")
             print(render(data))
             print()
             print(detail(data))

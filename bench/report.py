@@ -22,8 +22,11 @@ def render(data: dict, markdown: bool) -> str:
     head = f"{mode} run of {data.get('date')}"
     if data.get("error"):
         head += f" (BROKEN: {data['error']})"
+    m = data.get("machine") or data.get("host_machine") or {}
+    if "loadavg_at_start" in m:
+        head += (f"; host load average at start {m['loadavg_at_start'][0]:g}, other busy processes: "
+                 f"{', '.join(m['other_busy']) or 'none'}")
     if mode == "native":
-        m = data["machine"]
         head += (f"; {m['nproc']} CPUs, {m['cpu_model']}, kernel {m['kernel']}, Python {m['python']}; "
                  f"{data['pinning']}; {data['seconds_per_run']:g} s per run; took {data.get('elapsed_s')} s")
         return "\n\n".join([head, native.render(data, markdown), native.detail(data, markdown)])

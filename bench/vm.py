@@ -72,7 +72,7 @@ def render(data: dict, markdown: bool = False) -> str:
 def extras(data: dict, markdown: bool = False) -> str:
     """usbnetd's attach time, memory and CPU in the guest, and its error counters."""
     headers = ["gadget", "usbnetd attach s", "usbnetd RSS / HWM MiB", "usbnetd CPU s/Gbit h->d / d->h",
-               "rx/tx errors", "rx/tx dropped", "UDP sent kpps h->d / d->h (usbnetd | kernel)"]
+               "rx/tx errors", "rx/tx dropped", "UDP sent kpps h->d / d->h: usbnetd; kernel"]
     rows = []
     for case in data["guest"].get("cases", []):
         u, k = case.get("usbnetd") or {}, case.get("kernel") or {}
@@ -91,7 +91,7 @@ def extras(data: dict, markdown: bool = False) -> str:
                      f"{cpu('host_to_device')} / {cpu('device_to_host')}",
                      f"{st.get('rx_errors', '-')}/{st.get('tx_errors', '-')}",
                      f"{st.get('rx_dropped', '-')}/{st.get('tx_dropped', '-')}",
-                     f"{sent(u)} | {sent(k)}"])
+                     f"{sent(u)}; {sent(k)}"])
     return c.table(headers, rows, markdown)
 
 
@@ -104,16 +104,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", help="host directory the guest writes to (default: a new temporary one)")
     ap.add_argument("--quiet", action="store_true", help="do not echo the guest console")
     ns = ap.parse_args(argv)
-    started = time.monotonic()
+    started, date = time.monotonic(), time.strftime("%Y-%m-%d %H:%M:%S %Z")
     results = ns.results or tempfile.mkdtemp(prefix="usbnetd-bench-vm-")
     guest_cmd = shlex.join([sys.executable, os.path.join(REPO, "bench", "guest_bench.py"),
                             "--seconds", f"{ns.seconds:g}", "--functions", ns.functions])
     cmd = [sys.executable, "-m", "tests.vm.harness", "run", "--results", results, "--timeout", f"{ns.timeout:g}",
            *(["--quiet"] if ns.quiet else []), "--", guest_cmd]
     c.log(f"vm: {shlex.join(cmd)}")
+    host = c.machine()
     rc = subprocess.run(cmd, cwd=REPO).returncode
     path = os.path.join(results, "bench-vm.json")
-    data: dict = {"mode": "vm", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "host_machine": c.machine(),
+    data: dict = {"mode": "vm", "date": date, "host_machine": host,
+                  "host_loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
                   "source": c.source(REPO),
                   "harness_exit_status": rc, "guest_results_dir": results,
                   "console_log": os.path.join(results, "console.log")}
@@ -130,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     data["elapsed_s"] = round(time.monotonic() - started, 1)
     print(f"\nVM benchmark, {data['date']}; guest: QEMU TCG, {data['guest']['machine']['nproc']} vCPUs, kernel "
           f"{data['guest']['machine']['kernel']}; gadgets on dummy_hcd; {ns.seconds:g} s per run\n")
+    print(f"host load average at start {host['loadavg_at_start']}, at end {data['host_loadavg_at_end']}; other "
+          f"busy processes at start: {', '.join(host['other_busy']) or 'none'}\n")
     print(render(data))
     print()
     print(extras(data))
