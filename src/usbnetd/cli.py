@@ -330,6 +330,82 @@ def status(target, as_json) -> None:
                    f"{r['tx_dropped']} dropped")
 
 
+def _prometheus(rows: list[dict]) -> str:
+    """The Prometheus text exposition format (for node_exporter's textfile collector, or a scrape proxy)."""
+    out: list[str] = []
+    seen: set[str] = set()
+
+    def metric(name: str, value, labels: dict, kind: str = "counter") -> None:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return
+        full = f"usbnetd_{name}"
+        if full not in seen:
+            seen.add(full)
+            out.append(f"# TYPE {full} {kind}")
+        label = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        out.append(f"{full}{{{label}}} {value}")
+
+    gauges = {"speed_mbps", "mtu", "rx_frames_per_transfer", "tx_frames_per_transfer"}
+    for r in rows:
+        base = {"busid": sanitize(r.get("busid")), "ifname": r.get("ifname"), "protocol": r.get("protocol")}
+        metric("link_up", int(r.get("link") == "up"), base, "gauge")
+        for k, v in r.items():
+            metric(k, v, base, "gauge" if k in gauges else "counter")
+        for reason, v in (r.get("tx_flush") or {}).items():
+            metric("tx_flush_total", v, {**base, "reason": reason})
+        pool = r.get("pool") or {}
+        for k in ("in_use", "exhausted"):
+            metric(f"pool_{k}", pool.get(k), base, "gauge" if k == "in_use" else "counter")
+        for q, info in (r.get("queues") or {}).items():
+            metric("queue_high_water", info.get("high_water"), {**base, "queue": q}, "gauge")
+    return "\n".join(out) + "\n"
+
+
+@cli.command()
+@click.argument("target", metavar="[DEVICE|IFNAME]", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.option("--prometheus", is_flag=True, help="Print Prometheus text format (for a textfile collector).")
+def stats(target, as_json, prometheus) -> None:
+    """Counters in detail: errors by kind, frames per transfer, TX flush reasons, pool and queues."""
+    matches = _select(target)
+    if target is not None and not matches:
+        raise Fail(f"{target} is not attached")
+    rows = []
+    for st in matches:
+        try:
+            reply = control.request(st["_path"], "stats", timeout=3.0)
+        except (OSError, ValueError):
+            continue  # it went away between status and stats
+        if reply.get("ok"):
+            rows.append(reply["stats"])
+    if prometheus:
+        click.echo(_prometheus(rows), nl=False)
+        return
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no devices attached")
+        return
+    for r in rows:
+        click.echo(f"{r['ifname']}: {r['protocol']} ({r['protocol_detail']}) on {sanitize(r['busid'])}, "
+                   f"link {r['link']}")
+        click.echo(f"  RX {r['rx_packets']} frames in {r['rx_transfers']} transfers "
+                   f"({r['rx_frames_per_transfer']} per transfer), {r['rx_bytes']} bytes")
+        click.echo(f"  TX {r['tx_packets']} frames in {r['tx_transfers']} transfers "
+                   f"({r['tx_frames_per_transfer']} per transfer), {r['tx_bytes']} bytes")
+        click.echo("  TX flushes: " + ", ".join(f"{k} {v}" for k, v in r["tx_flush"].items()))
+        errors = {k: r[k] for k in ("rx_errors", "rx_length_errors", "rx_frame_errors", "rx_usb_errors",
+                                    "rx_dropped", "tx_errors", "tx_aborted_errors", "tx_dropped",
+                                    "notification_errors")}
+        click.echo("  errors: " + ", ".join(f"{k} {v}" for k, v in errors.items()))
+        pool = r.get("pool", {})
+        click.echo(f"  pool: {pool.get('in_use')}/{pool.get('packets')} in use x {pool.get('buffer_size')} B, "
+                   f"exhausted {pool.get('exhausted')} times")
+        click.echo("  queue high-water: " + ", ".join(f"{q} {i['high_water']}/{i['capacity']}"
+                                                      for q, i in r.get("queues", {}).items()))
+
+
 def main() -> None:
     try:
         rc = cli.main(prog_name="usbnetd", standalone_mode=False)

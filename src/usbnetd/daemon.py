@@ -44,6 +44,8 @@ class Daemon:
         cmd = req["cmd"]
         if cmd == "status":
             return {"ok": True, "status": self.service.status(), "pid": os.getpid()}
+        if cmd == "stats":
+            return {"ok": True, "stats": self.service.detailed_stats(), "pid": os.getpid()}
         if cmd == "detach":
             self.stop_reason = "detach requested"
             self.remove_interface = True  # detach removes even a persistent interface; a restart keeps it

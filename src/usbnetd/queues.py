@@ -15,7 +15,7 @@ T = TypeVar("T")
 
 
 class RingQueue(Generic[T]):
-    __slots__ = ("name", "capacity", "_slots", "_head", "_count")
+    __slots__ = ("name", "capacity", "_slots", "_head", "_count", "high")
 
     def __init__(self, name: str, capacity: int) -> None:
         if capacity <= 0:
@@ -25,6 +25,7 @@ class RingQueue(Generic[T]):
         self._slots: list[T | None] = [None] * capacity
         self._head = 0
         self._count = 0
+        self.high = 0  # high-water mark, for `usbnetd stats`
 
     def __len__(self) -> int:
         return self._count
@@ -39,6 +40,8 @@ class RingQueue(Generic[T]):
             return 0
         self._slots[(self._head + self._count) % self.capacity] = item
         self._count += 1
+        if self._count > self.high:
+            self.high = self._count
         return 1
 
     def enqueue_batch(self, items: Sequence[T], start: int = 0, count: int | None = None) -> int:
@@ -51,6 +54,8 @@ class RingQueue(Generic[T]):
             self._slots[(self._head + self._count) % self.capacity] = items[i]
             self._count += 1
             taken += 1
+        if self._count > self.high:
+            self.high = self._count
         return taken
 
     def dequeue(self) -> T | None:

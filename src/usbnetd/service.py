@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 # How long a partly filled NCM transfer may wait for more frames while earlier transfers are still in
 # flight. Linux uses 400 µs; poll() counts in milliseconds, so 1 ms is the finest honest value here.
 TX_FLUSH_DELAY = 0.001
+# Why a TX transfer was closed and sent (like cdc_ncm's tx_reason_* counters).
+FLUSH_FULL, FLUSH_IDLE, FLUSH_COMPLETION, FLUSH_TIMER, FLUSH_DRIVER = range(5)
+FLUSH_NAMES = ("full", "pipe_idle", "completion", "timer", "driver")
 TAP_READ_BUDGET = 64  # frames read per wake-up before the loop looks at USB again (fairness)
 ETH_HLEN = 14
 # usbnet keeps about 60 full-size frames of memory in flight per direction at high speed, x5 at SuperSpeed.
@@ -92,6 +95,9 @@ class EthernetService:
         self._tap_errors = BurstLog("TAP write failing")
         self._tap_wants_read = True
         self._torn_down = False
+        self.tx_flush = array("Q", bytes(8 * len(FLUSH_NAMES)))
+        self.rx_transfers = 0
+        self.pool_exhausted = 0
         self._ignore_link = False
         self.follower: LinkFollower | None = None
 
@@ -259,7 +265,7 @@ class EthernetService:
                 break
             offset, room = d.tx_slot()
             if room < max_frame:
-                self._finish_tx()
+                self._finish_tx(FLUSH_FULL)
                 continue
             try:
                 n = os.readv(fd, (p.view[offset : offset + room],))
@@ -278,10 +284,10 @@ class EthernetService:
             self._tx_frames[p.index] += 1
             self._tx_bytes[p.index] += n
             if d.tx_commit(n):
-                self._finish_tx()
+                self._finish_tx(FLUSH_FULL)
         if self._tx_packet is not None and d.tx_count:
             if drained and self.transport.tx_free == self.n_tx:
-                self._finish_tx()  # the pipe is idle: waiting would only add latency
+                self._finish_tx(FLUSH_IDLE)  # the pipe is idle: waiting would only add latency
             elif self._flush_at is None:
                 self._flush_at = time.monotonic() + TX_FLUSH_DELAY
         self._tap_wants_read = bool(self.tx_submission.space and pool.free_count)
@@ -292,6 +298,7 @@ class EthernetService:
             return None
         p = self.pool.allocate(TX)
         if p is None:
+            self.pool_exhausted += 1
             return None
         self.driver.tx_begin(p)
         self._tx_packet = p
@@ -299,7 +306,7 @@ class EthernetService:
         self._tx_bytes[p.index] = 0
         return p
 
-    def _finish_tx(self) -> None:
+    def _finish_tx(self, reason: int) -> None:
         p = self._tx_packet
         self._tx_packet = None
         self._flush_at = None
@@ -308,6 +315,7 @@ class EthernetService:
         if not self.driver.tx_count:
             self.pool.deallocate(p)
             return
+        self.tx_flush[reason] += 1
         length, zlp = self.driver.tx_finish()
         p.length = length
         self._tx_zlp[p.index] = zlp
@@ -316,7 +324,7 @@ class EthernetService:
     def _kick_tx(self) -> None:
         """The driver has something of its own to send (an EEM echo response): start a transfer for it."""
         if self.state is State.RUNNING and (self._tx_packet or self._open_tx()):
-            self._finish_tx()  # if no transfer can be had now, the next one carries it
+            self._finish_tx(FLUSH_DRIVER)  # if no transfer can be had now, the next one carries it
 
     def send(self, frame: bytes) -> bool:
         """Queue one frame for the device from inside usbnetd (tests, diagnostics). Refused unless RUNNING."""
@@ -329,13 +337,13 @@ class EthernetService:
             return False
         offset, room = self.driver.tx_slot()
         if room < len(frame):
-            self._finish_tx()
+            self._finish_tx(FLUSH_FULL)
             return self.send(frame)
         p.view[offset : offset + len(frame)] = frame
         self._tx_frames[p.index] += 1
         self._tx_bytes[p.index] += len(frame)
         self.driver.tx_commit(len(frame))
-        self._finish_tx()  # an injected frame goes out now rather than waiting for the flush timer
+        self._finish_tx(FLUSH_DRIVER)  # an injected frame goes out now rather than waiting for the flush timer
         self.process()
         return True
 
@@ -348,6 +356,7 @@ class EthernetService:
         # RX: decode each completed transfer into the TAP, then recycle its packet.
         if self.rx_completion.dequeue_batch(batch):
             self._tap_fd = self.tap.fd
+            self.rx_transfers += len(batch)
             for p in batch:
                 self._rx_view = p.view
                 self.driver.rx_decode(p.view, p.length, self._emit_rx)
@@ -360,10 +369,10 @@ class EthernetService:
             pool.deallocate_batch(batch)
             batch.clear()
             if self._tx_packet is not None and self.driver.tx_count:
-                self._finish_tx()
+                self._finish_tx(FLUSH_COMPLETION)
         now = time.monotonic()
         if self._flush_at is not None and now >= self._flush_at:
-            self._finish_tx()
+            self._finish_tx(FLUSH_TIMER)
         if now >= self.follower.next_check:
             self.follower.reconcile()
         self._submit_tx()
@@ -425,6 +434,25 @@ class EthernetService:
         if self.pool is not None:
             st["pool_packets"] = self.pool.packet_count
             st["pool_in_use"] = self.pool.in_use
+        return st
+
+    def detailed_stats(self) -> dict:
+        """Everything `usbnetd stats` shows: status, error causes, batching, flush reasons, pool, queues."""
+        st = self.status()
+        tx_transfers = sum(self.tx_flush)
+        st["protocol_detail"] = self.driver.framing
+        st["rx_transfers"] = self.rx_transfers
+        st["tx_transfers"] = tx_transfers
+        st["rx_frames_per_transfer"] = round(self.stats.rx_packets / self.rx_transfers, 2) if self.rx_transfers else 0
+        st["tx_frames_per_transfer"] = round(self.stats.tx_packets / tx_transfers, 2) if tx_transfers else 0
+        st["tx_flush"] = dict(zip(FLUSH_NAMES, self.tx_flush, strict=True))
+        if self.pool is not None:
+            st["pool"] = {"packets": self.pool.packet_count, "buffer_size": self.pool.buffer_size,
+                          "in_use": self.pool.in_use, "exhausted": self.pool_exhausted}
+            st["queues"] = {q.name: {"capacity": q.capacity, "high_water": q.high}
+                            for q in (self.rx_submission, self.rx_completion, self.tx_submission,
+                                      self.tx_completion)}
+        st["in_flight"] = {"rx": self.n_rx, "tx": self.n_tx} if self.pool is not None else {}
         return st
 
     def stop(self, remove_interface: bool = True) -> None:

@@ -53,6 +53,18 @@ def test_sim_adapter_end_to_end(netns_pair, tmp_path, kind, extra):
         assert s["rx_packets"] > STREAM_BYTES // 1514 and s["tx_packets"] > STREAM_BYTES // 1514
         assert s["rx_errors"] == 0 and s["tx_errors"] == 0
         assert set(s) >= {"mac", "rx_dropped", "tx_dropped"}
+
+        (d,) = json.loads(u.cli("stats", "--json").stdout)
+        assert d["tx_transfers"] == sum(d["tx_flush"].values()) > 0
+        assert d["pool"]["exhausted"] == 0 and d["pool"]["in_use"] <= d["pool"]["packets"]
+        assert all(0 < q["high_water"] <= q["capacity"] for n, q in d["queues"].items() if n != "rx_completion")
+        if kind == "ncm":
+            # Under a TCP stream NCM must carry several frames per transfer in both directions.
+            assert d["tx_frames_per_transfer"] > 1.0 and d["rx_frames_per_transfer"] > 1.0, d
+        else:
+            assert d["tx_frames_per_transfer"] == d["rx_frames_per_transfer"] == 1.0
+        prom = u.cli("stats", "--prometheus").stdout
+        assert f'usbnetd_link_up{{busid="sim:{kind}",ifname="{u.ifname}",protocol="{kind}"}} 1' in prom
     finally:
         rc = u.stop()
     out = u.output()
