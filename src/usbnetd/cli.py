@@ -18,7 +18,7 @@ import time
 
 import click
 
-from . import control
+from . import control, logs
 from . import systemd as sd
 from .devices import PROTOCOLS, ConfigError
 from .discovery import BadDevice, DeviceSpec, list_devices, parse_device_spec, resolve_busid, sanitize
@@ -128,9 +128,7 @@ def run(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, pers
     from .runner import StartError, run_device
 
     spec = _device(device)
-    logging.basicConfig(level=logging.WARNING, format=f"usbnetd[{device}]: %(message)s", stream=sys.stderr)
-    # -v: our own info; -vv: our debug. Libraries (pyroute2 is chatty) stay at warnings.
-    logging.getLogger("usbnetd").setLevel(logging.INFO - 10 * min(verbose, 1) if verbose else logging.INFO)
+    logs.setup(sanitize(device) or "?", verbose)
     path = control.socket_path(instance_name(spec, sim_peer))
     try:
         run_device(spec, control_path=path, ifname=ifname, sim_peer=sim_peer, mac=mac, mtu=mtu,
