@@ -168,3 +168,39 @@ def test_list_shows_protocol_and_configuration_for_every_bench_device(gadgets, u
     for busid, (protocol, config) in expected.items():
         assert (listing[busid]["protocol"], listing[busid]["configuration"]) == (protocol, config), listing[busid]
         assert listing[busid]["state"] == "free"
+
+
+def test_mtu_changes_follow_the_device_and_a_restart_keeps_addresses(gadgets, peers, usbnetd):
+    """On the NCM gadget: an MTU the device can carry is taken, one it cannot is refused and put back; a
+    persistent interface keeps its address across a daemon restart (SIGTERM), and detach removes it."""
+    g = gadgets("ncm")
+    busid = g.bind()
+    peer = peers(90)
+    peer.take(g.gadget_netdev)
+    ifname = "usbm0"
+    usbnetd("attach", busid, "--ifname", ifname, "--persistent", "--timeout", str(ATTACH_TIMEOUT))
+    peer.address_host_side(ifname)
+    bench.wait_carrier(ifname, timeout=30)
+
+    bench.run("ip", "link", "set", ifname, "mtu", "1400")
+    bench.run("ip", "link", "set", ifname, "mtu", "9000")  # f_ncm says wMaxSegmentSize 1514
+    bench.wait_for(lambda: (bench.SYS_NET / ifname / "mtu").read_text().strip() == "1400", 20,
+                   "usbnetd to put the MTU back")
+    assert bench.ping(peer.peer_addr, count=3)["received"] >= 2
+    big = bench.run("ping", "-c", "1", "-W", "2", "-s", "1400", "-M", "do", peer.peer_addr, check=False)
+    assert big.returncode != 0, "a 1428-byte packet must not fit an MTU of 1400"
+
+    pid = bench.run("pgrep", "-f", f"usbnetd run {busid}").stdout.split()[0]
+    bench.run("kill", "-TERM", pid)
+    bench.wait_for(lambda: not bench.run("pgrep", "-f", f"usbnetd run {busid}", check=False).stdout, 30,
+                   "the daemon to stop")
+    assert (bench.SYS_NET / ifname).exists(), "a persistent interface outlives the daemon"
+    assert not bench.carrier(ifname)
+    assert f"{peer.host_addr}/24" in bench.run("ip", "addr", "show", ifname).stdout
+
+    usbnetd("attach", busid, "--ifname", ifname, "--persistent", "--timeout", str(ATTACH_TIMEOUT))
+    bench.wait_carrier(ifname, timeout=30)
+    assert f"{peer.host_addr}/24" in bench.run("ip", "addr", "show", ifname).stdout  # nobody re-added it
+    assert bench.ping(peer.peer_addr, count=3)["received"] >= 2
+    usbnetd("detach", ifname)
+    assert not link_exists(ifname)
