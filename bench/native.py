@@ -433,7 +433,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nnative benchmark, {data['date']}; {pinning}; {ns.seconds:g} s per run\n")
             m = data["machine"]
             print(f"load average at start {m['loadavg_at_start']}, at end {data['loadavg_at_end']}; other busy "
-                  f"processes at start: {', '.join(m['other_busy']) or 'none'}\n")
+                  f"processes at start: {', '.join(m['other_busy']) or 'none'}")
+            if m["other_busy"]:
+                print("WARNING: other processes were using the CPUs: these figures are disturbed")
+            print()
             print(render(data))
             print()
             print(detail(data))

@@ -133,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nVM benchmark, {data['date']}; guest: QEMU TCG, {data['guest']['machine']['nproc']} vCPUs, kernel "
           f"{data['guest']['machine']['kernel']}; gadgets on dummy_hcd; {ns.seconds:g} s per run\n")
     print(f"host load average at start {host['loadavg_at_start']}, at end {data['host_loadavg_at_end']}; other "
-          f"busy processes at start: {', '.join(host['other_busy']) or 'none'}\n")
+          f"busy processes at start: {', '.join(host['other_busy']) or 'none'}")
+    if host["other_busy"]:
+        print("WARNING: other processes were using the host's CPUs: these figures are disturbed")
+    print()
     print(render(data))
     print()
     print(extras(data))
