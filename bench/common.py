@@ -75,7 +75,7 @@ def iperf3(server: list[str], client: list[str], addr: str, port: int, seconds: 
             cmd += ["-u", "-l", str(length), "-b", "0"]
         deadline = time.monotonic() + 20
         while True:
-            r = run(cmd, check=False, timeout=seconds + 60)
+            r = run(cmd, check=False, timeout=seconds + 30)
             text = r.stdout + r.stderr
             # The server may not be listening yet (a slow guest): retry only that.
             if ("Connection refused" in text or "unable to connect" in text) and time.monotonic() < deadline:

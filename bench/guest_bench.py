@@ -43,6 +43,15 @@ def usbnetd_cli(*args: str, timeout: float = ATTACH_TIMEOUT + 30, check: bool = 
     return c.run([sys.executable, "-m", "usbnetd", *args], env=env, timeout=timeout, check=check)
 
 
+def usbnetd_logs(lines: int = 60) -> str:
+    """The last lines of every instance log under RUN_DIR (what `attach` wrote), for a failed run."""
+    out = []
+    for log in sorted(Path(RUN_DIR).glob("*.log")):
+        text = log.read_text(errors="replace").splitlines()
+        out.append(f"--- {log}\n" + "\n".join(text[-lines:]))
+    return "\n".join(out) or f"(no log under {RUN_DIR})"
+
+
 def find_pid(busid: str, ifname: str) -> int | None:
     """The ``usbnetd run`` process `attach` started for this device (its command line names both)."""
     for p in Path("/proc").iterdir():
@@ -150,12 +159,22 @@ def main(argv: list[str] | None = None) -> int:
                 busid = g.bind()
                 case["busid"] = busid
                 peer.take(g.gadget_netdev)
-                c.log(f"guest: {function} gadget {busid}: usbnetd")
-                case["usbnetd"] = run_usbnetd(g, busid, peer, ns.seconds)
-                save()
-                c.log(f"guest: {function} gadget: kernel {g.host_driver}")
-                case["kernel"] = run_kernel(g, peer, ns.seconds)
-                save()
+                # One side failing (usbnetd would not attach, say) still leaves the other side's figures.
+                for side in ("usbnetd", "kernel"):
+                    c.log(f"guest: {function} gadget {busid}: {side}")
+                    try:
+                        if side == "usbnetd":
+                            case[side] = run_usbnetd(g, busid, peer, ns.seconds)
+                        else:
+                            case[side] = run_kernel(g, peer, ns.seconds)
+                    except (c.BenchBroken, vb.BenchError) as e:
+                        traceback.print_exc()
+                        case[f"{side}_error"] = f"{type(e).__name__}: {e}"
+                        status = 1
+                        if side == "usbnetd":
+                            case["usbnetd_log_tail"] = usbnetd_logs()
+                            print(case["usbnetd_log_tail"], file=sys.stderr)
+                    save()
             finally:
                 g.destroy()
                 peer.delete()
@@ -164,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         data["error"] = f"{type(e).__name__}: {e}"
         status = 1
+    errors = [f"{case['function']} {k}: {v}" for case in data["cases"] for k, v in case.items() if k.endswith("_error")]
+    if errors and "error" not in data:
+        data["error"] = "; ".join(errors)
     save()
     c.log(f"guest: results in {ns.output} ({data['elapsed_s']} s)")
     return status
