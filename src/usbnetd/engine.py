@@ -275,6 +275,8 @@ class LibusbTransport(Transport):
             return
         try:
             transfer.submit()
+        except usb1.USBErrorNoDevice:
+            self.gone = True
         except usb1.USBError as exc:
             log.warning("interrupt endpoint resubmit failed: %s", exc)
 
@@ -307,6 +309,11 @@ class LibusbTransport(Transport):
         t.setBulk(self._ep_in, packet.view[:length], self._rx_done, packet, 0)
         try:
             t.submit()
+        except usb1.USBErrorNoDevice:
+            self.gone = True
+            t.setUserData(None)
+            self._rx_free.append(t)
+            return False
         except usb1.USBError:
             t.setUserData(None)
             self._rx_free.append(t)
@@ -322,9 +329,25 @@ class LibusbTransport(Transport):
         t.setBulk(self._ep_out, packet.view[packet.offset : packet.offset + length], self._tx_done, packet, 5000)
         try:
             t.submit()
+        except usb1.USBErrorNoDevice:
+            self.gone = True
+            t.setUserData(None)
+            self._tx_free.append(t)
+            return False
         except usb1.USBError:
             t.setUserData(None)
             self._tx_free.append(t)
+            return False
+        return True
+
+    def clear_halt(self, endpoint: int) -> bool:
+        try:
+            self._handle.clearHalt(endpoint)
+        except usb1.USBErrorNoDevice:
+            self.gone = True
+            return False
+        except usb1.USBError as exc:
+            log.warning("clearing the halt on endpoint 0x%02x failed: %s", endpoint, exc)
             return False
         return True
 

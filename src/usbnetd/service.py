@@ -28,7 +28,7 @@ from .protocols.base import LinkEvent, ProtocolDriver
 from .queues import RingQueue
 from .stats import Stats
 from .tap import Tap, TapError, mac_to_str
-from .transport import STATUS_CANCELLED, STATUS_NO_DEVICE, STATUS_OK, Transport
+from .transport import STATUS_CANCELLED, STATUS_NO_DEVICE, STATUS_OK, STATUS_STALL, Transport
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ TX_FLUSH_DELAY = 0.001
 FLUSH_FULL, FLUSH_IDLE, FLUSH_COMPLETION, FLUSH_TIMER, FLUSH_DRIVER = range(5)
 FLUSH_NAMES = ("full", "pipe_idle", "completion", "timer", "driver")
 TAP_READ_BUDGET = 64  # frames read per wake-up before the loop looks at USB again (fairness)
+RX_ERROR_STORM = 20  # usbnet: more than 20 errors (in 30 completions) means a storm
+RX_THROTTLE = 0.125  # seconds RX pauses after a storm (usbnet's THROTTLE_JIFFIES, HZ/8)
 ETH_HLEN = 14
 # usbnet keeps about 60 full-size frames of memory in flight per direction at high speed, x5 at SuperSpeed.
 INFLIGHT_BYTES = 60 * 1518
@@ -96,6 +98,10 @@ class EthernetService:
         self._tap_wants_read = True
         self._torn_down = False
         self.tx_flush = array("Q", bytes(8 * len(FLUSH_NAMES)))
+        self._rx_error_streak = 0
+        self._rx_paused_until: float | None = None
+        self._stalled_in = False
+        self.rx_throttled = 0
         self.rx_transfers = 0
         self.pool_exhausted = 0
         self._ignore_link = False
@@ -182,6 +188,7 @@ class EthernetService:
     # ------------------------------------------------------------------ completions (inside handle_events)
     def _on_rx(self, packet: Packet, status: int, actual: int) -> None:
         if status == STATUS_OK:
+            self._rx_error_streak = 0
             packet.length = actual
             self.rx_completion.enqueue(packet)
             return
@@ -196,6 +203,15 @@ class EthernetService:
         self.stats.rx_usb_errors += 1
         self._rx_errors.hit(f"status {status}")
         self.rx_submission.enqueue(packet)
+        if status == STATUS_STALL:
+            self._stalled_in = True  # cleared from process(), outside the completion
+        self._rx_error_streak += 1
+        if self._rx_error_streak > RX_ERROR_STORM and self._rx_paused_until is None:
+            # usbnet's throttle: an error storm (EPROTO/ETIME from a flaky link) pauses RX instead of spinning.
+            self._rx_paused_until = time.monotonic() + RX_THROTTLE
+            self.rx_throttled += 1
+            log.warning("%s: %d RX errors in a row; pausing RX for %d ms", getattr(self, "ifname", "?"),
+                        self._rx_error_streak, RX_THROTTLE * 1000)
 
     def _on_tx(self, packet: Packet, status: int) -> None:
         frames = self._tx_frames[packet.index]
@@ -363,7 +379,19 @@ class EthernetService:
                 p.length = 0
                 self.rx_submission.enqueue(p)
             batch.clear()
-        self._submit_rx()
+        if self._stalled_in:
+            self._stalled_in = False
+            if self.transport.clear_halt(self.driver.binding.ep_in.address):
+                log.info("%s: bulk IN endpoint stalled; halt cleared", self.ifname)
+        if self.transport.gone:
+            self.device_gone = True
+            return
+        if self._rx_paused_until is not None:
+            if time.monotonic() >= self._rx_paused_until:
+                self._rx_paused_until = None
+                self._rx_error_streak = 0
+        if self._rx_paused_until is None:
+            self._submit_rx()
         # TX completions back to the pool; a free pipe may flush a waiting partial transfer.
         if self.tx_completion.dequeue_batch(batch):
             pool.deallocate_batch(batch)
@@ -399,12 +427,13 @@ class EthernetService:
         return self.state is State.RUNNING and self._tap_wants_read
 
     def timeout(self) -> float | None:
-        """Seconds until the loop must call process() even without events (the NCM flush timer)."""
+        """Seconds until the loop must call process() even without events (flush timer, RX throttle)."""
         if self.transport.pending():
             return 0.0
-        if self._flush_at is None:
+        due = [t for t in (self._flush_at, self._rx_paused_until) if t is not None]
+        if not due:
             return None
-        return max(0.0, self._flush_at - time.monotonic())
+        return max(0.0, min(due) - time.monotonic())
 
     def poll_fds(self) -> list[tuple[int, int]]:
         return self.transport.poll_fds()
@@ -453,6 +482,7 @@ class EthernetService:
                             for q in (self.rx_submission, self.rx_completion, self.tx_submission,
                                       self.tx_completion)}
         st["in_flight"] = {"rx": self.n_rx, "tx": self.n_tx} if self.pool is not None else {}
+        st["rx_throttled"] = self.rx_throttled
         return st
 
     def stop(self, remove_interface: bool = True) -> None:

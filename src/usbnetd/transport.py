@@ -56,6 +56,13 @@ class DeviceIdentity:
 
 class Transport(ABC):
     identity: DeviceIdentity
+    # Set when a submission found the device gone: transfers that were in flight at an unplug may complete
+    # with a plain error rather than NO_DEVICE, so this is the reliable sign.
+    gone = False
+
+    def clear_halt(self, endpoint: int) -> bool:
+        """Clear a stalled endpoint (CLEAR_FEATURE ENDPOINT_HALT); False when that failed."""
+        return True
 
     # --- setup (synchronous) ---
     @abstractmethod
