@@ -65,7 +65,7 @@ STATUS_MARKER = "USBNETD-VM: exit status"
 APT_TIMEOUT = 900
 DOWNLOAD_TIMEOUT = 300
 BOOT_TIMEOUT = 120
-DEFAULT_RUN_TIMEOUT = 600
+DEFAULT_RUN_TIMEOUT = 1800  # the whole guest run; the suite takes about 15 minutes under TCG
 
 
 class HarnessError(RuntimeError):

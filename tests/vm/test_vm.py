@@ -7,7 +7,7 @@ fails here with its text, a guest skip is a skip here with its reason, a missing
 If the bench cannot be prepared or the guest cannot boot, every test here fails: the VM layer never
 skips because QEMU is missing.
 
-Environment: ``USBNETD_VM_TIMEOUT`` (seconds for the whole guest run, default 600),
+Environment: ``USBNETD_VM_TIMEOUT`` (seconds for the whole guest run, default harness.DEFAULT_RUN_TIMEOUT),
 ``USBNETD_VM_RESULTS`` (host directory for the run's results instead of a new one in the cache).
 """
 
@@ -25,7 +25,7 @@ from . import harness
 
 GUEST_DIR = Path(__file__).resolve().parent / "guest"
 GUEST_REL = GUEST_DIR.relative_to(harness.REPO).as_posix()
-RUN_TIMEOUT = float(os.environ.get("USBNETD_VM_TIMEOUT", "600"))
+RUN_TIMEOUT = float(os.environ.get("USBNETD_VM_TIMEOUT", str(harness.DEFAULT_RUN_TIMEOUT)))
 KEEP_RUNS = 10
 
 pytestmark = pytest.mark.vm
