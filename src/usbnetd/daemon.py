@@ -32,6 +32,7 @@ class Daemon:
         self.control: ControlServer | None = None
         self.stop_reason: str | None = None
         self.remove_interface = False
+        self.failed: str | None = None  # why the instance ended in error (start-up errors raise instead)
         self.notifier = Notifier()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -102,6 +103,10 @@ class Daemon:
         while self.stop_reason is None:
             if svc.device_gone:
                 self.stop_reason = "device disappeared"
+                break
+            if svc.interface_gone:
+                self.stop_reason = "interface deleted from outside"
+                self.failed = f"interface {svc.ifname} was deleted from outside"
                 break
             if (svc.link, svc.speed_mbps) != link:
                 link = (svc.link, svc.speed_mbps)

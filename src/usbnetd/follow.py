@@ -78,6 +78,11 @@ class LinkFollower:
         try:
             st = tap.state()
         except Exception as exc:  # noqa: BLE001 - netlink trouble must not stop the data path
+            if not tap.exists():
+                # Deleted from outside (`ip link del`): nothing can be delivered any more. End this instance
+                # with an error, so a supervisor (systemd's Restart=on-failure) brings up a fresh one.
+                svc.interface_gone = True
+                return
             log.debug("could not read %s: %s", tap.name, exc)
             return
         driver = svc.driver

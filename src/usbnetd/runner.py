@@ -77,7 +77,10 @@ def run_device(spec: DeviceSpec, control_path: str | None, ifname: str | None = 
             persistent=settings.persistent if persistent is None else persistent,
             rx_transfers=settings.rx_transfers, tx_transfers=settings.tx_transfers,
         )
-        Daemon(service, control_path).run(on_ready)
+        daemon = Daemon(service, control_path)
+        daemon.run(on_ready)
+        if daemon.failed:
+            raise StartError(daemon.failed)
     except (BadDevice, NoDriver, TransportError, TapError, AlreadyRunning, ConfigError) as exc:
         raise StartError(str(exc)) from None
     except PermissionError as exc:

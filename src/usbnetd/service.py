@@ -105,6 +105,7 @@ class EthernetService:
         self.rx_transfers = 0
         self.pool_exhausted = 0
         self._ignore_link = False
+        self.interface_gone = False
         self.follower: LinkFollower | None = None
 
     # ------------------------------------------------------------------ start

@@ -105,6 +105,12 @@ class Tap:
             "allmulti": msg.get_attr("IFLA_ALLMULTI") or 0,
         }
 
+    def exists(self) -> bool:
+        try:
+            return bool(self.ipr.link_lookup(ifname=self.name))
+        except Exception:  # noqa: BLE001 - unknown is not gone
+            return True
+
     def set_mtu(self, mtu: int) -> None:
         self.ipr.link("set", index=self.index, mtu=mtu)
         self.mtu = mtu
