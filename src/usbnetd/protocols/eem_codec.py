@@ -29,6 +29,7 @@ import struct
 import zlib
 from collections.abc import Callable
 
+from usbnetd.protocols.batch import FrameBatch, build_all
 from usbnetd.stats import Stats
 
 EEM_HLEN = 2  # every EEM packet header
@@ -117,7 +118,7 @@ def data_packet(frame: bytes | bytearray | memoryview, crc: bool = False) -> byt
 # ========================================================================================================
 
 
-class EemBatch:
+class EemBatch(FrameBatch):
     """Builds one OUT transfer of EEM data packets in place, in a caller-provided buffer (the same contract
     as ncm_codec.NtbBuilder, so a driver maps tx_begin/tx_slot/tx_commit/tx_finish onto it):
 
@@ -225,16 +226,6 @@ class EemBatch:
         self._count += 1
         self._slot = -1
 
-    def add(self, frame: bytes | bytearray | memoryview) -> bool:
-        """Copy `frame` into the next slot and commit it; False (nothing written) when it does not fit."""
-        off, room = self.next_slot()
-        n = len(frame)
-        if n < 1 or n > room:
-            return False
-        self._view[off : off + n] = frame  # type: ignore[index]
-        self.commit(n)
-        return True
-
     def finish(self) -> int:
         """Close the transfer; return the bytes to send (0 if nothing was committed). Appends a zero-length
         EEM packet when the transfer would otherwise end on a maxpacket boundary."""
@@ -255,14 +246,7 @@ def build_transfer(
     frames: list[bytes], max_size: int = 65536, maxpacket: int = 512, crc: bool = False, max_frames: int = 1024
 ) -> bytes:
     """One transfer holding `frames` (tests, the simulated device). Raises ValueError if they do not fit."""
-    buf = bytearray(max_size)
-    b = EemBatch(max_size, maxpacket, max_frames, crc)
-    b.begin(memoryview(buf))
-    for i, frame in enumerate(frames):
-        if not b.add(frame):
-            raise ValueError(f"frame {i} ({len(frame)} bytes) does not fit in the transfer")
-    n = b.finish()
-    return bytes(buf[:n])
+    return build_all(EemBatch(max_size, maxpacket, max_frames, crc), max_size, frames)
 
 
 # ========================================================================================================

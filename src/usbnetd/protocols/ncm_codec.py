@@ -22,6 +22,7 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from usbnetd.protocols.batch import FrameBatch, build_all
 from usbnetd.stats import Stats
 
 NTH16_SIGNATURE = 0x484D434E  # b"NCMH"
@@ -275,7 +276,7 @@ class TxLayout:
 # ========================================================================================================
 
 
-class NtbBuilder:
+class NtbBuilder(FrameBatch):
     """Builds one NTB at a time in place, in a caller-provided writable buffer.
 
     Layout produced: NTH at offset 0, the datagrams in order (each at offset % divisor == remainder), then
@@ -392,16 +393,6 @@ class NtbBuilder:
         self._pos = slot + length
         self._slot = -1
 
-    def add(self, frame: bytes | bytearray | memoryview) -> bool:
-        """Copy `frame` into the next slot and commit it; False (nothing written) when it does not fit."""
-        off, room = self.next_slot()
-        n = len(frame)
-        if n < 1 or n > room:
-            return False
-        self._view[off : off + n] = frame  # type: ignore[index]
-        self.commit(n)
-        return True
-
     def finish(self) -> int:
         """Write the NDP and the NTH; return the number of bytes to send (0 if no datagram was committed).
 
@@ -470,14 +461,7 @@ class NtbBuilder:
 def build_ntb(layout: TxLayout, frames: list[bytes], sequence: int = 0) -> bytes:
     """Build one NTB holding `frames` (tests, the simulated device). Raises ValueError if they do not all
     fit; an empty list gives b""."""
-    buf = bytearray(layout.max_size)
-    builder = NtbBuilder(layout, sequence)
-    builder.begin(memoryview(buf))
-    for i, frame in enumerate(frames):
-        if not builder.add(frame):
-            raise ValueError(f"frame {i} ({len(frame)} bytes) does not fit in the NTB")
-    n = builder.finish()
-    return bytes(buf[:n])
+    return build_all(NtbBuilder(layout, sequence), layout.max_size, frames, "the NTB")
 
 
 # ========================================================================================================

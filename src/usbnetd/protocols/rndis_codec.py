@@ -37,6 +37,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from usbnetd.protocols.batch import FrameBatch, build_all
 from usbnetd.stats import Stats
 
 # ========================================================================================================
@@ -604,7 +605,7 @@ class RndisEncoder:
         return write_packet_header(view, offset, frame_length)
 
 
-class RndisBatch:
+class RndisBatch(FrameBatch):
     """Builds one OUT transfer of back-to-back PACKET_MSGs in place, in a caller-provided buffer (the same
     contract as ncm_codec.NtbBuilder, so a driver maps tx_begin/tx_slot/tx_commit/tx_finish onto it):
 
@@ -755,16 +756,6 @@ class RndisBatch:
         self._count += 1
         self._slot = -1
 
-    def add(self, frame: bytes | bytearray | memoryview) -> bool:
-        """Copy `frame` into the next slot and commit it; False (nothing written) when it does not fit."""
-        off, room = self.next_slot()
-        n = len(frame)
-        if n < 1 or n > room:
-            return False
-        self._view[off : off + n] = frame  # type: ignore[index]
-        self.commit(n)
-        return True
-
     def finish(self) -> int:
         """Close the transfer; return the bytes to send (0 if nothing was committed). Sets `zlp`."""
         if not self._open:
@@ -788,14 +779,7 @@ def build_transfer(
 ) -> bytes:
     """One transfer holding `frames` as PACKET_MSGs (tests, the simulated device). Raises ValueError if they
     do not all fit."""
-    buf = bytearray(max_transfer_size)
-    b = RndisBatch(max_packets, max_transfer_size, alignment_factor)
-    b.begin(memoryview(buf))
-    for i, frame in enumerate(frames):
-        if not b.add(frame):
-            raise ValueError(f"frame {i} ({len(frame)} bytes) does not fit in the transfer")
-    n = b.finish()
-    return bytes(buf[:n])
+    return build_all(RndisBatch(max_packets, max_transfer_size, alignment_factor), max_transfer_size, frames)
 
 
 # ========================================================================================================
