@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 
 from .conftest import Usbnetd, wire_up
@@ -74,3 +76,74 @@ def test_control_socket_survives_malformed_requests(netns_pair, tmp_path):
         assert st["ifname"] == "usbk0", "the daemon still answers"
     finally:
         assert u.stop() == 0, u.output()
+
+
+def test_sigkill_then_restart(netns_pair, tmp_path):
+    """SIGKILL leaves a stale control socket and (persistent) the interface; a new instance takes both over."""
+    a, b = netns_pair
+    u = Usbnetd(a, b, "sim:ncm", str(tmp_path), ifname="usbk1", peer="simk1", extra=("--persistent",))
+    host_ip, peer_ip = wire_up(u, 61)
+    u.proc.kill()
+    u.proc.wait(10)
+    u.log.close()
+    assert any(f.endswith(".sock") for f in os.listdir(tmp_path)), "SIGKILL leaves the socket behind"
+    assert a.has_link("usbk1")
+    b.run("ip", "link", "del", "simk1", check=False)
+    u2 = Usbnetd(a, b, "sim:ncm", str(tmp_path), ifname="usbk1", peer="simk1", extra=("--persistent",))
+    try:
+        a.run("ip", "link", "set", "simk1", "netns", b.name)
+        b.run("ip", "addr", "add", f"{peer_ip}/24", "dev", "simk1")
+        b.run("ip", "link", "set", "simk1", "up")
+        wait(lambda: a.run("ping", "-c", "1", "-W", "1", peer_ip, check=False).returncode == 0, "ping after restart")
+        (st,) = json.loads(u2.cli("status", "--json").stdout)
+        assert st["ifname"] == "usbk1" and st["link"] == "up"
+    finally:
+        u2.cli("detach", "usbk1", check=False)
+        u2.stop()
+    assert not a.has_link("usbk1")
+
+
+def test_sigterm_during_start_up(netns_pair, tmp_path):
+    """SIGTERM at any moment of start-up: a clean exit, no traceback, nothing left behind."""
+    a, _ = netns_pair
+    env = {"USBNETD_RUN_DIR": str(tmp_path)}
+    for delay in (0.05, 0.2, 0.5):
+        proc = a.popen("env", *(f"{k}={v}" for k, v in env.items()), sys.executable, "-m", "usbnetd", "run",
+                       "sim:ecm", "--ifname", "usbt0", "--sim-peer", "simt0", stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True)
+        time.sleep(delay)
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0]
+        assert "Traceback" not in out, out
+        assert proc.returncode in (0, 1, -15), (proc.returncode, out)  # -15: killed before Python took over
+        assert not a.has_link("usbt0") and not a.has_link("simt0"), out
+        assert not any(f.endswith(".sock") for f in os.listdir(tmp_path)), out
+
+
+def test_udp_flood_drops_are_counted_and_nothing_stalls(netns_pair, tmp_path):
+    """A UDP flood through usbnetd: whatever cannot be carried is dropped and counted, and traffic flows
+    normally right after the flood (no stuck queue, pool fully usable)."""
+    a, b = netns_pair
+    u = Usbnetd(a, b, "sim:ncm", str(tmp_path), ifname="usbfl0", peer="simfl0")
+    try:
+        host_ip, peer_ip = wire_up(u, 62)
+        wait(lambda: a.run("ping", "-c", "1", "-W", "1", peer_ip, check=False).returncode == 0, "ping")
+        flood = (
+            "import socket,time\n"
+            "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+            "d=b'x'*1400\n"
+            "t=time.monotonic()+3\n"
+            "while time.monotonic()<t:\n"
+            "    for _ in range(100):\n"
+            f"        s.sendto(d,('{peer_ip}',9))\n"
+        )
+        a.run(sys.executable, "-c", flood, timeout=60)
+        a.run("ping", "-c", "3", "-i", "0.2", "-W", "2", peer_ip, timeout=30)
+        (d,) = json.loads(u.cli("stats", "--json").stdout)
+        assert d["tx_packets"] > 1000
+        assert d["pool"]["in_use"] <= d["pool"]["packets"]
+        print({k: d[k] for k in ("tx_packets", "tx_dropped", "rx_dropped", "tx_frames_per_transfer")},
+              d["pool"], d["queues"])
+    finally:
+        assert u.stop() == 0, u.output()
+    assert "every packet back in the pool" in u.output()
