@@ -10,9 +10,14 @@ from __future__ import annotations
 
 
 class FrameBatch:
-    """Mixin: needs `next_slot`, `commit`, `begin`, `finish` and a `_view` slot from the builder."""
+    """Mixin: needs `next_slot`, `commit`, `begin`, `finish` and `_view`, `_count` slots from the builder."""
 
     __slots__ = ()
+
+    @property
+    def count(self) -> int:
+        """Frames committed to the transfer being built."""
+        return self._count  # type: ignore[attr-defined]
 
     def add(self, frame: bytes | bytearray | memoryview) -> bool:
         """Copy `frame` into the next slot and commit it; False (nothing written) when it does not fit."""

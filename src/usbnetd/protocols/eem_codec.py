@@ -172,11 +172,6 @@ class EemBatch(FrameBatch):
         self._room = 0
         self._open = False
 
-    @property
-    def count(self) -> int:
-        """Frames committed to the current transfer."""
-        return self._count
-
     def begin(self, view: memoryview | bytearray) -> None:
         """Start a new transfer in `view` (which should be at least max_size long)."""
         self._view = view

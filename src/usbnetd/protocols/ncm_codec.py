@@ -333,11 +333,6 @@ class NtbBuilder(FrameBatch):
         self._open = False
 
     @property
-    def count(self) -> int:
-        """Datagrams committed to the current NTB."""
-        return self._count
-
-    @property
     def sequence(self) -> int:
         """wSequence the next finished NTB will carry."""
         return self._seq

@@ -698,11 +698,6 @@ class RndisBatch(FrameBatch):
             size = max(floor, min(size, max_transfer_cap))
         return cls(packets, size, factor, maxpacket)
 
-    @property
-    def count(self) -> int:
-        """Messages committed to the current transfer."""
-        return self._count
-
     def begin(self, view: memoryview | bytearray) -> None:
         """Start a new transfer in `view` (which should be at least max_transfer_size long)."""
         self._view = view
