@@ -124,6 +124,8 @@ class LibusbTransport(Transport):
         self._int_buffer: bytearray | None = None
         self._stopping = False
         self._ep_in = self._ep_out = 0
+        self._pollfds: list[tuple[int, int]] | None = None
+        context.setPollFDNotifiers(self._pollfds_changed, self._pollfds_changed)
 
     @staticmethod
     def _safe_string(getter) -> str | None:
@@ -367,7 +369,14 @@ class LibusbTransport(Transport):
         return sum(1 for t in self._all if t.isSubmitted())
 
     def poll_fds(self) -> list[tuple[int, int]]:
-        return self._context.getPollFDList()
+        # Asked on every loop turn: keep libusb's answer until it says its set changed (a device closed or
+        # gone), instead of a ctypes round trip and a new list per wake-up.
+        if self._pollfds is None:
+            self._pollfds = self._context.getPollFDList()
+        return self._pollfds
+
+    def _pollfds_changed(self, *args) -> None:
+        self._pollfds = None
 
     def handle_events(self) -> None:
         try:
@@ -434,3 +443,4 @@ class LibusbTransport(Transport):
         self._int_transfer = None
         handle.close()
         self._handle = None
+        self._context.setPollFDNotifiers()  # no callbacks into a transport that is gone
