@@ -7,6 +7,7 @@ import struct
 import tracemalloc
 
 import pytest
+from codec_helpers import Collector, errors, frame, h
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,28 +16,6 @@ from usbnetd.protocols.eem_codec import EemBatch, EemDecoder
 from usbnetd.stats import COUNTERS, Stats
 
 # --- helpers ------------------------------------------------------------------------------------------
-
-
-class Collector:
-    """emit / on_command callbacks that check every span against the transfer length."""
-
-    def __init__(self, view: bytes | bytearray | memoryview, length: int) -> None:
-        self.view = view
-        self.length = length
-        self.spans: list[tuple[int, int]] = []
-        self.commands: list[tuple[int, int, bytes]] = []
-
-    def __call__(self, off: int, n: int) -> None:
-        assert 0 <= off and n >= 0 and off + n <= self.length
-        self.spans.append((off, n))
-
-    def command(self, cmd: int, param: int, off: int, n: int) -> None:
-        assert 0 <= off and n >= 0 and off + n <= self.length
-        assert 0 <= cmd <= 7 and 0 <= param <= 0x7FF
-        self.commands.append((cmd, param, bytes(self.view[off : off + n])))
-
-    def frames(self) -> list[bytes]:
-        return [bytes(self.view[o : o + n]) for o, n in self.spans]
 
 
 def decode(data: bytes | bytearray, length: int | None = None, stats: Stats | None = None, **kw):
@@ -48,16 +27,10 @@ def decode(data: bytes | bytearray, length: int | None = None, stats: Stats | No
     return c, stats
 
 
-def frame(n: int, tag: int) -> bytes:
-    return bytes((tag + i) & 0xFF for i in range(n))
 
 
-def errors(stats: Stats) -> tuple[int, int, int]:
-    return stats.rx_errors, stats.rx_frame_errors, stats.rx_length_errors
 
 
-def h(s: str) -> bytes:
-    return bytes.fromhex(s)
 
 
 def fcs(data: bytes) -> bytes:

@@ -6,6 +6,7 @@ import struct
 import tracemalloc
 
 import pytest
+from codec_helpers import Collector, errors, frame, h
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,22 +30,6 @@ from usbnetd.stats import COUNTERS, Stats
 # --- helpers ------------------------------------------------------------------------------------------
 
 
-class Collector:
-    """An emit callback that checks every (offset, length) against the transfer length."""
-
-    def __init__(self, view: bytes | bytearray | memoryview, length: int) -> None:
-        self.view = view
-        self.length = length
-        self.spans: list[tuple[int, int]] = []
-
-    def __call__(self, off: int, n: int) -> None:
-        assert 0 <= off and n >= 0 and off + n <= self.length
-        self.spans.append((off, n))
-
-    def frames(self) -> list[bytes]:
-        return [bytes(self.view[o : o + n]) for o, n in self.spans]
-
-
 def decode(data: bytes | bytearray, length: int | None = None, stats: Stats | None = None, **kw: int):
     stats = stats if stats is not None else Stats()
     length = len(data) if length is None else length
@@ -54,16 +39,10 @@ def decode(data: bytes | bytearray, length: int | None = None, stats: Stats | No
     return c, stats
 
 
-def frame(n: int, tag: int) -> bytes:
-    return bytes((tag + i) & 0xFF for i in range(n))
 
 
-def errors(stats: Stats) -> tuple[int, int, int]:
-    return stats.rx_errors, stats.rx_frame_errors, stats.rx_length_errors
 
 
-def h(s: str) -> bytes:
-    return bytes.fromhex(s)
 
 
 # --- hand-built control fixtures (MS-RNDIS 1.0 layouts, little endian) --------------------------------------

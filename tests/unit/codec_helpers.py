@@ -1,0 +1,40 @@
+"""Helpers the decoder tests share (NCM, RNDIS, EEM): a bounds-checking emit callback and byte fixtures."""
+
+from __future__ import annotations
+
+from usbnetd.stats import Stats
+
+
+class Collector:
+    """emit / on_command callbacks that check every span against the transfer length."""
+
+    def __init__(self, view: bytes | bytearray | memoryview, length: int) -> None:
+        self.view = view
+        self.length = length
+        self.spans: list[tuple[int, int]] = []
+        self.commands: list[tuple[int, int, bytes]] = []
+
+    def __call__(self, off: int, n: int) -> None:
+        assert 0 <= off and n >= 0 and off + n <= self.length
+        self.spans.append((off, n))
+
+    def command(self, cmd: int, param: int, off: int, n: int) -> None:
+        assert 0 <= off and n >= 0 and off + n <= self.length
+        assert 0 <= cmd <= 7 and 0 <= param <= 0x7FF
+        self.commands.append((cmd, param, bytes(self.view[off : off + n])))
+
+    def frames(self) -> list[bytes]:
+        return [bytes(self.view[o : o + n]) for o, n in self.spans]
+
+
+def frame(n: int, tag: int) -> bytes:
+    """An Ethernet-looking frame of n bytes whose content identifies it."""
+    return bytes((tag + i) & 0xFF for i in range(n))
+
+
+def errors(stats: Stats) -> tuple[int, int, int]:
+    return stats.rx_errors, stats.rx_frame_errors, stats.rx_length_errors
+
+
+def h(s: str) -> bytes:
+    return bytes.fromhex(s)
