@@ -64,6 +64,28 @@ def _check_mac(ctx, param, value):
     return mac
 
 
+def _check_group(ctx, param, value):
+    if value is not None:
+        try:
+            control.resolve_group(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
+CAP_NET_ADMIN = 12
+
+
+def missing_capabilities(status_path: str = "/proc/self/status") -> list[str]:
+    """The capabilities `run` needs that this process's effective set lacks ([] when /proc cannot tell)."""
+    try:
+        with open(status_path) as f:
+            eff = next(int(ln.split()[1], 16) for ln in f if ln.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return []
+    return [] if eff >> CAP_NET_ADMIN & 1 else ["CAP_NET_ADMIN"]
+
+
 def instance_name(spec: DeviceSpec, sim_peer: str | None = None) -> str:
     if spec.kind == "sim":
         return f"sim_{spec.sim}_{sim_peer}"
@@ -116,6 +138,9 @@ def _run_options(f):
     f = click.option("--persistent/--no-persistent", default=None,
                      help="Keep the interface (addresses, routes) when the daemon stops; detach removes it. "
                           "Default: [interface] persistent in the configuration (off).")(f)
+    f = click.option("--control-group", metavar="GROUP", callback=_check_group,
+                     help="Members of GROUP may use the control socket too (status, stats, detach). "
+                          "Default: [control] group in the configuration (none: root only).")(f)
     f = click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")(f)
     return f
 
@@ -123,16 +148,22 @@ def _run_options(f):
 @cli.command()
 @click.argument("device")
 @_run_options
-def run(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, persistent, verbose) -> None:
+def run(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, persistent, control_group,
+        verbose) -> None:
     """Drive DEVICE in the foreground until SIGINT or SIGTERM."""
     from .runner import StartError, run_device
 
     spec = _device(device)
+    missing = missing_capabilities()
+    if missing:
+        raise Fail(f"missing capability {', '.join(missing)}: usbnetd creates a TAP interface and configures it "
+                   "over netlink; run it as root or give it CAP_NET_ADMIN (AmbientCapabilities=CAP_NET_ADMIN)")
     logs.setup(sanitize(device) or "?", verbose)
     path = control.socket_path(instance_name(spec, sim_peer))
     try:
         run_device(spec, control_path=path, ifname=ifname, sim_peer=sim_peer, mac=mac, mtu=mtu,
-                   protocol=protocol, configuration=configuration, ntb32=ntb32, persistent=persistent)
+                   protocol=protocol, configuration=configuration, ntb32=ntb32, persistent=persistent,
+                   control_group=control.resolve_group(control_group) if control_group else None)
     except StartError as exc:
         raise Fail(str(exc)) from None
 
@@ -163,7 +194,7 @@ def attach(device, timeout, **opts) -> None:
     ifname, mac, mtu, protocol = opts["ifname"], opts["mac"], opts["mtu"], opts["protocol"]
     args = [sys.executable, "-m", "usbnetd", "run", device, "--sim-peer", sim_peer]
     for opt, val in (("--ifname", ifname), ("--mtu", mtu), ("--protocol", protocol),
-                     ("--configuration", opts["configuration"])):
+                     ("--configuration", opts["configuration"]), ("--control-group", opts["control_group"])):
         if val is not None:
             args += [opt, str(val)]
     if mac is not None:
@@ -233,18 +264,25 @@ def _last_error(log_path: str) -> str | None:
     return lines[-1] if lines else None
 
 
-def _query(path: str) -> dict | None:
+def _query(path: str, denied: list[str] | None = None) -> dict | None:
+    """The instance's status reply, or None; a refusal (socket mode or credentials) is noted in `denied`."""
     try:
         reply = control.request(path, "status", timeout=3.0)
+    except PermissionError:
+        reply = {"ok": False, "error": "permission denied"}
     except (OSError, ValueError):
         return None
+    if not isinstance(reply, dict):
+        return None
+    if reply.get("error") == "permission denied" and denied is not None:
+        denied.append(path)
     return reply if reply.get("ok") else None
 
 
-def _statuses() -> list[dict]:
+def _statuses(denied: list[str] | None = None) -> list[dict]:
     out = []
     for path in control.instances():
-        reply = _query(path)
+        reply = _query(path, denied)
         if reply is not None:
             st = reply["status"]
             st["_path"] = path
@@ -252,17 +290,31 @@ def _statuses() -> list[dict]:
     return out
 
 
+def _denied_message(denied: list[str]) -> str:
+    more = f" (and {len(denied) - 1} more)" if len(denied) > 1 else ""
+    return (f"permission denied on {denied[0]}{more}: only root and members of the control group "
+            "([control] group) may use an instance's control socket")
+
+
 def _select(target: str | None) -> list[dict]:
-    statuses = _statuses()
+    denied: list[str] = []
+    statuses = _statuses(denied)
     if target is None:
-        return statuses
-    busid = None
-    try:
-        spec = parse_device_spec(target)
-        busid = resolve_busid(spec) if spec.kind != "sim" else str(spec)
-    except BadDevice:
-        pass
-    return [s for s in statuses if target in (s.get("ifname"), s.get("busid")) or (busid and s.get("busid") == busid)]
+        matches = statuses
+    else:
+        busid = None
+        try:
+            spec = parse_device_spec(target)
+            busid = resolve_busid(spec) if spec.kind != "sim" else str(spec)
+        except BadDevice:
+            pass
+        matches = [s for s in statuses
+                   if target in (s.get("ifname"), s.get("busid")) or (busid and s.get("busid") == busid)]
+    if denied and not matches:
+        raise Fail(_denied_message(denied))
+    if denied:
+        click.echo(f"usbnetd: note: {_denied_message(denied)}", err=True)
+    return matches
 
 
 @cli.command()

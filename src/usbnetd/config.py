@@ -14,6 +14,9 @@ override the files. USBNETD_CONFIG_DIR points somewhere else (tests, trying a co
     rx_transfers = 0          # bulk IN transfers in flight (0: automatic, usbnet's rule)
     tx_transfers = 0          # bulk OUT transfers in flight (0: automatic)
 
+    [control]
+    group = "usbnetd"         # members of this group may use the control socket too (status, stats, detach)
+
     [ncm]
     rx_ntb_size = 32768       # NTB input size asked of the device
     tx_ntb_size = 32768       # largest NTB sent
@@ -39,8 +42,9 @@ import re
 import tomllib
 from dataclasses import dataclass, field, replace
 
+from .control import resolve_group
 from .devices import BUILTIN, PROTOCOLS, QUIRKS, ConfigError, DeviceEntry
-from .tap import validate_ifname
+from .tap import IFNAMSIZ, validate_ifname
 
 _ID = re.compile(r"^([0-9a-fA-F]{4}):([0-9a-fA-F]{4})$")
 _BUSID = re.compile(r"^[1-9][0-9]{0,2}-[1-9][0-9]{0,2}(\.[1-9][0-9]{0,2}){0,6}$")
@@ -59,6 +63,8 @@ class Settings:
     rx_ntb_size: int | None = None
     tx_ntb_size: int | None = None
     ntb32: bool | None = None
+    control_group: str | None = None
+    control_gid: int | None = None
     devices: tuple[DeviceEntry, ...] = field(default_factory=tuple)
     files: tuple[str, ...] = ()
 
@@ -79,12 +85,19 @@ class Settings:
 
     def ifname_for(self, mac: bytes, busid: str, serial: str | None, protocol: str) -> str:
         name = self.ifname_template.format(mac=mac.hex(), busid=re.sub(r"[^0-9A-Za-z]", "_", busid),
-                                           serial=re.sub(r"[^0-9A-Za-z_.-]", "_", serial or ""),
-                                           protocol=protocol)
+                                           serial=name_part(serial), protocol=protocol)
         reason = validate_ifname(name)
         if reason:
             raise ConfigError(f"interface.name: the template {self.ifname_template!r} gives {name!r}: {reason}")
         return name
+
+
+def name_part(text: str | None) -> str:
+    """A string from the device (its serial number) made fit for an interface name: ASCII letters, digits,
+    '_', '.' and '-' only (anything else, '/', control characters and non-ASCII included, becomes '_'), no
+    leading '-' or '.' (nothing that looks like an option, no '.' or '..'), at most 15 characters."""
+    s = re.sub(r"[^0-9A-Za-z_.-]", "_", text or "")[: IFNAMSIZ - 1]
+    return re.sub(r"^[-.]+", lambda m: "_" * len(m.group()), s)
 
 
 def config_dir() -> str:
@@ -185,7 +198,7 @@ def load(directory: str | None = None) -> Settings:
             raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        unknown = sorted(set(data) - {"interface", "queues", "ncm", "device"})
+        unknown = sorted(set(data) - {"interface", "queues", "ncm", "control", "device"})
         if unknown:
             raise ConfigError(f"{path}: unknown section {unknown[0]!r}")
         if "interface" in data:
@@ -212,6 +225,16 @@ def load(directory: str | None = None) -> Settings:
             s = replace(s, rx_ntb_size=r.int_in("rx_ntb_size", 2048, 1 << 20, s.rx_ntb_size),
                         tx_ntb_size=r.int_in("tx_ntb_size", 2048, 1 << 20, s.tx_ntb_size),
                         ntb32=r.get("ntb32", bool, s.ntb32))
+        if "control" in data:
+            r = _Reader(path, "control", data["control"])
+            r.check_keys({"group"})
+            group = r.get("group", str)
+            if group is not None:
+                try:
+                    gid = resolve_group(group)
+                except ValueError as exc:
+                    raise r.fail("group", str(exc)) from None
+                s = replace(s, control_group=group, control_gid=gid)
         raw_devices = data.get("device", [])
         if not isinstance(raw_devices, list):
             raise ConfigError(f"{path}: device: must be an array of tables ([[device]])")

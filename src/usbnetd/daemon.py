@@ -26,9 +26,10 @@ IDLE_TIMEOUT_MS = 250  # wake up now and then even when idle, so a lost wake-up 
 
 
 class Daemon:
-    def __init__(self, service: EthernetService, control_path: str | None) -> None:
+    def __init__(self, service: EthernetService, control_path: str | None, control_group: int | None = None) -> None:
         self.service = service
         self.control_path = control_path
+        self.control_group = control_group  # gid whose members may use the control socket, besides root
         self.control: ControlServer | None = None
         self.stop_reason: str | None = None
         self.remove_interface = False
@@ -59,7 +60,7 @@ class Daemon:
         old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno())
         try:
             if self.control_path:
-                self.control = ControlServer(self.control_path, self.handle_request)
+                self.control = ControlServer(self.control_path, self.handle_request, self.control_group)
             if self.stop_reason is None:
                 self.service.start()
                 # READY=1 only now: the TAP exists and RX is primed.
@@ -90,8 +91,9 @@ class Daemon:
         registered: dict[int, int] = {}
         wake_fd = self._wake_r.fileno()
         fixed = {wake_fd: POLLIN}
-        if self.control is not None:
-            fixed[self.control.fileno()] = POLLIN
+        control = self.control
+        if control is not None:
+            fixed[control.fileno()] = POLLIN
         tap_fd = svc.tap.fd
         handlers = svc.fd_handlers()
         for fd in handlers:
@@ -117,6 +119,10 @@ class Daemon:
                 next_ping = time.monotonic() + watchdog
             # Registrations change rarely (TAP backpressure, the sim's wire); diff them instead of rebuilding.
             want = dict(fixed)
+            if control is not None and control.clients:
+                control.expire()
+                for fd in control.clients:
+                    want[fd] = POLLIN
             for fd, ev in svc.poll_fds():
                 want[fd] = want.get(fd, 0) | ev
             if svc.wants_tap_read():
@@ -145,8 +151,10 @@ class Daemon:
                         self._wake_r.recv(512)
                     except BlockingIOError:
                         pass
-                elif self.control is not None and fd == self.control.fileno():
-                    self.control.on_readable()
+                elif control is not None and fd == control.fileno():
+                    control.on_readable()
+                elif control is not None and fd in control.clients:
+                    control.on_client_readable(fd)
                 elif fd in handlers:
                     handlers[fd]()
                 else:

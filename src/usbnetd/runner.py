@@ -31,7 +31,7 @@ class StartError(Exception):
 def run_device(spec: DeviceSpec, control_path: str | None, ifname: str | None = None,
                sim_peer: str = "usbnetsim0", mac: bytes | None = None, mtu: int | None = None,
                protocol: str | None = None, configuration: int | None = None, ntb32: bool | None = None,
-               persistent: bool | None = None, on_ready=None) -> None:
+               persistent: bool | None = None, on_ready=None, control_group: int | None = None) -> None:
     """Command-line values win over the device's [[device]] entry, which wins over the global settings."""
     context = None
     transport = None
@@ -40,7 +40,7 @@ def run_device(spec: DeviceSpec, control_path: str | None, ifname: str | None = 
         if spec.kind == "sim":
             from .sim import SimTransport
 
-            transport = SimTransport(spec.sim, sim_peer)
+            transport = SimTransport(spec.sim, sim_peer, faults=dict(spec.sim_options))
         else:
             context, transport = open_usb(spec)
         ident = transport.identity
@@ -77,7 +77,8 @@ def run_device(spec: DeviceSpec, control_path: str | None, ifname: str | None = 
             persistent=settings.persistent if persistent is None else persistent,
             rx_transfers=settings.rx_transfers, tx_transfers=settings.tx_transfers,
         )
-        daemon = Daemon(service, control_path)
+        daemon = Daemon(service, control_path,
+                        control_group if control_group is not None else settings.control_gid)
         daemon.run(on_ready)
         if daemon.failed:
             raise StartError(daemon.failed)
