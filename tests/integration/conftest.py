@@ -61,12 +61,13 @@ class Usbnetd:
     """A `usbnetd run` process inside namespace `ns`, with its peer wire moved into `peer_ns`."""
 
     def __init__(self, ns: Netns, peer_ns: Netns, device: str, run_dir: str, ifname: str = "usbn0",
-                 peer: str = "simw0", extra: tuple[str, ...] = ()) -> None:
+                 peer: str = "simw0", extra: tuple[str, ...] = (), wrapper: tuple[str, ...] = ()) -> None:
         self.ns, self.peer_ns, self.ifname, self.peer = ns, peer_ns, ifname, peer
         self.env = dict(os.environ, USBNETD_RUN_DIR=run_dir)
         self.log_path = os.path.join(run_dir, "run.log")
         self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = ns.popen(sys.executable, "-m", "usbnetd", "run", device, "--ifname", ifname,
+        # `wrapper` runs before python inside the namespace (e.g. setpriv to reduce capabilities)
+        self.proc = ns.popen(*wrapper, sys.executable, "-m", "usbnetd", "run", device, "--ifname", ifname,
                              "--sim-peer", peer, "-v", *extra, stdout=self.log, stderr=subprocess.STDOUT,
                              env=self.env)
         deadline = time.monotonic() + 20
