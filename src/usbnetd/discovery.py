@@ -1,8 +1,9 @@
 """Finding devices: DEVICE arguments, sysfs listing for `usbnetd list`, and opening one with libusb.
 
 DEVICE is a bus id as sysfs and usbip write it (`1-1`, `3-2.4`), `VID:PID[/SERIAL]`, or `sim:ncm` /
-`sim:ecm`. Listing reads sysfs only (the cached `descriptors` file and driver links), so it never opens,
-resets or disturbs a device another driver is using.
+`sim:ecm` (optionally with `?name=value&...` fault injection, see simfaults.py). Listing reads sysfs only
+(the cached `descriptors` file and driver links), so it never opens, resets or disturbs a device another
+driver is using.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from .descriptors import parse_descriptor_blob
 from .devices import load_table
 from .protocols import NoDriver, choose
+from .simfaults import parse_options as parse_sim_options
 
 SYSFS_USB = "/sys/bus/usb/devices"
 _BUSID = re.compile(r"^[1-9][0-9]{0,2}-[1-9][0-9]{0,2}(\.[1-9][0-9]{0,2}){0,6}$")
@@ -33,6 +35,7 @@ class DeviceSpec:
     product: int | None = None
     serial: str | None = None
     sim: str | None = None
+    sim_options: tuple[tuple[str, int], ...] = ()  # sim:KIND?name=value&...: fault injection (simfaults.py)
 
     def __str__(self) -> str:
         if self.kind == "busid":
@@ -46,10 +49,14 @@ class DeviceSpec:
 def parse_device_spec(text: str) -> DeviceSpec:
     text = text.strip()
     if text.startswith("sim:"):
-        kind = text[4:]
+        kind, _, query = text[4:].partition("?")
         if kind not in ("ncm", "ecm"):
             raise BadDevice(f"unknown simulated adapter {text!r} (use sim:ncm or sim:ecm)")
-        return DeviceSpec("sim", sim=kind)
+        try:
+            options = parse_sim_options(query)
+        except ValueError as exc:
+            raise BadDevice(f"{text!r}: {exc}") from None
+        return DeviceSpec("sim", sim=kind, sim_options=options)
     if _BUSID.match(text):
         return DeviceSpec("busid", busid=text)
     m = _VIDPID.match(text)

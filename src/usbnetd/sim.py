@@ -24,6 +24,7 @@ from .descriptors import Configuration, parse_configuration
 from .pool import Packet
 from .protocols import cdc
 from .protocols.ncm_codec import NtbBuilder, NtbDecoder, NtbParameters, TxLayout
+from .simfaults import SimFaults
 from .stats import Stats
 from .transport import (
     STATUS_CANCELLED,
@@ -91,7 +92,8 @@ def build_config_descriptor(kind: str) -> bytes:
 class SimTransport(Transport):
     """Host-side view of the simulated device: the Transport contract, with the device model behind it."""
 
-    def __init__(self, kind: str, peer_ifname: str = "usbnetsim0", host_mac: bytes | None = None) -> None:
+    def __init__(self, kind: str, peer_ifname: str = "usbnetsim0", host_mac: bytes | None = None,
+                 faults: dict[str, int] | None = None) -> None:
         if kind not in KINDS:
             raise TransportError(f"unknown simulated adapter sim:{kind} (choose from {', '.join(KINDS)})")
         self.kind = kind
@@ -132,6 +134,7 @@ class SimTransport(Transport):
         self._decoder = NtbDecoder(self.device_stats, max_datagram=1514)
         self._frame = bytearray(2048)
         self._frame_view = memoryview(self._frame)
+        self._faults = SimFaults(**faults) if faults else None  # sim:KIND?rx_errors=...: see simfaults.py
 
     # --- setup ---
     def set_configuration(self, value: int) -> None:
@@ -267,6 +270,8 @@ class SimTransport(Transport):
                 return
             self._in_q.popleft()
             self._done.append((0, packet, STATUS_OK, n))
+            if self._faults is not None:
+                self._faults.completed()
 
     def _passes(self, view: memoryview, offset: int) -> bool:
         """The device's packet filter (CDC 1.2 §6.2.4) on a frame from the wire, by destination."""
@@ -329,9 +334,17 @@ class SimTransport(Transport):
         return [(self.peer_fd, select.POLLIN)] if self._in_q and self._alt == 1 else []
 
     def pending(self) -> bool:
-        return bool(self._done or self._int_pending)
+        return bool(self._done or self._int_pending) or (
+            self._faults is not None and self._alt == 1 and self._faults.due(bool(self._in_q)))
+
+    def clear_halt(self, endpoint: int) -> bool:
+        if self._faults is not None and endpoint == EP_IN:
+            self._faults.clear_halt()
+        return True
 
     def handle_events(self) -> None:
+        if self._faults is not None and self._alt == 1 and not self._stopping:
+            self._faults.fail(self._in_q, self._done)
         if self._alt == 1 and self._in_q and not self._stopping:
             self._device_send()
         while self._int_pending:
@@ -351,6 +364,8 @@ class SimTransport(Transport):
 
     # --- teardown ---
     def stop(self, timeout: float = 2.0) -> int:
+        if self._faults is not None and not self._stopping:
+            log.info("simulated device: faults: %s", self._faults.summary())
         self._stopping = True
         while self._in_q:
             packet, _ = self._in_q.popleft()
