@@ -21,7 +21,7 @@ import click
 from . import control, logs
 from . import systemd as sd
 from .devices import PROTOCOLS, ConfigError
-from .discovery import BadDevice, DeviceSpec, list_devices, parse_device_spec, resolve_busid, sanitize
+from .discovery import SYSFS_USB, BadDevice, DeviceSpec, list_devices, parse_device_spec, resolve_busid, sanitize
 from .tap import validate_ifname
 
 STATUS_FIELDS = ("busid", "ifname", "protocol", "link", "speed_mbps", "mac", "mtu", "rx_packets", "tx_packets",
@@ -29,11 +29,16 @@ STATUS_FIELDS = ("busid", "ifname", "protocol", "link", "speed_mbps", "mac", "mt
 _MAC = re.compile(r"^([0-9a-fA-F]{2})([:-]?)([0-9a-fA-F]{2})(\2[0-9a-fA-F]{2}){4}$")
 
 
+def one_line(text: object) -> str:
+    """A message for the terminal: one line whatever it carries (control characters, escapes -> '?')."""
+    return "".join(c if c.isprintable() else "?" for c in str(text))
+
+
 class Fail(click.ClickException):
     """An error for the user: printed as one line, exit code 1."""
 
     def show(self, file=None) -> None:
-        click.echo(f"usbnetd: error: {self.format_message()}", err=True)
+        click.echo(f"usbnetd: error: {one_line(self.format_message())}", err=True)
 
 
 def _device(value: str) -> DeviceSpec:
@@ -106,7 +111,7 @@ def cli() -> None:
 def list_cmd(as_json: bool) -> None:
     """List the USB network devices usbnetd can drive."""
     try:
-        devices = list_devices()
+        devices = list_devices(os.environ.get("USBNETD_SYSFS", SYSFS_USB))  # elsewhere: tests
     except ConfigError as exc:
         raise Fail(str(exc)) from None
     attached = {}
@@ -465,7 +470,7 @@ def main() -> None:
     except click.ClickException as exc:
         if isinstance(exc, click.UsageError):
             msg = exc.format_message()
-            click.echo(f"usbnetd: error: {msg}", err=True)
+            click.echo(f"usbnetd: error: {one_line(msg)}", err=True)
             sys.exit(2)
         exc.show()
         sys.exit(exc.exit_code)
@@ -475,7 +480,7 @@ def main() -> None:
         sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback
         logging.getLogger("usbnetd").debug("internal error", exc_info=True)
-        click.echo(f"usbnetd: error: internal error: {type(exc).__name__}: {exc} (run with -vv for details)",
-                   err=True)
+        click.echo(f"usbnetd: error: internal error: {type(exc).__name__}: {one_line(exc)} (run with -vv for "
+                   "details)", err=True)
         sys.exit(1)
     sys.exit(rc if isinstance(rc, int) else 0)
