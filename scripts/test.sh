@@ -2,7 +2,7 @@
 # The project's test command (see docs/testing.md). On a fresh Debian 12 machine, as root:
 #   1. installs the Debian packages the tests need (apt-get update once, only if something is missing);
 #   2. creates a venv at ${USBNETD_VENV:-<repo>/.venv} with the system python3 and installs '.[test]';
-#   3. runs ruff over src, tests and bench (those that exist);
+#   3. runs ruff over src, tests, bench and fuzz (those that exist);
 #   4. runs pytest over tests/unit, tests/integration and tests/vm, one layer at a time.
 # Exits non-zero if ruff or any layer fails. A layer with no tests (pytest exit 5) is not a failure.
 # Extra arguments are passed to every pytest run (e.g. scripts/test.sh -x -k ncm).
@@ -45,7 +45,7 @@ fi
 
 status=0
 lint_dirs=()
-for d in src tests bench; do
+for d in src tests bench fuzz; do
   if [[ -d $d ]]; then lint_dirs+=("$d"); fi
 done
 echo "test.sh: ruff check ${lint_dirs[*]}"
