@@ -349,6 +349,25 @@ def test_runs_and_moves_traffic_with_only_the_units_capabilities(netns_pair, run
     assert "Operation not permitted" not in out
 
 
+def test_with_the_units_capabilities_and_the_group_as_a_supplementary_group(netns_pair, run_dir):
+    """SupplementaryGroups=<group> in the unit: the daemon may give the socket to its own group, no CAP_CHOWN."""
+    a, b = netns_pair
+    bounding, ambient = unit_capabilities()
+    name, gid = test_group()
+    wrapper = setpriv_args(bounding, ambient)
+    wrapper = (*wrapper[:-1], "--groups", str(gid), "--")
+    u = Usbnetd(a, b, "sim:ecm", run_dir, ifname="usbt0", peer="simt0", extra=("--control-group", name),
+                wrapper=wrapper)
+    try:
+        path = the_socket(run_dir)
+        st = os.stat(path)
+        assert (st.st_gid, st.st_mode & 0o777) == (gid, 0o660)
+        assert request_as(path, groups=(gid,))["ok"] is True
+        assert request_as(path) == {"connect_errno": errno.EACCES}
+    finally:
+        assert u.stop() == 0, u.output()
+
+
 def test_without_cap_net_admin_it_fails_with_one_line(netns_pair, run_dir):
     a, _ = netns_pair
     bounding, _ = unit_capabilities()
