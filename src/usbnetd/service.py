@@ -101,6 +101,7 @@ class EthernetService:
         self._rx_error_streak = 0
         self._rx_paused_until: float | None = None
         self._stalled_in = False
+        self._stalled_out = False
         self.rx_throttled = 0
         self.rx_transfers = 0
         self.pool_exhausted = 0
@@ -226,6 +227,8 @@ class EthernetService:
                 self.device_gone = True
             elif status != STATUS_CANCELLED:
                 self._tx_errors.hit(f"status {status}")
+                if status == STATUS_STALL:
+                    self._stalled_out = True  # cleared from process(); until then every bulk OUT transfer fails
         self.tx_completion.enqueue(packet)
 
     def _on_interrupt(self, view: memoryview, length: int) -> None:
@@ -384,6 +387,10 @@ class EthernetService:
             self._stalled_in = False
             if self.transport.clear_halt(self.driver.binding.ep_in.address):
                 log.info("%s: bulk IN endpoint stalled; halt cleared", self.ifname)
+        if self._stalled_out:
+            self._stalled_out = False
+            if self.transport.clear_halt(self.driver.binding.ep_out.address):
+                log.info("%s: bulk OUT endpoint stalled; halt cleared", self.ifname)
         if self.transport.gone:
             self.device_gone = True
             return
