@@ -102,6 +102,7 @@ class EthernetService:
         self._rx_paused_until: float | None = None
         self._stalled_in = False
         self._stalled_out = False
+        self._driver_poll_at = 0.0
         self.rx_throttled = 0
         self.rx_transfers = 0
         self.pool_exhausted = 0
@@ -409,6 +410,13 @@ class EthernetService:
         now = time.monotonic()
         if self._flush_at is not None and now >= self._flush_at:
             self._finish_tx(FLUSH_TIMER)
+        if now >= self._driver_poll_at:
+            self._driver_poll_at = now + 1.0
+            failure = self.driver.poll(now)
+            if failure:
+                log.error("%s: %s; stopping", self.ifname, failure)
+                self.state = State.STOPPING  # the loop sees it and tears down
+                return
         if now >= self.follower.next_check:
             self.follower.reconcile()
         self._submit_tx()

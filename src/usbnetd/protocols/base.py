@@ -155,6 +155,10 @@ class ProtocolDriver:
             except TransportError as exc:
                 log.debug("could not return the data interface to alt 0: %s", exc)
 
+    def poll(self, now: float) -> str | None:
+        """Called about once a second while running (RNDIS keepalives); a returned text stops the instance."""
+        return None
+
     def set_packet_filter(self, bits: int) -> bool:
         if self.binding.control is None:
             return False

@@ -39,6 +39,11 @@ CONTROL_CLASSES = (
 RX_TRANSFER = 16384  # we announce this in INITIALIZE; Android may ignore it and send up to 16 KiB anyway
 COMMAND_TIMEOUT_MS = 5000  # Linux's RNDIS control timeout
 RESPONSE_ATTEMPTS = 10  # responses that are not ours (indications, keepalives) we read past before giving up
+# While running, the host asks "are you alive?" (MS-RNDIS KEEPALIVE) every KEEPALIVE_INTERVAL seconds; a device
+# that has not completed one within KEEPALIVE_TIMEOUT has stopped answering control requests, and the instance
+# stops instead of carrying on with a device nobody can reconfigure. (Linux's rndis_host never asks.)
+KEEPALIVE_INTERVAL = 5.0
+KEEPALIVE_TIMEOUT = 10.0
 
 
 def match_rndis(config: Configuration) -> Binding | None:
@@ -85,6 +90,11 @@ class RndisDriver(ProtocolDriver):
         self._carry_view = memoryview(self._carry)
         self._carry_len = 0
         self.initial_link: bool | None = None
+        self._initialized = False  # INITIALIZE completed: only then does the device expect a HALT
+        self._unresponsive = False  # a KEEPALIVE went unanswered: send nothing more
+        self._keepalive_id: int | None = None
+        # When the next KEEPALIVE goes out, or (one outstanding) its deadline; None: re-arm at the next poll.
+        self._keepalive_due: float | None = None
 
     def _next_id(self) -> int:
         self._request_id = (self._request_id % 0xFFFFFFFE) + 1
@@ -97,7 +107,11 @@ class RndisDriver(ProtocolDriver):
 
     def _command(self, message: bytes, request_id: int, expect_type: int) -> rc.ControlMessage:
         """Send one command and wait for its completion, answering whatever else the device says first."""
-        self._send(message)
+        try:
+            self._send(message)
+        except TransportError as exc:
+            raise TransportError(f"RNDIS device did not take {rc.message_name(struct.unpack_from('<I', message)[0])}"
+                                 f": {exc}") from None
         deadline = time.monotonic() + COMMAND_TIMEOUT_MS / 1000
         ep_int = self.binding.ep_int
         for _ in range(RESPONSE_ATTEMPTS):
@@ -139,6 +153,7 @@ class RndisDriver(ProtocolDriver):
         rid = self._next_id()
         init = self._command(rc.initialize(rid, RX_TRANSFER), rid, rc.INITIALIZE_CMPLT)
         assert isinstance(init, rc.InitializeComplete)
+        self._initialized = True
         self._batch = rc.RndisBatch.from_init_complete(init, self.maxpacket, max_transfer_cap=65536)
         self.tx_size = self._batch.max_transfer_size + 1
         log.info("RNDIS %d.%d, device takes %d packets / %d bytes per transfer, alignment %d", init.major,
@@ -173,6 +188,7 @@ class RndisDriver(ProtocolDriver):
 
     def activate(self) -> None:
         super().activate()
+        self._keepalive_due = None
         # No media-state OID: assume up until an indication says otherwise, as Linux's rndis_host does.
         connected = self.initial_link if self.initial_link is not None else True
         speed = self.initial_speed_bps
@@ -198,11 +214,31 @@ class RndisDriver(ProtocolDriver):
         return f"RNDIS packet filter 0x{self._filter:02x}"
 
     def deactivate(self) -> None:
-        try:
-            self._send(rc.halt(self._next_id()))
-        except TransportError as exc:
-            log.debug("RNDIS HALT not delivered: %s", exc)
+        if self._initialized and not self._unresponsive:
+            try:
+                self._send(rc.halt(self._next_id()))
+            except TransportError as exc:
+                log.debug("RNDIS HALT not delivered: %s", exc)
         super().deactivate()
+
+    def poll(self, now: float) -> str | None:
+        """Keepalive: one KEEPALIVE outstanding at a time; its completion (in _unsolicited) clears it."""
+        if self._keepalive_due is None:
+            self._keepalive_due = now + KEEPALIVE_INTERVAL
+        if self._keepalive_id is not None:
+            if now < self._keepalive_due:
+                return None
+            self._unresponsive = True
+            return (f"RNDIS device stopped answering control requests (KEEPALIVE not completed within "
+                    f"{KEEPALIVE_TIMEOUT:g} s)")
+        if now >= self._keepalive_due:
+            rid = self._next_id()
+            if self._send_async(rc.keepalive(rid)):
+                self._keepalive_id = rid
+                self._keepalive_due = now + KEEPALIVE_TIMEOUT
+            else:
+                self._keepalive_due = now + KEEPALIVE_INTERVAL
+        return None
 
     # --- while running ---
     def _send_async(self, message: bytes) -> bool:
@@ -251,6 +287,9 @@ class RndisDriver(ProtocolDriver):
                     self.on_link(LinkEvent(connected=link))
             else:
                 log.info("RNDIS status indication %s", rc.status_name(msg.status))
+        elif msg.msg_type == rc.KEEPALIVE_CMPLT and msg.request_id == self._keepalive_id:
+            self._keepalive_id = None  # alive, whatever the status says
+            self._keepalive_due = None
         elif msg.msg_type == rc.KEEPALIVE_MSG:
             reply = rc.keepalive_complete(msg.request_id)
             if synchronous:
