@@ -18,6 +18,7 @@ import time
 
 import usb1
 
+from .bulk import ERROR_NO_DEVICE, BulkPipe, SubmitError
 from .descriptors import Configuration, parse_configuration
 from .pool import Packet
 from .transport import (
@@ -116,9 +117,9 @@ class LibusbTransport(Transport):
         self._claimed: list[int] = []
         self._detached: list[int] = []
         self._original_configuration: int | None = None  # set when usbnetd switched configurations
-        self._rx_free: list[usb1.USBTransfer] = []
-        self._tx_free: list[usb1.USBTransfer] = []
-        self._all: list[usb1.USBTransfer] = []
+        self._rx: BulkPipe | None = None
+        self._tx: BulkPipe | None = None
+        self._all: list[usb1.USBTransfer] = []  # the python-libusb1 transfers: control and interrupt
         self._ctrl_free: list[usb1.USBTransfer] = []
         self._int_transfer: usb1.USBTransfer | None = None
         self._int_buffer: bytearray | None = None
@@ -236,14 +237,10 @@ class LibusbTransport(Transport):
                    int_size: int, on_rx: RxCallback, on_tx: TxCallback, on_int: IntCallback) -> None:
         self._ep_in, self._ep_out = ep_in, ep_out
         self._on_rx, self._on_tx, self._on_int = on_rx, on_tx, on_int
-        for _ in range(n_rx):
-            t = self._handle.getTransfer()
-            self._rx_free.append(t)
-            self._all.append(t)
-        for _ in range(n_tx):
-            t = self._handle.getTransfer()
-            self._tx_free.append(t)
-            self._all.append(t)
+        handle_p = self._handle._USBDeviceHandle__handle  # the libusb_device_handle* the bulk pipes need
+        self._rx = BulkPipe(handle_p, ep_in, n_rx, 0, on_rx)
+        # A 5 s timeout is usbnet's TX watchdog: a device that stops taking data must not pin buffers forever.
+        self._tx = BulkPipe(handle_p, ep_out, n_tx, 5000, self._tx_done)
         # A few control transfers for class requests while running (RNDIS keepalives and status, filters).
         for _ in range(4):
             t = self._handle.getTransfer()
@@ -257,17 +254,8 @@ class LibusbTransport(Transport):
             self._int_transfer = t
             self._all.append(t)
 
-    def _rx_done(self, transfer: usb1.USBTransfer) -> None:
-        packet = transfer.getUserData()
-        transfer.setUserData(None)
-        self._rx_free.append(transfer)
-        self._on_rx(packet, _STATUS.get(transfer.getStatus(), STATUS_ERROR), transfer.getActualLength())
-
-    def _tx_done(self, transfer: usb1.USBTransfer) -> None:
-        packet = transfer.getUserData()
-        transfer.setUserData(None)
-        self._tx_free.append(transfer)
-        self._on_tx(packet, _STATUS.get(transfer.getStatus(), STATUS_ERROR))
+    def _tx_done(self, packet: Packet, status: int, actual: int) -> None:
+        self._on_tx(packet, status)
 
     def _int_done(self, transfer: usb1.USBTransfer) -> None:
         status = transfer.getStatus()
@@ -304,43 +292,26 @@ class LibusbTransport(Transport):
         if status != STATUS_CANCELLED:
             callback(status, data)
 
+    # libusb's transfer status numbers are the Transport's STATUS_* values, so completions pass them through.
     def submit_rx(self, packet: Packet, length: int) -> bool:
-        if self._stopping or not self._rx_free:
+        if self._stopping:
             return False
-        t = self._rx_free.pop()
-        t.setBulk(self._ep_in, packet.view[:length], self._rx_done, packet, 0)
         try:
-            t.submit()
-        except usb1.USBErrorNoDevice:
-            self.gone = True
-            t.setUserData(None)
-            self._rx_free.append(t)
+            return self._rx.submit(packet, 0, length)
+        except SubmitError as exc:
+            if exc.code == ERROR_NO_DEVICE:
+                self.gone = True
             return False
-        except usb1.USBError:
-            t.setUserData(None)
-            self._rx_free.append(t)
-            return False
-        return True
 
     def submit_tx(self, packet: Packet, length: int, zlp: bool) -> bool:
-        if self._stopping or not self._tx_free:
+        if self._stopping:
             return False
-        t = self._tx_free.pop()
-        t.setAddZeroPacket(zlp)
-        # A 5 s timeout is usbnet's TX watchdog: a device that stops taking data must not pin buffers forever.
-        t.setBulk(self._ep_out, packet.view[packet.offset : packet.offset + length], self._tx_done, packet, 5000)
         try:
-            t.submit()
-        except usb1.USBErrorNoDevice:
-            self.gone = True
-            t.setUserData(None)
-            self._tx_free.append(t)
+            return self._tx.submit(packet, packet.offset, length, zlp)
+        except SubmitError as exc:
+            if exc.code == ERROR_NO_DEVICE:
+                self.gone = True
             return False
-        except usb1.USBError:
-            t.setUserData(None)
-            self._tx_free.append(t)
-            return False
-        return True
 
     def clear_halt(self, endpoint: int) -> bool:
         try:
@@ -362,11 +333,12 @@ class LibusbTransport(Transport):
 
     @property
     def tx_free(self) -> int:
-        return len(self._tx_free)
+        return self._tx.free_count if self._tx is not None else 0
 
     @property
     def in_flight(self) -> int:
-        return sum(1 for t in self._all if t.isSubmitted())
+        bulk = sum(p.in_flight for p in (self._rx, self._tx) if p is not None)
+        return bulk + sum(1 for t in self._all if t.isSubmitted())
 
     def poll_fds(self) -> list[tuple[int, int]]:
         # Asked on every loop turn: keep libusb's answer until it says its set changed (a device closed or
@@ -387,6 +359,9 @@ class LibusbTransport(Transport):
     # --- teardown ---
     def stop(self, timeout: float = 2.0) -> int:
         self._stopping = True
+        for pipe in (self._rx, self._tx):
+            if pipe is not None:
+                pipe.cancel_all()
         for t in self._all:
             if t.isSubmitted():
                 try:
@@ -437,8 +412,10 @@ class LibusbTransport(Transport):
         for t in self._all:
             t.close()
         self._all.clear()
-        self._rx_free.clear()
-        self._tx_free.clear()
+        for pipe in (self._rx, self._tx):
+            if pipe is not None:
+                pipe.free()
+        self._rx = self._tx = None
         self._ctrl_free.clear()
         self._int_transfer = None
         handle.close()
