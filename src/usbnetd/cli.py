@@ -143,6 +143,9 @@ def _run_options(f):
     f = click.option("--persistent/--no-persistent", default=None,
                      help="Keep the interface (addresses, routes) when the daemon stops; detach removes it. "
                           "Default: [interface] persistent in the configuration (off).")(f)
+    f = click.option("--gro/--no-gro", default=None,
+                     help="Coalesce received TCP segments into one write to the interface (GRO). "
+                          "Default: [queues] gro in the configuration (on).")(f)
     f = click.option("--control-group", metavar="GROUP", callback=_check_group,
                      help="Members of GROUP may use the control socket too (status, stats, detach). "
                           "Default: [control] group in the configuration (none: root only).")(f)
@@ -153,7 +156,7 @@ def _run_options(f):
 @cli.command()
 @click.argument("device")
 @_run_options
-def run(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, persistent, control_group,
+def run(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, persistent, gro, control_group,
         verbose) -> None:
     """Drive DEVICE in the foreground until SIGINT or SIGTERM."""
     from .runner import StartError, run_device
@@ -167,7 +170,7 @@ def run(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, pers
     path = control.socket_path(instance_name(spec, sim_peer))
     try:
         run_device(spec, control_path=path, ifname=ifname, sim_peer=sim_peer, mac=mac, mtu=mtu,
-                   protocol=protocol, configuration=configuration, ntb32=ntb32, persistent=persistent,
+                   protocol=protocol, configuration=configuration, ntb32=ntb32, persistent=persistent, gro=gro,
                    control_group=control.resolve_group(control_group) if control_group else None)
     except StartError as exc:
         raise Fail(str(exc)) from None
@@ -208,6 +211,8 @@ def attach(device, timeout, **opts) -> None:
         args.append("--ntb32")
     if opts["persistent"] is not None:
         args.append("--persistent" if opts["persistent"] else "--no-persistent")
+    if opts["gro"] is not None:
+        args.append("--gro" if opts["gro"] else "--no-gro")
     if opts["verbose"]:
         args.append("-" + "v" * opts["verbose"])
     os.makedirs(control.RUN_DIR, exist_ok=True)

@@ -31,7 +31,8 @@ class StartError(Exception):
 def run_device(spec: DeviceSpec, control_path: str | None, ifname: str | None = None,
                sim_peer: str = "usbnetsim0", mac: bytes | None = None, mtu: int | None = None,
                protocol: str | None = None, configuration: int | None = None, ntb32: bool | None = None,
-               persistent: bool | None = None, on_ready=None, control_group: int | None = None) -> None:
+               persistent: bool | None = None, on_ready=None, control_group: int | None = None,
+               gro: bool | None = None) -> None:
     """Command-line values win over the device's [[device]] entry, which wins over the global settings."""
     context = None
     transport = None
@@ -76,6 +77,7 @@ def run_device(spec: DeviceSpec, control_path: str | None, ifname: str | None = 
             name_for=name_for,
             persistent=settings.persistent if persistent is None else persistent,
             rx_transfers=settings.rx_transfers, tx_transfers=settings.tx_transfers,
+            gro=settings.gro if gro is None else gro,
         )
         daemon = Daemon(service, control_path,
                         control_group if control_group is not None else settings.control_gid)

@@ -21,6 +21,10 @@ from pyroute2 import IPRoute
 TUNSETCARRIER = 0x400454E2
 # _IOW('T', 203, int): keep the device when its last fd closes (addresses and routes survive a restart).
 TUNSETPERSIST = 0x400454CB
+# _IOW('T', 208, unsigned int): which offloads the kernel may hand us. 0: whole frames with final checksums.
+TUNSETOFFLOAD = 0x400454D0
+# _IOW('T', 216, int): the size of the virtio_net_hdr in front of every frame (IFF_VNET_HDR).
+TUNSETVNETHDRSZ = 0x400454D8
 IFNAMSIZ = 16
 _IFNAME_OK = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
@@ -45,7 +49,8 @@ def mac_to_str(mac: bytes) -> str:
 
 
 class Tap:
-    def __init__(self, name: str, mac: bytes, mtu: int, ipr: IPRoute | None = None, persistent: bool = False) -> None:
+    def __init__(self, name: str, mac: bytes, mtu: int, ipr: IPRoute | None = None, persistent: bool = False,
+                 vnet_hdr: int = 0) -> None:
         reason = validate_ifname(name)
         if reason:
             raise TapError(reason)
@@ -57,13 +62,25 @@ class Tap:
             self._close_ipr()
             raise TapError(f"interface {name} already exists")
         try:
-            self._dev = pytun.TunTapDevice(name=name, flags=pytun.IFF_TAP | pytun.IFF_NO_PI)
+            flags = pytun.IFF_TAP | pytun.IFF_NO_PI | (pytun.IFF_VNET_HDR if vnet_hdr else 0)
+            self._dev = pytun.TunTapDevice(name=name, flags=flags)
         except pytun.Error as exc:
             msg = exc.args[-1] if exc.args else exc
             raise TapError(f"cannot create TAP interface {name}: {msg}") from exc
         self.name = self._dev.name
         self.fd = self._dev.fileno()
         os.set_blocking(self.fd, False)
+        # With a vnet header every read and write starts with `vnet_hdr` bytes of struct virtio_net_hdr (gro.py
+        # writes coalesced TCP that way). No offloads: what we read is always a whole frame, checksums done.
+        self.vnet_hdr = vnet_hdr
+        if vnet_hdr:
+            try:
+                fcntl.ioctl(self.fd, TUNSETVNETHDRSZ, struct.pack("i", vnet_hdr))
+                fcntl.ioctl(self.fd, TUNSETOFFLOAD, 0)
+            except OSError as exc:
+                self._dev.close()
+                self._close_ipr()
+                raise TapError(f"cannot set up the vnet header on {name}: {exc.strerror}") from exc
         self.index = self.ipr.link_lookup(ifname=self.name)[0]
         self.carrier: bool | None = None
         self.persistent = persistent
