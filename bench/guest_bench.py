@@ -38,8 +38,15 @@ ATTACH_TIMEOUT = 180
 RUN_DIR = "/run/usbnetd-bench"
 
 
-def usbnetd_cli(*args: str, timeout: float = ATTACH_TIMEOUT + 30, check: bool = True):
+# Variants of usbnetd measured in the same boot, to show what one optimisation buys: extra `attach` options,
+# or another source tree (`baseline`: an older commit checked out by bench/vm.py --baseline).
+VARIANTS = {"usbnetd": (), "no-gro": ("--no-gro",), "baseline": ()}
+
+
+def usbnetd_cli(*args: str, timeout: float = ATTACH_TIMEOUT + 30, check: bool = True, src: str | None = None):
     env = dict(os.environ, USBNETD_RUN_DIR=RUN_DIR)
+    if src:
+        env["PYTHONPATH"] = src  # ahead of the venv's editable install of this tree
     return c.run([sys.executable, "-m", "usbnetd", *args], env=env, timeout=timeout, check=check)
 
 
@@ -84,10 +91,11 @@ def measure_link(peer: vb.PeerNamespace, seconds: float, port: int, pid: int | N
     return res
 
 
-def run_usbnetd(g: vb.Gadget, busid: str, peer: vb.PeerNamespace, seconds: float) -> dict:
+def run_usbnetd(g: vb.Gadget, busid: str, peer: vb.PeerNamespace, seconds: float, extra: tuple = (),
+                src: str | None = None) -> dict:
     ifname = f"ubench{g.function}0"
     t0 = time.monotonic()
-    r = usbnetd_cli("attach", busid, "--ifname", ifname, "--timeout", str(ATTACH_TIMEOUT))
+    r = usbnetd_cli("attach", busid, "--ifname", ifname, "--timeout", str(ATTACH_TIMEOUT), *extra, src=src)
     if r.stdout.strip() != ifname:
         raise c.BenchBroken(f"usbnetd attach printed {r.stdout!r}, expected {ifname}")
     attach_s = time.monotonic() - t0
@@ -129,8 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--functions", default="ncm,ecm")
+    ap.add_argument("--variants", default="usbnetd", help=f"comma list of {', '.join(VARIANTS)}")
+    ap.add_argument("--baseline-src", help="the src/ directory the 'baseline' variant runs")
     ap.add_argument("--output", default=os.path.join(os.environ.get("USBNETD_VM_RESULTS", "."), "bench-vm.json"))
     ns = ap.parse_args(argv)
+    unknown = set(ns.variants.split(",")) - set(VARIANTS)
+    if unknown:
+        c.log(f"unknown variant(s): {', '.join(sorted(unknown))} (known: {', '.join(VARIANTS)})")
+        return 2
     if os.environ.get("USBNETD_VM_GUEST") != "1":
         c.log("guest_bench.py runs inside the VM guest: use bench/run.sh vm (or bench/vm.py)")
         return 2
@@ -160,18 +174,22 @@ def main(argv: list[str] | None = None) -> int:
                 case["busid"] = busid
                 peer.take(g.gadget_netdev)
                 # One side failing (usbnetd would not attach, say) still leaves the other side's figures.
-                for side in ("usbnetd", "kernel"):
+                variants = [v for v in ns.variants.split(",") if v]
+                for side in (*variants, "kernel"):
                     c.log(f"guest: {function} gadget {busid}: {side}")
                     try:
-                        if side == "usbnetd":
-                            case[side] = run_usbnetd(g, busid, peer, ns.seconds)
-                        else:
+                        if side == "kernel":
                             case[side] = run_kernel(g, peer, ns.seconds)
+                        else:
+                            src = ns.baseline_src if side == "baseline" else None
+                            if side == "baseline" and not src:
+                                raise c.BenchBroken("the baseline variant needs --baseline-src")
+                            case[side] = run_usbnetd(g, busid, peer, ns.seconds, VARIANTS[side], src)
                     except (c.BenchBroken, vb.BenchError) as e:
                         traceback.print_exc()
                         case[f"{side}_error"] = f"{type(e).__name__}: {e}"
                         status = 1
-                        if side == "usbnetd":
+                        if side != "kernel":
                             case["usbnetd_log_tail"] = usbnetd_logs()
                             print(case["usbnetd_log_tail"], file=sys.stderr)
                     save()

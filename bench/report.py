@@ -34,7 +34,10 @@ def render(data: dict, markdown: bool) -> str:
         g = data["guest"]
         head += (f"; guest kernel {g['machine']['kernel']}, {g['machine']['nproc']} vCPUs (QEMU TCG), "
                  f"{g['seconds_per_run']:g} s per run; took {data.get('elapsed_s')} s")
-        return "\n\n".join([head, vm.render(data, markdown), vm.extras(data, markdown)])
+        parts = [head, vm.render(data, markdown), vm.extras(data, markdown)]
+        if data.get("variants", ["usbnetd"]) != ["usbnetd"]:
+            parts.append(vm.render_variants(data, data["variants"], markdown))
+        return "\n\n".join(parts)
     if mode == "profile":
         return "\n\n".join([head, native.render_profile(data["profile"], markdown)])
     raise SystemExit(f"unknown mode {mode!r}")

@@ -59,6 +59,29 @@ def analyse(guest: dict) -> list[dict]:
     return rows
 
 
+METRICS = [(f"tcp_{d}", "bits_per_second", 1e6, f"TCP {ARROW[d]} Mbit/s", ".0f") for d in DIRECTIONS] + [
+    (f"udp_{d}", "pps", 1e3, f"UDP{c.UDP_PAYLOAD} {ARROW[d]} kpps", ".1f") for d in DIRECTIONS] + [
+    ("ping", "rtt_avg_ms", 1, "ping RTT avg ms (20)", ".3f")]
+
+
+def render_variants(data: dict, variants: list[str], markdown: bool = False) -> str:
+    """Every usbnetd variant of the same boot next to the kernel: value and ratio to the kernel."""
+    headers = ["gadget", "metric", "kernel driver"] + [f"{v} (ratio)" for v in variants]
+    rows = []
+    for case in data["guest"].get("cases", []):
+        k = case.get("kernel") or {}
+        for key, field, scale, label, spec in METRICS:
+            kv = (k.get(key) or {}).get(field)
+            kv = None if kv is None else kv / scale
+            row = [case["function"], label, c.fmt(kv, spec)]
+            for v in variants:
+                uv = ((case.get(v) or {}).get(key) or {}).get(field)
+                uv = None if uv is None else uv / scale
+                row.append(f"{c.fmt(uv, spec)} ({c.fmt(_ratio(uv, kv), '.2f', 'x')})")
+            rows.append(row)
+    return c.table(headers, rows, markdown)
+
+
 def render(data: dict, markdown: bool = False) -> str:
     headers = ["gadget", "metric", "usbnetd", "kernel driver", "usbnetd/kernel", "bar", "verdict"]
     rows = []
@@ -103,21 +126,44 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--results", help="host directory the guest writes to (default: a new temporary one)")
     ap.add_argument("--quiet", action="store_true", help="do not echo the guest console")
+    ap.add_argument("--variants", default="usbnetd",
+                    help="usbnetd variants to measure in the same boot: usbnetd (as shipped), no-gro, baseline")
+    ap.add_argument("--baseline", metavar="COMMIT", help="the commit the 'baseline' variant runs (a git worktree)")
     ns = ap.parse_args(argv)
+    variants = [v for v in ns.variants.split(",") if v]
+    if "baseline" in variants and not ns.baseline:
+        ap.error("the baseline variant needs --baseline COMMIT")
+    if ns.baseline and "baseline" not in variants:
+        variants.append("baseline")
+    extra: list[str] = ["--variants", ",".join(variants)]
+    worktree = None
+    if ns.baseline:
+        worktree = tempfile.mkdtemp(prefix="usbnetd-baseline-")
+        r = subprocess.run(["git", "-C", REPO, "worktree", "add", "--detach", worktree, ns.baseline],
+                           capture_output=True, text=True)
+        if r.returncode:
+            c.log(f"cannot check out {ns.baseline}: {r.stderr.strip()}")
+            return 2
+        extra += ["--baseline-src", os.path.join(worktree, "src")]
     started, date = time.monotonic(), time.strftime("%Y-%m-%d %H:%M:%S %Z")
     results = ns.results or tempfile.mkdtemp(prefix="usbnetd-bench-vm-")
     guest_cmd = shlex.join([sys.executable, os.path.join(REPO, "bench", "guest_bench.py"),
-                            "--seconds", f"{ns.seconds:g}", "--functions", ns.functions])
+                            "--seconds", f"{ns.seconds:g}", "--functions", ns.functions, *extra])
     cmd = [sys.executable, "-m", "tests.vm.harness", "run", "--results", results, "--timeout", f"{ns.timeout:g}",
            *(["--quiet"] if ns.quiet else []), "--", guest_cmd]
     c.log(f"vm: {shlex.join(cmd)}")
     host = c.machine()
-    rc = subprocess.run(cmd, cwd=REPO).returncode
+    try:
+        rc = subprocess.run(cmd, cwd=REPO).returncode
+    finally:
+        if worktree:
+            subprocess.run(["git", "-C", REPO, "worktree", "remove", "--force", worktree], capture_output=True)
     path = os.path.join(results, "bench-vm.json")
     data: dict = {"mode": "vm", "date": date, "host_machine": host,
                   "host_loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
                   "source": c.source(REPO),
-                  "harness_exit_status": rc, "guest_results_dir": results,
+                  "harness_exit_status": rc, "variants": variants, "baseline": ns.baseline,
+                  "guest_results_dir": results,
                   "console_log": os.path.join(results, "console.log")}
     try:
         with open(path) as f:
@@ -140,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     print(render(data))
     print()
     print(extras(data))
+    if variants != ["usbnetd"]:
+        print("\nusbnetd variants, same boot" + (f" (baseline: {ns.baseline})" if ns.baseline else "") + "\n")
+        print(render_variants(data, variants))
     broken = rc != 0 or "error" in data["guest"]
     if broken:
         c.log(f"BROKEN: guest run reported {data['guest'].get('error') or f'harness exit {rc}'}; "
