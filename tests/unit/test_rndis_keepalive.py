@@ -19,9 +19,15 @@ class Recorder:
     def __init__(self) -> None:
         self.async_sent: list[bytes] = []
         self.sync_sent: list[bytes] = []
+        self.fetches = 0
+        self.callbacks: list = []
 
     def submit_control(self, request_type, request, value, index, data, callback, timeout_ms=5000) -> bool:
-        self.async_sent.append(bytes(data))
+        if request_type & 0x80:  # GET_ENCAPSULATED_RESPONSE
+            self.fetches += 1
+            self.callbacks.append(callback)
+        else:
+            self.async_sent.append(bytes(data))
         return True
 
     def control_out(self, request_type, request, value, index, data, timeout_ms=1000) -> None:
@@ -59,6 +65,20 @@ def test_keepalive_answered_then_unanswered():
     assert why and "stopped answering" in why
     d.deactivate()
     assert not t.sync_sent  # no HALT to a device that stopped answering
+
+
+def test_a_device_that_never_notifies_is_asked_for_its_responses():
+    d, t = driver()
+    d.poll(0.0)
+    d.poll(KEEPALIVE_INTERVAL)  # KEEPALIVE sent
+    rid = struct.unpack_from("<I", t.async_sent[0], 8)[0]
+    d.poll(KEEPALIVE_INTERVAL + 1.0)  # no answer yet: fetch
+    assert t.fetches == 1
+    t.callbacks.pop()(0, rc.set_complete(7))  # an older response comes first: fetch again
+    assert t.fetches == 2
+    t.callbacks.pop()(0, rc.keepalive_complete(rid))
+    assert d._keepalive_id is None and t.fetches == 2
+    assert d.poll(KEEPALIVE_INTERVAL + 2.0) is None
 
 
 def test_a_completion_for_another_request_does_not_count():

@@ -44,6 +44,9 @@ RESPONSE_ATTEMPTS = 10  # responses that are not ours (indications, keepalives) 
 # stops instead of carrying on with a device nobody can reconfigure. (Linux's rndis_host never asks.)
 KEEPALIVE_INTERVAL = 5.0
 KEEPALIVE_TIMEOUT = 10.0
+# Not every device notifies while running (QEMU's usb-net never does after bring-up): a KEEPALIVE still open
+# after this long is looked for by fetching responses, up to RESPONSE_ATTEMPTS in a row, once a second.
+KEEPALIVE_FETCH_AFTER = 1.0
 
 
 def match_rndis(config: Configuration) -> Binding | None:
@@ -95,6 +98,8 @@ class RndisDriver(ProtocolDriver):
         self._keepalive_id: int | None = None
         # When the next KEEPALIVE goes out, or (one outstanding) its deadline; None: re-arm at the next poll.
         self._keepalive_due: float | None = None
+        self._keepalive_fetch_at = 0.0
+        self._fetches_left = 0
 
     def _next_id(self) -> int:
         self._request_id = (self._request_id % 0xFFFFFFFE) + 1
@@ -227,6 +232,10 @@ class RndisDriver(ProtocolDriver):
             self._keepalive_due = now + KEEPALIVE_INTERVAL
         if self._keepalive_id is not None:
             if now < self._keepalive_due:
+                if now >= self._keepalive_fetch_at:
+                    self._keepalive_fetch_at = now + 1.0
+                    self._fetches_left = RESPONSE_ATTEMPTS
+                    self._fetch()
                 return None
             self._unresponsive = True
             return (f"RNDIS device stopped answering control requests (KEEPALIVE not completed within "
@@ -236,6 +245,7 @@ class RndisDriver(ProtocolDriver):
             if self._send_async(rc.keepalive(rid)):
                 self._keepalive_id = rid
                 self._keepalive_due = now + KEEPALIVE_TIMEOUT
+                self._keepalive_fetch_at = now + KEEPALIVE_FETCH_AFTER
             else:
                 self._keepalive_due = now + KEEPALIVE_INTERVAL
         return None
@@ -265,10 +275,21 @@ class RndisDriver(ProtocolDriver):
                                           self.binding.control, rc.CONTROL_BUFFER_SIZE, self._response)
         return None
 
+    def _fetch(self) -> None:
+        self.transport.submit_control(cdc.REQ_TYPE_CLASS_IN, cdc.GET_ENCAPSULATED_RESPONSE, 0,
+                                      self.binding.control, rc.CONTROL_BUFFER_SIZE, self._fetched)
+
+    def _fetched(self, status: int, data: bytes) -> None:
+        """A response fetched while looking for a KEEPALIVE completion: keep fetching while there are more."""
+        self._response(status, data)
+        if self._keepalive_id is not None and status == STATUS_OK and len(data) > 1 and self._fetches_left > 0:
+            self._fetches_left -= 1
+            self._fetch()
+
     def _response(self, status: int, data: bytes) -> None:
         log.debug("RNDIS: response (status %d) %s", status, data[:32].hex())
-        if status != STATUS_OK or not data:
-            return
+        if status != STATUS_OK or len(data) <= 1:
+            return  # nothing, or the single zero byte MS-RNDIS sends when no response is queued
         try:
             msg = rc.parse_control(data)
         except rc.RndisError as exc:
