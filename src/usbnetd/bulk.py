@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 TRANSFER_TYPE_BULK = 2  # LIBUSB_TRANSFER_TYPE_BULK
 FLAG_ADD_ZERO_PACKET = 1 << 3  # LIBUSB_TRANSFER_ADD_ZERO_PACKET
 ERROR_NO_DEVICE = -4  # LIBUSB_ERROR_NO_DEVICE
+STATUS_TIMED_OUT, STATUS_CANCELLED = 2, 3  # libusb_transfer_status
 
 # The callback gets the transfer as a bare address: cheaper than the pointer type libusb1 declares.
 _CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
@@ -70,6 +71,11 @@ class BulkPipe:
         self._free = list(range(count))
         self._packet: list[Packet | None] = [None] * count
         self._addr: dict[Packet, int] = {}
+        # The watchdog's view of each slot: submissions so far, the count it saw last, for how many checks.
+        self._gen = [0] * count
+        self._seen = [0] * count
+        self._checks = [0] * count
+        self._expired = [False] * count
 
     @property
     def free_count(self) -> int:
@@ -99,6 +105,7 @@ class BulkPipe:
         s.length = length
         s.flags = FLAG_ADD_ZERO_PACKET if zlp else 0
         self._packet[i] = packet
+        self._gen[i] += 1
         rc = libusb1.libusb_submit_transfer(self._ptrs[i])
         if rc:
             self._packet[i] = None
@@ -112,10 +119,32 @@ class BulkPipe:
         packet = self._packet[i]
         self._packet[i] = None
         self._free.append(i)
+        status = s.status
+        if self._expired[i]:
+            self._expired[i] = False
+            if status == STATUS_CANCELLED:
+                status = STATUS_TIMED_OUT  # cancelled by the watchdog, not by teardown
         try:
-            self._on_done(packet, s.status, s.actual_length)
+            self._on_done(packet, status, s.actual_length)
         except Exception:  # noqa: BLE001 - an exception cannot cross back into libusb's C frame
             log.exception("bulk completion handler failed")
+
+    def watchdog(self, checks: int) -> int:
+        """Called at a steady period: cancel every transfer still in flight, as the same submission, after
+        `checks` calls (it completes as timed out). Keeps libusb's per-transfer timeouts, and the timerfd
+        re-arming they cost on every submit and completion, off the per-frame path. Returns how many."""
+        n = 0
+        for i, packet in enumerate(self._packet):
+            if packet is None or self._gen[i] != self._seen[i]:
+                self._seen[i] = self._gen[i]
+                self._checks[i] = 0
+                continue
+            self._checks[i] += 1
+            if self._checks[i] >= checks and not self._expired[i]:
+                self._expired[i] = True
+                libusb1.libusb_cancel_transfer(self._ptrs[i])
+                n += 1
+        return n
 
     def cancel_all(self) -> None:
         for i, packet in enumerate(self._packet):

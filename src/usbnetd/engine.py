@@ -62,6 +62,7 @@ SYSFS_USB = "/sys/bus/usb/devices"
 NET_DRIVERS = frozenset({"cdc_ether", "cdc_ncm", "cdc_eem", "cdc_subset", "rndis_host", "rndis_wlan", "zaurus",
                          "cdc_mbim", "r8152", "ax88179_178a", "asix", "usbnet"})
 
+TX_TIMEOUT_CHECKS = 6  # once-a-second checks: a transfer stuck for 5 to 6 s is cancelled
 GET_DESCRIPTOR = 0x06
 DT_CONFIG = 0x02
 
@@ -239,8 +240,9 @@ class LibusbTransport(Transport):
         self._on_rx, self._on_tx, self._on_int = on_rx, on_tx, on_int
         handle_p = self._handle._USBDeviceHandle__handle  # the libusb_device_handle* the bulk pipes need
         self._rx = BulkPipe(handle_p, ep_in, n_rx, 0, on_rx)
-        # A 5 s timeout is usbnet's TX watchdog: a device that stops taking data must not pin buffers forever.
-        self._tx = BulkPipe(handle_p, ep_out, n_tx, 5000, self._tx_done)
+        # No libusb timeout on bulk OUT: `watchdog()` gives usbnet's 5 s TX timeout instead, without the timerfd
+        # system calls libusb makes per submission and completion of a transfer that has a timeout.
+        self._tx = BulkPipe(handle_p, ep_out, n_tx, 0, self._tx_done)
         # A few control transfers for class requests while running (RNDIS keepalives and status, filters).
         for _ in range(4):
             t = self._handle.getTransfer()
@@ -312,6 +314,12 @@ class LibusbTransport(Transport):
             if exc.code == ERROR_NO_DEVICE:
                 self.gone = True
             return False
+
+    def watchdog(self, now: float) -> None:
+        # Called once a second: a bulk OUT transfer the device has not taken for 5 s (usbnet's TX timeout,
+        # TX_TIMEOUT_JIFFIES) is cancelled and completes as timed out, so its buffer comes back.
+        if self._tx is not None and not self._stopping:
+            self._tx.watchdog(TX_TIMEOUT_CHECKS)
 
     def clear_halt(self, endpoint: int) -> bool:
         try:

@@ -449,6 +449,7 @@ class EthernetService:
             self._finish_tx(FLUSH_TIMER)
         if now >= self._driver_poll_at:
             self._driver_poll_at = now + 1.0
+            self.transport.watchdog(now)
             failure = self.driver.poll(now)
             if failure:
                 log.error("%s: %s; stopping", self.ifname, failure)

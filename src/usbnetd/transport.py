@@ -128,6 +128,10 @@ class Transport(ABC):
     @abstractmethod
     def handle_events(self) -> None: ...
 
+    def watchdog(self, now: float) -> None:
+        """Called about once a second while running: time out transfers the device has left hanging."""
+        return None  # the simulated device never leaves one hanging
+
     def pending(self) -> bool:
         """True when completions are ready without any fd becoming readable (the sim uses this)."""
         return False
