@@ -214,6 +214,7 @@ def test_stuck_device_under_a_flood_then_traffic_flows_again(ffs, peers, usbnetd
     st0 = inst.stats()
     dropped0 = _tap_counter(inst.ifname, "tx_dropped")
     g.command("pause_out")  # the device stops reading bulk OUT
+    stuck_at = time.monotonic()
     flood = {}
     flooder = threading.Thread(target=lambda: flood.update(sent=_udp_flood(peer.peer_addr, pause)))
     flooder.start()
@@ -221,20 +222,23 @@ def test_stuck_device_under_a_flood_then_traffic_flows_again(ffs, peers, usbnetd
     mid = inst.stats()  # while the device is stuck
     flooder.join()
     g.command("resume_out")
+    stuck = time.monotonic() - stuck_at  # the flood slows the guest down: measured, not assumed
     pings_again(peer, 30, f"after it was stuck for {pause} s")
     st = inst.stats()
     dropped = _tap_counter(inst.ifname, "tx_dropped") - dropped0
     q = mid["queues"]["tx_submission"]
-    print(f"flood: {flood['sent']} datagrams offered in {pause} s; kernel dropped {dropped} at the TAP; "
+    print(f"device stuck for {stuck:.1f} s; flood: {flood['sent']} datagrams offered in {pause} s; "
+          f"kernel dropped {dropped} at the TAP; "
           f"while stuck: pool {mid['pool']}, tx_submission {q}; after: tx_errors {st['tx_errors']} "
           f"tx_aborted_errors {st['tx_aborted_errors']} tx_packets {st['tx_packets'] - st0['tx_packets']}")
     assert q["high_water"] == q["capacity"], "the TX queue should have filled while the device was stuck"
     assert mid["pool"]["in_use"] >= mid["in_flight"]["tx"] + q["capacity"], mid["pool"]
     assert dropped > 0, "the flood's excess should be dropped (and counted) at the TAP"
-    if pause > 5:
+    # The bulk OUT timeout is 5 s from submission: shorter stalls must cost nothing, longer ones time out.
+    if stuck > 5.5:
         assert st["tx_aborted_errors"] > st0["tx_aborted_errors"], "TX transfers should have timed out"
         assert "bulk OUT transfers failing" in inst.log
-    else:
+    elif stuck < 4.5:
         assert st["tx_errors"] == st0["tx_errors"], "nothing should time out within 5 s"
     clean_end(inst, inst.stop())
 
