@@ -164,3 +164,5 @@ class Daemon:
             svc.process()
             if svc.state is not State.RUNNING:
                 self.stop_reason = "service stopped"
+                if svc.failure:
+                    self.failed = svc.failure

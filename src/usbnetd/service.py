@@ -109,6 +109,7 @@ class EthernetService:
         self.pool_exhausted = 0
         self._ignore_link = False
         self.interface_gone = False
+        self.failure: str | None = None  # why the service stopped itself (a device that stopped answering)
         self.follower: LinkFollower | None = None
         # GRO needs the TAP's vnet header; then every TAP read starts with one (read into _vnet_in, ignored:
         # with no offloads the kernel only hands us whole frames with their checksums done).
@@ -453,6 +454,7 @@ class EthernetService:
             failure = self.driver.poll(now)
             if failure:
                 log.error("%s: %s; stopping", self.ifname, failure)
+                self.failure = f"{self.ifname}: {failure}"  # the instance ends in error: a supervisor restarts it
                 self.state = State.STOPPING  # the loop sees it and tears down
                 return
         if now >= self.follower.next_check:
