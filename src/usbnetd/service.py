@@ -216,6 +216,11 @@ class EthernetService:
         self._rx_errors.hit(f"status {status}")
         self.rx_submission.enqueue(packet)
         if status == STATUS_STALL:
+            # One halt fails every transfer in flight. usbnet clears EPIPE (EVENT_RX_HALT) instead of counting it
+            # towards the error storm, so the halt counts once: only a device that halts again after every
+            # clear runs into the throttle.
+            if self._stalled_in:
+                return
             self._stalled_in = True  # cleared from process(), outside the completion
         self._rx_error_streak += 1
         if self._rx_error_streak > RX_ERROR_STORM and self._rx_paused_until is None:
