@@ -38,6 +38,9 @@ ETH_IP = 34  # Ethernet header + IPv4 header without options
 TCP_CHECK = 16  # offset of the checksum in the TCP header
 MAX_IP_LEN = 0xFFFF
 MAX_SEGMENTS = 64
+# Frames shorter than this go straight out: pure ACKs (66 bytes) and small datagrams are most of a busy
+# link's frames in the other direction, nothing worth merging, and the header parse would only cost them.
+MIN_CANDIDATE = 256
 ACK, PSH = 0x10, 0x08
 
 
@@ -56,7 +59,6 @@ class Coalescer:
         self.view: memoryview | None = None  # the buffer `emit` offsets are in (the RX transfer being decoded)
         self._hdr = bytearray(VNET_HDR_LEN)
         self._iov: list = [self._hdr]
-        self._plain: list = [ZERO_HDR, None]
         self._n = 0
         self.superframes = 0  # super-frames written
         self.merged = 0  # segments that went out inside one
@@ -64,7 +66,7 @@ class Coalescer:
     def emit(self, off: int, length: int) -> None:
         """The decoders' emit callback: one frame at `self.view[off:off + length]`."""
         view = self.view
-        if (length >= 54 and view[off + 12] == 8 and view[off + 13] == 0 and view[off + 14] == 0x45
+        if (length >= MIN_CANDIDATE and view[off + 12] == 8 and view[off + 13] == 0 and view[off + 14] == 0x45
                 and view[off + 23] == 6):
             (mac_a, mac_b, _, _, tos, tot, _, frag, ttl, _, _, src, dst, sport, dport, seq, ack, doff,
              flags) = _HEAD.unpack_from(view, off)
@@ -106,18 +108,15 @@ class Coalescer:
         self._write_plain(view[off : off + length], length)
 
     def _write_plain(self, frame: memoryview, length: int) -> None:
-        plain = self._plain
-        plain[1] = frame
         try:
-            os.writev(self.fd, plain)
+            os.writev(self.fd, (ZERO_HDR, frame))
         except OSError as exc:
             self.stats.rx_dropped += 1
             self.on_error(exc)
             return
-        finally:
-            plain[1] = None
-        self.stats.rx_packets += 1
-        self.stats.rx_bytes += length
+        stats = self.stats
+        stats.rx_packets += 1
+        stats.rx_bytes += length
 
     def flush(self) -> None:
         n = self._n
