@@ -52,6 +52,9 @@ class BulkPipe:
         self._ptrs = []
         self._structs = []
         self._slot_of: dict[int, int] = {}
+        self._packet: list[Packet | None] = [None] * count
+        self._addr: dict[Packet, int] = {}
+        self._free: list[int] = []
         for i in range(count):
             p = libusb1.libusb_alloc_transfer(0)
             if not p:
@@ -69,8 +72,6 @@ class BulkPipe:
             self._slot_of[ctypes.addressof(s)] = i
         self._callback_ref = callback
         self._free = list(range(count))
-        self._packet: list[Packet | None] = [None] * count
-        self._addr: dict[Packet, int] = {}
         # The watchdog's view of each slot: submissions so far, the count it saw last, for how many checks.
         self._gen = [0] * count
         self._seen = [0] * count
