@@ -358,6 +358,10 @@ exec /bin/busybox chroot @MOUNT@ /sbin/modprobe -d @KROOT@ "$@"
 """
 
 
+# Host environment variables passed on to the guest's command: the documented test knobs.
+FORWARDED_ENV = frozenset({"USBNETD_UNPLUG_CYCLES"})
+
+
 def guest_env(kernel: Kernel) -> dict[str, str]:
     """The environment the command sees inside the guest."""
     return {
@@ -513,8 +517,11 @@ def run_in_guest(
     results_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("rc", "uptime", "dmesg.txt", "report.jsonl", "junit.xml"):
         (results_dir / stale).unlink(missing_ok=True)
+    # Test knobs set on the host reach the guest (the baked environment above has none of them).
+    forwarded = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(os.environ.items())
+                        if k in FORWARDED_ENV)
     (results_dir / "cmd.sh").write_text(
-        f"cd {shlex.quote(str(cwd))} || exit 125\n{command}\n"
+        f"cd {shlex.quote(str(cwd))} || exit 125\n{forwarded}{command}\n"
     )
     console = results_dir / "console.log"
     cmd = qemu_command(kernel, initramfs, results_dir)
