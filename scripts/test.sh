@@ -16,7 +16,7 @@ venv="${USBNETD_VENV:-$repo/.venv}"
 # VM layer (tests/vm/harness.py checks again and installs what is missing, for runs without this script);
 # systemd (systemd-analyze, systemd-escape) and udev (udevadm, systemd-udevd) for the unit and rules tests.
 apt_packages=(python3 python3-venv iproute2 iputils-ping iperf3 qemu-system-x86 busybox-static cpio kmod
-  libusb-1.0-0 xz-utils zstd usbutils systemd udev)
+  libusb-1.0-0 xz-utils zstd usbutils systemd udev ethtool)
 
 missing=()
 for p in "${apt_packages[@]}"; do
