@@ -87,9 +87,8 @@ class BulkPipe:
         return len(self._ptrs) - len(self._free)
 
     def _address(self, packet: Packet) -> int:
-        addr = self._addr.get(packet)
-        if addr is None:
-            addr = self._addr[packet] = ctypes.addressof(ctypes.c_char.from_buffer(packet.view))
+        """The packet buffer's address, taken once per packet (the first submission of it)."""
+        addr = self._addr[packet] = ctypes.addressof(ctypes.c_char.from_buffer(packet.view))
         return addr
 
     def submit(self, packet: Packet, offset: int, length: int, zlp: bool = False) -> bool:

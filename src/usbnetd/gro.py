@@ -99,7 +99,6 @@ class Coalescer:
                 self._bytes = length
                 self._psh = flags & PSH
                 self._closed = bool(self._psh)
-                self._src, self._dst = src, dst
                 self._iov.append(view[off : off + 14 + tot])
                 self._n = 1
                 return
@@ -137,7 +136,7 @@ class Coalescer:
         if self._psh:
             view[off + 47] |= PSH
         # CHECKSUM_PARTIAL: the check field holds the pseudo-header sum (addresses, protocol, TCP length).
-        src, dst = self._src, self._dst
+        src, dst = self._key[4], self._key[5]
         pseudo = _fold((src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 6 + ip_len - 20)
         struct.pack_into("!H", view, off + ETH_IP + TCP_CHECK, pseudo)
         _VNET.pack_into(self._hdr, 0, F_NEEDS_CSUM, GSO_TCPV4, ETH_IP + self._thl, self._mss, ETH_IP, TCP_CHECK)
