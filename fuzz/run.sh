@@ -43,6 +43,10 @@ run_all() {
     if grep -q "Test unit written to" "$log"; then
       echo "fuzz: $t: CRASH after ${n:-?} inputs: $(grep -m1 'Test unit written to' "$log")"
       status=1
+    elif [[ -z $n ]]; then
+      # no final stats: the fuzzer never ran (no atheris, an import error) or was killed
+      echo "fuzz: $t: did not run to the end: $(grep -m1 -E 'Error|error' "$log" || tail -1 "$log")"
+      status=1
     else
       echo "fuzz: $t: ${n:-?} inputs in ${secs:-?} s, no crash"
     fi
