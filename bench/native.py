@@ -40,6 +40,19 @@ import common as c  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUBNETS = {"veth": 230, "sim:ncm": 231, "sim:ecm": 232}
+# A case may carry a variant after a slash (sim:ncm/no-gro): the same device with usbnetd started with these
+# options, measured in the same run as the shipped defaults so that what an option costs or buys is not
+# confused with the machine's load at another hour.
+VARIANTS = {"no-gro": ["--no-gro"]}
+
+
+def parse_case(case: str) -> tuple[str, list[str]]:
+    """'sim:ncm/no-gro' -> ('sim:ncm', ['--no-gro']); BenchBroken for an unknown device or variant."""
+    device, _, variant = case.partition("/")
+    if device not in SUBNETS or (variant and (variant not in VARIANTS or device == "veth")):
+        raise c.BenchBroken(f"unknown case {case!r}: veth, sim:ncm or sim:ecm, optionally /"
+                            + " /".join(VARIANTS) + " after a sim device")
+    return device, VARIANTS.get(variant, [])
 
 
 class Netns:
@@ -66,16 +79,18 @@ class Setup:
         self.proc: subprocess.Popen | None = None
         self.run_dir = tempfile.mkdtemp(prefix="usbnetd-bench-")
         self.env = dict(os.environ, USBNETD_RUN_DIR=self.run_dir)
-        subnet = SUBNETS[case]
+        device, options = parse_case(case)
+        # variants get their own subnet next to the device's so that two cases never share addresses
+        subnet = SUBNETS[device] + (10 * (1 + list(VARIANTS).index(case.partition("/")[2])) if options else 0)
         self.addr_a, self.addr_b = f"198.18.{subnet}.1", f"198.18.{subnet}.2"
         try:
-            if case == "veth":
+            if device == "veth":
                 self.if_a, self.if_b = "ubva", "ubvb"
                 c.run(["ip", "link", "add", self.if_a, "netns", self.a.name, "type", "veth", "peer", "name",
                        self.if_b, "netns", self.b.name])
             else:
                 self.if_a, self.if_b = "ubn0", "ubw0"
-                self._start_usbnetd(case, cpu_daemon)
+                self._start_usbnetd(device, options, cpu_daemon)
                 c.run(["ip", "-n", self.a.name, "link", "set", self.if_b, "netns", self.b.name])
             c.run(["ip", "-n", self.a.name, "addr", "add", f"{self.addr_a}/24", "dev", self.if_a])
             c.run(["ip", "-n", self.b.name, "addr", "add", f"{self.addr_b}/24", "dev", self.if_b])
@@ -93,12 +108,12 @@ class Setup:
             self.close()
             raise
 
-    def _start_usbnetd(self, device: str, cpu: int | None) -> None:
+    def _start_usbnetd(self, device: str, options: list[str], cpu: int | None) -> None:
         self.log_path = os.path.join(self.run_dir, "run.log")
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(
                 [*c.netns_prefix(self.a.name, cpu), sys.executable, "-m", "usbnetd", "run", device,
-                 "--ifname", self.if_a, "--sim-peer", self.if_b], stdout=log, stderr=subprocess.STDOUT,
+                 "--ifname", self.if_a, "--sim-peer", self.if_b, *options], stdout=log, stderr=subprocess.STDOUT,
                 env=self.env)
         # ip netns exec and taskset exec(), so the Popen pid is the Python process itself.
         deadline = time.monotonic() + 30
@@ -389,7 +404,8 @@ def render_profile(p: dict, markdown: bool = False, top: int = 15) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=5, help="length of each iperf3 run (default 5)")
-    ap.add_argument("--cases", default="veth,sim:ncm,sim:ecm", help="comma list of veth, sim:ncm, sim:ecm")
+    ap.add_argument("--cases", default="veth,sim:ncm,sim:ecm",
+                    help="comma list of veth, sim:ncm, sim:ecm; a sim case may end in /no-gro (usbnetd --no-gro)")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
     ap.add_argument("--profile", type=float, metavar="SECONDS",
@@ -423,7 +439,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             data["cases"] = []
             port = 5301
-            for case in ns.cases.split(","):
+            cases = ns.cases.split(",")
+            for case in cases:
+                parse_case(case)  # a typo fails before the first minute of measuring
+            for case in cases:
                 res = measure_case(case, ns.seconds, cpus, port)
                 res["bars"] = bars(res)
                 data["cases"].append(res)
