@@ -6,8 +6,9 @@ Runs inside the QEMU guest as root (docs/performance.md, "The intermittent devic
     ... bench/ncm_stall.py --runs 20 --driver kernel      # the same loop over cdc_ncm
 
 Each run is a 3 s iperf3 TCP stream from the gadget's side (a peer namespace) to the host, with the gadget's
-endpoint tracepoints on. A run whose client does not finish within 33 s is a stall. For each stall the script
-prints, from the trace:
+endpoint tracepoints on. Every run prints the longest stretch during which all of the gadget's IN requests
+were waiting for the host (the window in which f_ncm's flush timer is lost). A run whose client does not
+finish within 33 s is a stall. For each stall the script prints, from the trace:
 
 * how many of the gadget's bulk IN requests were queued on the UDC (waiting for the host) at the last time one
   was queued, and the longest stretch during which none was free;
@@ -122,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         trace_write("tracing_on", "1")
         try:
             r = c.iperf3([], device, peer.host_addr, 5401 + run, ns.seconds)
-            print(f"run {run}: {r['bits_per_second'] / 1e6:.1f} Mbit/s", flush=True)
+            reqs = in_requests((TRACING / "trace").read_text())
+            print(f"run {run}: {r['bits_per_second'] / 1e6:.1f} Mbit/s; all {reqs['requests']} gadget IN requests "
+                  f"waiting for the host for up to {reqs['longest_all_queued_ms']} ms at a time", flush=True)
             continue
         except c.BenchBroken as e:
             stalls += 1
