@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -75,6 +76,17 @@ def test_unplug_mid_traffic_and_replug(gadgets, peers, tmp_path, persistent):
         else:
             assert not (bench.SYS_NET / ifname).exists()
         assert not list(run_dir.glob("*.sock")), "the control socket must go with the instance"
+        # What a long run must not see grow: the guest's open file handles and available memory (each
+        # cycle's instance is a new process, so growth could only be left behind in the kernel).
+        handles = int(Path("/proc/sys/fs/file-nr").read_text().split()[0])
+        avail = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                     if line.startswith("MemAvailable:"))
+        mode = "persistent" if persistent else "plain"
+        line = f"{mode} cycle {cycle}: guest file handles {handles}, MemAvailable {avail} kB"
+        print(line)
+        if os.environ.get("USBNETD_VM_RESULTS"):  # the long run's record, outside pytest's captured output
+            with open(Path(os.environ["USBNETD_VM_RESULTS"]) / "unplug-cycles.txt", "a") as f:
+                f.write(line + "\n")
         busid = g.bind()  # replug; the gadget-side netdev stays in the peer namespace
     if persistent:
         _cli(env, "attach", busid, "--ifname", ifname, "--timeout", str(ATTACH_TIMEOUT), *extra)
