@@ -97,3 +97,15 @@ def test_no_halt_when_initialize_never_completed():
     d._initialized = True
     d.deactivate()
     assert sent_types(t.sync_sent) == [rc.HALT_MSG]
+
+
+def test_one_byte_responses_zero_is_nothing_queued_anything_else_is_counted():
+    d, _t = driver()
+    d._response(0, b"\x00")  # MS-RNDIS: no response queued
+    d._response(0, b"")
+    assert d.stats.notification_errors == 0
+    d._response(0, b"\x01")
+    d._response(0, b"\xff")
+    assert d.stats.notification_errors == 2
+    d._response(0, b"\x02\x00\x00")  # too short for a header: the parser's rejection, counted as before
+    assert d.stats.notification_errors == 3

@@ -288,8 +288,14 @@ class RndisDriver(ProtocolDriver):
 
     def _response(self, status: int, data: bytes) -> None:
         log.debug("RNDIS: response (status %d) %s", status, data[:32].hex())
-        if status != STATUS_OK or len(data) <= 1:
-            return  # nothing, or the single zero byte MS-RNDIS sends when no response is queued
+        if status != STATUS_OK or not data:
+            return
+        if len(data) == 1:
+            # MS-RNDIS answers "nothing queued" with one zero byte; any other single byte is no message at all
+            if data[0]:
+                self.stats.notification_errors += 1
+                log.info("RNDIS: malformed response dropped: one byte 0x%02x", data[0])
+            return
         try:
             msg = rc.parse_control(data)
         except rc.RndisError as exc:
