@@ -2,8 +2,9 @@
 
 pytun creates the device (IFF_TAP | IFF_NO_PI: without NO_PI every frame carries a 4-byte prefix). Carrier is
 set with the TUNSETCARRIER ioctl because neither pytun nor pyroute2 can (pyroute2 silently ignores
-`carrier=`). Everything else — MAC, MTU, up/down, reading state back — goes through one long-lived pyroute2
-IPRoute: creating one per call leaks netlink ports.
+`carrier=`). MAC, MTU and up/down go through one long-lived pyroute2 IPRoute (creating one per call leaks
+netlink ports); reading the state back, which the follower does every two seconds, goes through rtnl.py's
+own netlink socket, because pyroute2's `get_links` grows the process on every call.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import struct
 
 import pytun
 from pyroute2 import IPRoute
+
+from .rtnl import LinkReader
 
 # _IOW('T', 226, int): set the carrier of a tun/tap device (Linux >= 5.0).
 TUNSETCARRIER = 0x400454E2
@@ -54,6 +57,7 @@ class Tap:
         reason = validate_ifname(name)
         if reason:
             raise TapError(reason)
+        self._links: LinkReader | None = None  # opened by the first state()
         self._own_ipr = ipr is None
         self.ipr = ipr if ipr is not None else IPRoute()
         # A persistent TAP left by an earlier run of ours is taken over, with its addresses and routes.
@@ -111,16 +115,11 @@ class Tap:
 
     def state(self) -> dict:
         """MTU, MAC and flags as the kernel sees them now (the user may have changed them)."""
-        msg = self.ipr.get_links(self.index)[0]
-        return {
-            "mtu": msg.get_attr("IFLA_MTU"),
-            "mac": msg.get_attr("IFLA_ADDRESS"),
-            "flags": msg["flags"],
-            "operstate": msg.get_attr("IFLA_OPERSTATE"),
-            # counts, not flags: tcpdump, bridges and `ip link set promisc on` all add to them
-            "promiscuity": msg.get_attr("IFLA_PROMISCUITY") or 0,
-            "allmulti": msg.get_attr("IFLA_ALLMULTI") or 0,
-        }
+        # promiscuity and allmulti are counts, not flags: tcpdump, bridges and `ip link set promisc on` all add
+        # to them (kernels without the all-multicast count give 1 for the IFF_ALLMULTI flag)
+        if self._links is None:
+            self._links = LinkReader()
+        return self._links.state(self.index)
 
     def exists(self) -> bool:
         try:
@@ -145,6 +144,9 @@ class Tap:
             except OSError:
                 pass
             dev.close()  # a non-persistent TAP disappears with its last fd
+        links, self._links = getattr(self, "_links", None), None
+        if links is not None:
+            links.close()
         self._close_ipr()
 
     def _close_ipr(self) -> None:
