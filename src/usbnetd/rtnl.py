@@ -39,8 +39,9 @@ REPLY_BUFFER = 65536  # one link's RTM_NEWLINK is a few kB (statistics, AF_SPEC)
 def parse_link(msg: bytes | bytearray | memoryview) -> dict:
     """The state of one RTM_NEWLINK message (netlink header first): what Tap.state() returns.
 
-    Attributes the kernel did not send read as None (MTU, MAC, operstate) or 0 (counts); an attribute whose
-    length runs past the message ends the walk, so a short or malformed reply can never raise.
+    The caller guarantees both headers (LinkReader.state checks the length). Attributes the kernel did not
+    send read as None (MTU, MAC, operstate) or 0 (counts); an attribute whose length runs past the message
+    ends the walk, so a truncated or malformed attribute list never raises.
     """
     length = min(NLMSGHDR.unpack_from(msg, 0)[0], len(msg))
     _family, _type, _index, flags, _change = IFINFOMSG.unpack_from(msg, NLMSGHDR.size)
