@@ -9,6 +9,8 @@
 # Environment: USBNETD_VENV (default <repo>/.venv) for the Python with atheris and usbnetd installed;
 # FUZZ_JOBS (default 1) targets run at once in `long`; FUZZ_MAX_TIME (seconds, default none) caps each target.
 # Exit status: non-zero when any target crashed (the crash input is in fuzz/artifacts/<target>/).
+# Do not pause a run (SIGSTOP): libFuzzer's per-input timeout is wall-clock, so the input it was working on
+# is reported as a timeout when it resumes (seen on 2026-11-21; such an input replays in 0 ms).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
