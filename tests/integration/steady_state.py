@@ -21,6 +21,17 @@ from usbnetd.stats import Stats
 ETHERTYPE = 0x88B5  # IEEE 802 local experimental: the kernel stacks ignore it, so nothing answers
 
 
+RECONCILES = 5000
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
 def main(kind: str, rounds: int) -> None:
     t = SimTransport(kind, "ssw0")
     driver_cls, binding = choose(t.identity.configurations, 1)
@@ -88,17 +99,6 @@ def main(kind: str, rounds: int) -> None:
     result["in_use_after_stop"] = svc.pool.in_use
     t.close()
     print(json.dumps(result))
-
-
-RECONCILES = 5000
-
-
-def rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 if __name__ == "__main__":
