@@ -114,7 +114,10 @@ def run_usbnetd(g: vb.Gadget, busid: str, peer: vb.PeerNamespace, seconds: float
     return out
 
 
-def run_kernel(g: vb.Gadget, peer: vb.PeerNamespace, seconds: float) -> dict:
+def switch_to_kernel(g: vb.Gadget, peer: vb.PeerNamespace) -> str:
+    """Unplug the gadget, load its kernel host driver, plug it back: the kernel's netdev, addressed, with carrier.
+
+    The gadget-side netdev stays in ``peer`` across the replug."""
     g.unbind()
     vb.kernel_driver(g.host_driver)
     g.bind()
@@ -124,6 +127,11 @@ def run_kernel(g: vb.Gadget, peer: vb.PeerNamespace, seconds: float) -> dict:
     peer.bounce()
     vb.wait_carrier(host_if, timeout=30)
     vb.wait_carrier(g.gadget_netdev, peer.name, timeout=30)
+    return host_if
+
+
+def run_kernel(g: vb.Gadget, peer: vb.PeerNamespace, seconds: float) -> dict:
+    host_if = switch_to_kernel(g, peer)
     out = {"ifname": host_if, "driver": g.host_driver}
     try:
         out.update(measure_link(peer, seconds, 5401, None))

@@ -100,16 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     vb.kernel_driver("tun")
     g = vb.Gadget.create("ncm", index=2)
     peer = vb.PeerNamespace(152).create()
+    busid = g.bind()
+    peer.take(g.gadget_netdev)
     if ns.driver == "kernel":
-        vb.kernel_driver(g.host_driver)
-        g.bind()
-        ifname = g.host_netdev(driver=g.host_driver)
-        peer.take(g.gadget_netdev)
-        peer.address_host_side(ifname)
-        peer.bounce()
+        ifname = gb.switch_to_kernel(g, peer)
     else:
-        busid = g.bind()
-        peer.take(g.gadget_netdev)
         ifname = "ubstallncm0"
         gb.usbnetd_cli("attach", busid, "--ifname", ifname, "--timeout", "180")
         peer.address_host_side(ifname)
