@@ -91,18 +91,27 @@ def measure_link(peer: vb.PeerNamespace, seconds: float, port: int, pid: int | N
     return res
 
 
+def attach(busid: str, ifname: str, extra: tuple = (), src: str | None = None) -> None:
+    """`usbnetd attach` the gadget as `ifname`; BenchBroken unless it prints that name."""
+    r = usbnetd_cli("attach", busid, "--ifname", ifname, "--timeout", str(ATTACH_TIMEOUT), *extra, src=src)
+    if r.stdout.strip() != ifname:
+        raise c.BenchBroken(f"usbnetd attach printed {r.stdout!r}, expected {ifname}")
+
+
+def address_and_wait(peer: vb.PeerNamespace, host_if: str) -> None:
+    """The host side's address on `host_if`, and its carrier."""
+    peer.address_host_side(host_if)
+    vb.wait_carrier(host_if, timeout=30)
+
+
 def run_usbnetd(g: vb.Gadget, busid: str, peer: vb.PeerNamespace, seconds: float, extra: tuple = (),
                 src: str | None = None) -> dict:
     ifname = f"ubench{g.function}0"
     t0 = time.monotonic()
-    r = usbnetd_cli("attach", busid, "--ifname", ifname, "--timeout", str(ATTACH_TIMEOUT), *extra, src=src)
-    if r.stdout.strip() != ifname:
-        raise c.BenchBroken(f"usbnetd attach printed {r.stdout!r}, expected {ifname}")
-    attach_s = time.monotonic() - t0
-    out: dict = {"ifname": ifname, "attach_seconds": round(attach_s, 1)}
+    attach(busid, ifname, extra, src)
+    out: dict = {"ifname": ifname, "attach_seconds": round(time.monotonic() - t0, 1)}
     try:
-        peer.address_host_side(ifname)
-        vb.wait_carrier(ifname, timeout=30)
+        address_and_wait(peer, ifname)
         pid = find_pid(busid, ifname)
         out.update(measure_link(peer, seconds, 5301, pid))
         if pid:

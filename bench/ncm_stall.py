@@ -106,9 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         ifname = gb.switch_to_kernel(g, peer)
     else:
         ifname = "ubstallncm0"
-        gb.usbnetd_cli("attach", busid, "--ifname", ifname, "--timeout", "180")
-        peer.address_host_side(ifname)
-    vb.wait_carrier(ifname, timeout=30)
+        gb.attach(busid, ifname)
+        gb.address_and_wait(peer, ifname)
     c.ping([], peer.peer_addr, count=3, interval=0.2)
     device = ["ip", "netns", "exec", peer.name]
     start_tracing()

@@ -93,9 +93,8 @@ def main() -> int:
         busid = g.bind()
         peer.take(g.gadget_netdev)
         ifname = f"ubrtt{function}0"
-        gb.usbnetd_cli("attach", busid, "--ifname", ifname, "--timeout", "180", src=os.environ.get("SRC"))
-        peer.address_host_side(ifname)
-        vb.wait_carrier(ifname, timeout=30)
+        gb.attach(busid, ifname, src=os.environ.get("SRC"))
+        gb.address_and_wait(peer, ifname)
         measure(f"{function} usbnetd", ifname, peer, g)
         gb.usbnetd_cli("detach", ifname, check=False, timeout=60)
         host_if = gb.switch_to_kernel(g, peer)
