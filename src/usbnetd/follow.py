@@ -2,7 +2,7 @@
 
 A raw NETLINK_ROUTE socket subscribed to link and address events is only a doorbell (drained, never
 parsed): on each ring, and every few seconds for multicast joins that raise no event, the follower reads
-the TAP's state back through the service's long-lived IPRoute and reconciles:
+the TAP's state back through the TAP's own rtnetlink socket (rtnl.py) and reconciles:
 
 - MTU: accepted when the device can carry the frames (NCM is told with SET_MAX_DATAGRAM_SIZE when it has
   that request); refused otherwise, with the old MTU put back and the reason logged.
@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import socket
 import time
+
+from .tap import TapError
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +96,10 @@ class LinkFollower:
                 self.mtu = tap.mtu = mtu
             else:
                 log.warning("%s: MTU %d refused: %s; back to %d", tap.name, mtu, reason, self.mtu)
-                tap.set_mtu(self.mtu)
+                try:
+                    tap.set_mtu(self.mtu)
+                except TapError as exc:  # the interface went away meanwhile: the next reconcile sees it
+                    log.warning("%s", exc)
         mac = bytes.fromhex(st["mac"].replace(":", "")) if st["mac"] else None
         if mac is not None and mac != self.mac:
             log.info("%s: MAC %s -> %s: %s", tap.name, self.mac.hex(":"), mac.hex(":"), driver.change_mac(mac))

@@ -1,10 +1,9 @@
 """The TAP interface: the host-facing half of usbnetd, one Ethernet frame per read or write.
 
 pytun creates the device (IFF_TAP | IFF_NO_PI: without NO_PI every frame carries a 4-byte prefix). Carrier is
-set with the TUNSETCARRIER ioctl because neither pytun nor pyroute2 can (pyroute2 silently ignores
-`carrier=`). MAC, MTU and up/down go through one long-lived pyroute2 IPRoute (creating one per call leaks
-netlink ports); reading the state back, which the follower does every two seconds, goes through rtnl.py's
-own netlink socket, because pyroute2's `get_links` grows the process on every call.
+set with the TUNSETCARRIER ioctl on the TAP's own fd. Looking the interface up, MAC, MTU, up, and reading
+the state back (the follower, every two seconds) go through one rtnetlink socket of our own for the TAP's
+life (rtnl.py says why not pyroute2).
 """
 
 from __future__ import annotations
@@ -16,9 +15,8 @@ import re
 import struct
 
 import pytun
-from pyroute2 import IPRoute
 
-from .rtnl import LinkReader
+from .rtnl import LinkSocket
 
 # _IOW('T', 226, int): set the carrier of a tun/tap device (Linux >= 5.0).
 TUNSETCARRIER = 0x400454E2
@@ -52,24 +50,22 @@ def mac_to_str(mac: bytes) -> str:
 
 
 class Tap:
-    def __init__(self, name: str, mac: bytes, mtu: int, ipr: IPRoute | None = None, persistent: bool = False,
-                 vnet_hdr: int = 0) -> None:
+    def __init__(self, name: str, mac: bytes, mtu: int, persistent: bool = False, vnet_hdr: int = 0) -> None:
         reason = validate_ifname(name)
         if reason:
             raise TapError(reason)
-        self._links: LinkReader | None = None  # opened by the first state()
-        self._own_ipr = ipr is None
-        self.ipr = ipr if ipr is not None else IPRoute()
+        self._links: LinkSocket | None = LinkSocket()
         # A persistent TAP left by an earlier run of ours is taken over, with its addresses and routes.
-        self.reused = bool(self.ipr.link_lookup(ifname=name))
+        self.reused = self._links.index_of(name) is not None
         if self.reused and not persistent:
-            self._close_ipr()
+            self._close_links()
             raise TapError(f"interface {name} already exists")
         try:
             flags = pytun.IFF_TAP | pytun.IFF_NO_PI | (pytun.IFF_VNET_HDR if vnet_hdr else 0)
             self._dev = pytun.TunTapDevice(name=name, flags=flags)
         except pytun.Error as exc:
             msg = exc.args[-1] if exc.args else exc
+            self._close_links()
             raise TapError(f"cannot create TAP interface {name}: {msg}") from exc
         self.name = self._dev.name
         self.fd = self._dev.fileno()
@@ -83,24 +79,33 @@ class Tap:
                 fcntl.ioctl(self.fd, TUNSETOFFLOAD, 0)
             except OSError as exc:
                 self._dev.close()
-                self._close_ipr()
+                self._close_links()
                 raise TapError(f"cannot set up the vnet header on {name}: {exc.strerror}") from exc
-        self.index = self.ipr.link_lookup(ifname=self.name)[0]
         self.carrier: bool | None = None
         self.persistent = persistent
         try:
+            index = self._links.index_of(self.name)
+            if index is None:
+                raise TapError(f"TAP interface {self.name} vanished as it was created")
+            self.index = index
             if persistent:
                 fcntl.ioctl(self.fd, TUNSETPERSIST, 1)
             self.set_carrier(False)
-            self.ipr.link("set", index=self.index, address=mac_to_str(mac), mtu=mtu)
-        except Exception:
+            self._set(f"set MAC {mac_to_str(mac)} and MTU {mtu}", mac=mac, mtu=mtu)
+        except BaseException:
             self.close()
             raise
         self.mac = mac
         self.mtu = mtu
 
+    def _set(self, what: str, **change) -> None:
+        try:
+            self._links.set(self.index, **change)
+        except OSError as exc:
+            raise TapError(f"cannot {what} on {self.name}: {exc.strerror or exc}") from None
+
     def up(self) -> None:
-        self.ipr.link("set", index=self.index, state="up")
+        self._set("bring up", up=True)
 
     def set_carrier(self, on: bool) -> None:
         if self.carrier is on:
@@ -117,18 +122,16 @@ class Tap:
         """MTU, MAC and flags as the kernel sees them now (the user may have changed them)."""
         # promiscuity and allmulti are counts, not flags: tcpdump, bridges and `ip link set promisc on` all add
         # to them (kernels without the all-multicast count give 1 for the IFF_ALLMULTI flag)
-        if self._links is None:
-            self._links = LinkReader()
         return self._links.state(self.index)
 
     def exists(self) -> bool:
         try:
-            return bool(self.ipr.link_lookup(ifname=self.name))
+            return self._links.index_of(self.name) is not None
         except Exception:  # noqa: BLE001 - unknown is not gone
             return True
 
     def set_mtu(self, mtu: int) -> None:
-        self.ipr.link("set", index=self.index, mtu=mtu)
+        self._set(f"set MTU {mtu}", mtu=mtu)
         self.mtu = mtu
 
     def close(self, remove: bool = True) -> None:
@@ -144,12 +147,9 @@ class Tap:
             except OSError:
                 pass
             dev.close()  # a non-persistent TAP disappears with its last fd
+        self._close_links()
+
+    def _close_links(self) -> None:
         links, self._links = getattr(self, "_links", None), None
         if links is not None:
             links.close()
-        self._close_ipr()
-
-    def _close_ipr(self) -> None:
-        if self._own_ipr and self.ipr is not None:
-            self.ipr.close()
-            self.ipr = None

@@ -25,6 +25,6 @@ def test_no_growth_per_packet(netns_pair, kind):
     assert r["growth"] < 16 * 1024, r
     assert r["in_use_after_stop"] == 0, r
     # The follower's reconciles (5,000: almost 3 hours of a running instance): with pyroute2's get_links the
-    # process grew 1.7 kB per call, 8 MB here; rtnl.LinkReader keeps it flat.
+    # process grew 1.7 kB per call, 8 MB here; rtnl.LinkSocket keeps it flat.
     assert r["follower_growth"] < 16 * 1024, r
     assert r["follower_rss_growth_kib"] < 1024, r

@@ -1,9 +1,11 @@
-"""rtnl.py: the follower's link query, against crafted replies, the real kernel (`lo`, no root needed) and
-pyroute2 as an independent reader; and the reason it exists: thousands of queries leave the RSS flat."""
+"""rtnl.py, the TAP's rtnetlink socket: the state query against crafted replies, the real kernel (`lo`, no
+root needed) and pyroute2 as an independent reader; lookups by name and the change request; and the reason
+it exists: thousands of queries leave the RSS flat."""
 
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
 
@@ -58,7 +60,7 @@ def test_truncated_or_overlong_attributes_end_the_walk_without_raising(cut):
 def test_the_kernel_answers_for_lo_as_pyroute2_reads_it():
     from pyroute2 import IPRoute
 
-    reader = rtnl.LinkReader()
+    reader = rtnl.LinkSocket()
     try:
         ours = reader.state(1)
     finally:
@@ -73,7 +75,7 @@ def test_the_kernel_answers_for_lo_as_pyroute2_reads_it():
 
 
 def test_an_unknown_index_is_enodev():
-    reader = rtnl.LinkReader()
+    reader = rtnl.LinkSocket()
     try:
         with pytest.raises(OSError) as info:
             reader.state(0x7FFFFFF0)
@@ -93,7 +95,7 @@ def rss_kib() -> int:
 
 def test_ten_thousand_queries_leave_the_rss_flat():
     # pyroute2 0.9.7's get_links grew this process by 1.7 kB a call (17 MB here); the follower asks every 2 s.
-    reader = rtnl.LinkReader()
+    reader = rtnl.LinkSocket()
     try:
         for _ in range(500):
             reader.state(1)
@@ -104,3 +106,34 @@ def test_ten_thousand_queries_leave_the_rss_flat():
     finally:
         reader.close()
     assert grown < 1024, f"RSS grew {grown} KiB over 10,000 queries"
+
+
+def test_index_of_finds_lo_and_not_a_missing_name():
+    links = rtnl.LinkSocket()
+    try:
+        assert links.index_of("lo") == 1
+        assert links.index_of("usbnetd-none0") is None  # ENODEV is an answer, not an error
+        assert links.index_of("lo") == 1  # the socket is still good after the refusal
+    finally:
+        links.close()
+
+
+def test_an_empty_change_is_acknowledged_as_root_and_refused_otherwise():
+    # No attributes and an empty change mask: a no-op for the kernel, but still a privileged request.
+    links = rtnl.LinkSocket()
+    try:
+        if os.geteuid() == 0:
+            links.set(1)  # returns on the acknowledgement; an error would raise
+        else:
+            with pytest.raises(OSError) as info:
+                links.set(1)
+            assert info.value.errno == errno.EPERM
+    finally:
+        links.close()
+
+
+def test_requests_carry_aligned_attributes():
+    mac = rtnl._attr(rtnl.IFLA_ADDRESS, bytes(6))
+    assert len(mac) == 12 and struct.unpack_from("=HH", mac) == (10, rtnl.IFLA_ADDRESS)
+    name = rtnl._attr(rtnl.IFLA_IFNAME, b"usb0\0")
+    assert len(name) == 12 and struct.unpack_from("=HH", name) == (9, rtnl.IFLA_IFNAME)

@@ -1,0 +1,88 @@
+"""The TAP and its rtnetlink socket against the real kernel, in a fresh namespace: MAC, MTU and up reach
+the interface as `ip link` shows them, and what the kernel refuses becomes one TapError line with nothing
+left behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from .conftest import Netns
+
+SCRIPT = r"""
+import json, sys
+from usbnetd.tap import Tap, TapError
+
+out = {}
+def refused(what, f):
+    try:
+        f()
+    except TapError as exc:
+        out[what] = str(exc)
+    else:
+        out[what] = None
+
+t = Tap("usbt0", bytes.fromhex("020018000001"), 1400)
+out["index"] = t.index
+json.dump({"step": "created"}, sys.stdout); print(flush=True); sys.stdin.readline()
+t.up()
+json.dump({"step": "up"}, sys.stdout); print(flush=True); sys.stdin.readline()
+t.set_mtu(1280)
+refused("mtu", lambda: t.set_mtu(70000))  # a TAP takes at most 65535
+out["mtu_after"] = t.mtu
+refused("again", lambda: Tap("usbt0", bytes.fromhex("020018000002"), 1500))
+refused("multicast_mac", lambda: Tap("usbt1", bytes.fromhex("010018000003"), 1500))
+out["exists"] = t.exists()
+json.dump(out, sys.stdout); print(flush=True); sys.stdin.readline()
+t.close()
+json.dump({"step": "closed"}, sys.stdout); print(flush=True)
+"""
+
+
+def link(ns: Netns, name: str) -> dict:
+    return json.loads(ns.run("ip", "-j", "link", "show", name).stdout)[0]
+
+
+def test_mac_mtu_up_and_refusals(netns_pair):
+    ns, _ = netns_pair
+    p = ns.popen(sys.executable, "-c", SCRIPT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                 stderr=subprocess.PIPE, text=True)
+    try:
+        def step() -> dict:
+            line = p.stdout.readline()
+            assert line, f"the TAP script ended early:\n{p.stderr.read()}"
+            return json.loads(line)
+
+        assert step() == {"step": "created"}
+        st = link(ns, "usbt0")
+        assert st["address"] == "02:00:18:00:00:01" and st["mtu"] == 1400
+        assert "UP" not in st["flags"]
+        p.stdin.write("\n")
+        p.stdin.flush()
+
+        assert step() == {"step": "up"}
+        flags = link(ns, "usbt0")["flags"]
+        assert "UP" in flags and "NO-CARRIER" in flags  # carrier stays off until the device's link is up
+        p.stdin.write("\n")
+        p.stdin.flush()
+
+        out = step()
+        assert out["index"] == link(ns, "usbt0")["ifindex"]
+        assert out["mtu"] == "cannot set MTU 70000 on usbt0: Invalid argument"
+        assert out["mtu_after"] == 1280 and link(ns, "usbt0")["mtu"] == 1280
+        assert out["again"] == "interface usbt0 already exists"
+        assert out["multicast_mac"] == ("cannot set MAC 01:00:18:00:00:03 and MTU 1500 on usbt1: "
+                                        "Cannot assign requested address")
+        assert not ns.has_link("usbt1"), "a refused TAP must not be left behind"
+        assert out["exists"] is True
+        p.stdin.write("\n")
+        p.stdin.flush()
+
+        assert step() == {"step": "closed"}
+        assert p.wait(timeout=10) == 0, p.stderr.read()
+        assert not ns.has_link("usbt0"), "a closed non-persistent TAP goes with its fd"
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
