@@ -79,6 +79,12 @@ def render_variants(data: dict, variants: list[str], markdown: bool = False) -> 
                 uv = None if uv is None else uv / scale
                 row.append(f"{c.fmt(uv, spec)} ({c.fmt(_ratio(uv, kv), '.2f', 'x')})")
             rows.append(row)
+        # usbnetd's own costs, which the kernel driver has no figure for
+        attach = [(case.get(v) or {}).get("attach_seconds") for v in variants]
+        hwm = [((case.get(v) or {}).get("memory_kib") or {}).get("vmhwm_kib") for v in variants]
+        rows.append([case["function"], "attach s", "-", *(c.fmt(a, ".1f") for a in attach)])
+        rows.append([case["function"], "VmHWM MiB", "-", *(c.fmt(None if h is None else h / 1024, ".1f")
+                                                            for h in hwm)])
     return c.table(headers, rows, markdown)
 
 
