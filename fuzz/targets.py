@@ -23,16 +23,16 @@ import struct
 import zlib
 from collections.abc import Callable
 
-from usbnetd import descriptors as desc
+from usbnetd.core.stats import COUNTERS, Stats
 from usbnetd.protocols import NoDriver, cdc, choose
 from usbnetd.protocols import eem_codec as ec
 from usbnetd.protocols import ncm_codec as nc
 from usbnetd.protocols import rndis_codec as rc
-from usbnetd.protocols.base import Binding, Options
+from usbnetd.protocols.driver import Binding, Options
 from usbnetd.protocols.rndis import RndisDriver
-from usbnetd.sim import build_config_descriptor
-from usbnetd.stats import COUNTERS, Stats
-from usbnetd.transport import STATUS_OK
+from usbnetd.usb import descriptors as desc
+from usbnetd.usb.sim import build_config_descriptor
+from usbnetd.usb.transport import STATUS_OK
 
 TAIL = b"\xa5" * 72  # poison after the transfer's length: more than any fixed header the decoders read
 MAX_INPUT = 70000  # bigger than any NTB16 (0xFFFF); longer inputs are cut here

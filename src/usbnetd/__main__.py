@@ -1,5 +1,5 @@
 """`python -m usbnetd` is the `usbnetd` command."""
 
-from .cli import main
+from .app.cli import main
 
 main()

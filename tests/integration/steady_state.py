@@ -12,11 +12,11 @@ import socket
 import sys
 import tracemalloc
 
+from usbnetd.core.service import EthernetService
+from usbnetd.core.stats import Stats
 from usbnetd.protocols import choose
-from usbnetd.protocols.base import Options
-from usbnetd.service import EthernetService
-from usbnetd.sim import SimTransport
-from usbnetd.stats import Stats
+from usbnetd.protocols.driver import Options
+from usbnetd.usb.sim import SimTransport
 
 ETHERTYPE = 0x88B5  # IEEE 802 local experimental: the kernel stacks ignore it, so nothing answers
 

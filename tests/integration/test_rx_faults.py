@@ -1,4 +1,4 @@
-"""Bulk IN faults injected by the simulated adapter (src/usbnetd/simfaults.py) during traffic, natively.
+"""Bulk IN faults injected by the simulated adapter (src/usbnetd/usb/simfaults.py) during traffic, natively.
 
 An error storm (transfers completing with libusb's TRANSFER_ERROR, what EPROTO/ETIME become) must trip the
 service's usbnet-style throttle (more than 20 errors in a row: RX pauses 125 ms, counted in rx_throttled)

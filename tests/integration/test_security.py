@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from usbnetd import cli, control
+from usbnetd.app import cli, control
 
 from .conftest import Usbnetd, wire_up
 

@@ -12,7 +12,7 @@ from .conftest import Netns
 
 SCRIPT = r"""
 import json, sys
-from usbnetd.tap import Tap, TapError
+from usbnetd.netdev.tap import Tap, TapError
 
 out = {}
 def refused(what, f):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from usbnetd.stats import Stats
+from usbnetd.core.stats import Stats
 
 
 class Collector:

@@ -11,7 +11,7 @@ import inspect
 import pytest
 import usb1
 
-from usbnetd.bulk import BulkPipe
+from usbnetd.usb.bulk import BulkPipe
 
 
 @pytest.fixture(autouse=True)

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from usbnetd.core.stats import Stats
 from usbnetd.protocols import cdc
-from usbnetd.stats import Stats
 
 # Hand-written from CDC 1.2 / ECM 1.2 / NCM 1.0 functional descriptor layouts.
 HEADER = bytes.fromhex("05 24 00 10 01")  # Header, bcdCDC 1.10

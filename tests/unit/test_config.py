@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from usbnetd.config import load
-from usbnetd.devices import ConfigError
+from usbnetd.app.config import load
+from usbnetd.protocols.devices import ConfigError
 
 
 def write(d, text: str, name: str = "usbnetd.toml"):

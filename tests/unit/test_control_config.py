@@ -7,10 +7,10 @@ import os
 
 import pytest
 
-from usbnetd import config
-from usbnetd.cli import missing_capabilities
-from usbnetd.control import resolve_group
-from usbnetd.devices import ConfigError
+from usbnetd.app import config
+from usbnetd.app.cli import missing_capabilities
+from usbnetd.app.control import resolve_group
+from usbnetd.protocols.devices import ConfigError
 
 
 def load(tmp_path, text: str) -> config.Settings:

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from usbnetd.descriptors import XFER_BULK, parse_configuration, parse_descriptor_blob
-from usbnetd.discovery import BadDevice, parse_device_spec
+from usbnetd.app.discovery import BadDevice, parse_device_spec
 from usbnetd.protocols import NoDriver, choose
-from usbnetd.sim import build_config_descriptor
+from usbnetd.usb.descriptors import XFER_BULK, parse_configuration, parse_descriptor_blob
+from usbnetd.usb.sim import build_config_descriptor
 
 
 # A composite device written by hand from the USB 2.0 and CDC 1.2 specs: interface 0 is a vendor function

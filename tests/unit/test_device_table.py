@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from usbnetd.devices import ConfigError, load_table
+from usbnetd.app.config import load_table
+from usbnetd.protocols.devices import ConfigError
 
 
 def write(tmp_path, text: str, name: str = "usbnetd.toml"):

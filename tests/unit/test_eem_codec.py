@@ -11,9 +11,9 @@ from codec_helpers import Collector, errors, frame, h
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from usbnetd.core.stats import COUNTERS, Stats
 from usbnetd.protocols import eem_codec as e
 from usbnetd.protocols.eem_codec import EemBatch, EemDecoder
-from usbnetd.stats import COUNTERS, Stats
 
 # --- helpers ------------------------------------------------------------------------------------------
 

@@ -3,12 +3,12 @@ transfer ahead of frames, and frames around the command still reach the stack.""
 
 from __future__ import annotations
 
-from usbnetd.descriptors import Endpoint
-from usbnetd.pool import TX, PacketBufferPool
+from usbnetd.core.pool import TX, PacketBufferPool
+from usbnetd.core.stats import Stats
 from usbnetd.protocols import eem_codec as ec
-from usbnetd.protocols.base import Binding, Options
+from usbnetd.protocols.driver import Binding, Options
 from usbnetd.protocols.eem import EemDriver
-from usbnetd.stats import Stats
+from usbnetd.usb.descriptors import Endpoint
 
 
 def make() -> EemDriver:

@@ -11,8 +11,8 @@ import struct
 
 import pytest
 
-from usbnetd.gro import ETH_IP, F_NEEDS_CSUM, GSO_TCPV4, VNET_HDR_LEN, ZERO_HDR, Coalescer
-from usbnetd.stats import Stats
+from usbnetd.core.stats import Stats
+from usbnetd.netdev.gro import ETH_IP, F_NEEDS_CSUM, GSO_TCPV4, VNET_HDR_LEN, ZERO_HDR, Coalescer
 
 MAC_A = bytes.fromhex("020000000001")
 MAC_B = bytes.fromhex("020000000002")

@@ -9,7 +9,7 @@ import sys
 
 CODE = """
 import logging, sys
-from usbnetd import logs
+from usbnetd.app import logs
 logs.setup("3-1", 0)
 log = logging.getLogger("usbnetd.test")
 log.info("usb0: link up")

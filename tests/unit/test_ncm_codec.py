@@ -11,6 +11,7 @@ from codec_helpers import Collector, errors, frame
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from usbnetd.core.stats import COUNTERS, Stats
 from usbnetd.protocols.ncm_codec import (
     MAX_NDPS,
     NtbBuilder,
@@ -19,7 +20,6 @@ from usbnetd.protocols.ncm_codec import (
     TxLayout,
     build_ntb,
 )
-from usbnetd.stats import COUNTERS, Stats
 
 # --- helpers ------------------------------------------------------------------------------------------
 

@@ -6,8 +6,8 @@ import tracemalloc
 
 import pytest
 
-from usbnetd.pool import RX, TX, PacketBufferPool
-from usbnetd.queues import RingQueue
+from usbnetd.core.pool import RX, TX, PacketBufferPool
+from usbnetd.core.queues import RingQueue
 
 
 def test_pool_hands_out_every_slot_once_then_none():

@@ -10,6 +10,7 @@ from codec_helpers import Collector, errors, frame, h
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from usbnetd.core.stats import COUNTERS, Stats
 from usbnetd.protocols import rndis_codec as r
 from usbnetd.protocols.rndis_codec import (
     ControlMessage,
@@ -25,7 +26,6 @@ from usbnetd.protocols.rndis_codec import (
     StatusComplete,
     parse_control,
 )
-from usbnetd.stats import COUNTERS, Stats
 
 # --- helpers ------------------------------------------------------------------------------------------
 

@@ -7,11 +7,11 @@ import os
 
 import pytest
 
-from usbnetd.descriptors import Endpoint
+from usbnetd.core.stats import Stats
 from usbnetd.protocols import rndis_codec as rc
-from usbnetd.protocols.base import Binding, Options
+from usbnetd.protocols.driver import Binding, Options
 from usbnetd.protocols.rndis import RndisDriver
-from usbnetd.stats import Stats
+from usbnetd.usb.descriptors import Endpoint
 
 
 def driver(rx_size: int) -> RndisDriver:

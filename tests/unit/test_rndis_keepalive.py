@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import struct
 
-from usbnetd.descriptors import Endpoint
+from usbnetd.core.stats import Stats
 from usbnetd.protocols import rndis_codec as rc
-from usbnetd.protocols.base import Binding, Options
+from usbnetd.protocols.driver import Binding, Options
 from usbnetd.protocols.rndis import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, RndisDriver
-from usbnetd.stats import Stats
+from usbnetd.usb.descriptors import Endpoint
 
 
 class Recorder:

@@ -11,7 +11,7 @@ import struct
 
 import pytest
 
-from usbnetd import rtnl
+from usbnetd.netdev import rtnl
 
 
 def attr(atype: int, data: bytes) -> bytes:

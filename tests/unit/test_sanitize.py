@@ -31,16 +31,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from usbnetd import cli
-from usbnetd.config import Settings, name_part
-from usbnetd.descriptors import parse_configuration
-from usbnetd.devices import ConfigError
-from usbnetd.discovery import list_devices, sanitize
+from usbnetd.app import cli
+from usbnetd.app.config import Settings, name_part
+from usbnetd.app.discovery import list_devices, sanitize
+from usbnetd.core.stats import Stats
+from usbnetd.netdev.tap import validate_ifname
 from usbnetd.protocols import cdc, choose
-from usbnetd.protocols.base import Options
-from usbnetd.sim import build_config_descriptor
-from usbnetd.stats import Stats
-from usbnetd.tap import validate_ifname
+from usbnetd.protocols.devices import ConfigError
+from usbnetd.protocols.driver import Options
+from usbnetd.usb.descriptors import parse_configuration
+from usbnetd.usb.sim import build_config_descriptor
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -303,17 +303,17 @@ def test_no_module_runs_a_shell():
 IDENTITY_STRINGS = {"manufacturer", "product_name", "serial"}
 # (file, function) pairs allowed to read a device-supplied string attribute, each audited (module docstring).
 AUDITED = {
-    ("src/usbnetd/engine.py", "__init__"),  # reads them from the device into DeviceIdentity
-    ("src/usbnetd/sim.py", "__init__"),  # the simulated device's own strings
-    ("src/usbnetd/runner.py", "run_device"),  # serial: config matching (equality) and ifname_for (name_part)
-    ("src/usbnetd/runner.py", "name_for"),
-    ("src/usbnetd/discovery.py", "__str__"),  # DeviceSpec.serial: the user's VID:PID/SERIAL, checked printable
-    ("src/usbnetd/discovery.py", "resolve_busid"),  # the user's serial compared with sysfs
-    ("src/usbnetd/discovery.py", "open_usb"),  # the user's serial compared with the device's
-    ("src/usbnetd/discovery.py", "as_dict"),  # list --json: already sanitized in list_devices
-    ("src/usbnetd/cli.py", "list_cmd"),  # list: product_name, already sanitized in list_devices
-    ("src/usbnetd/config.py", "device"),  # [[device]] serial = ...: equality
-    ("src/usbnetd/devices.py", "load_table"),  # config entries' serial (admin's, not the device's)
+    ("src/usbnetd/usb/engine.py", "__init__"),  # reads them from the device into DeviceIdentity
+    ("src/usbnetd/usb/sim.py", "__init__"),  # the simulated device's own strings
+    ("src/usbnetd/app/runner.py", "run_device"),  # serial: config matching (equality) and ifname_for (name_part)
+    ("src/usbnetd/app/runner.py", "name_for"),
+    ("src/usbnetd/app/discovery.py", "__str__"),  # DeviceSpec.serial: the user's VID:PID/SERIAL, checked printable
+    ("src/usbnetd/app/discovery.py", "resolve_busid"),  # the user's serial compared with sysfs
+    ("src/usbnetd/app/discovery.py", "open_usb"),  # the user's serial compared with the device's
+    ("src/usbnetd/app/discovery.py", "as_dict"),  # list --json: already sanitized in list_devices
+    ("src/usbnetd/app/cli.py", "list_cmd"),  # list: product_name, already sanitized in list_devices
+    ("src/usbnetd/app/config.py", "device"),  # [[device]] serial = ...: equality
+    ("src/usbnetd/app/config.py", "load_table"),  # config entries' serial (admin's, not the device's)
 }
 
 

@@ -6,9 +6,9 @@ from collections import deque
 
 import pytest
 
-from usbnetd.discovery import BadDevice, parse_device_spec
-from usbnetd.simfaults import SimFaults
-from usbnetd.transport import STATUS_ERROR, STATUS_STALL
+from usbnetd.app.discovery import BadDevice, parse_device_spec
+from usbnetd.usb.simfaults import SimFaults
+from usbnetd.usb.transport import STATUS_ERROR, STATUS_STALL
 
 
 def test_device_string_options():

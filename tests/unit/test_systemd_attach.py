@@ -12,8 +12,8 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
-from usbnetd import cli
-from usbnetd import systemd as sd
+from usbnetd.app import cli
+from usbnetd.app import systemd as sd
 
 
 def states(**by_unit: str):

@@ -1,4 +1,4 @@
-"""usbnetd.notify: the sd_notify wire format, socket addresses, the watchdog interval, no-op without systemd."""
+"""usbnetd.app.notify: the sd_notify wire format, socket addresses, the watchdog interval, no-op without systemd."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from usbnetd.notify import Notifier, socket_address
+from usbnetd.app.notify import Notifier, socket_address
 
 
 def receiver(tmp_path, abstract: bool) -> tuple[socket.socket, str]:

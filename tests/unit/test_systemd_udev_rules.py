@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from usbnetd.devices import BUILTIN
+from usbnetd.protocols.devices import BUILTIN
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = sorted((REPO / "udev").glob("*.rules"))

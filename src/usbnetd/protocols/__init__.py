@@ -7,8 +7,8 @@ Microsoft-defined; EEM and the subset carry no link state. `choose()` picks a co
 
 from __future__ import annotations
 
-from ..descriptors import Configuration
-from .base import Binding, ProtocolDriver
+from ..usb.descriptors import Configuration
+from .driver import Binding, ProtocolDriver
 from .ecm import EcmDriver
 from .eem import EemDriver
 from .ncm import NcmDriver

@@ -14,7 +14,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from usbnetd.stats import Stats
+from ..core.stats import Stats
 
 # --- interface classes (bInterfaceClass) -----------------------------------------------------------------
 USB_CLASS_COMM = 0x02  # CDC communications (control) interface

@@ -6,9 +6,9 @@ The framing is shared with the CDC subset (`base.OneFramePerTransfer`).
 
 from __future__ import annotations
 
-from ..descriptors import Configuration
+from ..usb.descriptors import Configuration
 from . import cdc
-from .base import Binding, OneFramePerTransfer, ProtocolDriver, match_cdc
+from .driver import Binding, OneFramePerTransfer, ProtocolDriver, match_cdc
 
 
 class EcmDriver(OneFramePerTransfer, ProtocolDriver):

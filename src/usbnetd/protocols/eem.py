@@ -13,11 +13,11 @@ from __future__ import annotations
 import collections
 import logging
 
-from ..descriptors import Configuration
-from ..pool import Packet
+from ..core.pool import Packet
+from ..usb.descriptors import Configuration
 from . import cdc
 from . import eem_codec as ec
-from .base import Binding, Emit, ProtocolDriver
+from .driver import Binding, Emit, ProtocolDriver
 from .subset import match_bulk_only
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,8 @@ import zlib
 from collections.abc import Callable
 
 from usbnetd.protocols.batch import FrameBatch, build_all
-from usbnetd.stats import Stats
+
+from ..core.stats import Stats
 
 EEM_HLEN = 2  # every EEM packet header
 EEM_CRC_LEN = 4  # CRC or sentinel at the end of each data payload

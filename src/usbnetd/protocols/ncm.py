@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 import struct
 
-from ..descriptors import Configuration
-from ..pool import Packet
-from ..transport import TransportError
+from ..core.pool import Packet
+from ..usb.descriptors import Configuration
+from ..usb.transport import TransportError
 from . import cdc
-from .base import Binding, Emit, ProtocolDriver, match_cdc
+from .driver import Binding, Emit, ProtocolDriver, match_cdc
 from .ncm_codec import NtbBuilder, NtbDecoder, NtbParameters, TxLayout
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from usbnetd.protocols.batch import FrameBatch, build_all
-from usbnetd.stats import Stats
+
+from ..core.stats import Stats
 
 NTH16_SIGNATURE = 0x484D434E  # b"NCMH"
 NTH32_SIGNATURE = 0x686D636E  # b"ncmh"

@@ -19,12 +19,12 @@ import logging
 import struct
 import time
 
-from ..descriptors import XFER_BULK, XFER_INTERRUPT, Configuration
-from ..pool import Packet
-from ..transport import STATUS_OK, TransportError
+from ..core.pool import Packet
+from ..usb.descriptors import XFER_BULK, XFER_INTERRUPT, Configuration
+from ..usb.transport import STATUS_OK, TransportError
 from . import cdc
 from . import rndis_codec as rc
-from .base import Binding, Emit, LinkEvent, ProtocolDriver, bulk_alt
+from .driver import Binding, Emit, LinkEvent, ProtocolDriver, bulk_alt
 
 log = logging.getLogger(__name__)
 _HEADER = struct.Struct("<II")  # MessageType, MessageLength

@@ -38,7 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from usbnetd.protocols.batch import FrameBatch, build_all
-from usbnetd.stats import Stats
+
+from ..core.stats import Stats
 
 # ========================================================================================================
 # Numbers

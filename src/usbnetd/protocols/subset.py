@@ -8,9 +8,9 @@ the device table for vendor-class devices.
 
 from __future__ import annotations
 
-from ..descriptors import XFER_BULK, Configuration
+from ..usb.descriptors import XFER_BULK, Configuration
 from . import cdc
-from .base import Binding, OneFramePerTransfer, ProtocolDriver, bulk_alt
+from .driver import Binding, OneFramePerTransfer, ProtocolDriver, bulk_alt
 
 
 def match_bulk_only(config: Configuration, cls: int, subclass: int, protocol: int | None) -> Binding | None:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from usbnetd import control
+from usbnetd.app import control
 
 from . import bench
 from .ffs_device import FfsGadget

@@ -12,10 +12,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..descriptors import XFER_BULK, XFER_INTERRUPT, AltSetting, Configuration, Endpoint
-from ..pool import Packet
-from ..stats import Stats
-from ..transport import Transport, TransportError
+from ..core.pool import Packet
+from ..core.stats import Stats
+from ..usb.descriptors import XFER_BULK, XFER_INTERRUPT, AltSetting, Configuration, Endpoint
+from ..usb.transport import Transport, TransportError
 from . import cdc
 
 log = logging.getLogger(__name__)

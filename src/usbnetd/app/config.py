@@ -43,9 +43,9 @@ import re
 import tomllib
 from dataclasses import dataclass, field, replace
 
+from ..netdev.tap import IFNAMSIZ, validate_ifname
+from ..protocols.devices import BUILTIN, PROTOCOLS, QUIRKS, ConfigError, DeviceEntry
 from .control import resolve_group
-from .devices import BUILTIN, PROTOCOLS, QUIRKS, ConfigError, DeviceEntry
-from .tap import IFNAMSIZ, validate_ifname
 
 _ID = re.compile(r"^([0-9a-fA-F]{4}):([0-9a-fA-F]{4})$")
 _BUSID = re.compile(r"^[1-9][0-9]{0,2}-[1-9][0-9]{0,2}(\.[1-9][0-9]{0,2}){0,6}$")
@@ -243,3 +243,12 @@ def load(directory: str | None = None) -> Settings:
             raise ConfigError(f"{path}: device: must be an array of tables ([[device]])")
         devices.extend(_device(path, i, raw) for i, raw in enumerate(raw_devices))
     return replace(s, devices=tuple(devices), files=tuple(files))
+
+
+def load_table(directory: str | None = None) -> dict[tuple[int, int], DeviceEntry]:
+    """VID:PID -> entry, built-in first, then the configuration files' (for listing)."""
+    table = {(e.vendor, e.product): e for e in BUILTIN}
+    for e in load(directory).devices:
+        if e.vendor is not None and e.busid is None and e.serial is None:
+            table[(e.vendor, e.product)] = e
+    return table

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import logging
 
+from ..core.service import EthernetService
+from ..core.stats import Stats
+from ..netdev.tap import TapError
+from ..protocols import NoDriver, choose
+from ..protocols.devices import ConfigError
+from ..protocols.driver import Options
+from ..usb.transport import TransportError
 from . import config
 from .control import AlreadyRunning
 from .daemon import Daemon
-from .devices import ConfigError
 from .discovery import BadDevice, DeviceSpec, open_usb
-from .protocols import NoDriver, choose
-from .protocols.base import Options
-from .service import EthernetService
-from .stats import Stats
-from .tap import TapError
-from .transport import TransportError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def run_device(spec: DeviceSpec, control_path: str | None, ifname: str | None = 
     try:
         settings = config.load()  # first: a bad configuration must stop us before anything is touched
         if spec.kind == "sim":
-            from .sim import SimTransport
+            from ..usb.sim import SimTransport
 
             transport = SimTransport(spec.sim, sim_peer, faults=dict(spec.sim_options))
         else:

@@ -12,8 +12,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..core.pool import Packet
 from .descriptors import Configuration
-from .pool import Packet
 
 # Completion callbacks. `ok` is False for an errored transfer; `cancelled` tells teardown from faults.
 RxCallback = Callable[[Packet, int, int], None]  # packet, status, actual length

@@ -20,12 +20,12 @@ import struct
 
 import pytun
 
+from ..core.pool import Packet
+from ..core.stats import Stats
+from ..protocols import cdc
+from ..protocols.ncm_codec import NtbBuilder, NtbDecoder, NtbParameters, TxLayout
 from .descriptors import Configuration, parse_configuration
-from .pool import Packet
-from .protocols import cdc
-from .protocols.ncm_codec import NtbBuilder, NtbDecoder, NtbParameters, TxLayout
 from .simfaults import SimFaults
-from .stats import Stats
 from .transport import (
     STATUS_CANCELLED,
     STATUS_OK,

@@ -18,11 +18,11 @@ import time
 
 import click
 
+from ..netdev.tap import validate_ifname
+from ..protocols.devices import PROTOCOLS, ConfigError
 from . import control, logs
 from . import systemd as sd
-from .devices import PROTOCOLS, ConfigError
 from .discovery import SYSFS_USB, BadDevice, DeviceSpec, list_devices, parse_device_spec, resolve_busid, sanitize
-from .tap import validate_ifname
 
 STATUS_FIELDS = ("busid", "ifname", "protocol", "link", "speed_mbps", "mac", "mtu", "rx_packets", "tx_packets",
                  "rx_bytes", "tx_bytes", "rx_errors", "tx_errors", "rx_dropped", "tx_dropped")

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from usb1 import libusb1
 
-from .pool import Packet
+from ..core.pool import Packet
 
 log = logging.getLogger(__name__)
 

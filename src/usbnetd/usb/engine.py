@@ -18,9 +18,9 @@ import time
 
 import usb1
 
+from ..core.pool import Packet
 from .bulk import ERROR_NO_DEVICE, BulkPipe, SubmitError
 from .descriptors import Configuration, parse_configuration
-from .pool import Packet
 from .transport import (
     STATUS_CANCELLED,
     STATUS_ERROR,

@@ -21,15 +21,15 @@ import os
 import time
 from array import array
 
-from .follow import LinkFollower
-from .gro import VNET_HDR_LEN, ZERO_HDR, Coalescer
+from ..netdev.gro import VNET_HDR_LEN, ZERO_HDR, Coalescer
+from ..netdev.reconciler import LinkFollower
+from ..netdev.tap import Tap, TapError, mac_to_str
+from ..protocols import cdc
+from ..protocols.driver import LinkEvent, ProtocolDriver
+from ..usb.transport import STATUS_CANCELLED, STATUS_NO_DEVICE, STATUS_OK, STATUS_STALL, Transport
 from .pool import TX, Packet, PacketBufferPool
-from .protocols import cdc
-from .protocols.base import LinkEvent, ProtocolDriver
 from .queues import RingQueue
 from .stats import Stats
-from .tap import Tap, TapError, mac_to_str
-from .transport import STATUS_CANCELLED, STATUS_NO_DEVICE, STATUS_OK, STATUS_STALL, Transport
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from .descriptors import parse_descriptor_blob
-from .devices import load_table
-from .protocols import NoDriver, choose
-from .simfaults import parse_options as parse_sim_options
+from ..protocols import NoDriver, choose
+from ..usb.descriptors import parse_descriptor_blob
+from ..usb.simfaults import parse_options as parse_sim_options
+from .config import load_table
 
 SYSFS_USB = "/sys/bus/usb/devices"
 _BUSID = re.compile(r"^[1-9][0-9]{0,2}-[1-9][0-9]{0,2}(\.[1-9][0-9]{0,2}){0,6}$")
@@ -185,7 +185,7 @@ def open_usb(spec: DeviceSpec):
     """Open the device with libusb; returns (context, LibusbTransport). Raises BadDevice when absent."""
     import usb1
 
-    from .engine import LibusbTransport, busid_of
+    from ..usb.engine import LibusbTransport, busid_of
 
     context = usb1.USBContext()
     try:

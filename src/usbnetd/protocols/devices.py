@@ -48,13 +48,3 @@ BUILTIN: tuple[DeviceEntry, ...] = (
                 note="Realtek RTL8156, old firmware repeats NETWORK_CONNECTION every 32 ms"),
 )
 
-
-def load_table(directory: str | None = None) -> dict[tuple[int, int], DeviceEntry]:
-    """VID:PID -> entry, built-in first, then the configuration files' (for listing)."""
-    from .config import load
-
-    table = {(e.vendor, e.product): e for e in BUILTIN}
-    for e in load(directory).devices:
-        if e.vendor is not None and e.busid is None and e.serial is None:
-            table[(e.vendor, e.product)] = e
-    return table

@@ -15,9 +15,9 @@ import signal
 import socket
 import time
 
+from ..core.service import EthernetService, State
 from .control import ControlServer
 from .notify import Notifier
-from .service import EthernetService, State
 
 log = logging.getLogger(__name__)
 
