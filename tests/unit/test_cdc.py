@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from usbnetd.core.stats import Stats
+from usbnetd.netdev.tap import mac_to_str
 from usbnetd.protocols import cdc
 
 # Hand-written from CDC 1.2 / ECM 1.2 / NCM 1.0 functional descriptor layouts.
@@ -140,8 +141,8 @@ def test_random_local_mac() -> None:
     assert len(seen) > 190
 
 
-def test_format_mac() -> None:
-    assert cdc.format_mac(bytes.fromhex("0200deadbeef")) == "02:00:de:ad:be:ef"
+def test_mac_to_str() -> None:
+    assert mac_to_str(bytes.fromhex("0200deadbeef")) == "02:00:de:ad:be:ef"
 
 
 # --- filters ------------------------------------------------------------------------------------------

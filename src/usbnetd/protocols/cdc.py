@@ -1,7 +1,16 @@
 """CDC (Communications Device Class) numbers, class-specific descriptor parsing and notifications.
 
-Shared by the ECM, NCM, EEM, subset and RNDIS drivers. Written from the CDC 1.2 / ECM 1.2 / NCM 1.0 specs
-(see docs and /work/shared/protocol-facts.md); nothing here talks to USB.
+Shared by the ECM, NCM, EEM, subset and RNDIS drivers; nothing here talks to USB. Written from the specs:
+- USB CDC 1.2 (CDC120): class, subclass and protocol codes, the class-specific descriptor types (§5.2.3:
+  Header, Union), SEND_ENCAPSULATED_COMMAND / GET_ENCAPSULATED_RESPONSE and the notification header (§6);
+- CDC ECM 1.2 (ECM120): the Ethernet Networking functional descriptor (§5.4), the Ethernet requests and
+  packet filter bits (§6.2: SetEthernetMulticastFilters, SetEthernetPacketFilter, GetEthernetStatistic), the
+  NetworkConnection and ConnectionSpeedChange notifications (§6.3);
+- CDC NCM 1.0 (NCM10): the NCM functional descriptor and bmNetworkCapabilities (§5.2.1), the NCM requests
+  (§6.2: GetNtbParameters §6.2.1 ... SetCrcMode §6.2.11).
+Host behaviour taken as fact from the Linux drivers (drivers/net/usb/usbnet.c, cdc_ether.c, cdc_ncm.c): a
+netdev keeps a random locally administered MAC when the iMACAddress string is not 12 hex digits; a
+ConnectionSpeedChange may arrive as its 8-byte header alone, with the 8 data bytes in the next transfer.
 
 Tolerance: everything that parses bytes coming from a device (`parse_cdc_functional`,
 `NotificationParser.feed`) never raises on malformed input; it counts and ignores.
@@ -296,11 +305,6 @@ def random_local_mac() -> bytes:
     mac = bytearray(os.urandom(6))
     mac[0] = (mac[0] & 0xFC) | 0x02
     return bytes(mac)
-
-
-def format_mac(mac: bytes) -> str:
-    """aa:bb:cc:dd:ee:ff"""
-    return ":".join(f"{b:02x}" for b in mac)
 
 
 # ========================================================================================================
