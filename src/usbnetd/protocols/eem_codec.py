@@ -1,7 +1,8 @@
 """CDC EEM (Ethernet Emulation Model 1.0) codec: the packet stream in both directions.
 
-Written from the CDC EEM 1.0 facts in /work/shared/protocol-facts.md. An EEM bulk transfer is a sequence of
-EEM packets, each a 2-byte little-endian header followed by its payload::
+Written from USB CDC EEM 1.0 (EEM100: the EEM packet header, data and command packets, the zero-length EEM
+packet); host behaviour taken as fact from Linux's drivers/net/usb/cdc_eem.c. An EEM bulk transfer is a
+sequence of EEM packets, each a 2-byte little-endian header followed by its payload::
 
     bit 15  bmType      0 = data packet, 1 = command packet
     data packet:

@@ -1,7 +1,12 @@
 """CDC-NCM transfer block (NTB) codec: NTB16 and NTB32, both directions.
 
-Written from the NCM 1.0 spec facts in /work/shared/protocol-facts.md. Direction-neutral: the host driver
-builds OUT NTBs and decodes IN NTBs, the simulated device does the opposite with the same classes.
+Written from USB CDC NCM 1.0 (NCM10): NTH16/NTH32 §3.2 (§3.2.1, §3.2.2), NDP16/NDP32 §3.3 (§3.3.1, §3.3.2),
+the NTB parameter structure of GetNtbParameters §6.2.1 (Table 6-3), NTB formats §6.2.5 and input sizes
+§6.2.7 (at least 2048 bytes). Where the spec leaves a choice (datagrams per NTB when the device says "no
+limit", how many NDPs to follow, padding, fall-backs for odd divisors), the host behaviour of Linux's
+drivers/net/usb/cdc_ncm.c is taken as fact, so devices that work there keep working here. Direction-neutral:
+the host driver builds OUT NTBs and decodes IN NTBs, the simulated device does the opposite with the same
+classes.
 
 Wire layout (all little endian)::
 
@@ -216,8 +221,8 @@ class TxLayout:
           fit in an NDP16 of the chosen size.
         - max_size: min(device max, max_size_cap, 0xFFFF for NTB16). If that is below the device's max
           and a multiple of maxpacket, it is bumped by one byte, so that even a full NTB ends in a short
-          packet and never needs a zero-length packet (protocol-facts: Linux bumps tx_max the same way,
-          only when it is not the device's own maximum, so the device limit is never exceeded). An NTB of
+          packet and never needs a zero-length packet (Linux's cdc_ncm.c bumps tx_max the same way, only
+          when it is not the device's own maximum, so the device limit is never exceeded). An NTB of
           exactly the device's dwNtbOutMaxSize needs no ZLP: the device stops at its maximum.
         Raises ValueError when the result cannot carry even one frame.
         """

@@ -1,8 +1,15 @@
 """RNDIS (MS-RNDIS 1.0) codec: control messages (setup path) and PACKET_MSG data framing (hot path).
 
-Written from the MS-RNDIS 1.0 facts in /work/shared/protocol-facts.md and the spec's message layouts. Both
-directions: the host driver builds INITIALIZE/QUERY/SET/HALT/KEEPALIVE_CMPLT and parses the completions and
-indications; a simulated device can use the device-side builders and parse what the host sends.
+Written from Microsoft's open specification [MS-RNDIS] (Remote Network Driver Interface Specification
+(RNDIS) Protocol, protocol version 1.0): message types and status values §2.2.1, INITIALIZE §2.2.2, HALT
+§2.2.3, QUERY §2.2.4, SET §2.2.5, RESET §2.2.6, INDICATE_STATUS §2.2.7, KEEPALIVE §2.2.8, the completions
+§2.2.9-§2.2.13 and PACKET_MSG §2.2.14; control messages travel over the CDC encapsulated-command requests of
+USB CDC 1.2 (CDC120 §6.2). OID numbers are the NDIS ones the Microsoft Remote NDIS OID pages list (the same
+values as Linux's include/linux/rndis.h). Host behaviour taken as fact from Linux's
+drivers/net/usb/rndis_host.c and the gadget's drivers/usb/gadget/function/rndis.c (control buffer size, what
+the gadget answers). Both directions: the host driver builds INITIALIZE/QUERY/SET/HALT/KEEPALIVE_CMPLT and
+parses the completions and indications; a simulated device can use the device-side builders and parse what
+the host sends.
 
 Wire layout (all fields little-endian 32-bit words)::
 
