@@ -432,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if ns.profile:
             out_dir = os.path.dirname(os.path.abspath(ns.json)) if ns.json else tempfile.mkdtemp()
+            os.makedirs(out_dir, exist_ok=True)  # py-spy writes its raw stacks there before the JSON exists
             data["mode"] = "profile"
             data["profile"] = profile(ns.profile, out_dir, cpus)
             data["elapsed_s"] = round(time.monotonic() - started, 1)
