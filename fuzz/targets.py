@@ -315,9 +315,9 @@ def check_rndis_control(data: bytes) -> None:
     binding = Binding(1, 0, 1, 0, _EP_IN, _EP_OUT, None, None)
     rec = _Recorder()
     drv = RndisDriver(rec, binding, stats, Options())  # type: ignore[arg-type]
-    links: list = []
-    drv.on_link = links.append
     drv._response(STATUS_OK, data)
+    if len(drv.events) > 1:  # one response carries at most one indication
+        raise ContractError(f"one response queued {len(drv.events)} link events")
     # Nothing, or the single zero byte MS-RNDIS sends when no response is queued, is not counted; every other
     # rejection is, a single non-zero byte included.
     want = 1 if must_reject and data not in (b"", b"\x00") else 0

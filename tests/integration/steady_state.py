@@ -70,9 +70,9 @@ def main(kind: str, rounds: int) -> None:
                 pass
 
     pump(200)  # warm-up: every list, ring and ctypes cache reaches its final size
-    # The link follower's reconcile runs on a clock (follow.PERIOD), not per frame: kept out of the frames'
+    # The link follower's reconcile runs on a clock (reconciler.PERIOD), not per frame: kept out of the frames'
     # window so that the two are measured apart (the follower below).
-    svc.follower.next_check = float("inf")
+    svc.link.reconciler.next_check = float("inf")
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     rx0, tx0 = svc.stats.rx_packets, svc.stats.tx_packets
@@ -83,7 +83,7 @@ def main(kind: str, rounds: int) -> None:
               "peak_over_start": peak - before, "in_use_after_stop": None}
     # The follower on its own, as a long-lived instance runs it (one reconcile every 2 s, 43,200 a day): the
     # reconciles of many hours in a row, measured by tracemalloc and by the kernel's count of resident pages.
-    follower = svc.follower
+    follower = svc.link.reconciler
     for _ in range(200):
         follower.reconcile()
     tracemalloc.start()

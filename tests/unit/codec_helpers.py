@@ -27,6 +27,22 @@ class Collector:
         return [bytes(self.view[o : o + n]) for o, n in self.spans]
 
 
+class ListSink:
+    """A driver's RxSink (the TAP port's two entry points) that keeps copies of the frames, in order."""
+
+    def __init__(self, view: bytes | bytearray | memoryview | None = None) -> None:
+        self.view = view  # the transfer rx_decode is given; emit's offsets are into it
+        self.frames: list[bytes] = []
+        self.delivered = 0  # frames that came through deliver() (from a buffer of the driver's own)
+
+    def emit(self, off: int, n: int) -> None:
+        self.frames.append(bytes(self.view[off : off + n]))
+
+    def deliver(self, view: memoryview, off: int, n: int) -> None:
+        self.delivered += 1
+        self.frames.append(bytes(view[off : off + n]))
+
+
 def frame(n: int, tag: int) -> bytes:
     """An Ethernet-looking frame of n bytes whose content identifies it."""
     return bytes((tag + i) & 0xFF for i in range(n))

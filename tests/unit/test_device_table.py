@@ -6,6 +6,7 @@ import pytest
 
 from usbnetd.app.config import load_table
 from usbnetd.protocols.devices import ConfigError
+from usbnetd.protocols.driver import Quirk
 
 
 def write(tmp_path, text: str, name: str = "usbnetd.toml"):
@@ -25,7 +26,7 @@ def test_entries_from_main_file_and_conf_d_override_in_order(tmp_path):
     write(tmp_path, '[[device]]\nid = "1234:ABCD"\nprotocol = "subset"\nquirks = ["no-packet-filter"]\n'
           'note = "vendor-class geth"\n', "conf.d/10-lab.toml")
     e = load_table(str(tmp_path))[(0x1234, 0xABCD)]
-    assert (e.protocol, e.configuration, e.quirks, e.note) == ("subset", None, {"no-packet-filter"},
+    assert (e.protocol, e.configuration, e.quirks, e.note) == ("subset", None, Quirk.NO_PACKET_FILTER,
                                                                "vendor-class geth")
 
 
@@ -34,6 +35,8 @@ def test_entries_from_main_file_and_conf_d_override_in_order(tmp_path):
     ('[[device]]\nid = "1234:abcd"\nprotocol = "wifi"\n', "device[0].protocol: 'wifi' is not one of"),
     ('[[device]]\nid = "1234:abcd"\nconfiguration = 0\n', "device[0].configuration: 0 is not in 1..255"),
     ('[[device]]\nid = "1234:abcd"\nquirks = ["fast"]\n', "device[0].quirks: unknown quirk 'fast'"),
+    ('[[device]]\nid = "1234:abcd"\nquirks = ["ignore-repeated-link"]\n',
+     "device[0].quirks: quirk 'ignore-repeated-link' is gone: acting only on link changes"),
     ('[[device]]\nid = "1234:abcd"\ncolour = 1\n', "device[0]: unknown key 'colour'"),
     ('device = 3\n', "device: must be an array of tables"),
     ('[[device]\n', "not valid TOML"),

@@ -3,6 +3,8 @@ transfer ahead of frames, and frames around the command still reach the stack.""
 
 from __future__ import annotations
 
+from codec_helpers import ListSink
+
 from usbnetd.core.pool import TX, PacketBufferPool
 from usbnetd.core.stats import Stats
 from usbnetd.protocols import eem_codec as ec
@@ -20,17 +22,16 @@ def make() -> EemDriver:
 
 def test_echo_is_answered_and_frames_pass():
     d = make()
-    kicks = []
-    d.kick_tx = lambda: kicks.append(1)
     frame = bytes(range(14)) + b"payload" * 10
     stream = ec.data_packet(frame) + ec.echo(b"are you there?") + ec.data_packet(frame[::-1])
     buf = bytearray(d.rx_size * 2)
     buf[: len(stream)] = stream
     view = memoryview(buf)
-    got = []
-    assert d.rx_decode(view, len(stream), lambda off, ln: got.append(bytes(view[off : off + ln]))) == 2
-    assert got == [frame, frame[::-1]]
-    assert kicks == [1] and d.stats.notifications == 1 and d.stats.rx_errors == 0
+    sink = ListSink(view)
+    assert d.rx_decode(view, len(stream), sink) == 2
+    assert sink.frames == [frame, frame[::-1]]
+    # The echo is queued for the data path (own_tx_pending), never sent from inside the decode.
+    assert d.own_tx_pending == 1 and d.stats.notifications == 1 and d.stats.rx_errors == 0
 
     pool = PacketBufferPool(2, d.tx_size)
     p = pool.allocate(TX)
@@ -39,6 +40,7 @@ def test_echo_is_answered_and_frames_pass():
     assert d.tx_count == 1
     n, zlp = d.tx_finish()
     assert bytes(p.view[:n]) == ec.echo_response(b"are you there?") and not zlp
+    assert d.own_tx_pending == 0
 
     d.tx_begin(p)  # the next transfer carries frames again
     off, room = d.tx_slot()
@@ -46,15 +48,14 @@ def test_echo_is_answered_and_frames_pass():
     p.view[off : off + len(frame)] = frame
     assert d.tx_commit(len(frame)) is True  # one EEM packet per transfer
     n, _ = d.tx_finish()
-    out = []
-    d.rx_decode(p.view, n, lambda o, ln: out.append(bytes(p.view[o : o + ln])))
-    assert out == [frame]
+    out = ListSink(p.view)
+    d.rx_decode(p.view, n, out)
+    assert out.frames == [frame]
 
 
 def test_echo_flood_is_bounded():
     d = make()
-    d.kick_tx = lambda: None
     stream = ec.echo(b"x") * 20
     view = memoryview(bytearray(stream))
-    d.rx_decode(view, len(stream), lambda off, ln: None)
+    d.rx_decode(view, len(stream), ListSink(view))
     assert len(d._echoes) == 8 and d.stats.notification_errors == 12

@@ -1,6 +1,7 @@
-"""gro.Coalescer: what it merges, what it must not, and the exact bytes of the super-frame it writes.
+"""GRO in the TAP port: what it merges, what it must not, what it verifies first, and the exact bytes of the
+super-frame it writes.
 
-The coalescer writes to a SOCK_SEQPACKET socket pair here, which keeps each writev as one message, so every
+The port writes to a SOCK_SEQPACKET socket pair here, which keeps each writev as one message, so every
 test sees exactly the frames the TAP would get (with their virtio_net_hdr), in order.
 """
 
@@ -12,7 +13,8 @@ import struct
 import pytest
 
 from usbnetd.core.stats import Stats
-from usbnetd.netdev.gro import ETH_IP, F_NEEDS_CSUM, GSO_TCPV4, VNET_HDR_LEN, ZERO_HDR, Coalescer
+from usbnetd.netdev.gro import ETH_IP, F_NEEDS_CSUM, GSO_TCPV4, VNET_HDR_LEN, ZERO_HDR, segment_verified
+from usbnetd.netdev.port import TapPort
 
 MAC_A = bytes.fromhex("020000000001")
 MAC_B = bytes.fromhex("020000000002")
@@ -51,9 +53,8 @@ class Harness:
         self.a, self.b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.b.setblocking(False)
         self.stats = Stats()
-        self.errors: list[OSError] = []
-        self.co = Coalescer(self.stats, self.errors.append)
-        self.co.fd = self.a.fileno()
+        self.port = TapPort(self.a.fileno(), self.stats, max_frame=1514, gro=True)
+        self.co = self.port.gro
 
     def feed(self, *frames: bytes) -> None:
         """Frames back to back in one buffer, as an NTB holds them, emitted in order, then flushed."""
@@ -62,10 +63,10 @@ class Harness:
         for f in frames:
             spans.append((len(buf) + 3, len(f)))  # an odd offset: datagrams need not be aligned
             buf += b"\xee" * 3 + f
-        self.co.view = memoryview(buf)
+        self.port.rx_begin(memoryview(buf))
         for off, n in spans:
-            self.co.emit(off, n)
-        self.co.flush()
+            self.port.emit(off, n)
+        self.port.rx_end()
 
     def messages(self) -> list[tuple[bytes, bytes]]:
         out = []
@@ -223,5 +224,54 @@ def test_a_failed_write_counts_every_frame_as_dropped(h):
     frames = [tcp_frame(i * 300, b"d" * 300) for i in range(3)]
     h.b.close()  # the reader is gone: the write fails
     h.feed(*frames)
+    # Counted once, by the port: three frames dropped (not four: the coalescer used to count them, then
+    # the service counted the failed write again).
     assert h.stats.rx_dropped == 3 and h.stats.rx_packets == 0
-    assert len(h.errors) == 1
+    assert h.port.write_errors.count == 1
+
+
+def test_a_failed_plain_write_counts_one_drop(h):
+    h.b.close()
+    h.feed(udp_frame(100))
+    assert h.stats.rx_dropped == 1 and h.port.write_errors.count == 1
+
+
+def corrupt(frame: bytes, at: int) -> bytes:
+    b = bytearray(frame)
+    b[at] ^= 0x5A
+    return bytes(b)
+
+
+def test_verification_accepts_good_segments_and_rejects_each_kind_of_damage():
+    good = tcp_frame(1, b"v" * 999)  # odd TCP length: the padded last word
+    view = memoryview(good)
+    src, dst = int.from_bytes(SRC, "big"), int.from_bytes(DST, "big")
+    tot = len(good) - 14
+    assert segment_verified(view, 0, tot, src, dst)
+    for at in (14 + 8, 14 + 12, 14 + 20, 14 + 20 + 16, len(good) - 1, len(good) - 500):
+        # TTL (IP header), source address (both sums), ports, the TCP check itself, the payload
+        assert not segment_verified(memoryview(corrupt(good, at)), 0, tot, src, dst), at
+
+
+@pytest.mark.parametrize("bad", [0, 1, 2, 3])
+@pytest.mark.parametrize("where", ["payload", "ip_header"])
+def test_a_corrupted_segment_is_never_merged_nor_marked(h, bad, where):
+    """The kernel's GRO verifies before it merges; so must we. The bad segment reaches the TAP on its own with
+    no flags (the stack then drops and counts it); the good ones around it may still merge."""
+    data = payloads(4)
+    frames, seq = [], 0
+    for p in data:
+        frames.append(tcp_frame(seq, p))
+        seq += len(p)
+    at = 14 + 20 + 20 + 500 if where == "payload" else 14 + 4  # a payload byte, or the IP ID (not a merge key)
+    frames[bad] = corrupt(frames[bad], at)
+    h.feed(*frames)
+    msgs = h.messages()
+    assert b"".join(m[1][54:] if m[0] != ZERO_HDR else m[1][54:14 + 40 + 1000] for m in msgs) == \
+        b"".join(f[54:] for f in frames), "order and bytes kept"
+    plain = [frame for hdr, frame in msgs if hdr == ZERO_HDR]
+    assert frames[bad] in plain, "the damaged segment goes out as it came, unmarked"
+    for hdr, frame in msgs:
+        if hdr != ZERO_HDR:
+            assert frames[bad][54:] not in frame, "a damaged segment inside a super-frame marked NEEDS_CSUM"
+    assert h.co.unverified == 1 and h.stats.rx_packets == 4

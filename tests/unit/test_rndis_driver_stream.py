@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from codec_helpers import ListSink
 
 from usbnetd.core.stats import Stats
 from usbnetd.protocols import rndis_codec as rc
@@ -27,15 +28,14 @@ def frames(n: int, seed: int) -> list[bytes]:
 
 
 def feed(d: RndisDriver, stream: bytes, chunk: int) -> list[bytes]:
-    got: list[bytes] = []
-    d.deliver = lambda view, off, ln: got.append(bytes(view[off : off + ln]))
+    sink = ListSink()
     for pos in range(0, len(stream), chunk):
         buf = bytearray(chunk)
         part = stream[pos : pos + chunk]
         buf[: len(part)] = part
-        view = memoryview(buf)
-        d.rx_decode(view, len(part), lambda off, ln, v=view: got.append(bytes(v[off : off + ln])))
-    return got
+        sink.view = memoryview(buf)
+        d.rx_decode(sink.view, len(part), sink)
+    return sink.frames
 
 
 @pytest.mark.parametrize("chunk", [512, 1024, 1600, 4096, 16384])
@@ -61,9 +61,8 @@ def _msg(frame: bytes) -> bytes:
 def test_short_transfer_ending_mid_message_is_an_error_not_a_carry():
     d = driver(16384)
     msg = _msg(bytes(range(256)) * 4)
-    got: list[bytes] = []
-    d.deliver = lambda view, off, ln: got.append(b"carried")
     view = memoryview(bytearray(msg[:600]) + bytearray(16384 - 600))
-    d.rx_decode(view, 600, lambda off, ln: got.append(b"frame"))
-    assert got == [] and d.stats.rx_errors == 1 and d.stats.rx_frame_errors == 1
+    sink = ListSink(view)
+    d.rx_decode(view, 600, sink)
+    assert sink.frames == [] and d.stats.rx_errors == 1 and d.stats.rx_frame_errors == 1
     assert d._carry_len == 0

@@ -63,7 +63,7 @@ def test_keepalive_answered_then_unanswered():
     assert d.poll(now + KEEPALIVE_TIMEOUT - 0.5) is None  # still within the timeout
     why = d.poll(now + KEEPALIVE_TIMEOUT)
     assert why and "stopped answering" in why
-    d.deactivate()
+    d.unbind()
     assert not t.sync_sent  # no HALT to a device that stopped answering
 
 
@@ -92,10 +92,10 @@ def test_a_completion_for_another_request_does_not_count():
 
 def test_no_halt_when_initialize_never_completed():
     d, t = driver()
-    d.deactivate()
+    d.unbind()
     assert not t.sync_sent
     d._initialized = True
-    d.deactivate()
+    d.unbind()
     assert sent_types(t.sync_sent) == [rc.HALT_MSG]
 
 

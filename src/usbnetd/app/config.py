@@ -44,7 +44,7 @@ import tomllib
 from dataclasses import dataclass, field, replace
 
 from ..netdev.tap import IFNAMSIZ, validate_ifname
-from ..protocols.devices import BUILTIN, PROTOCOLS, QUIRKS, ConfigError, DeviceEntry
+from ..protocols.devices import BUILTIN, PROTOCOLS, ConfigError, DeviceEntry, parse_quirks
 from .control import resolve_group
 
 _ID = re.compile(r"^([0-9a-fA-F]{4}):([0-9a-fA-F]{4})$")
@@ -167,10 +167,10 @@ def _device(path: str, i: int, raw: object) -> DeviceEntry:
     protocol = r.get("protocol", str)
     if protocol is not None and protocol not in PROTOCOLS:
         raise r.fail("protocol", f"{protocol!r} is not one of {', '.join(PROTOCOLS)}")
-    quirks = r.get("quirks", list, [])
-    for q in quirks:
-        if not isinstance(q, str) or q not in QUIRKS:
-            raise r.fail("quirks", f"unknown quirk {q!r} (known: {', '.join(sorted(QUIRKS))})")
+    try:
+        quirks = parse_quirks(r.get("quirks", list, []))
+    except ValueError as exc:
+        raise r.fail("quirks", str(exc)) from None
     ifname = r.get("ifname", str)
     if ifname is not None and validate_ifname(ifname):
         raise r.fail("ifname", validate_ifname(ifname))
@@ -182,7 +182,7 @@ def _device(path: str, i: int, raw: object) -> DeviceEntry:
             raise r.fail("mac", f"{mac} is a multicast address")
     return DeviceEntry(
         vendor=vendor, product=product, busid=busid, serial=r.get("serial", str),
-        protocol=protocol, configuration=r.int_in("configuration", 1, 255), quirks=frozenset(quirks),
+        protocol=protocol, configuration=r.int_in("configuration", 1, 255), quirks=quirks,
         note=r.get("note", str, ""), ifname=ifname, mac=bytes.fromhex(mac.replace(":", "")) if mac else None,
         mtu=r.int_in("mtu", *MTU_RANGE), auto_attach=r.get("auto_attach", bool, False),
     )

@@ -81,9 +81,9 @@ class Daemon:
 
     def _status_line(self) -> str:
         svc = self.service
-        speed = f", {svc.speed_mbps} Mbit/s" if svc.speed_mbps is not None else ""
-        return (f"{svc.driver.name} on {svc.transport.identity.busid}: {getattr(svc, 'ifname', '?')}, "
-                f"link {'up' if svc.link else 'down'}{speed}")
+        speed = f", {svc.link.speed_mbps} Mbit/s" if svc.link.speed_mbps is not None else ""
+        return (f"{svc.driver.name} on {svc.transport.identity.busid}: {svc.ifname or '?'}, "
+                f"link {'up' if svc.link.up else 'down'}{speed}")
 
     def _loop(self) -> None:
         svc = self.service
@@ -101,7 +101,7 @@ class Daemon:
         notifier = self.notifier
         watchdog = notifier.watchdog_interval()
         next_ping = time.monotonic() if watchdog else None
-        link = (svc.link, svc.speed_mbps)
+        link = (svc.link.up, svc.link.speed_mbps)
         while self.stop_reason is None:
             if svc.device_gone:
                 self.stop_reason = "device disappeared"
@@ -110,8 +110,8 @@ class Daemon:
                 self.stop_reason = "interface deleted from outside"
                 self.failed = f"interface {svc.ifname} was deleted from outside"
                 break
-            if (svc.link, svc.speed_mbps) != link:
-                link = (svc.link, svc.speed_mbps)
+            if (svc.link.up, svc.link.speed_mbps) != link:
+                link = (svc.link.up, svc.link.speed_mbps)
                 notifier.status(self._status_line())
             if next_ping is not None and time.monotonic() >= next_ping:
                 # The loop is turning and the service is running (checked below): that is our health.

@@ -14,7 +14,7 @@ from ..core.stats import Stats
 from ..netdev.tap import TapError
 from ..protocols import NoDriver, choose
 from ..protocols.devices import ConfigError
-from ..protocols.driver import Options
+from ..protocols.driver import Options, Quirk
 from ..usb.transport import TransportError
 from . import config
 from .control import AlreadyRunning
@@ -62,7 +62,7 @@ def run_device(spec: DeviceSpec, control_path: str | None, ifname: str | None = 
         options = Options(
             ntb32=ntb32 if ntb32 is not None else settings.ntb32,
             rx_size=settings.rx_ntb_size, tx_size=settings.tx_ntb_size,
-            quirks=entry.quirks if entry else frozenset(),
+            quirks=entry.quirks if entry else Quirk.NONE,
         )
         driver = driver_cls(transport, binding, Stats(), options)
 

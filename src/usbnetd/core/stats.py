@@ -6,6 +6,11 @@ allocation); everything else reads them through `as_dict()`.
 
 from __future__ import annotations
 
+import logging
+import time
+
+log = logging.getLogger(__name__)
+
 COUNTERS = (
     "rx_packets",
     "tx_packets",
@@ -18,7 +23,6 @@ COUNTERS = (
     # finer causes; each also counts in rx_errors/tx_errors where it is an error
     "rx_length_errors",  # a datagram or frame whose length is impossible
     "rx_frame_errors",  # a malformed transfer (bad signature, bad header, bad NDP chain)
-    "rx_over_errors",  # the TAP would not take a frame (queue full)
     "tx_aborted_errors",  # a bulk OUT transfer that failed or was cancelled
     "rx_usb_errors",  # a bulk IN transfer that completed with an error status
     "notifications",
@@ -35,3 +39,24 @@ class Stats:
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in COUNTERS}
+
+
+class BurstLog:
+    """Log an error once per burst: the first occurrence, then a summary at most every `interval` seconds.
+
+    Untrusted input (a device, the TAP) can fail every frame; the counters say how often, the log says once.
+    """
+
+    def __init__(self, what: str, interval: float = 5.0, logger: logging.Logger = log) -> None:
+        self.what = what
+        self.interval = interval
+        self.count = 0
+        self._last = float("-inf")
+        self._log = logger
+
+    def hit(self, detail: object = "") -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self._log.warning("%s (%s); %d so far", self.what, detail, self.count)
+            self._last = now

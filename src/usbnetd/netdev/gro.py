@@ -1,4 +1,4 @@
-"""Receive coalescing (GRO) towards the TAP: a run of TCP/IPv4 segments of one flow written as one frame.
+"""Receive coalescing (GRO) towards the TAP: a run of verified TCP/IPv4 segments of one flow as one frame.
 
 The kernel's usbnet hands every received frame to the stack on its own (netif_rx, no GRO). A TAP opened with
 IFF_VNET_HDR takes a `struct virtio_net_hdr` in front of each frame, and with gso_type TCPV4 it takes one
@@ -11,20 +11,33 @@ merged: the same Ethernet header, IPv4 without options or fragmentation, the sam
 ports, ACK number and TCP option bytes, contiguous sequence numbers, only ACK (PSH allowed on the last), all
 segments as long as the first except a shorter last one. Anything else is written on its own, in order.
 
+**Nothing unverified is marked valid.** The super-frame's header asks for CHECKSUM_PARTIAL (NEEDS_CSUM over
+the TCP header), which a local receiver takes as "payload verified", as it does for hardware GRO. So, as
+the kernel's own GRO does before it merges, every segment that goes into a super-frame has had its IPv4
+header checksum (RFC 791) and its TCP checksum over pseudo-header, header and payload (RFC 793 §3.1)
+verified first. A segment that fails goes to the TAP on its own with a zero header (no flags): the stack
+verifies it, drops it and counts it (TcpInCsumErrors / InCsumErrors), as it would from any NIC.
+
 The super-frame is the first segment's headers with the IP total length (and header checksum) for the
 whole run, followed by the other segments' payloads straight from the transfer buffer (writev, no copy).
-The header asks for CHECKSUM_PARTIAL (NEEDS_CSUM over the TCP header): a local receiver then takes the
-payload as verified, as it does for hardware GRO, and if the kernel forwards the frame it segments it and
-completes each checksum from the pseudo-header sum left in the TCP check field (virtio-net's convention).
+If the kernel forwards it, it segments it and completes each checksum from the pseudo-header sum left in
+the TCP check field (virtio-net's convention).
+
+The coalescer decides; the TAP port (port.py) writes and counts. `emit(offset, length)` takes one frame of
+`self.view`; `flush()` must run before the buffers the collected frames lie in are reused.
 """
 
 from __future__ import annotations
 
-import os
 import struct
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .port import TapPort
 
 VNET_HDR_LEN = 10  # sizeof(struct virtio_net_hdr): no mergeable-buffers field
 F_NEEDS_CSUM = 1  # VIRTIO_NET_HDR_F_NEEDS_CSUM
+F_DATA_VALID = 2  # VIRTIO_NET_HDR_F_DATA_VALID
 GSO_TCPV4 = 1  # VIRTIO_NET_HDR_GSO_TCPV4
 ZERO_HDR = bytes(VNET_HDR_LEN)  # a plain frame: no GSO, checksums as they are (the stack verifies them)
 
@@ -42,6 +55,7 @@ MAX_SEGMENTS = 64
 # link's frames in the other direction, nothing worth merging, and the header parse would only cost them.
 MIN_CANDIDATE = 256
 ACK, PSH = 0x10, 0x08
+IPPROTO_TCP = 6
 
 
 def _fold(s: int) -> int:
@@ -49,25 +63,44 @@ def _fold(s: int) -> int:
     return (s & 0xFFFF) + (s >> 16)
 
 
-class Coalescer:
-    """Collect frames with `emit()`; `flush()` before the buffers they lie in are reused. Counts into `stats`."""
+def segment_verified(view: memoryview, off: int, tot: int, src: int, dst: int) -> bool:
+    """True when the IPv4 header at view[off + 14:] and its TCP segment (`tot` bytes of IP in all) carry
+    correct checksums.
 
-    def __init__(self, stats, on_error) -> None:
-        self.stats = stats
-        self.on_error = on_error  # called with the OSError of a failed write (counted as dropped here)
-        self.fd = -1
+    RFC 1071: a block with a correct checksum sums (one's complement, 16-bit words) to 0xFFFF. Because
+    2**16 = 1 (mod 0xFFFF), the block read as one big-endian integer is congruent to that sum modulo 0xFFFF,
+    so `int.from_bytes(...) % 0xFFFF == 0` is the check, done in C over the whole segment. (An all-zero sum
+    would also pass, but cannot occur: the version byte and the pseudo-header's protocol are never zero.)
+    """
+    if int.from_bytes(view[off + 14 : off + ETH_IP], "big") % 0xFFFF:
+        return False
+    tcp_len = tot - 20
+    seg = int.from_bytes(view[off + ETH_IP : off + 14 + tot], "big")
+    if tcp_len & 1:
+        seg <<= 8  # an odd last byte is the high half of a word padded with zero
+    # Pseudo-header: source, destination, protocol, TCP length; 32-bit addresses fold the same way mod 0xFFFF.
+    return (seg + src + dst + IPPROTO_TCP + tcp_len) % 0xFFFF == 0
+
+
+class Coalescer:
+    """Collects TCP segments of one flow; hands super-frames and every other frame to the port to write."""
+
+    def __init__(self, port: TapPort) -> None:
+        self.port = port
         self.view: memoryview | None = None  # the buffer `emit` offsets are in (the RX transfer being decoded)
         self._hdr = bytearray(VNET_HDR_LEN)
         self._iov: list = [self._hdr]
         self._n = 0
+        self._verified = False  # the run's first segment has been verified (done when a second one joins)
         self.superframes = 0  # super-frames written
         self.merged = 0  # segments that went out inside one
+        self.unverified = 0  # segments that would have merged but failed checksum verification
 
     def emit(self, off: int, length: int) -> None:
         """The decoders' emit callback: one frame at `self.view[off:off + length]`."""
         view = self.view
         if (length >= MIN_CANDIDATE and view[off + 12] == 8 and view[off + 13] == 0 and view[off + 14] == 0x45
-                and view[off + 23] == 6):
+                and view[off + 23] == IPPROTO_TCP):
             (mac_a, mac_b, _, _, tos, tot, _, frag, ttl, _, _, src, dst, sport, dport, seq, ack, doff,
              flags) = _HEAD.unpack_from(view, off)
             thl = (doff >> 4) * 4
@@ -80,6 +113,18 @@ class Coalescer:
                             and self._n < MAX_SEGMENTS
                             and (mac_a, mac_b, tos, ttl, src, dst, sport, dport) == self._key
                             and (thl == 20 or view[off + 54 : off + ETH_IP + thl] == self._opts)):
+                        if not self._verified:
+                            if not segment_verified(self._view, self._off, self._ip_len, src, dst):
+                                self._unverified_first()
+                                self._start(view, off, length, thl, payload, ack, seq, tot, flags,
+                                            (mac_a, mac_b, tos, ttl, src, dst, sport, dport))
+                                return
+                            self._verified = True
+                        if not segment_verified(view, off, tot, src, dst):
+                            self.unverified += 1
+                            self.flush()
+                            self.port.write_frame(view[off : off + length], length)
+                            return
                         start = off + ETH_IP + thl
                         self._iov.append(view[start : start + payload])
                         self._n += 1
@@ -91,31 +136,31 @@ class Coalescer:
                             self._psh |= flags & PSH
                         return
                     self.flush()
-                self._view, self._off, self._thl, self._mss, self._ack = view, off, thl, payload, ack
-                self._key = (mac_a, mac_b, tos, ttl, src, dst, sport, dport)
-                self._opts = view[off + 54 : off + ETH_IP + thl] if thl > 20 else None
-                self._next_seq = (seq + payload) & 0xFFFFFFFF
-                self._ip_len = tot
-                self._bytes = length
-                self._psh = flags & PSH
-                self._closed = bool(self._psh)
-                self._iov.append(view[off : off + 14 + tot])
-                self._n = 1
+                self._start(view, off, length, thl, payload, ack, seq, tot, flags,
+                            (mac_a, mac_b, tos, ttl, src, dst, sport, dport))
                 return
         if self._n:
             self.flush()
-        self._write_plain(view[off : off + length], length)
+        self.port.write_frame(view[off : off + length], length)
 
-    def _write_plain(self, frame: memoryview, length: int) -> None:
-        try:
-            os.writev(self.fd, (ZERO_HDR, frame))
-        except OSError as exc:
-            self.stats.rx_dropped += 1
-            self.on_error(exc)
-            return
-        stats = self.stats
-        stats.rx_packets += 1
-        stats.rx_bytes += length
+    def _start(self, view: memoryview, off: int, length: int, thl: int, payload: int, ack: int, seq: int,
+               tot: int, flags: int, key: tuple) -> None:
+        self._view, self._off, self._thl, self._mss, self._ack = view, off, thl, payload, ack
+        self._key = key
+        self._opts = view[off + 54 : off + ETH_IP + thl] if thl > 20 else None
+        self._next_seq = (seq + payload) & 0xFFFFFFFF
+        self._ip_len = tot
+        self._bytes = length
+        self._psh = flags & PSH
+        self._closed = bool(self._psh)
+        self._verified = False
+        self._iov.append(view[off : off + 14 + tot])
+        self._n = 1
+
+    def _unverified_first(self) -> None:
+        """The run's first segment failed verification: it goes out alone and unmarked."""
+        self.unverified += 1
+        self.flush()
 
     def flush(self) -> None:
         n = self._n
@@ -124,8 +169,10 @@ class Coalescer:
         iov = self._iov
         self._n = 0
         if n == 1:
+            # A run of one is written as it came, with no flags: the stack verifies it.
             frame = iov.pop()
-            self._write_plain(frame, self._bytes)
+            self._view = self._opts = None
+            self.port.write_frame(frame, self._bytes)
             return
         view, off, ip_len = self._view, self._off, self._ip_len
         # IP total length for the whole run, and the header checksum over it (RFC 791: sum with the field 0).
@@ -137,19 +184,13 @@ class Coalescer:
             view[off + 47] |= PSH
         # CHECKSUM_PARTIAL: the check field holds the pseudo-header sum (addresses, protocol, TCP length).
         src, dst = self._key[4], self._key[5]
-        pseudo = _fold((src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 6 + ip_len - 20)
+        pseudo = _fold((src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + IPPROTO_TCP + ip_len - 20)
         struct.pack_into("!H", view, off + ETH_IP + TCP_CHECK, pseudo)
         _VNET.pack_into(self._hdr, 0, F_NEEDS_CSUM, GSO_TCPV4, ETH_IP + self._thl, self._mss, ETH_IP, TCP_CHECK)
         try:
-            os.writev(self.fd, iov)
-        except OSError as exc:
-            self.stats.rx_dropped += n
-            self.on_error(exc)
-        else:
-            self.stats.rx_packets += n
-            self.stats.rx_bytes += self._bytes
-            self.superframes += 1
-            self.merged += n
+            if self.port.write_superframe(iov, n, self._bytes):
+                self.superframes += 1
+                self.merged += n
         finally:
             del iov[1:]
             self._view = self._opts = None

@@ -1,7 +1,7 @@
-"""The interface follows the user: changes made with `ip link` reach the device.
+"""The link reconciler: changes the user makes to the interface with `ip link` reach the device.
 
 A raw NETLINK_ROUTE socket subscribed to link and address events is only a doorbell (drained, never
-parsed): on each ring, and every few seconds for multicast joins that raise no event, the follower reads
+parsed): on each ring, and every few seconds for multicast joins that raise no event, the reconciler reads
 the TAP's state back through the TAP's own rtnetlink socket (rtnl.py) and reconciles:
 
 - MTU: accepted when the device can carry the frames (NCM is told with SET_MAX_DATAGRAM_SIZE when it has
@@ -11,6 +11,9 @@ the TAP's state back through the TAP's own rtnetlink socket (rtnl.py) and reconc
 - Promiscuous / all-multicast counts and the exact multicast list (from /proc/net/dev_mcast, what the kernel
   holds for the TAP): the device's packet filter, plus SET_ETHERNET_MULTICAST_FILTERS when it has exact
   filters for the whole list.
+
+It knows the TAP and the driver, nothing of the service: what the service needs from it, it reads
+(`mac`, the address the interface has now; `gone`, the interface was deleted from outside).
 """
 
 from __future__ import annotations
@@ -18,8 +21,12 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from typing import TYPE_CHECKING
 
-from .tap import TapError
+from .tap import Tap, TapError
+
+if TYPE_CHECKING:
+    from ..protocols.driver import ProtocolDriver
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +51,19 @@ def multicast_list(ifindex: int, path: str = DEV_MCAST) -> list[bytes]:
     return sorted(out)
 
 
-class LinkFollower:
-    def __init__(self, service) -> None:
-        self.service = service
+class LinkReconciler:
+    def __init__(self, tap: Tap, driver: ProtocolDriver, device_mac: bytes) -> None:
+        self.tap = tap
+        self.driver = driver
+        self.device_mac = device_mac  # the address the device filters for (another one needs promiscuous)
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, socket.NETLINK_ROUTE)
         self.sock.bind((0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
-        tap = service.tap
         self.mtu = tap.mtu
         self.mac = tap.mac
+        self.gone = False  # the interface was deleted from outside: the instance must end
         self.filter: tuple | None = None
         self.next_check = 0.0
+        self.reconciles = 0
         self.reconcile()
 
     def fileno(self) -> int:
@@ -69,25 +79,21 @@ class LinkFollower:
             log.debug("netlink: %s", exc)
         self.reconcile()
 
-    def maybe_reconcile(self, now: float) -> None:
-        if now >= self.next_check:
-            self.reconcile()
-
     def reconcile(self) -> None:
         self.next_check = time.monotonic() + PERIOD
-        svc = self.service
-        tap = svc.tap
+        self.reconciles += 1
+        tap = self.tap
         try:
             st = tap.state()
         except Exception as exc:  # noqa: BLE001 - netlink trouble must not stop the data path
             if not tap.exists():
                 # Deleted from outside (`ip link del`): nothing can be delivered any more. End this instance
                 # with an error, so a supervisor (systemd's Restart=on-failure) brings up a fresh one.
-                svc.interface_gone = True
+                self.gone = True
                 return
             log.debug("could not read %s: %s", tap.name, exc)
             return
-        driver = svc.driver
+        driver = self.driver
         mtu = st["mtu"]
         if mtu is not None and mtu != self.mtu:
             reason = driver.change_mtu(mtu + 14)
@@ -103,8 +109,8 @@ class LinkFollower:
         mac = bytes.fromhex(st["mac"].replace(":", "")) if st["mac"] else None
         if mac is not None and mac != self.mac:
             log.info("%s: MAC %s -> %s: %s", tap.name, self.mac.hex(":"), mac.hex(":"), driver.change_mac(mac))
-            self.mac = tap.mac = svc.mac = mac
-        promisc = bool(st["promiscuity"]) or self.mac != svc.device_mac
+            self.mac = tap.mac = mac
+        promisc = bool(st["promiscuity"]) or self.mac != self.device_mac
         allmulti = bool(st["allmulti"])
         mc = multicast_list(tap.index)
         wanted = (promisc, allmulti, tuple(mc))

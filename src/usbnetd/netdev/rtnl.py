@@ -1,7 +1,7 @@
 """The TAP's link over rtnetlink on a socket of our own: look it up by name, read its state, change it.
 
 usbnetd needs four link operations: find an interface by name, read MTU, MAC and the promiscuous and
-all-multicast counts (the follower, every two seconds for the whole life of an instance, follow.py), and set
+all-multicast counts (the link reconciler, every two seconds for the whole life of an instance, reconciler.py), and set
 MTU, MAC and up. Each is one request and one reply (RTM_GETLINK / RTM_NEWLINK, linux/rtnetlink.h) into a
 preallocated buffer, parsing only the attributes we use.
 

@@ -2,7 +2,7 @@
 
 pytun creates the device (IFF_TAP | IFF_NO_PI: without NO_PI every frame carries a 4-byte prefix). Carrier is
 set with the TUNSETCARRIER ioctl on the TAP's own fd. Looking the interface up, MAC, MTU, up, and reading
-the state back (the follower, every two seconds) go through one rtnetlink socket of our own for the TAP's
+the state back (the link reconciler, every two seconds) go through one rtnetlink socket of our own for the TAP's
 life (rtnl.py says why not pyroute2).
 """
 

@@ -3,22 +3,49 @@
 Class matching (protocols.choose) handles every standards-compliant adapter; this table is for devices that
 need more: a vendor-class CDC-subset device that no class code identifies, a preferred protocol or
 configuration, or a quirk. The built-in entries are here; `[[device]]` tables in the configuration files
-(config.py) add to and override them — no code change needed for a new device.
+(app/config.py) add to and override them — no code change needed for a new device.
+
+Quirks are typed (`driver.Quirk`); the names here are what configuration files write. Acting only on link
+*changes* (some devices repeat NETWORK_CONNECTION every 32 ms) is what every device gets, not a quirk.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from .driver import Quirk
 
 PROTOCOLS = ("ncm", "ecm", "rndis", "eem", "subset")
 
-QUIRKS = {
-    "ntb32": "NCM: use 32-bit NTBs (for devices whose NTB16 support is broken)",
-    "ntb16": "NCM: never use NTB32 even when asked",
-    "no-packet-filter": "do not send SET_ETHERNET_PACKET_FILTER (devices that stall on it)",
-    "ignore-link": "ignore link notifications and keep carrier on (devices that report the link wrongly)",
-    "ignore-repeated-link": "act only on link changes (the default for every device; kept for documentation)",
+# Configuration name -> (quirk, what it does).
+QUIRKS: dict[str, tuple[Quirk, str]] = {
+    "ntb32": (Quirk.NTB32, "NCM: use 32-bit NTBs (for devices whose NTB16 support is broken)"),
+    "ntb16": (Quirk.NTB16, "NCM: never use NTB32 even when asked"),
+    "no-packet-filter": (Quirk.NO_PACKET_FILTER, "do not send SET_ETHERNET_PACKET_FILTER (devices that stall on it)"),
+    "ignore-link": (Quirk.IGNORE_LINK, "ignore link notifications and keep carrier on (devices that report the "
+                                       "link wrongly)"),
 }
+# Names that once were quirks, and why they are gone (a configuration naming one gets this as its error).
+RETIRED_QUIRKS = {
+    "ignore-repeated-link": "acting only on link changes is what every device gets; remove it",
+}
+
+
+def parse_quirks(names: list[str]) -> Quirk:
+    """Configuration names -> Quirk flags; ValueError (one line) for a name that is not a quirk."""
+    quirks = Quirk.NONE
+    for name in names:
+        if not isinstance(name, str) or name not in QUIRKS:
+            why = RETIRED_QUIRKS.get(name) if isinstance(name, str) else None
+            raise ValueError(f"quirk {name!r} is gone: {why}" if why else
+                             f"unknown quirk {name!r} (known: {', '.join(sorted(QUIRKS))})")
+        quirks |= QUIRKS[name][0]
+    return quirks
+
+
+def quirk_names(quirks: Quirk) -> list[str]:
+    return [name for name, (flag, _) in QUIRKS.items() if quirks & flag]
+
 
 class ConfigError(Exception):
     """A configuration file is wrong; the message names the file, the key and the reason."""
@@ -32,7 +59,7 @@ class DeviceEntry:
     product: int | None = None
     protocol: str | None = None
     configuration: int | None = None
-    quirks: frozenset[str] = field(default_factory=frozenset)
+    quirks: Quirk = Quirk.NONE
     note: str = ""
     busid: str | None = None
     serial: str | None = None
@@ -44,7 +71,8 @@ class DeviceEntry:
 
 # Built-in entries. Only facts verified against a device or its driver belong here.
 BUILTIN: tuple[DeviceEntry, ...] = (
-    DeviceEntry(0x0BDA, 0x8156, quirks=frozenset({"ignore-repeated-link"}),
-                note="Realtek RTL8156, old firmware repeats NETWORK_CONNECTION every 32 ms"),
+    # Its ECM/NCM configuration; old firmware repeats NETWORK_CONNECTION every 32 ms, which needs nothing
+    # (every device's link is acted on only when it changes).
+    DeviceEntry(0x0BDA, 0x8156, note="Realtek RTL8156"),
 )
 

@@ -1,16 +1,34 @@
-"""The protocol driver contract and the CDC plumbing ECM and NCM share.
+"""The protocol driver contract, and the CDC plumbing ECM and NCM share.
 
-A driver is small, like a Linux usbnet minidriver: it says whether a configuration is its kind (`match`),
-talks the class requests that bring the function up (`bind`, `activate`), frames TX in place inside a pool
-packet (`tx_*`), splits a received transfer into frames (`rx_decode`), turns notifications into link events,
-and programs filters. The Ethernet service owns everything else: queues, pool, TAP, the event loop.
+A driver is small, like a Linux usbnet minidriver (`struct driver_info`): one class per protocol, one file,
+plus a row in the device table when class matching is not enough. What it declares:
+
+- `name`, `flags` (`DriverFlag`: what the protocol lacks, so the service need not ask by name) and
+  `tx_headroom`;
+- `match(config)` -> `Binding`: is this configuration its kind, and where does the function live;
+- `bind()` (claim the interfaces, class requests: MAC, framing), `activate()` (data alt setting on),
+  `unbind()` (back to alt 0, RNDIS HALT), `poll(now)` (once a second: keepalives);
+- `status(view, length)` -> `LinkEvent | None`: one interrupt transfer (usbnet's `status` hook);
+- `rx_decode(view, length, sink)`: split one received transfer into frames, each handed to the sink
+  (`RxSink`, the TAP port: the one RX delivery point, usbnet's `usbnet_skb_return`);
+- the TX framer (`tx_begin`, `tx_slot`, `tx_commit`, `tx_count`, `tx_finish`: usbnet's `tx_fixup`, in place
+  inside a pool packet);
+- `change_mtu`, `change_mac`, `apply_filter`: the interface follows the user (netdev.reconciler calls them).
+
+A driver never calls into the service. What it must hand back outside a call's result goes into two queues
+the service drains after every wake-up: `events` (link changes found outside `status()`, RNDIS indications
+that arrive through a control transfer) and `own_tx_pending` (frames of the driver's own, EEM echo
+responses, which the data path sends through the normal TX path).
 """
 
 from __future__ import annotations
 
+import collections
+import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..core.pool import Packet
 from ..core.stats import Stats
@@ -21,6 +39,36 @@ from . import cdc
 log = logging.getLogger(__name__)
 
 Emit = Callable[[int, int], object]  # (offset, length) of one frame inside the received transfer
+
+
+class RxSink(Protocol):
+    """Where a driver's `rx_decode` puts frames: the TAP port (netdev.port), the one RX delivery point."""
+
+    def emit(self, offset: int, length: int) -> object:
+        """One frame inside the transfer being decoded (the `view` given to rx_decode)."""
+
+    def deliver(self, view: memoryview, offset: int, length: int) -> object:
+        """One frame from another buffer of the driver's (RNDIS: a message carried across two transfers)."""
+
+
+class Quirk(enum.Flag):
+    """Per-device deviations, named in the device table and configuration files (`devices.QUIRKS`)."""
+
+    NONE = 0
+    NTB32 = enum.auto()  # NCM: use 32-bit NTBs (devices whose NTB16 support is broken)
+    NTB16 = enum.auto()  # NCM: never use NTB32, even when asked
+    NO_PACKET_FILTER = enum.auto()  # never send SET_ETHERNET_PACKET_FILTER (devices that stall on it)
+    IGNORE_LINK = enum.auto()  # ignore link notifications, carrier stays on (devices that report it wrongly)
+
+
+class DriverFlag(enum.Flag):
+    """What a protocol has or lacks, declared once per driver (usbnet's FLAG_* bits in driver_info)."""
+
+    NONE = 0
+    # No link notification at all (EEM, the CDC subset): carrier follows the device's presence.
+    NO_LINK_STATE = enum.auto()
+    # No class requests, so no packet filter either (EEM, the subset): the device passes what it passes.
+    NO_CONTROL = enum.auto()
 
 
 @dataclass(frozen=True)
@@ -49,7 +97,7 @@ class Options:
     ntb32: bool | None = None  # None: the driver's choice
     rx_size: int | None = None  # NCM: requested NTB input size
     tx_size: int | None = None  # NCM: NTB output size cap
-    quirks: frozenset[str] = frozenset()  # names from devices.QUIRKS
+    quirks: Quirk = Quirk.NONE
 
 
 def bulk_alt(iface_alts: tuple[AltSetting, ...]) -> tuple[AltSetting, Endpoint, Endpoint] | None:
@@ -94,6 +142,7 @@ class ProtocolDriver:
     """Base class; subclasses set `name` and override what their framing needs."""
 
     name = "?"
+    flags = DriverFlag.NONE
     # Headroom a TX frame needs in front of it (EEM's 2-byte header, RNDIS's 44); 0 for ECM and NCM.
     tx_headroom = 0
 
@@ -108,12 +157,9 @@ class ProtocolDriver:
         self.tx_size = 2048  # bytes per bulk OUT transfer
         self.maxpacket = binding.ep_out.max_packet or 512
         self._notifications = cdc.NotificationParser()
-        # Set by the service: report a link change found outside notification() (RNDIS indications
-        # arrive through a control transfer), and ask for a TX transfer with no frame in it (EEM echoes).
-        self.on_link: Callable[[LinkEvent], None] = lambda event: None
-        self.kick_tx: Callable[[], None] = lambda: None
-        # Set by the service: hand a frame from a buffer other than the RX transfer to the TAP.
-        self.deliver: Callable[[memoryview, int, int], None] = lambda view, offset, length: None
+        # Link changes found outside status() (RNDIS indications come through a control transfer): the service
+        # drains this after every wake-up. Bounded: only the latest few matter.
+        self.events: collections.deque[LinkEvent] = collections.deque(maxlen=8)
 
     @classmethod
     def match(cls, config: Configuration) -> Binding | None:
@@ -148,7 +194,12 @@ class ProtocolDriver:
         if self.binding.data_alt != 0:
             self.transport.set_alt(self.binding.data, self.binding.data_alt)
 
-    def deactivate(self) -> None:
+    @property
+    def own_tx_pending(self) -> int:
+        """Transfers of the driver's own (EEM echo responses) waiting to go out; `tx_begin` frames them first."""
+        return 0
+
+    def unbind(self) -> None:
         if self.binding.data_alt != 0:
             try:
                 self.transport.set_alt(self.binding.data, 0)
@@ -160,7 +211,8 @@ class ProtocolDriver:
         return None
 
     def set_packet_filter(self, bits: int) -> bool:
-        if self.binding.control is None:
+        if self.binding.control is None or self.flags & DriverFlag.NO_CONTROL \
+                or self.options.quirks & Quirk.NO_PACKET_FILTER:
             return False
         try:
             self.transport.control_out(cdc.REQ_TYPE_CLASS_OUT, cdc.SET_ETHERNET_PACKET_FILTER, bits,
@@ -193,7 +245,8 @@ class ProtocolDriver:
     def apply_filter(self, promisc: bool, allmulti: bool, multicast: list[bytes]) -> str:
         """Program the device's packet filter (and exact multicast list when it has filters) while running,
         asynchronously. Returns a description for the log."""
-        if self.binding.control is None or "no-packet-filter" in self.options.quirks:
+        if self.binding.control is None or self.flags & DriverFlag.NO_CONTROL \
+                or self.options.quirks & Quirk.NO_PACKET_FILTER:
             return "the device has no packet filter"
         exact = not promisc and not allmulti and 0 < len(multicast) <= self.mc_filter_slots
         bits = cdc.packet_filter_bits(promisc=promisc, allmulti=bool(multicast) and not exact or allmulti,
@@ -213,7 +266,8 @@ class ProtocolDriver:
             log.warning("the device refused a filter request (status %d)", status)
 
     # --- notifications ---
-    def notification(self, view: memoryview, length: int) -> LinkEvent | None:
+    def status(self, view: memoryview, length: int) -> LinkEvent | None:
+        """One interrupt IN transfer; a link event when it changes carrier or speed."""
         n = self._notifications.feed(view, length)
         if n is None:
             return None
@@ -247,7 +301,9 @@ class ProtocolDriver:
         raise NotImplementedError
 
     # --- RX ---
-    def rx_decode(self, view: memoryview, length: int, emit: Emit) -> int:
+    def rx_decode(self, view: memoryview, length: int, sink: RxSink) -> int:
+        """Split `view[:length]` (never read past `length`) into frames for `sink`; count what is wrong in
+        `stats` and never raise. Returns the number of frames handed over."""
         raise NotImplementedError
 
 
@@ -292,10 +348,10 @@ class OneFramePerTransfer:
         self._length = 0
         return n, n % self.maxpacket == 0
 
-    def rx_decode(self, view: memoryview, length: int, emit: Emit) -> int:
+    def rx_decode(self, view: memoryview, length: int, sink: RxSink) -> int:
         if length < 14 or length > self.max_frame:
             self.stats.rx_length_errors += 1
             self.stats.rx_errors += 1
             return 0
-        emit(0, length)
+        sink.emit(0, length)
         return 1

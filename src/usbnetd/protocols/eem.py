@@ -17,7 +17,7 @@ from ..core.pool import Packet
 from ..usb.descriptors import Configuration
 from . import cdc
 from . import eem_codec as ec
-from .driver import Binding, Emit, ProtocolDriver
+from .driver import Binding, DriverFlag, ProtocolDriver, RxSink
 from .subset import match_bulk_only
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ MAX_PENDING_ECHOES = 8  # a device echoing faster than we can answer is broken; 
 
 class EemDriver(ProtocolDriver):
     name = "eem"
+    flags = DriverFlag.NO_LINK_STATE | DriverFlag.NO_CONTROL
 
     @classmethod
     def match(cls, config: Configuration) -> Binding | None:
@@ -47,11 +48,9 @@ class EemDriver(ProtocolDriver):
         self._command_only = 0
         self._rx_view: memoryview | None = None
 
-    def apply_filter(self, promisc: bool, allmulti: bool, multicast: list[bytes]) -> str:
-        return "the device has no packet filter"
-
-    def set_packet_filter(self, bits: int) -> bool:
-        return False  # EEM has no class requests
+    @property
+    def own_tx_pending(self) -> int:
+        return len(self._echoes)
 
     # --- TX ---
     def tx_begin(self, packet: Packet) -> None:
@@ -81,18 +80,13 @@ class EemDriver(ProtocolDriver):
     def tx_finish(self) -> tuple[int, bool]:
         if self._command_only:
             n, self._command_only = self._command_only, 0
-            if self._echoes:
-                self.kick_tx()
             return n, n % self.maxpacket == 0
-        n = self._batch.finish()  # appends a zero-length EEM packet instead of a ZLP when needed
-        if self._echoes:
-            self.kick_tx()  # an echo arrived while this transfer was being framed
-        return n, False
+        return self._batch.finish(), False  # appends a zero-length EEM packet instead of a ZLP when needed
 
     # --- RX ---
-    def rx_decode(self, view: memoryview, length: int, emit: Emit) -> int:
+    def rx_decode(self, view: memoryview, length: int, sink: RxSink) -> int:
         self._rx_view = view
-        return self._decoder.decode(view, length, emit, self._command)
+        return self._decoder.decode(view, length, sink.emit, self._command)
 
     def _command(self, cmd: int, param: int, offset: int, data_len: int) -> None:
         self.stats.notifications += 1
@@ -100,7 +94,7 @@ class EemDriver(ProtocolDriver):
             if len(self._echoes) >= MAX_PENDING_ECHOES:
                 self.stats.notification_errors += 1
                 return
+            # Queued: the data path sends it as its own transfer after this wake-up (own_tx_pending).
             self._echoes.append(ec.echo_response(self._rx_view[offset : offset + data_len]))
-            self.kick_tx()
         else:
             log.debug("EEM command %s (parameter %d)", ec.command_name(cmd), param)

@@ -15,7 +15,7 @@ from ..core.pool import Packet
 from ..usb.descriptors import Configuration
 from ..usb.transport import TransportError
 from . import cdc
-from .driver import Binding, Emit, ProtocolDriver, match_cdc
+from .driver import Binding, ProtocolDriver, Quirk, RxSink, match_cdc
 from .ncm_codec import NtbBuilder, NtbDecoder, NtbParameters, TxLayout
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,9 @@ class NcmDriver(ProtocolDriver):
         self.capabilities = caps
 
         want32 = self.options.ntb32
-        if want32 is None and "ntb32" in self.options.quirks:
+        if want32 is None and self.options.quirks & Quirk.NTB32:
             want32 = True
-        if "ntb16" in self.options.quirks:
+        if self.options.quirks & Quirk.NTB16:
             want32 = False
         ntb32 = bool(want32) and bool(params.formats_supported & FORMATS_NTB32)
         if want32 and not ntb32:
@@ -84,7 +84,6 @@ class NcmDriver(ProtocolDriver):
         self.tx_size = self.layout.max_size
         self._builder = NtbBuilder(self.layout)
         self._decoder = NtbDecoder(self.stats, max_datagram=max(self.max_frame, 1514))
-        self._packet: Packet | None = None
 
     def change_mtu(self, frame: int) -> str | None:
         reason = super().change_mtu(frame)
@@ -111,7 +110,6 @@ class NcmDriver(ProtocolDriver):
 
     # --- TX: frames are read from the TAP straight into the NTB under construction ---
     def tx_begin(self, packet: Packet) -> None:
-        self._packet = packet
         packet.offset = 0
         self._builder.begin(packet.view)
 
@@ -134,5 +132,5 @@ class NcmDriver(ProtocolDriver):
         return self._builder.finish(), False
 
     # --- RX ---
-    def rx_decode(self, view: memoryview, length: int, emit: Emit) -> int:
-        return self._decoder.decode(view, length, emit)
+    def rx_decode(self, view: memoryview, length: int, sink: RxSink) -> int:
+        return self._decoder.decode(view, length, sink.emit)

@@ -24,7 +24,7 @@ from ..usb.descriptors import XFER_BULK, XFER_INTERRUPT, Configuration
 from ..usb.transport import STATUS_OK, TransportError
 from . import cdc
 from . import rndis_codec as rc
-from .driver import Binding, Emit, LinkEvent, ProtocolDriver, bulk_alt
+from .driver import Binding, LinkEvent, ProtocolDriver, RxSink, bulk_alt
 
 log = logging.getLogger(__name__)
 _HEADER = struct.Struct("<II")  # MessageType, MessageLength
@@ -92,6 +92,7 @@ class RndisDriver(ProtocolDriver):
         self._carry = bytearray(rc.PACKET_HEADER_LEN + rc.DEFAULT_MAX_FRAME + 64)
         self._carry_view = memoryview(self._carry)
         self._carry_len = 0
+        self._carry_sink: RxSink | None = None  # the sink of the rx_decode completing the carried message
         self.initial_link: bool | None = None
         self._initialized = False  # INITIALIZE completed: only then does the device expect a HALT
         self._unresponsive = False  # a KEEPALIVE went unanswered: send nothing more
@@ -197,7 +198,7 @@ class RndisDriver(ProtocolDriver):
         # No media-state OID: assume up until an indication says otherwise, as Linux's rndis_host does.
         connected = self.initial_link if self.initial_link is not None else True
         speed = self.initial_speed_bps
-        self.on_link(LinkEvent(connected=connected, up_bps=speed, down_bps=speed))
+        self.events.append(LinkEvent(connected=connected, up_bps=speed, down_bps=speed))
 
     def set_packet_filter(self, bits: int) -> bool:
         """CDC filter bits -> NDIS filter bits, sent asynchronously (the interrupt pipe belongs to the loop)."""
@@ -218,13 +219,13 @@ class RndisDriver(ProtocolDriver):
         self.set_packet_filter(bits)
         return f"RNDIS packet filter 0x{self._filter:02x}"
 
-    def deactivate(self) -> None:
+    def unbind(self) -> None:
         if self._initialized and not self._unresponsive:
             try:
                 self._send(rc.halt(self._next_id()))
             except TransportError as exc:
                 log.debug("RNDIS HALT not delivered: %s", exc)
-        super().deactivate()
+        super().unbind()
 
     def poll(self, now: float) -> str | None:
         """Keepalive: one KEEPALIVE outstanding at a time; its completion (in _unsolicited) clears it."""
@@ -263,7 +264,7 @@ class RndisDriver(ProtocolDriver):
         if status != STATUS_OK:
             log.warning("RNDIS: sending a control message failed (status %d)", status)
 
-    def notification(self, view: memoryview, length: int) -> LinkEvent | None:
+    def status(self, view: memoryview, length: int) -> LinkEvent | None:
         # RNDIS's RESPONSE_AVAILABLE is not a CDC notification: MS-RNDIS says 8 bytes {1, 0} as LE32s (f_rndis
         # and QEMU send exactly that), some devices send the CDC form. Either way the only meaning is "fetch".
         # One 8-byte notification per queued response; with an 8-byte wMaxPacketSize several arrive merged
@@ -311,7 +312,7 @@ class RndisDriver(ProtocolDriver):
                 if synchronous:
                     self.initial_link = link
                 else:
-                    self.on_link(LinkEvent(connected=link))
+                    self.events.append(LinkEvent(connected=link))
             else:
                 log.info("RNDIS status indication %s", rc.status_name(msg.status))
         elif msg.msg_type == rc.KEEPALIVE_CMPLT and msg.request_id == self._keepalive_id:
@@ -350,11 +351,11 @@ class RndisDriver(ProtocolDriver):
     # nor send a ZLP after a message that is a multiple of wMaxPacketSize (QEMU's usb-net does this) keep
     # streaming into the next transfer. The tail of such a transfer is carried over and completed from the
     # next one; only a full transfer can continue, so a short one that ends mid-message is still an error.
-    def rx_decode(self, view: memoryview, length: int, emit: Emit) -> int:
+    def rx_decode(self, view: memoryview, length: int, sink: RxSink) -> int:
         frames = 0
         start = 0
         if self._carry_len:
-            start, frames = self._complete_carry(view, length)
+            start, frames = self._complete_carry(view, length, sink)
             if start >= length:
                 return frames
         end = length
@@ -364,8 +365,8 @@ class RndisDriver(ProtocolDriver):
                 self._carry[: length - end] = view[end:length]
                 self._carry_len = length - end
         if start == 0:
-            return frames + self._decoder.decode(view, end, emit)
-        self._shift, self._shift_emit = start, emit
+            return frames + self._decoder.decode(view, end, sink.emit)
+        self._shift, self._shift_emit = start, sink.emit
         return frames + self._decoder.decode(view[start:end], end - start, self._emit_shifted)
 
     def _emit_shifted(self, offset: int, length: int) -> None:
@@ -382,7 +383,7 @@ class RndisDriver(ProtocolDriver):
             pos += msg_len
         return pos if pos < length and any(view[pos:length]) else length
 
-    def _complete_carry(self, view: memoryview, length: int) -> tuple[int, int]:
+    def _complete_carry(self, view: memoryview, length: int, sink: RxSink) -> tuple[int, int]:
         """Fill the carried message from the start of `view`; return (bytes used, frames delivered)."""
         carry, have = self._carry, self._carry_len
         if have < 8:  # even the header was split: take just enough of it to learn the length
@@ -409,7 +410,8 @@ class RndisDriver(ProtocolDriver):
             self._carry_len = have
             return used, 0
         self._carry_len = 0
+        self._carry_sink = sink
         return used, self._decoder.decode(self._carry_view, need, self._emit_carried)
 
     def _emit_carried(self, offset: int, length: int) -> None:
-        self.deliver(self._carry_view, offset, length)
+        self._carry_sink.deliver(self._carry_view, offset, length)

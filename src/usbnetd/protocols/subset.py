@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..usb.descriptors import XFER_BULK, Configuration
 from . import cdc
-from .driver import Binding, OneFramePerTransfer, ProtocolDriver, bulk_alt
+from .driver import Binding, DriverFlag, OneFramePerTransfer, ProtocolDriver, bulk_alt
 
 
 def match_bulk_only(config: Configuration, cls: int, subclass: int, protocol: int | None) -> Binding | None:
@@ -32,6 +32,7 @@ def match_bulk_only(config: Configuration, cls: int, subclass: int, protocol: in
 
 class SubsetDriver(OneFramePerTransfer, ProtocolDriver):
     name = "subset"
+    flags = DriverFlag.NO_LINK_STATE | DriverFlag.NO_CONTROL
 
     @classmethod
     def match(cls, config: Configuration) -> Binding | None:
@@ -50,9 +51,3 @@ class SubsetDriver(OneFramePerTransfer, ProtocolDriver):
     def bind(self) -> None:
         self.mac = None  # random unless configured: subset devices have no standard way to tell a MAC
         self.init_framing()
-
-    def apply_filter(self, promisc: bool, allmulti: bool, multicast: list[bytes]) -> str:
-        return "the device has no packet filter"
-
-    def set_packet_filter(self, bits: int) -> bool:
-        return False  # no control requests at all

@@ -1,0 +1,404 @@
+"""The data path: the packet buffer pool, the four ring queues and the transfers between the bulk engine and
+the TAP port.
+
+One frame's way:
+  RX: bulk IN completes (`_on_rx`) -> rx completion queue -> `process()`: driver.rx_decode(view, length,
+      port) -> TapPort (GRO, write, count) -> rx submission queue -> bulk IN again
+  TX: TAP readable -> `on_tap_readable()`: TapPort.read_into(the slot the driver's framer offers) -> the
+      transfer is finished (full, pipe idle, a completion freed the pipe, the flush timer, or the driver's own
+      frame) -> tx submission queue -> bulk OUT -> `_on_tx` -> tx completion queue -> pool
+
+Completions only move packets between queues (they run inside libusb's event handling); `process()` does
+the work in batches after every wake-up. Every packet is in exactly one place: the pool's free stack, one
+queue, one in-flight transfer, or the one TX transfer being framed. `teardown()` reaps every transfer and
+returns every packet before the caller closes the handle.
+
+Sizing follows usbnet: about 60 full-size frames of memory in flight per direction, five times that at
+SuperSpeed, between 4 and 64 transfers; `[queues] rx_transfers` / `tx_transfers` override it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from array import array
+
+from ..netdev.port import TapPort
+from ..protocols.driver import ProtocolDriver
+from ..usb.transport import STATUS_CANCELLED, STATUS_NO_DEVICE, STATUS_OK, STATUS_STALL, IntCallback, Transport
+from .pool import TX, Packet, PacketBufferPool
+from .queues import RingQueue
+from .stats import BurstLog, Stats
+
+log = logging.getLogger(__name__)
+
+# How long a partly filled NCM transfer may wait for more frames while earlier transfers are still in
+# flight. Linux uses 400 µs; poll() counts in milliseconds, so 1 ms is the finest honest value here.
+TX_FLUSH_DELAY = 0.001
+# Why a TX transfer was closed and sent (like cdc_ncm's tx_reason_* counters).
+FLUSH_FULL, FLUSH_IDLE, FLUSH_COMPLETION, FLUSH_TIMER, FLUSH_DRIVER = range(5)
+FLUSH_NAMES = ("full", "pipe_idle", "completion", "timer", "driver")
+TAP_READ_BUDGET = 64  # frames read per wake-up before the loop looks at USB again (fairness)
+RX_ERROR_STORM = 20  # usbnet: more than 20 errors (in 30 completions) means a storm
+RX_THROTTLE = 0.125  # seconds RX pauses after a storm (usbnet's THROTTLE_JIFFIES, HZ/8)
+ETH_HLEN = 14
+# usbnet keeps about 60 full-size frames of memory in flight per direction at high speed, x5 at SuperSpeed.
+INFLIGHT_BYTES = 60 * 1518
+
+
+class DataPath:
+    def __init__(self, transport: Transport, driver: ProtocolDriver, stats: Stats, rx_transfers: int = 0,
+                 tx_transfers: int = 0) -> None:
+        self.transport = transport
+        self.driver = driver
+        self.stats = stats
+        # The `[queues]` settings (0: sized from the device); never reused as counters.
+        self.rx_transfers_setting = rx_transfers
+        self.tx_transfers_setting = tx_transfers
+        self.n_rx = 0  # bulk IN transfers kept in flight
+        self.n_tx = 0  # bulk OUT transfers at most in flight
+        self.pool: PacketBufferPool | None = None
+        self.rx_submission: RingQueue[Packet] | None = None
+        self.rx_completion: RingQueue[Packet] | None = None
+        self.tx_submission: RingQueue[Packet] | None = None
+        self.tx_completion: RingQueue[Packet] | None = None
+        self.port: TapPort | None = None
+        self.running = False  # completions with errors are only counted while running
+        self.device_gone = False
+        # Counters of the data path's own (the per-frame ones are in `stats`, kept by the port and here).
+        self.rx_transfers_done = 0  # received transfers decoded
+        self.tx_flush = array("Q", bytes(8 * len(FLUSH_NAMES)))
+        self.rx_throttled = 0
+        self.pool_exhausted = 0
+        self._tx_packet: Packet | None = None  # the TX transfer being framed
+        self._flush_at: float | None = None
+        self._batch: list[Packet] = []
+        self._tx_frames = array("I")  # frames framed into each TX packet, by packet index
+        self._tx_bytes = array("Q")  # their Ethernet bytes (not the framing's)
+        self._tx_zlp = bytearray()  # whether the driver wants a ZLP after each TX transfer
+        self._rx_errors = BurstLog("bulk IN transfers failing", logger=log)
+        self._tx_errors = BurstLog("bulk OUT transfers failing", logger=log)
+        self._tap_wants_read = True
+        self._rx_error_streak = 0
+        self._rx_paused_until: float | None = None
+        self._stalled_in = False
+        self._stalled_out = False
+        self.ifname = "?"  # for log lines
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, on_interrupt: IntCallback) -> None:
+        """Size the pool and the queues from the driver's negotiated transfer sizes and open the pipes."""
+        d, t = self.driver, self.transport
+        speed_factor = 5 if t.identity.speed_mbps >= 5000 else 1
+        self.n_rx = self.rx_transfers_setting or max(4, min(64, INFLIGHT_BYTES * speed_factor // d.rx_size))
+        self.n_tx = self.tx_transfers_setting or max(4, min(64, INFLIGHT_BYTES * speed_factor // d.tx_size))
+        caps = {
+            "rx_submission": self.n_rx,
+            "rx_completion": self.n_rx,
+            "tx_submission": 2 * self.n_tx,
+            "tx_completion": self.n_tx,
+        }
+        self.rx_submission = RingQueue("rx_submission", caps["rx_submission"])
+        self.rx_completion = RingQueue("rx_completion", caps["rx_completion"])
+        self.tx_submission = RingQueue("tx_submission", caps["tx_submission"])
+        self.tx_completion = RingQueue("tx_completion", caps["tx_completion"])
+        # Every queue full plus every transfer in flight plus the one TX transfer being framed.
+        count = sum(caps.values()) + self.n_rx + self.n_tx + 1
+        size = max(d.rx_size, d.tx_size + d.tx_headroom)
+        self.pool = PacketBufferPool(count, size, headroom=d.tx_headroom)
+        n = self.pool.packet_count
+        self._tx_frames = array("I", bytes(4 * n))
+        self._tx_bytes = array("Q", bytes(8 * n))
+        self._tx_zlp = bytearray(n)
+        ep_int = d.binding.ep_int
+        # The interrupt transfer is exactly one wMaxPacketSize: a longer one would sit on a full-size packet
+        # waiting for more (RNDIS's 8-byte notifications on an 8-byte endpoint never end short), and a CDC
+        # speed change split over two transfers is reassembled by the notification parser.
+        t.open_pipes(d.binding.ep_in.address, d.binding.ep_out.address, ep_int.address if ep_int else None,
+                     self.n_rx, self.n_tx, ep_int.max_packet if ep_int else 16,
+                     self._on_rx, self._on_tx, on_interrupt)
+
+    def attach(self, port: TapPort, ifname: str) -> None:
+        self.port = port
+        self.ifname = ifname
+
+    def start(self) -> None:
+        """Prime RX: every bulk IN transfer in flight."""
+        assert self.pool is not None and self.rx_submission is not None
+        for _ in range(self.n_rx):
+            p = self.pool.allocate()
+            assert p is not None  # the pool was sized for this
+            self.rx_submission.enqueue(p)
+        self.running = True
+        self._submit_rx()
+
+    # ------------------------------------------------------------------ completions (inside handle_events)
+    def _on_rx(self, packet: Packet, status: int, actual: int) -> None:
+        if status == STATUS_OK:
+            self._rx_error_streak = 0
+            packet.length = actual
+            self.rx_completion.enqueue(packet)
+            return
+        if status == STATUS_CANCELLED or not self.running:
+            self.pool.deallocate(packet)
+            return
+        if status == STATUS_NO_DEVICE:
+            self.device_gone = True
+            self.pool.deallocate(packet)
+            return
+        self.stats.rx_errors += 1
+        self.stats.rx_usb_errors += 1
+        self._rx_errors.hit(f"status {status}")
+        self.rx_submission.enqueue(packet)
+        if status == STATUS_STALL:
+            # One halt fails every transfer in flight. usbnet clears EPIPE (EVENT_RX_HALT) instead of counting it
+            # towards the error storm, so the halt counts once: only a device that halts again after every
+            # clear runs into the throttle.
+            if self._stalled_in:
+                return
+            self._stalled_in = True  # cleared from process(), outside the completion
+        self._rx_error_streak += 1
+        if self._rx_error_streak > RX_ERROR_STORM and self._rx_paused_until is None:
+            # usbnet's throttle: an error storm (EPROTO/ETIME from a flaky link) pauses RX instead of spinning.
+            self._rx_paused_until = time.monotonic() + RX_THROTTLE
+            self.rx_throttled += 1
+            log.warning("%s: %d RX errors in a row; pausing RX for %d ms", self.ifname, self._rx_error_streak,
+                        RX_THROTTLE * 1000)
+
+    def _on_tx(self, packet: Packet, status: int) -> None:
+        frames = self._tx_frames[packet.index]
+        if status == STATUS_OK:
+            self.stats.tx_packets += frames
+            self.stats.tx_bytes += self._tx_bytes[packet.index]
+        else:
+            self.stats.tx_errors += frames
+            self.stats.tx_aborted_errors += 1
+            if status == STATUS_NO_DEVICE:
+                self.device_gone = True
+            elif status != STATUS_CANCELLED:
+                self._tx_errors.hit(f"status {status}")
+                if status == STATUS_STALL:
+                    self._stalled_out = True  # cleared from process(); until then every bulk OUT transfer fails
+        self.tx_completion.enqueue(packet)
+
+    # ------------------------------------------------------------------ TX: the TAP into transfers
+    def on_tap_readable(self) -> None:
+        d, port = self.driver, self.port
+        read_into = port.read_into
+        max_frame = d.max_frame
+        budget = TAP_READ_BUDGET
+        drained = False
+        while budget:
+            p = self._tx_packet or self._open_tx()
+            if p is None:
+                break
+            offset, room = d.tx_slot()
+            if room < max_frame:
+                self._finish_tx(FLUSH_FULL)
+                continue
+            n = read_into(p.view[offset : offset + room])
+            if n < 0:
+                drained = True
+                break
+            budget -= 1
+            if n == 0:
+                continue  # read and dropped (counted by the port)
+            self._tx_frames[p.index] += 1
+            self._tx_bytes[p.index] += n
+            if d.tx_commit(n):
+                self._finish_tx(FLUSH_FULL)
+        if self._tx_packet is not None and d.tx_count:
+            if drained and self.transport.tx_free == self.n_tx:
+                self._finish_tx(FLUSH_IDLE)  # the pipe is idle: waiting would only add latency
+            elif self._flush_at is None:
+                self._flush_at = time.monotonic() + TX_FLUSH_DELAY
+        self._tap_wants_read = bool(self.tx_submission.space and self.pool.free_count)
+
+    def _open_tx(self) -> Packet | None:
+        """Start framing a new TX transfer, if the tx submission queue and the pool have room for one."""
+        if not self.tx_submission.space:
+            return None
+        p = self.pool.allocate(TX)
+        if p is None:
+            self.pool_exhausted += 1
+            return None
+        self.driver.tx_begin(p)
+        self._tx_packet = p
+        self._tx_frames[p.index] = 0
+        self._tx_bytes[p.index] = 0
+        return p
+
+    def _finish_tx(self, reason: int) -> None:
+        p = self._tx_packet
+        self._tx_packet = None
+        self._flush_at = None
+        if p is None:
+            return
+        if not self.driver.tx_count:
+            self.pool.deallocate(p)
+            return
+        self.tx_flush[reason] += 1
+        length, zlp = self.driver.tx_finish()
+        p.length = length
+        self._tx_zlp[p.index] = zlp
+        self.tx_submission.enqueue(p)
+
+    def _send_own(self) -> None:
+        """Transfers the driver has of its own (EEM echo responses): each goes out now, as its own transfer,
+        after whatever was already framed. Waiting for the host's next frame could mean waiting forever."""
+        d = self.driver
+        for _ in range(d.own_tx_pending):
+            if self._tx_packet is not None:
+                if d.tx_count:
+                    self._finish_tx(FLUSH_DRIVER)  # the frames framed so far go first, in order
+                else:
+                    # Opened for frames that never came (the TAP drained): `tx_begin` on a fresh packet is
+                    # what takes the driver's own transfer first.
+                    self.pool.deallocate(self._tx_packet)
+                    self._tx_packet = None
+                    self._flush_at = None
+            if self._open_tx() is None:
+                return  # no room now: the next process() tries again
+            self._finish_tx(FLUSH_DRIVER)
+            if not d.own_tx_pending:
+                return
+
+    def send(self, frame: bytes) -> bool:
+        """Queue one frame for the device from inside usbnetd (tests, diagnostics). Refused unless running."""
+        if not self.running or not (ETH_HLEN <= len(frame) <= self.driver.max_frame):
+            self.stats.tx_dropped += 1
+            return False
+        p = self._tx_packet or self._open_tx()
+        if p is None:
+            self.stats.tx_dropped += 1
+            return False
+        offset, room = self.driver.tx_slot()
+        if room < len(frame):
+            self._finish_tx(FLUSH_FULL)
+            return self.send(frame)
+        p.view[offset : offset + len(frame)] = frame
+        self._tx_frames[p.index] += 1
+        self._tx_bytes[p.index] += len(frame)
+        self.driver.tx_commit(len(frame))
+        self._finish_tx(FLUSH_DRIVER)  # an injected frame goes out now rather than waiting for the flush timer
+        self.process(time.monotonic())
+        return True
+
+    # ------------------------------------------------------------------ after every wake-up
+    def process(self, now: float) -> None:
+        """Move packets along every queue."""
+        batch = self._batch
+        pool = self.pool
+        # RX: decode each completed transfer into the port, then recycle its packet.
+        if self.rx_completion.dequeue_batch(batch):
+            self.rx_transfers_done += len(batch)
+            decode, rx_q, port = self.driver.rx_decode, self.rx_submission, self.port
+            begin = port.rx_begin
+            for p in batch:
+                begin(p.view)
+                decode(p.view, p.length, port)
+                p.length = 0
+                rx_q.enqueue(p)
+            port.rx_end()  # before any of these buffers is submitted again
+            batch.clear()
+        if self._stalled_in:
+            self._stalled_in = False
+            if self.transport.clear_halt(self.driver.binding.ep_in.address):
+                log.info("%s: bulk IN endpoint stalled; halt cleared", self.ifname)
+        if self._stalled_out:
+            self._stalled_out = False
+            if self.transport.clear_halt(self.driver.binding.ep_out.address):
+                log.info("%s: bulk OUT endpoint stalled; halt cleared", self.ifname)
+        if self.transport.gone:
+            self.device_gone = True
+            return
+        if self._rx_paused_until is not None and now >= self._rx_paused_until:
+            self._rx_paused_until = None
+            self._rx_error_streak = 0
+        if self._rx_paused_until is None:
+            self._submit_rx()
+        # TX completions back to the pool; a free pipe may flush a waiting partial transfer.
+        if self.tx_completion.dequeue_batch(batch):
+            pool.deallocate_batch(batch)
+            batch.clear()
+            if self._tx_packet is not None and self.driver.tx_count:
+                self._finish_tx(FLUSH_COMPLETION)
+        if self._flush_at is not None and now >= self._flush_at:
+            self._finish_tx(FLUSH_TIMER)
+        if self.driver.own_tx_pending:
+            self._send_own()
+        self._submit_tx()
+        self._tap_wants_read = bool(self.tx_submission.space and pool.free_count)
+
+    def _submit_rx(self) -> None:
+        q = self.rx_submission
+        size = self.driver.rx_size
+        while len(q):
+            if not self.transport.submit_rx(q.peek(), size):
+                break
+            q.dequeue()
+
+    def _submit_tx(self) -> None:
+        q = self.tx_submission
+        zlp = self._tx_zlp
+        while len(q):
+            p = q.peek()
+            if not self.transport.submit_tx(p, p.length, bool(zlp[p.index])):
+                break
+            q.dequeue()
+
+    def wants_tap_read(self) -> bool:
+        return self.running and self._tap_wants_read
+
+    def due(self) -> float | None:
+        """The monotonic time process() must run by even without events (flush timer, RX throttle)."""
+        due = [t for t in (self._flush_at, self._rx_paused_until) if t is not None]
+        return min(due) if due else None
+
+    # ------------------------------------------------------------------ status and teardown
+    def detail(self) -> dict:
+        """The data path's part of `usbnetd stats`."""
+        st: dict = {}
+        tx_transfers = sum(self.tx_flush)
+        stats = self.stats
+        st["rx_transfers"] = self.rx_transfers_done
+        st["tx_transfers"] = tx_transfers
+        st["rx_frames_per_transfer"] = (round(stats.rx_packets / self.rx_transfers_done, 2)
+                                        if self.rx_transfers_done else 0)
+        st["tx_frames_per_transfer"] = round(stats.tx_packets / tx_transfers, 2) if tx_transfers else 0
+        st["tx_flush"] = dict(zip(FLUSH_NAMES, self.tx_flush, strict=True))
+        if self.pool is not None:
+            st["pool"] = {"packets": self.pool.packet_count, "buffer_size": self.pool.buffer_size,
+                          "in_use": self.pool.in_use, "exhausted": self.pool_exhausted}
+            st["queues"] = {q.name: {"capacity": q.capacity, "high_water": q.high}
+                            for q in (self.rx_submission, self.rx_completion, self.tx_submission,
+                                      self.tx_completion)}
+            st["in_flight"] = {"rx": self.n_rx, "tx": self.n_tx}
+        else:
+            st["in_flight"] = {}
+        st["rx_throttled"] = self.rx_throttled
+        return st
+
+    def teardown(self) -> int:
+        """Cancel and reap every transfer, then return every packet to the pool. Returns how many transfers
+        could not be reaped (0 when all came back)."""
+        self.running = False
+        left = self.transport.stop()
+        pool = self.pool
+        if pool is None:
+            return left
+        batch = self._batch
+        for queue in (self.rx_submission, self.rx_completion, self.tx_submission, self.tx_completion):
+            if queue is not None:
+                queue.dequeue_batch(batch)
+        if self._tx_packet is not None:
+            batch.append(self._tx_packet)
+            self._tx_packet = None
+        pool.deallocate_batch(batch)
+        batch.clear()
+        if pool.in_use:
+            log.error("teardown: %d of %d packets did not come back to the pool (%d transfers unreaped)",
+                      pool.in_use, pool.packet_count, left)
+        else:
+            log.info("teardown: every packet back in the pool (%d)", pool.packet_count)
+        return left

@@ -1,0 +1,132 @@
+"""The TAP port: every frame between usbnetd and the host's stack, and every per-frame counter of that edge.
+
+RX has one delivery point, as usbnet has `usbnet_skb_return`: a driver's `rx_decode(view, length, sink)`
+hands each frame to this port, either as `emit(offset, length)` (a frame inside the transfer being decoded)
+or `deliver(view, offset, length)` (a frame from a buffer of the driver's own, RNDIS's carried message).
+With GRO the frames go through the coalescer (gro.py), which decides and calls back `write_frame` /
+`write_superframe`; without it they are written one by one. Either way the counting happens here, once:
+`rx_packets`/`rx_bytes` for what the TAP took, `rx_dropped` (and one log line per burst) for what it refused.
+
+TX: `read_into(buf)` reads one frame from the TAP straight into the slot a driver's framer offered (NCM's
+next datagram position, RNDIS's payload after its header), dropping and counting what is not Ethernet or is
+larger than the device takes.
+
+With a vnet header (GRO on) every read and write starts with a `struct virtio_net_hdr`; reads get it into a
+scratch buffer and ignore it (no offloads were asked for: the kernel hands over whole, checksummed frames).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from ..core.stats import BurstLog, Stats
+from .gro import VNET_HDR_LEN, ZERO_HDR, Coalescer
+
+log = logging.getLogger(__name__)
+
+ETH_HLEN = 14
+
+
+class TapPort:
+    def __init__(self, fd: int, stats: Stats, max_frame: int, gro: bool) -> None:
+        self.fd = fd
+        self.stats = stats
+        self.max_frame = max_frame  # the largest frame the device takes (TX); longer reads are dropped
+        self.vnet = VNET_HDR_LEN if gro else 0
+        self._vnet_in = bytearray(VNET_HDR_LEN)
+        self.gro: Coalescer | None = Coalescer(self) if gro else None
+        self.view: memoryview | None = None  # the RX transfer being decoded (emit's offsets are into it)
+        # The decoders' emit: through the coalescer, or straight to the TAP.
+        self.emit = self.gro.emit if self.gro is not None else self._emit_plain
+        self.write_errors = BurstLog("TAP write failing", logger=log)
+        self.read_errors = BurstLog("TAP read failing", logger=log)
+
+    # ------------------------------------------------------------------ RX: device -> host
+    def rx_begin(self, view: memoryview) -> None:
+        """A received transfer is about to be decoded into this port."""
+        self.view = view
+        if self.gro is not None:
+            self.gro.view = view
+
+    def rx_end(self) -> None:
+        """A batch of transfers is decoded: write what GRO still holds before their buffers are reused."""
+        if self.gro is not None:
+            self.gro.flush()
+            self.gro.view = None
+        self.view = None
+
+    def _emit_plain(self, offset: int, length: int) -> None:
+        try:
+            os.write(self.fd, self.view[offset : offset + length])
+        except OSError as exc:
+            self._write_failed(1, exc)
+            return
+        stats = self.stats
+        stats.rx_packets += 1
+        stats.rx_bytes += length
+
+    def deliver(self, view: memoryview, offset: int, length: int) -> None:
+        """One frame from a buffer other than the transfer being decoded; whatever GRO holds goes first."""
+        if self.gro is not None:
+            self.gro.flush()
+        self.write_frame(view[offset : offset + length], length)
+
+    def write_frame(self, frame: memoryview, length: int) -> bool:
+        """One frame, unmarked: the stack verifies its checksums."""
+        try:
+            if self.vnet:
+                os.writev(self.fd, (ZERO_HDR, frame))
+            else:
+                os.write(self.fd, frame)
+        except OSError as exc:
+            self._write_failed(1, exc)
+            return False
+        stats = self.stats
+        stats.rx_packets += 1
+        stats.rx_bytes += length
+        return True
+
+    def write_superframe(self, iov: list, frames: int, nbytes: int) -> bool:
+        """A coalesced run: the vnet header and the pieces in `iov`, `frames` segments of `nbytes` on the wire."""
+        try:
+            os.writev(self.fd, iov)
+        except OSError as exc:
+            self._write_failed(frames, exc)
+            return False
+        stats = self.stats
+        stats.rx_packets += frames
+        stats.rx_bytes += nbytes
+        return True
+
+    def _write_failed(self, frames: int, exc: OSError) -> None:
+        # BlockingIOError (the TAP's queue is full) or EIO (interface down): dropped and counted, never raised.
+        self.stats.rx_dropped += frames
+        self.write_errors.hit(exc.strerror)
+
+    # ------------------------------------------------------------------ TX: host -> device
+    def read_into(self, buf: memoryview) -> int:
+        """Read one frame into `buf`. Returns its length; 0 when a frame was read and dropped (not Ethernet,
+        or longer than the device takes); -1 when the TAP is empty (or failing: logged once per burst)."""
+        try:
+            if self.vnet:
+                n = os.readv(self.fd, (self._vnet_in, buf)) - VNET_HDR_LEN
+            else:
+                n = os.readv(self.fd, (buf,))
+        except BlockingIOError:
+            return -1
+        except OSError as exc:
+            self.read_errors.hit(exc.strerror)
+            return -1
+        if n < ETH_HLEN or n > self.max_frame:
+            # Larger than the device takes (the user raised the MTU past it, or it did not fit the slot) or
+            # not Ethernet at all.
+            self.stats.tx_dropped += 1
+            return 0
+        return n
+
+    @property
+    def gro_stats(self) -> dict:
+        g = self.gro
+        return {"enabled": g is not None, "superframes": g.superframes if g else 0,
+                "segments": g.merged if g else 0, "unverified": g.unverified if g else 0}
