@@ -17,7 +17,7 @@ def test_pool_hands_out_every_slot_once_then_none():
     assert len({p.index for p in got}) == 8
     assert pool.allocate() is None  # exhausted: the caller counts a drop, the pool never grows
     assert pool.in_use == 8 and pool.free_count == 0
-    assert pool.packet_count == pool.buffer_count == 8
+    assert pool.packet_count == 8
     p = got[0]
     assert p.direction == TX and p.offset == 16 and p.length == 0 and p.capacity == 2048
 
@@ -45,11 +45,9 @@ def test_deallocate_resets_and_refuses_double_free_and_foreign_packets():
     assert again.offset == 0 and again.length == 0 and again.direction == RX
 
 
-def test_batch_allocate_and_deallocate():
+def test_batch_deallocate():
     pool = PacketBufferPool(5, 64)
-    out: list = []
-    assert pool.allocate_batch(out, 3) == 3
-    assert pool.allocate_batch(out, 10) == 2
+    out = [pool.allocate() for _ in range(5)]
     assert pool.free_count == 0
     assert pool.deallocate_batch(out) == 5
     assert pool.free_count == 5
@@ -63,23 +61,16 @@ def test_pool_rejects_impossible_sizes(args):
 
 def test_ring_backpressure_and_order():
     q: RingQueue[int] = RingQueue("t", 4)
-    assert q.enqueue_batch([1, 2, 3, 4, 5, 6]) == 4  # takes what fits, says how many
-    assert q.enqueue(7) == 0
+    assert [q.enqueue(i) for i in (1, 2, 3, 4, 5, 6)] == [1, 1, 1, 1, 0, 0]  # full: says so, keeps order
     assert len(q) == 4 and q.space == 0
     out: list[int] = []
     assert q.dequeue_batch(out, 3) == 3
     assert out == [1, 2, 3]
-    assert q.enqueue_batch([8, 9]) == 2  # wraps around
+    assert q.enqueue(8) + q.enqueue(9) == 2  # wraps around
     assert q.peek() == 4
     out.clear()
     assert q.dequeue_batch(out) == 3 and out == [4, 8, 9]
     assert q.dequeue() is None and q.dequeue_batch(out) == 0
-
-
-def test_ring_partial_batch_window():
-    q: RingQueue[int] = RingQueue("t", 8)
-    assert q.enqueue_batch([0, 1, 2, 3, 4], start=1, count=2) == 2
-    assert [q.dequeue(), q.dequeue(), q.dequeue()] == [1, 2, None]
 
 
 def test_steady_state_pool_and_queue_cycle_allocates_nothing():

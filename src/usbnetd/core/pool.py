@@ -29,9 +29,6 @@ class Packet:
         self.direction = RX
         self.free = True
 
-    def payload(self) -> memoryview:
-        return self.view[self.offset : self.offset + self.length]
-
     def __repr__(self) -> str:  # debugging aid only
         state = "free" if self.free else ("rx" if self.direction == RX else "tx")
         return f"<Packet {self.index} {state} off={self.offset} len={self.length}>"
@@ -61,11 +58,6 @@ class PacketBufferPool:
         return len(self._packets)
 
     @property
-    def buffer_count(self) -> int:
-        # One buffer per packet: NTB-sized slots hold several frames, so no packet spans two buffers.
-        return len(self._packets)
-
-    @property
     def free_count(self) -> int:
         return len(self._free)
 
@@ -84,17 +76,6 @@ class PacketBufferPool:
         packet.length = 0
         return packet
 
-    def allocate_batch(self, out: list[Packet], count: int, direction: int = RX) -> int:
-        """Append up to `count` packets to `out`; return how many were appended."""
-        n = 0
-        while n < count:
-            packet = self.allocate(direction)
-            if packet is None:
-                break
-            out.append(packet)
-            n += 1
-        return n
-
     def deallocate(self, packet: Packet) -> None:
         if packet.free:
             # A double free would put one slot in two places at once: a bug in usbnetd, never device input.
@@ -110,8 +91,3 @@ class PacketBufferPool:
             self.deallocate(packet)
             n += 1
         return n
-
-    def release_memory(self) -> None:
-        """Drop the views so the bytearray can be freed; only after every transfer was reaped."""
-        for packet in self._packets:
-            packet.view.release()

@@ -8,7 +8,6 @@ Single-threaded by design: the whole data path runs in one event loop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -43,20 +42,6 @@ class RingQueue(Generic[T]):
         if self._count > self.high:
             self.high = self._count
         return 1
-
-    def enqueue_batch(self, items: Sequence[T], start: int = 0, count: int | None = None) -> int:
-        """Add items[start:start+count] in order as far as there is room; return how many were taken."""
-        end = len(items) if count is None else min(len(items), start + count)
-        taken = 0
-        for i in range(start, end):
-            if self._count == self.capacity:
-                break
-            self._slots[(self._head + self._count) % self.capacity] = items[i]
-            self._count += 1
-            taken += 1
-        if self._count > self.high:
-            self.high = self._count
-        return taken
 
     def dequeue(self) -> T | None:
         if self._count == 0:

@@ -19,16 +19,6 @@ DRIVERS: tuple[type[ProtocolDriver], ...] = (NcmDriver, EcmDriver, RndisDriver, 
 BY_NAME = {d.name: d for d in DRIVERS}
 
 
-def register(driver: type[ProtocolDriver], before: str | None = None) -> None:
-    """Add a driver to the preference list (before `before`, else last)."""
-    global DRIVERS, BY_NAME
-    names = [d.name for d in DRIVERS]
-    drivers = list(DRIVERS)
-    drivers.insert(names.index(before) if before in names else len(drivers), driver)
-    DRIVERS = tuple(drivers)
-    BY_NAME = {d.name: d for d in DRIVERS}
-
-
 class NoDriver(Exception):
     pass
 
