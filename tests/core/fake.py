@@ -1,0 +1,270 @@
+"""The core tier's stand-ins: a scripted USB transport and a TAP made of a socket pair.
+
+`ScriptedTransport` implements the Transport contract with nothing behind it: submissions are recorded,
+and the test decides when each completes, with which status and bytes, in any order
+(`complete_rx`, `complete_tx`, `interrupt`); completions are delivered from `handle_events()`, as libusb
+delivers them. Setup requests are answered as a CDC ECM / NCM function or an EEM function would.
+
+`FakeTap` is the service's TAP: a SOCK_SEQPACKET socket pair keeps frame boundaries, so the service's end
+reads and writes frames as it would on /dev/net/tun (with the virtio-net header when GRO is on), and the
+test's end (`peer`) plays the host's stack. No root, no namespace, no real interface.
+
+The service, data path, pool, queues, TAP port, link state, reconciler and drivers under test are the real
+ones; only the two edges are fake.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import socket
+import struct
+
+from usbnetd.core.pool import Packet
+from usbnetd.core.service import EthernetService
+from usbnetd.core.stats import Stats
+from usbnetd.protocols import cdc, choose
+from usbnetd.protocols.driver import Options
+from usbnetd.usb.descriptors import parse_configuration
+from usbnetd.usb.sim import CTRL_IF, SIM_NTB, STR_MAC, build_config_descriptor
+from usbnetd.usb.transport import STATUS_CANCELLED, STATUS_OK, DeviceIdentity, Transport, TransportError
+
+DEVICE_MAC = bytes.fromhex("02a0b0c0d0e0")
+
+
+def eem_config_descriptor() -> bytes:
+    """One interface 02/0C/07 with a bulk pair (CDC EEM 1.0 §5)."""
+    body = bytes([9, 4, 0, 0, 2, cdc.CLASS_COMM, cdc.SUBCLASS_EEM, 0x07, 0])
+    body += bytes([7, 5, 0x81, 2]) + struct.pack("<H", 512) + bytes([0])
+    body += bytes([7, 5, 0x02, 2]) + struct.pack("<H", 512) + bytes([0])
+    total = 9 + len(body)
+    return bytes([9, 2]) + struct.pack("<H", total) + bytes([1, 1, 0, 0x80, 50]) + body
+
+
+class ScriptedTransport(Transport):
+    def __init__(self, kind: str) -> None:
+        raw = eem_config_descriptor() if kind == "eem" else build_config_descriptor(kind)
+        config, _ = parse_configuration(raw)
+        assert config is not None
+        self.kind = kind
+        self.identity = DeviceIdentity(busid=f"fake:{kind}", vendor=0x1D6B, product=0x0100, speed_mbps=480,
+                                       active_configuration=1, configurations=[config])
+        self.rx: list[tuple[Packet, int]] = []  # bulk IN in flight: (packet, length asked for), in order
+        self.tx: list[tuple[Packet, bytes, bool]] = []  # bulk OUT in flight: (packet, bytes sent, zlp)
+        self.sent: list[bytes] = []  # every bulk OUT transfer ever submitted, in order
+        self.controls: list[tuple[int, int, bytes]] = []  # (request, value, data) of every class request
+        self.halts_cleared: list[int] = []
+        self.n_rx = self.n_tx = 0
+        self._done: collections.deque = collections.deque()
+        self.stopped = self.closed = False
+        self.unreapable = 0  # transfers stop() must pretend it could not reap
+        self.refuse_tx = False  # submit_tx says "all busy" (backpressure from the bus)
+
+    # --- setup ---
+    def set_configuration(self, value: int) -> None:
+        pass
+
+    def claim(self, interface: int) -> None:
+        pass
+
+    def set_alt(self, interface: int, alternate: int) -> None:
+        pass
+
+    def get_string(self, index: int) -> str | None:
+        return DEVICE_MAC.hex().upper() if index == STR_MAC else None
+
+    def control_in(self, request_type, request, value, index, length, timeout_ms=1000) -> bytes:
+        if self.kind == "ncm" and request == cdc.GET_NTB_PARAMETERS and index == CTRL_IF:
+            return SIM_NTB.pack()[:length]
+        raise TransportError(f"control request 0x{request:02x} failed: stall")
+
+    def control_out(self, request_type, request, value, index, data, timeout_ms=1000) -> None:
+        self.controls.append((request, value, bytes(data)))
+
+    def interrupt_read(self, endpoint: int, length: int, timeout_ms: int) -> bytes:
+        raise TransportError("no synchronous interrupt reads here")
+
+    def submit_control(self, request_type, request, value, index, data, callback, timeout_ms=5000) -> bool:
+        self.controls.append((request, value, b"" if isinstance(data, int) else bytes(data)))
+        self._done.append(("ctrl", callback, STATUS_OK, b""))
+        return True
+
+    # --- data path ---
+    def open_pipes(self, ep_in, ep_out, ep_int, n_rx, n_tx, int_size, on_rx, on_tx, on_int) -> None:
+        self.n_rx, self.n_tx = n_rx, n_tx
+        self._on_rx, self._on_tx, self._on_int = on_rx, on_tx, on_int
+        self._int_buf = bytearray(max(16, int_size))
+
+    def start_interrupt(self) -> None:
+        pass
+
+    def submit_rx(self, packet: Packet, length: int) -> bool:
+        if self.stopped or len(self.rx) >= self.n_rx:
+            return False
+        self.rx.append((packet, length))
+        return True
+
+    def submit_tx(self, packet: Packet, length: int, zlp: bool) -> bool:
+        if self.stopped or self.refuse_tx or len(self.tx) >= self.n_tx:
+            return False
+        data = bytes(packet.view[packet.offset : packet.offset + length])
+        self.tx.append((packet, data, zlp))
+        self.sent.append(data)
+        return True
+
+    @property
+    def tx_free(self) -> int:
+        return self.n_tx - len(self.tx)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.rx) + len(self.tx)
+
+    def poll_fds(self) -> list[tuple[int, int]]:
+        return []
+
+    def pending(self) -> bool:
+        return bool(self._done)
+
+    def clear_halt(self, endpoint: int) -> bool:
+        self.halts_cleared.append(endpoint)
+        return True
+
+    # --- the test's hand on the device ---
+    def complete_rx(self, data: bytes = b"", status: int = STATUS_OK, index: int = 0) -> None:
+        """The `index`-th bulk IN in flight completes with `data` (copied into its buffer) and `status`."""
+        packet, length = self.rx.pop(index)
+        assert len(data) <= length, "a device cannot send more than the transfer asked for"
+        packet.view[: len(data)] = data
+        self._done.append(("rx", packet, status, len(data)))
+
+    def complete_tx(self, status: int = STATUS_OK, index: int = 0) -> bytes:
+        packet, data, _ = self.tx.pop(index)
+        self._done.append(("tx", packet, status, 0))
+        return data
+
+    def interrupt(self, data: bytes) -> None:
+        self._done.append(("int", data, 0, 0))
+
+    def handle_events(self) -> None:
+        while self._done:
+            kind, obj, status, n = self._done.popleft()
+            if kind == "rx":
+                self._on_rx(obj, status, n)
+            elif kind == "tx":
+                self._on_tx(obj, status)
+            elif kind == "int":
+                self._int_buf[: len(obj)] = obj
+                self._on_int(memoryview(self._int_buf), len(obj))
+            else:
+                obj(status, n)
+
+    # --- teardown ---
+    def stop(self, timeout: float = 2.0) -> int:
+        self.stopped = True
+        keep = self.unreapable
+        while len(self.rx) > keep:
+            packet, _ = self.rx.pop()
+            self._done.append(("rx", packet, STATUS_CANCELLED, 0))
+        while self.tx and len(self.rx) + len(self.tx) > keep:
+            packet, _, _ = self.tx.pop()
+            self._done.append(("tx", packet, STATUS_CANCELLED, 0))
+        self.handle_events()
+        return self.in_flight
+
+    def close(self) -> None:
+        assert self.stopped, "the handle closed before the transfers were reaped"
+        self.closed = True
+
+
+class FakeTap:
+    """The service's TAP: `fd` is the service's end of a SOCK_SEQPACKET pair; `peer` is the host's stack."""
+
+    instances: list[FakeTap] = []
+
+    def __init__(self, name: str, mac: bytes, mtu: int, persistent: bool = False, vnet_hdr: int = 0) -> None:
+        self._ours, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._ours.setblocking(False)
+        self.peer.setblocking(False)
+        self.name = name
+        self.fd = self._ours.fileno()
+        self.mac = mac
+        self.mtu = mtu
+        self.vnet_hdr = vnet_hdr
+        self.reused = False
+        self.index = 0  # matches nothing in /proc/net/dev_mcast
+        self.carrier: bool | None = None
+        self.carrier_changes: list[bool] = []
+        self.is_up = False
+        self.closed = False
+        FakeTap.instances.append(self)
+
+    # what the service and the reconciler use
+    def up(self) -> None:
+        self.is_up = True
+
+    def set_carrier(self, on: bool) -> None:
+        if self.carrier is not on:
+            self.carrier_changes.append(on)
+        self.carrier = on
+
+    def state(self) -> dict:
+        return {"mtu": self.mtu, "mac": self.mac.hex(":"), "promiscuity": 0, "allmulti": 0}
+
+    def exists(self) -> bool:
+        return not self.closed
+
+    def set_mtu(self, mtu: int) -> None:
+        self.mtu = mtu
+
+    def close(self, remove: bool = True) -> None:
+        self.closed = True
+        self._ours.close()
+
+    # the host's side
+    def host_send(self, frame: bytes) -> None:
+        self.peer.send((bytes(self.vnet_hdr) if self.vnet_hdr else b"") + frame)
+
+    def host_receive(self) -> list[tuple[bytes, bytes]]:
+        """Every frame the service wrote since the last call: (virtio-net header or b"", frame)."""
+        out = []
+        while True:
+            try:
+                m = self.peer.recv(70000)
+            except BlockingIOError:
+                return out
+            out.append((m[: self.vnet_hdr], m[self.vnet_hdr :]))
+
+
+def make_service(kind: str = "ecm", *, gro: bool = False, rx_transfers: int = 0, tx_transfers: int = 0,
+                 quirks=None) -> tuple[EthernetService, ScriptedTransport, FakeTap]:
+    """A started service over a scripted transport and a fake TAP."""
+    t = ScriptedTransport(kind)
+    driver_cls, binding = choose(t.identity.configurations, 1)
+    opts = Options() if quirks is None else Options(quirks=quirks)
+    driver = driver_cls(t, binding, Stats(), opts)
+    svc = EthernetService(t, driver, ifname="core0", gro=gro, rx_transfers=rx_transfers,
+                          tx_transfers=tx_transfers, tap_factory=FakeTap)
+    svc.start()
+    tap = svc.tap
+    assert isinstance(tap, FakeTap)
+    return svc, t, tap
+
+
+def turn(svc: EthernetService) -> None:
+    """One pass of the event loop without waiting: USB completions, then the queues."""
+    svc.on_usb()
+    svc.process()
+
+
+def ethernet(dst: bytes, src: bytes, payload: bytes, ethertype: int = 0x88B5) -> bytes:
+    """A frame of the IEEE local experimental ethertype: nothing on the host would act on it."""
+    return dst + src + ethertype.to_bytes(2, "big") + payload
+
+
+def drain_fd(fd: int) -> None:
+    try:
+        while os.read(fd, 65536):
+            pass
+    except BlockingIOError:
+        pass

@@ -1,0 +1,430 @@
+"""The core tier: the real service, data path, pool, queues, TAP port and drivers, driven deterministically
+through a scripted transport and a socket-pair TAP (tests/core/fake.py). No root, no namespace, no VM."""
+
+from __future__ import annotations
+
+import struct
+import time
+
+import pytest
+from fake import DEVICE_MAC, ScriptedTransport, ethernet, make_service, turn
+
+from usbnetd.core import datapath as dp
+from usbnetd.core.service import State
+from usbnetd.netdev.gro import F_NEEDS_CSUM, GSO_TCPV4, ZERO_HDR
+from usbnetd.protocols import cdc
+from usbnetd.protocols import eem_codec as ec
+from usbnetd.protocols.driver import Quirk
+from usbnetd.protocols.ncm_codec import NtbDecoder
+from usbnetd.usb.transport import STATUS_ERROR, STATUS_NO_DEVICE, STATUS_STALL
+
+HOST = bytes.fromhex("02aaaaaaaa01")
+PEER = bytes.fromhex("02bbbbbbbb02")
+
+
+def frame(n: int, tag: int = 0) -> bytes:
+    return ethernet(HOST, PEER, bytes([tag & 0xFF]) * (n - 14))
+
+
+def everything_back(svc) -> None:
+    """After stop(): every packet is back in the pool and the handle closed after the transfers were reaped."""
+    assert svc.datapath.pool.in_use == 0
+    assert svc.transport.closed
+    assert svc.state is State.STOPPED
+
+
+# ---------------------------------------------------------------------------- settings and sizing
+def test_the_rx_and_tx_transfer_settings_are_used_and_stay_settings():
+    """[queues] rx_transfers / tx_transfers size the pipes (they were overwritten with 0 and used as a
+    counter of decoded transfers, so the setting never took effect)."""
+    svc, t, tap = make_service("ecm", rx_transfers=8, tx_transfers=5)
+    assert (t.n_rx, t.n_tx) == (8, 5)
+    assert len(t.rx) == 8
+    for i in range(3):
+        t.complete_rx(frame(100, i))
+    turn(svc)
+    assert svc.datapath.rx_transfers_setting == 8
+    assert svc.detailed_stats()["rx_transfers"] == 3
+    assert len(t.rx) == 8, "every decoded transfer went back in flight"
+    svc.stop()
+    everything_back(svc)
+
+
+def test_default_sizing_follows_the_device():
+    svc, t, _ = make_service("ecm")
+    # ECM at high speed: 60 full frames of 1536-byte transfers -> 59
+    assert t.n_rx == dp.INFLIGHT_BYTES // svc.driver.rx_size
+    svc.stop()
+
+
+# ---------------------------------------------------------------------------- RX
+def test_rx_frames_reach_the_tap_in_completion_order_whatever_the_submission_order():
+    svc, t, tap = make_service("ecm")
+    first, second, third = frame(60, 1), frame(1514, 2), frame(300, 3)
+    t.complete_rx(first, index=5)
+    t.complete_rx(second, index=0)
+    t.complete_rx(third, index=2)
+    turn(svc)
+    assert [f for _, f in tap.host_receive()] == [first, second, third]
+    st = svc.stats
+    assert (st.rx_packets, st.rx_bytes, st.rx_errors) == (3, 60 + 1514 + 300, 0)
+    svc.stop()
+    everything_back(svc)
+
+
+def test_a_frame_too_short_or_too_long_for_ecm_is_counted_not_delivered():
+    svc, t, tap = make_service("ecm")
+    t.complete_rx(b"\x01" * 13)
+    t.complete_rx(frame(60))
+    turn(svc)
+    assert [f for _, f in tap.host_receive()] == [frame(60)]
+    assert svc.stats.rx_length_errors == 1 and svc.stats.rx_errors == 1
+    svc.stop()
+
+
+def test_a_full_tap_drops_and_counts_and_rx_keeps_going():
+    """Backpressure from the host: the TAP's queue is full. Frames are dropped and counted, one log line per
+    burst, nothing raised, and every RX transfer goes back in flight."""
+    svc, t, tap = make_service("ecm")
+    sent = 0
+    while svc.stats.rx_dropped == 0 and sent < 10000:
+        for _ in range(len(t.rx)):
+            t.complete_rx(frame(1514, sent))
+            sent += 1
+        turn(svc)
+    assert svc.stats.rx_dropped > 0, "the socket pair never filled"
+    assert svc.stats.rx_packets + svc.stats.rx_dropped == sent
+    assert svc.port.write_errors.count == svc.stats.rx_dropped
+    assert len(t.rx) == t.n_rx
+    got = tap.host_receive()
+    assert len(got) == svc.stats.rx_packets
+    t.complete_rx(frame(200, 7))
+    turn(svc)
+    assert tap.host_receive()[-1][1] == frame(200, 7), "delivery resumes once the host reads"
+    svc.stop()
+    everything_back(svc)
+
+
+def tcp_segment(seq: int, payload: bytes) -> bytes:
+    def csum(data: bytes) -> int:
+        if len(data) % 2:
+            data += b"\0"
+        s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+        while s >> 16:
+            s = (s & 0xFFFF) + (s >> 16)
+        return ~s & 0xFFFF
+
+    src, dst = bytes([198, 18, 0, 2]), bytes([198, 18, 0, 1])
+    tcp = struct.pack("!HHIIBBHHH", 5001, 40000, seq, 1, 5 << 4, 0x10, 502, 0, 0)
+    check = csum(src + dst + struct.pack("!BBH", 0, 6, 20 + len(payload)) + tcp + payload)
+    tcp = tcp[:16] + struct.pack("!H", check) + tcp[18:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40 + len(payload), 1, 0x4000, 64, 6, 0, src, dst)
+    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+    return HOST + PEER + b"\x08\x00" + ip + tcp + payload
+
+
+def test_with_gro_a_failed_tap_write_is_counted_once():
+    """One failed write of a coalesced run: three frames dropped, not three plus one more for the write."""
+    svc, t, tap = make_service("ecm", gro=True)
+    tap.peer.close()  # the host side is gone: every write fails
+    for i in range(3):
+        t.complete_rx(tcp_segment(i * 1000, bytes([i + 1]) * 1000))
+    turn(svc)
+    assert svc.stats.rx_dropped == 3 and svc.stats.rx_packets == 0
+    svc.stop()
+    everything_back(svc)
+
+
+def test_with_gro_a_corrupted_segment_reaches_the_host_unmerged_and_unmarked():
+    svc, t, tap = make_service("ecm", gro=True)
+    segs = [bytearray(tcp_segment(i * 1000, bytes([i + 1]) * 1000)) for i in range(4)]
+    segs[2][14 + 40 + 10] ^= 0xFF  # a payload byte: the TCP checksum no longer holds
+    for s in segs:
+        t.complete_rx(bytes(s))
+    turn(svc)
+    got = tap.host_receive()
+    marked = [f for h, f in got if h[0] & F_NEEDS_CSUM]
+    plain = [f for h, f in got if h == ZERO_HDR]
+    assert bytes(segs[2]) in plain
+    assert all(bytes(segs[2])[54:] not in f for f in marked)
+    assert got[0][0][1] == GSO_TCPV4, "the two good segments before it still merge"
+    assert svc.detailed_stats()["rx_gro"]["unverified"] == 1
+    assert svc.stats.rx_packets == 4
+    svc.stop()
+
+
+# ---------------------------------------------------------------------------- USB faults
+def test_an_error_storm_pauses_rx_once_then_resumes():
+    svc, t, tap = make_service("ecm", rx_transfers=30)
+    for _ in range(dp.RX_ERROR_STORM + 1):
+        t.complete_rx(status=STATUS_ERROR)
+    turn(svc)
+    assert svc.datapath.rx_throttled == 1
+    assert svc.stats.rx_usb_errors == dp.RX_ERROR_STORM + 1
+    paused = len(t.rx)
+    assert paused == 30 - (dp.RX_ERROR_STORM + 1), "RX is not resubmitted while throttled"
+    assert 0 < svc.timeout() <= dp.RX_THROTTLE
+    time.sleep(dp.RX_THROTTLE + 0.01)
+    turn(svc)
+    assert len(t.rx) == 30, "RX resumes after the throttle"
+    t.complete_rx(frame(100))
+    turn(svc)
+    assert len(tap.host_receive()) == 1
+    svc.stop()
+    everything_back(svc)
+
+
+def test_a_halted_in_endpoint_is_cleared_once_per_halt_and_not_counted_as_a_storm():
+    svc, t, tap = make_service("ecm", rx_transfers=30)
+    for _ in range(30):  # one halt fails every transfer in flight
+        t.complete_rx(status=STATUS_STALL)
+    turn(svc)
+    assert t.halts_cleared == [svc.driver.binding.ep_in.address]
+    assert svc.datapath.rx_throttled == 0
+    assert len(t.rx) == 30
+    svc.stop()
+    everything_back(svc)
+
+
+def test_a_failed_or_halted_out_transfer_counts_its_frames_as_errors():
+    svc, t, tap = make_service("ecm")
+    tap.host_send(frame(100))
+    tap.host_send(frame(101))
+    svc.on_tap_readable()
+    turn(svc)
+    assert len(t.tx) == 2
+    t.complete_tx(STATUS_STALL)
+    t.complete_tx()
+    turn(svc)
+    assert (svc.stats.tx_errors, svc.stats.tx_aborted_errors, svc.stats.tx_packets) == (1, 1, 1)
+    assert t.halts_cleared == [svc.driver.binding.ep_out.address]
+    svc.stop()
+    everything_back(svc)
+
+
+def test_device_gone_ends_the_data_path_and_teardown_still_returns_everything():
+    svc, t, tap = make_service("ecm")
+    t.complete_rx(status=STATUS_NO_DEVICE)
+    turn(svc)
+    assert svc.device_gone
+    svc.stop()
+    everything_back(svc)
+
+
+# ---------------------------------------------------------------------------- TX and flush reasons
+def test_ecm_sends_each_frame_as_its_own_transfer_with_a_zlp_on_a_packet_multiple():
+    svc, t, tap = make_service("ecm")
+    frames = [frame(100, 1), frame(512, 2), frame(1024, 3)]
+    for f in frames:
+        tap.host_send(f)
+    svc.on_tap_readable()
+    turn(svc)
+    assert [(d, z) for _, d, z in t.tx] == [(frames[0], False), (frames[1], True), (frames[2], True)]
+    assert svc.detailed_stats()["tx_flush"]["full"] == 3
+    svc.stop()
+    everything_back(svc)
+
+
+def ncm_datagrams(data: bytes) -> list[bytes]:
+    out: list[bytes] = []
+    view = memoryview(bytearray(data))
+    from usbnetd.core.stats import Stats
+
+    NtbDecoder(Stats(), max_datagram=1514).decode(view, len(data), lambda o, n: out.append(bytes(view[o : o + n])))
+    return out
+
+
+def test_ncm_flush_reasons_idle_timer_and_completion():
+    svc, t, tap = make_service("ncm")
+    flush = svc.datapath.tx_flush
+    # Pipe idle, TAP drained: sent at once.
+    tap.host_send(frame(100, 1))
+    tap.host_send(frame(100, 2))
+    svc.on_tap_readable()
+    turn(svc)
+    assert flush[dp.FLUSH_IDLE] == 1 and len(t.tx) == 1
+    assert ncm_datagrams(t.tx[0][1]) == [frame(100, 1), frame(100, 2)]
+    # A transfer in flight: the next frames wait for the pipe or the timer.
+    tap.host_send(frame(100, 3))
+    svc.on_tap_readable()
+    turn(svc)
+    assert len(t.tx) == 1 and svc.timeout() is not None
+    t.complete_tx()
+    turn(svc)
+    assert flush[dp.FLUSH_COMPLETION] == 1 and ncm_datagrams(t.tx[0][1]) == [frame(100, 3)]
+    tap.host_send(frame(100, 4))
+    svc.on_tap_readable()
+    time.sleep(dp.TX_FLUSH_DELAY * 2)
+    turn(svc)
+    assert flush[dp.FLUSH_TIMER] == 1 and ncm_datagrams(t.tx[-1][1]) == [frame(100, 4)]
+    svc.stop()
+    everything_back(svc)
+
+
+def test_ncm_fills_a_transfer_then_flushes_it_as_full():
+    svc, t, tap = make_service("ncm")
+    tap.host_send(frame(100, 0))
+    svc.on_tap_readable()  # the pipe was idle: this one goes at once and keeps the pipe busy
+    turn(svc)
+    assert len(t.tx) == 1
+    sent = [frame(1514, n) for n in range(1, 31)]
+    for f in sent:
+        tap.host_send(f)
+    svc.on_tap_readable()
+    turn(svc)
+    flush = svc.datapath.tx_flush
+    assert flush[dp.FLUSH_FULL] == 1, "30 full frames do not fit one 32 KiB NTB"
+    full = ncm_datagrams(t.sent[1])
+    assert full == sent[: len(full)] and len(t.sent[1]) <= svc.driver.tx_size
+    svc.stop()
+    everything_back(svc)
+
+
+def test_tx_backpressure_stops_reading_the_tap_and_resumes():
+    """The bus takes nothing (every OUT busy): the tx submission queue fills, the TAP is no longer read, and
+    nothing is lost; when the bus frees up, everything queued goes out in order."""
+    svc, t, tap = make_service("ecm", tx_transfers=4)
+    t.refuse_tx = True
+    sent = [frame(100 + i, i) for i in range(40)]
+    for f in sent:
+        tap.host_send(f)
+    for _ in range(5):
+        if svc.wants_tap_read():
+            svc.on_tap_readable()
+        turn(svc)
+    assert not svc.wants_tap_read()
+    queued = len(svc.datapath.tx_submission)
+    assert queued == svc.datapath.tx_submission.capacity
+    t.refuse_tx = False
+    out: list[bytes] = []
+    for _ in range(40):
+        turn(svc)
+        while t.tx:
+            out.append(t.complete_tx())
+        turn(svc)
+        if svc.wants_tap_read():
+            svc.on_tap_readable()
+    assert out == sent
+    assert svc.stats.tx_packets == 40 and svc.stats.tx_dropped == 0
+    svc.stop()
+    everything_back(svc)
+
+
+def test_a_frame_longer_than_the_device_takes_is_dropped_and_counted():
+    svc, t, tap = make_service("ecm")
+    tap.host_send(frame(1514) + b"x" * 10)
+    tap.host_send(frame(200))
+    svc.on_tap_readable()
+    turn(svc)
+    assert [d for _, d, _ in t.tx] == [frame(200)]
+    assert svc.stats.tx_dropped == 1
+    svc.stop()
+
+
+# ---------------------------------------------------------------------------- EEM's own transfers
+def test_an_eem_echo_on_an_idle_link_is_answered_at_once():
+    """The TAP is drained, so a TX transfer was opened for frames that never came. An echo request must
+    still be answered now, not when the host next sends a frame."""
+    svc, t, tap = make_service("eem")
+    svc.on_tap_readable()  # nothing to read: the transfer opened for it stays empty
+    turn(svc)
+    assert t.sent == []
+    t.complete_rx(ec.echo(b"ping?"))
+    turn(svc)
+    assert t.sent == [ec.echo_response(b"ping?")]
+    assert svc.datapath.tx_flush[dp.FLUSH_DRIVER] == 1
+    svc.stop()
+    everything_back(svc)
+
+
+def test_an_eem_echo_goes_after_frames_already_framed_and_frames_keep_flowing():
+    svc, t, tap = make_service("eem", tx_transfers=8)
+    t.complete_rx(ec.data_packet(frame(100, 1)) + ec.echo(b"e1"))
+    tap.host_send(frame(200, 2))
+    svc.on_usb()
+    svc.on_tap_readable()
+    svc.process()
+    assert t.sent[-1] == ec.echo_response(b"e1")
+    assert [f for _, f in tap.host_receive()] == [frame(100, 1)]
+    tap.host_send(frame(300, 3))
+    svc.on_tap_readable()
+    turn(svc)
+    assert len(t.sent) == 3
+    svc.stop()
+    everything_back(svc)
+
+
+# ---------------------------------------------------------------------------- link state
+def test_carrier_follows_notifications_and_repeats_are_ignored():
+    svc, t, tap = make_service("ecm")
+    assert tap.carrier is False
+    up = struct.pack("<BBHHH", 0xA1, cdc.NETWORK_CONNECTION, 1, 0, 0)
+    down = struct.pack("<BBHHH", 0xA1, cdc.NETWORK_CONNECTION, 0, 0, 0)
+    for msg in (up, up, up, down, down, up):
+        t.interrupt(msg)
+    turn(svc)
+    assert tap.carrier_changes == [False, True, False, True]
+    assert svc.status()["link"] == "up"
+    svc.stop()
+
+
+def test_the_ignore_link_quirk_and_eem_keep_carrier_on():
+    svc, t, tap = make_service("ecm", quirks=Quirk.IGNORE_LINK)
+    t.interrupt(struct.pack("<BBHHH", 0xA1, cdc.NETWORK_CONNECTION, 0, 0, 0))
+    turn(svc)
+    assert tap.carrier is True
+    svc.stop()
+    svc, t, tap = make_service("eem")
+    assert tap.carrier is True
+    svc.stop()
+
+
+def test_status_reports_the_device_mac_and_the_reconciler_follows_a_mac_change():
+    svc, t, tap = make_service("ecm")
+    assert svc.status()["mac"] == DEVICE_MAC.hex(":")
+    tap.mac = bytes.fromhex("020102030405")
+    svc.link.reconciler.reconcile()
+    assert svc.status()["mac"] == "02:01:02:03:04:05"
+    # A MAC the device does not filter for: promiscuous from now on.
+    assert any(req == cdc.SET_ETHERNET_PACKET_FILTER and val & cdc.PACKET_TYPE_PROMISCUOUS
+               for req, val, _ in t.controls)
+    svc.stop()
+
+
+# ---------------------------------------------------------------------------- teardown
+@pytest.mark.parametrize("kind", ["ecm", "ncm", "eem"])
+def test_teardown_with_transfers_in_flight_reaps_everything_before_closing(kind):
+    svc, t, tap = make_service(kind)
+    tap.host_send(frame(100))
+    svc.on_tap_readable()
+    turn(svc)
+    t.complete_rx(b"")  # one completion queued but not yet handled
+    assert t.in_flight > 0
+    svc.stop()
+    everything_back(svc)
+    assert tap.closed
+
+
+def test_an_unreaped_transfer_is_reported_and_its_packet_not_reused():
+    svc, t, tap = make_service("ecm")
+    t.unreapable = 1
+    svc.stop()
+    assert svc.datapath.pool.in_use == 1
+    assert t.closed
+
+
+def test_a_failed_start_tears_down_and_a_second_stop_is_harmless():
+    t = ScriptedTransport("ecm")
+    from usbnetd.core.service import EthernetService
+    from usbnetd.core.stats import Stats
+    from usbnetd.netdev.tap import TapError
+    from usbnetd.protocols import choose
+
+    driver_cls, binding = choose(t.identity.configurations, 1)
+    svc = EthernetService(t, driver_cls(t, binding, Stats(), __import__("usbnetd.protocols.driver",
+                          fromlist=["Options"]).Options()), ifname="core0", mtu=9000,
+                          tap_factory=__import__("fake").FakeTap)
+    with pytest.raises(TapError, match="MTU 9000 is more than the device takes"):
+        svc.start()
+    assert t.closed and svc.state is State.STOPPED
+    svc.stop()
