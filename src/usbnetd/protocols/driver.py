@@ -222,7 +222,7 @@ class ProtocolDriver:
             return False
         return True
 
-    # --- the interface follows the user (follow.py calls these while running) ---
+    # --- the interface follows the user (netdev/reconciler.py calls these while running) ---
     def change_mtu(self, frame: int) -> str | None:
         """The user set an MTU giving `frame`-byte frames: None if the device can do it, else why not."""
         if frame > self.max_frame:

@@ -1,7 +1,7 @@
 """CDC-ECM: one Ethernet frame per bulk transfer, no framing header (CDC ECM 1.2).
 
 Control 02/06/00 paired through the Union descriptor with a data interface whose alt 1 has the bulk pair.
-The framing is shared with the CDC subset (`base.OneFramePerTransfer`).
+The framing is shared with the CDC subset (`driver.OneFramePerTransfer`).
 """
 
 from __future__ import annotations

@@ -20,8 +20,10 @@ from .ncm_codec import NtbBuilder, NtbDecoder, NtbParameters, TxLayout
 
 log = logging.getLogger(__name__)
 
-# Our NTB input size: the spec's default for NTB16 hosts is 2 KiB, Linux starts at 16 KiB; 32 KiB is where
-# measured user-space bridges stop gaining (protocol-facts.md), and it keeps a pool of 64 packets at 2 MiB.
+# Our NTB sizes: NCM 1.0 §6.2.7 lets the host ask for any NTB input size from 2048 bytes up to the device's
+# dwNtbInMaxSize (at most 64 KiB with NTB16). Linux's cdc_ncm starts at 16 KiB (CDC_NCM_NTB_DEF_SIZE_*) and
+# allows 32 KiB by default (CDC_NCM_NTB_MAX_SIZE_*). We take 32 KiB, capped by what the device reports,
+# which keeps a pool of 64 packets at 2 MiB; larger NTBs have not been measured (docs/performance.md).
 DEFAULT_RX_NTB = 32768
 DEFAULT_TX_NTB = 32768
 NTB16_LIMIT = 65535  # wBlockLength is 16 bits
@@ -88,7 +90,7 @@ class NcmDriver(ProtocolDriver):
     def change_mtu(self, frame: int) -> str | None:
         reason = super().change_mtu(frame)
         if reason is None and self.capabilities & cdc.NCM_NCAP_MAX_DATAGRAM_SIZE:
-            # NCM 1.0 §6.2.16: tell the device the largest datagram it may send us and must accept.
+            # NCM 1.0 §6.2.9 (SetMaxDatagramSize): tell the device the largest datagram it may send us and must accept.
             self.transport.submit_control(cdc.REQ_TYPE_CLASS_OUT, cdc.SET_MAX_DATAGRAM_SIZE, 0,
                                           self.binding.control, struct.pack("<H", frame), self._filter_done)
         return reason
@@ -99,7 +101,8 @@ class NcmDriver(ProtocolDriver):
         return super().apply_filter(promisc, allmulti, multicast)
 
     def set_packet_filter(self, bits: int) -> bool:
-        # NCM 1.0 §6.2.1: SET_ETHERNET_PACKET_FILTER is optional, announced by bmNetworkCapabilities bit 0.
+        # NCM 1.0 §5.2.1: SET_ETHERNET_PACKET_FILTER (ECM 1.2 §6.2.4) is optional, announced by
+        # bmNetworkCapabilities bit D0.
         if not self.capabilities & cdc.NCM_NCAP_ETH_FILTER:
             return False
         return super().set_packet_filter(bits)
