@@ -96,7 +96,7 @@ def main(kind: str, rounds: int) -> None:
     tracemalloc.stop()
     result["follower_rss_growth_kib"] = rss_kib() - rss0
     svc.stop()
-    result["in_use_after_stop"] = svc.pool.in_use
+    result["in_use_after_stop"] = svc.datapath.pool.in_use
     t.close()
     print(json.dumps(result))
 
