@@ -54,6 +54,16 @@ class Tap:
         reason = validate_ifname(name)
         if reason:
             raise TapError(reason)
+        # Every attribute first: close() must work on a TAP whose construction failed half-way.
+        self._dev: pytun.TunTapDevice | None = None
+        self.persistent = persistent
+        self.carrier: bool | None = None
+        self.name = name
+        self.fd = -1
+        self.index = 0
+        self.mac = mac
+        self.mtu = mtu
+        self.vnet_hdr = vnet_hdr
         self._links: LinkSocket | None = LinkSocket()
         # A persistent TAP left by an earlier run of ours is taken over, with its addresses and routes.
         self.reused = self._links.index_of(name) is not None
@@ -72,17 +82,15 @@ class Tap:
         os.set_blocking(self.fd, False)
         # With a vnet header every read and write starts with `vnet_hdr` bytes of struct virtio_net_hdr (gro.py
         # writes coalesced TCP that way). No offloads: what we read is always a whole frame, checksums done.
-        self.vnet_hdr = vnet_hdr
         if vnet_hdr:
             try:
                 fcntl.ioctl(self.fd, TUNSETVNETHDRSZ, struct.pack("i", vnet_hdr))
                 fcntl.ioctl(self.fd, TUNSETOFFLOAD, 0)
             except OSError as exc:
-                self._dev.close()
+                dev, self._dev = self._dev, None
+                dev.close()
                 self._close_links()
                 raise TapError(f"cannot set up the vnet header on {name}: {exc.strerror}") from exc
-        self.carrier: bool | None = None
-        self.persistent = persistent
         try:
             index = self._links.index_of(self.name)
             if index is None:
@@ -95,8 +103,6 @@ class Tap:
         except BaseException:
             self.close()
             raise
-        self.mac = mac
-        self.mtu = mtu
 
     def _set(self, what: str, **change) -> None:
         try:
@@ -136,10 +142,10 @@ class Tap:
 
     def close(self, remove: bool = True) -> None:
         """Close the TAP. A persistent one stays (carrier down) unless `remove`; others always go."""
-        dev, self._dev = getattr(self, "_dev", None), None
+        dev, self._dev = self._dev, None
         if dev is not None:
             try:
-                if getattr(self, "persistent", False):
+                if self.persistent:
                     if remove:
                         fcntl.ioctl(self.fd, TUNSETPERSIST, 0)
                     else:
@@ -150,6 +156,6 @@ class Tap:
         self._close_links()
 
     def _close_links(self) -> None:
-        links, self._links = getattr(self, "_links", None), None
+        links, self._links = self._links, None
         if links is not None:
             links.close()
