@@ -1,0 +1,919 @@
+/*
+ * usbnetd.native._fastpath: the per-frame RX work of CDC-NCM (and of one-frame-per-transfer ECM) in C.
+ *
+ * What this file owns: walking a received NTB, receive coalescing (GRO) of TCP/IPv4 runs with checksum
+ * verification, and the writes to the TAP, producing byte for byte the same TAP writes and the same counters
+ * as the Python reference it mirrors:
+ *
+ *   protocols/ncm_codec.py  NtbDecoder.decode       the NTB walk and its error counting
+ *   netdev/gro.py           Coalescer, segment_verified   what merges, what is verified, the super-frame
+ *   netdev/port.py          TapPort.write_frame / write_superframe / _emit_plain   writes and counters
+ *   protocols/driver.py     OneFramePerTransfer.rx_decode   ECM's length checks (decode_frame)
+ *
+ * The Python code stays the readable reference and the fallback; where this file and it could ever differ,
+ * the Python is right and tests/unit/test_native_ncm_rx.py plus fuzz/native_ncm.py (a differential fuzz
+ * target, also run under ASan/UBSan by fuzz/native_asan.sh) are there to catch it. Every decision below that
+ * looks arbitrary is the reference's, documented there; the comments here say where it comes from.
+ *
+ * API (one call per received transfer, one per batch; nothing per frame crosses into Python):
+ *
+ *   rx = NcmRx(fd, vnet_hdr_len, gro, max_datagram)
+ *       fd: the TAP (or any fd taking one frame per write); vnet_hdr_len: 0 or 10 (struct virtio_net_hdr in
+ *       front of every write); gro: coalesce TCP/IPv4 runs (needs vnet_hdr_len 10); max_datagram: the largest
+ *       datagram accepted (NtbDecoder's max_datagram; ECM's max_frame for decode_frame).
+ *   rx.decode(buf, length) -> int
+ *       Walk one NTB in buf[:length] (NtbDecoder.decode), write or collect each datagram; returns how many
+ *       datagrams were good. buf: any contiguous buffer, writable when gro is on (a super-frame's first
+ *       segment gets its headers rewritten in place, as the Python does). length is clamped to len(buf).
+ *   rx.decode_frame(buf, length) -> int
+ *       One frame per transfer (ECM, the CDC subset): OneFramePerTransfer.rx_decode's checks, then as one
+ *       datagram. A length past len(buf) is counted as a length error (the transport never reports one).
+ *   rx.flush() -> None
+ *       The batch is decoded: write what GRO still holds (TapPort.rx_end) and let go of the buffers.
+ *   rx.counters() -> dict[str, int]
+ *       Running totals: rx_packets, rx_bytes, rx_dropped, rx_errors, rx_length_errors, rx_frame_errors,
+ *       superframes, merged, unverified, write_failures (failed write calls; rx_dropped counts frames).
+ *   rx.add_to(stats) -> int
+ *       Add what the six rx_* counters gained since the last add_to into `stats` (a core.stats.Stats or
+ *       anything with those attributes); returns the write calls that failed since the last add_to
+ *       (rx.last_errno is the errno of the latest), for TapPort's BurstLog.
+ *   rx.superframes, rx.merged, rx.unverified, rx.last_errno: read-only attributes.
+ *
+ * Buffer lifetime: a GRO run may span transfers of one batch (the reference flushes once per batch), so the
+ * buffers a run points into are held (their Py_buffer kept, which also stops a bytearray from resizing)
+ * until the run is written, at the latest at flush(). The GIL is released for the whole walk and every
+ * write: with the views acquired before, only C data and the buffers' bytes are touched. One thread at a
+ * time per object: a call while another thread is inside one raises RuntimeError.
+ *
+ * Device bytes never raise: every length and offset is checked against the transfer's length before it is
+ * read, and every rejection is counted as the reference counts it. A failed write (EAGAIN: the TAP queue is
+ * full, EIO: the interface is down, anything else) drops the frame(s) and counts them, as TapPort does.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+/* Bumped whenever the Python-visible API changes; native/__init__.py refuses a stale in-place build. */
+#define API_VERSION 1
+
+/* ---- NCM 1.0 (USB CDC Subclass Specification for Network Control Model Devices, rev. 1.0) ---------------- */
+#define NTH16_SIGNATURE 0x484D434Eu       /* "NCMH", §3.2.1 */
+#define NTH32_SIGNATURE 0x686D636Eu       /* "ncmh", §3.2.2 */
+#define NDP16_NOCRC_SIGNATURE 0x304D434Eu /* "NCM0", §3.3.1 */
+#define NDP16_CRC_SIGNATURE 0x314D434Eu   /* "NCM1" */
+#define NDP32_NOCRC_SIGNATURE 0x306D636Eu /* "ncm0", §3.3.2 */
+#define NDP32_CRC_SIGNATURE 0x316D636Eu   /* "ncm1" */
+#define NTH16_LEN 12
+#define NTH32_LEN 16
+#define NDP16_HEADER_LEN 8
+#define NDP32_HEADER_LEN 16
+#define DPE16_LEN 4
+#define DPE32_LEN 8
+#define NDP16_MIN_LEN (NDP16_HEADER_LEN + 2 * DPE16_LEN) /* one datagram + the terminator */
+#define NDP32_MIN_LEN (NDP32_HEADER_LEN + 2 * DPE32_LEN)
+#define CRC_LEN 4
+#define MAX_NDPS 50 /* NDPs followed per NTB (ncm_codec.MAX_NDPS) */
+#define ETH_HLEN 14
+
+/* ---- GRO (netdev/gro.py) ----------------------------------------------------------------------------- */
+#define VNET_HDR_LEN 10 /* sizeof(struct virtio_net_hdr) without num_buffers */
+#define F_NEEDS_CSUM 1
+#define GSO_TCPV4 1
+#define ETH_IP 34    /* Ethernet header + IPv4 header without options */
+#define TCP_CHECK 16 /* offset of the checksum in the TCP header (RFC 793 §3.1) */
+#define MAX_IP_LEN 0xFFFF
+#define MAX_SEGMENTS 64
+#define MIN_CANDIDATE 256
+#define TCP_ACK 0x10
+#define TCP_PSH 0x08
+#define IPPROTO_TCP_ 6
+
+static const uint8_t ZERO_HDR[VNET_HDR_LEN];
+
+enum { S_RX_PACKETS, S_RX_BYTES, S_RX_DROPPED, S_RX_ERRORS, S_RX_LENGTH_ERRORS, S_RX_FRAME_ERRORS, N_STATS };
+static const char *const STAT_NAMES[N_STATS] = {
+    "rx_packets", "rx_bytes", "rx_dropped", "rx_errors", "rx_length_errors", "rx_frame_errors",
+};
+static PyObject *stat_names[N_STATS]; /* interned at module init, for add_to */
+
+/* One coalesced run: the first segment's frame, then the other segments' payloads (gro.Coalescer). */
+struct run {
+    int n; /* segments collected; 0: no run open */
+    uint8_t *first;        /* the first segment's frame (its Ethernet header), inside a held buffer */
+    uint32_t thl, mss;     /* TCP header length, the first segment's payload */
+    uint32_t ip_len;       /* IP total length of the whole run so far */
+    uint32_t ack, next_seq;
+    uint64_t bytes; /* the segments' frame lengths as received: what rx_bytes counts */
+    int psh, closed, verified;
+    uint8_t mac[12]; /* merge key: both MAC addresses, TOS, TTL, addresses, ports */
+    uint8_t tos, ttl;
+    uint32_t src, dst;
+    uint16_t sport, dport;
+    uint64_t first_gen, last_gen; /* the decode calls (buffers) its first and latest segments came from */
+    uint8_t hdr[VNET_HDR_LEN];
+    struct iovec iov[1 + MAX_SEGMENTS]; /* [hdr, first frame's headers + payload, other payloads...] */
+};
+
+typedef struct {
+    PyObject_HEAD
+    int fd;
+    int vnet; /* 0 or VNET_HDR_LEN */
+    int gro;
+    int busy;
+    long long max_dg;
+    unsigned long long stat[N_STATS];
+    unsigned long long reported[N_STATS]; /* what add_to has already added */
+    unsigned long long superframes, merged, unverified;
+    unsigned long long write_failures, failures_reported;
+    int last_errno;
+    uint64_t gen; /* decode calls so far: the generation of the buffer being decoded */
+    /* Buffers GRO still points into, oldest first, with the generation each was decoded in. */
+    Py_buffer *held;
+    uint64_t *held_gen;
+    Py_ssize_t nheld, cap;
+    struct run run;
+} NcmRx;
+
+/* ---- byte access (all bounds are checked by the callers before these run) ----------------------------- */
+static inline uint32_t le16(const uint8_t *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8; }
+static inline uint32_t le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static inline uint32_t be16(const uint8_t *p) { return (uint32_t)p[0] << 8 | (uint32_t)p[1]; }
+static inline uint32_t be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
+}
+static inline void put_be16(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+/* ---- checksums ---------------------------------------------------------------------------------------- */
+
+/*
+ * The sum of the n bytes at p read as big-endian 16-bit words (an odd last byte is the high half of a word
+ * padded with zero), modulo 0xFFFF. RFC 1071 §1: a block whose one's complement checksum is correct sums to
+ * 0xFFFF (or 0), i.e. to 0 modulo 0xFFFF, which is what gro.segment_verified tests with
+ * int.from_bytes(...) % 0xFFFF. Because 2**16 = 1 (mod 0xFFFF), 64-bit words can be added with an
+ * end-around carry (2**64 = 1 as well), eight bytes per addition (RFC 1071 §2(C), "parallel summation").
+ * On a little-endian host each loaded 16-bit half is byte-swapped, w' = 256 * w (mod 0xFFFF) read the other
+ * way round (RFC 1071 §2(B), byte order independence): since 256 * 256 = 1 (mod 0xFFFF), the big-endian sum
+ * is 256 times the little-endian one.
+ */
+static uint32_t sum_mod(const uint8_t *p, size_t n)
+{
+    uint64_t s = 0, t = 0;
+    while (n >= 8) {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        s += v;
+        s += (s < v); /* end-around carry */
+        p += 8;
+        n -= 8;
+    }
+    while (n >= 2) {
+        t += be16(p);
+        p += 2;
+        n -= 2;
+    }
+    if (n)
+        t += (uint64_t)p[0] << 8;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    return (uint32_t)((s % 0xFFFF + t) % 0xFFFF);
+#else
+    return (uint32_t)(((s % 0xFFFF) * 256 + t) % 0xFFFF);
+#endif
+}
+
+/* 16-bit one's complement fold, twice as gro._fold does (RFC 1071 §4.1's end-around carry). */
+static inline uint32_t fold(uint32_t s)
+{
+    s = (s & 0xFFFF) + (s >> 16);
+    return (s & 0xFFFF) + (s >> 16);
+}
+
+/*
+ * gro.segment_verified: the IPv4 header checksum (RFC 791 §3.1, over the 20-byte header) and the TCP
+ * checksum over pseudo-header, header and payload (RFC 793 §3.1) of the frame f whose IP total length is tot.
+ * The caller has checked 14 + tot <= the frame's length and tot > 40.
+ */
+static int segment_verified(const uint8_t *f, uint32_t tot, uint32_t src, uint32_t dst)
+{
+    if (sum_mod(f + ETH_HLEN, 20))
+        return 0;
+    uint32_t tcp_len = tot - 20;
+    uint64_t s = sum_mod(f + ETH_IP, tcp_len);
+    /* pseudo-header: source, destination, zero + protocol, TCP length; 32-bit addresses fold the same way */
+    s += (uint64_t)src + dst + IPPROTO_TCP_ + tcp_len;
+    return s % 0xFFFF == 0;
+}
+
+/* ---- writes (TapPort) ---------------------------------------------------------------------------------- */
+
+static void write_failed(NcmRx *self, unsigned frames, int err)
+{
+    /* TapPort._write_failed: dropped and counted, never raised */
+    self->stat[S_RX_DROPPED] += frames;
+    self->write_failures++;
+    self->last_errno = err;
+}
+
+/* TapPort.write_frame (and _emit_plain when there is no vnet header): `len` bytes go out, `count` are counted
+ * (they differ for a run of one, whose Ethernet padding past the IP length is not written). */
+static void write_frame(NcmRx *self, const uint8_t *p, size_t len, uint64_t count)
+{
+    ssize_t r;
+    if (self->vnet) {
+        struct iovec iov[2] = {{(void *)ZERO_HDR, VNET_HDR_LEN}, {(void *)p, len}};
+        do
+            r = writev(self->fd, iov, 2);
+        while (r < 0 && errno == EINTR); /* as os.writev does (PEP 475) */
+    } else {
+        do
+            r = write(self->fd, p, len);
+        while (r < 0 && errno == EINTR);
+    }
+    if (r < 0) {
+        write_failed(self, 1, errno);
+        return;
+    }
+    self->stat[S_RX_PACKETS]++;
+    self->stat[S_RX_BYTES] += count;
+}
+
+/* ---- GRO (netdev/gro.py Coalescer) --------------------------------------------------------------------- */
+
+/* Coalescer.flush: write the open run, as it came when it is one segment, else as a super-frame. */
+static void flush_run(NcmRx *self)
+{
+    struct run *r = &self->run;
+    int n = r->n;
+    if (!n)
+        return;
+    r->n = 0;
+    if (n == 1) {
+        /* A run of one is written as it came, with no flags: the stack verifies it. */
+        write_frame(self, (const uint8_t *)r->iov[1].iov_base, r->iov[1].iov_len, r->bytes);
+        return;
+    }
+    uint8_t *f = r->first;
+    /* IP total length for the whole run and the header checksum over it (RFC 791 §3.1: computed with the
+     * checksum field zero). */
+    put_be16(f + 16, r->ip_len);
+    f[24] = f[25] = 0;
+    uint32_t s = 0;
+    for (int i = 0; i < 20; i += 2)
+        s += be16(f + ETH_HLEN + i);
+    put_be16(f + 24, ~fold(s) & 0xFFFF);
+    if (r->psh)
+        f[47] |= TCP_PSH; /* the run's last segment pushed: so does the super-frame */
+    /* CHECKSUM_PARTIAL (virtio-net's convention): the TCP check field holds the folded, not complemented,
+     * pseudo-header sum (RFC 793 §3.1) over the whole TCP length; whoever segments or delivers it completes
+     * the checksum from csum_start. */
+    uint32_t pseudo = fold((r->src >> 16) + (r->src & 0xFFFF) + (r->dst >> 16) + (r->dst & 0xFFFF) +
+                           IPPROTO_TCP_ + r->ip_len - 20);
+    put_be16(f + ETH_IP + TCP_CHECK, pseudo);
+    /* struct virtio_net_hdr in host byte order: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset */
+    uint16_t h16[4] = {(uint16_t)(ETH_IP + r->thl), (uint16_t)r->mss, ETH_IP, TCP_CHECK};
+    r->hdr[0] = F_NEEDS_CSUM;
+    r->hdr[1] = GSO_TCPV4;
+    memcpy(r->hdr + 2, h16, sizeof h16);
+    r->iov[0].iov_base = r->hdr;
+    r->iov[0].iov_len = VNET_HDR_LEN;
+    ssize_t w;
+    do
+        w = writev(self->fd, r->iov, n + 1);
+    while (w < 0 && errno == EINTR);
+    if (w < 0) {
+        write_failed(self, (unsigned)n, errno);
+        return;
+    }
+    self->stat[S_RX_PACKETS] += (unsigned)n;
+    self->stat[S_RX_BYTES] += r->bytes;
+    self->superframes++;
+    self->merged += (unsigned)n;
+}
+
+/* The fields of one TCP/IPv4 candidate (gro._HEAD), parsed once. */
+struct seg {
+    uint32_t tot, thl, seq, ack, src, dst;
+    int64_t payload;
+    uint16_t sport, dport;
+    uint8_t tos, ttl, flags;
+};
+
+/* Coalescer._start: f opens a new run. */
+static void start_run(NcmRx *self, uint8_t *f, size_t length, const struct seg *g)
+{
+    struct run *r = &self->run;
+    r->first = f;
+    r->thl = g->thl;
+    r->mss = (uint32_t)g->payload;
+    r->ack = g->ack;
+    memcpy(r->mac, f, 12);
+    r->tos = g->tos;
+    r->ttl = g->ttl;
+    r->src = g->src;
+    r->dst = g->dst;
+    r->sport = g->sport;
+    r->dport = g->dport;
+    r->next_seq = g->seq + (uint32_t)g->payload; /* modulo 2**32 */
+    r->ip_len = g->tot;
+    r->bytes = length;
+    r->psh = g->flags & TCP_PSH;
+    r->closed = r->psh != 0;
+    r->verified = 0;
+    r->iov[1].iov_base = f;
+    r->iov[1].iov_len = ETH_HLEN + g->tot; /* padding past the IP length is not part of the run */
+    r->n = 1;
+    r->first_gen = r->last_gen = self->gen;
+}
+
+/* The port's emit for one datagram at f (length bytes, inside the transfer): Coalescer.emit with GRO,
+ * TapPort._emit_plain without. */
+static void emit(NcmRx *self, uint8_t *f, size_t length)
+{
+    if (!self->gro) {
+        write_frame(self, f, length, length);
+        return;
+    }
+    struct run *r = &self->run;
+    /* Ethernet + IPv4 without options + TCP: length >= MIN_CANDIDATE covers every byte read below */
+    if (length >= MIN_CANDIDATE && f[12] == 8 && f[13] == 0 && f[14] == 0x45 && f[23] == IPPROTO_TCP_) {
+        struct seg g;
+        g.tos = f[15];
+        g.tot = be16(f + 16);
+        uint32_t frag = be16(f + 20);
+        g.ttl = f[22];
+        g.src = be32(f + 26);
+        g.dst = be32(f + 30);
+        g.sport = (uint16_t)be16(f + 34);
+        g.dport = (uint16_t)be16(f + 36);
+        g.seq = be32(f + 38);
+        g.ack = be32(f + 42);
+        g.thl = (uint32_t)(f[46] >> 4) * 4;
+        g.flags = f[47];
+        g.payload = (int64_t)g.tot - 20 - g.thl;
+        /* tcp_gro_receive's rules: no fragment, only ACK (PSH allowed), a payload, inside the frame */
+        if ((frag & 0x3FFF) == 0 && (g.flags == TCP_ACK || g.flags == (TCP_ACK | TCP_PSH)) && g.thl >= 20 &&
+            g.payload > 0 && (size_t)ETH_HLEN + g.tot <= length) {
+            if (r->n) {
+                if (g.seq == r->next_seq && !r->closed && g.ack == r->ack && g.thl == r->thl &&
+                    g.payload <= r->mss && r->ip_len + g.payload <= MAX_IP_LEN && r->n < MAX_SEGMENTS &&
+                    memcmp(f, r->mac, 12) == 0 && g.tos == r->tos && g.ttl == r->ttl && g.src == r->src &&
+                    g.dst == r->dst && g.sport == r->sport && g.dport == r->dport &&
+                    (g.thl == 20 || memcmp(f + 54, r->first + 54, g.thl - 20) == 0)) {
+                    if (!r->verified) {
+                        /* the first segment is verified only once a second one would join it */
+                        if (!segment_verified(r->first, r->ip_len, g.src, g.dst)) {
+                            self->unverified++;
+                            flush_run(self);
+                            start_run(self, f, length, &g);
+                            return;
+                        }
+                        r->verified = 1;
+                    }
+                    if (!segment_verified(f, g.tot, g.src, g.dst)) {
+                        /* nothing unverified is marked valid: out alone, unmarked, for the stack to drop */
+                        self->unverified++;
+                        flush_run(self);
+                        write_frame(self, f, length, length);
+                        return;
+                    }
+                    struct iovec *v = &r->iov[r->n + 1];
+                    v->iov_base = f + ETH_IP + g.thl;
+                    v->iov_len = (size_t)g.payload;
+                    r->n++;
+                    r->next_seq = g.seq + (uint32_t)g.payload;
+                    r->ip_len += (uint32_t)g.payload;
+                    r->bytes += length;
+                    r->last_gen = self->gen;
+                    if (g.payload < r->mss || (g.flags & TCP_PSH)) {
+                        r->closed = 1;
+                        r->psh |= g.flags & TCP_PSH;
+                    }
+                    return;
+                }
+                flush_run(self);
+            }
+            start_run(self, f, length, &g);
+            return;
+        }
+    }
+    if (r->n)
+        flush_run(self);
+    write_frame(self, f, length, length);
+}
+
+/* ---- the NTB walk (ncm_codec.NtbDecoder.decode) ---------------------------------------------------------- */
+
+#define FRAME_ERROR(self)                                                                                      \
+    do {                                                                                                       \
+        (self)->stat[S_RX_ERRORS]++;                                                                           \
+        (self)->stat[S_RX_FRAME_ERRORS]++;                                                                     \
+    } while (0)
+#define LENGTH_ERROR(self)                                                                                     \
+    do {                                                                                                       \
+        (self)->stat[S_RX_ERRORS]++;                                                                           \
+        (self)->stat[S_RX_LENGTH_ERRORS]++;                                                                    \
+    } while (0)
+
+/*
+ * Runs without the GIL. Reads nothing at or past `length` (already clamped to the buffer): every offset is
+ * checked against `end` <= length first, in 64-bit arithmetic so no 32-bit field can wrap. Fields are read
+ * when the reference reads them (the NDP header when visiting it, each entry just before its datagram is
+ * emitted), because a super-frame written in between rewrites bytes in place and a malformed NTB may overlap
+ * a datagram with its own NDP.
+ */
+static Py_ssize_t ntb_walk(NcmRx *self, uint8_t *b, long long length)
+{
+    if (length < NTH16_LEN) {
+        FRAME_ERROR(self);
+        return 0;
+    }
+    uint32_t sig = le32(b);
+    uint64_t hlen, block, ndp;
+    uint64_t ndp_hdr_len, ndp_min, dpe_len;
+    uint32_t sig_plain, sig_crc;
+    int ntb32;
+    if (sig == NTH16_SIGNATURE) { /* NCM 1.0 §3.2.1 */
+        hlen = le16(b + 4);
+        block = le16(b + 8);
+        ndp = le16(b + 10);
+        if (hlen != NTH16_LEN) {
+            FRAME_ERROR(self);
+            return 0;
+        }
+        ntb32 = 0;
+        ndp_hdr_len = NDP16_HEADER_LEN;
+        ndp_min = NDP16_MIN_LEN;
+        dpe_len = DPE16_LEN;
+        sig_plain = NDP16_NOCRC_SIGNATURE;
+        sig_crc = NDP16_CRC_SIGNATURE;
+    } else if (sig == NTH32_SIGNATURE) { /* §3.2.2 */
+        if (length < NTH32_LEN) {
+            FRAME_ERROR(self);
+            return 0;
+        }
+        hlen = le16(b + 4);
+        block = le32(b + 8);
+        ndp = le32(b + 12);
+        if (hlen != NTH32_LEN) {
+            FRAME_ERROR(self);
+            return 0;
+        }
+        ntb32 = 1;
+        ndp_hdr_len = NDP32_HEADER_LEN;
+        ndp_min = NDP32_MIN_LEN;
+        dpe_len = DPE32_LEN;
+        sig_plain = NDP32_NOCRC_SIGNATURE;
+        sig_crc = NDP32_CRC_SIGNATURE;
+    } else {
+        FRAME_ERROR(self);
+        return 0;
+    }
+
+    uint64_t end;
+    if (block == 0) /* the block is the whole transfer (§3.2.1 allows 0 for a block ended by a short packet) */
+        end = (uint64_t)length;
+    else if (block > (uint64_t)length || block < hlen) {
+        FRAME_ERROR(self);
+        return 0;
+    } else
+        end = block;
+
+    uint64_t visited[MAX_NDPS];
+    int nvisited = 0;
+    Py_ssize_t emitted = 0;
+    long long max_dg = self->max_dg;
+    for (;;) {
+        /* §3.3: NDPs sit after the NTH on 4-byte boundaries and must fit the block */
+        if (ndp < hlen || (ndp & 3) || ndp + ndp_min > end) {
+            FRAME_ERROR(self);
+            break;
+        }
+        int i;
+        for (i = 0; i < nvisited; i++)
+            if (visited[i] == ndp)
+                break;
+        if (i < nvisited || nvisited >= MAX_NDPS) { /* a loop, or too many NDPs */
+            FRAME_ERROR(self);
+            break;
+        }
+        visited[nvisited++] = ndp;
+
+        const uint8_t *h = b + ndp; /* ndp + ndp_min <= end: the whole NDP header is inside */
+        uint32_t nsig = le32(h);
+        uint64_t nlen = le16(h + 4);
+        uint64_t nxt = ntb32 ? le32(h + 8) : le16(h + 6); /* §3.3.2 / §3.3.1 */
+        uint64_t crc;
+        if (nsig == sig_plain)
+            crc = 0;
+        else if (nsig == sig_crc)
+            crc = CRC_LEN; /* stripped, not verified (ncm_codec's decision) */
+        else {
+            FRAME_ERROR(self);
+            break;
+        }
+        uint64_t ndp_end = ndp + nlen;
+        if (nlen < ndp_min || ndp_end > end) {
+            FRAME_ERROR(self);
+            break;
+        }
+
+        uint64_t p = ndp + ndp_hdr_len;
+        while (p + dpe_len <= ndp_end) {
+            uint64_t off, dlen;
+            if (ntb32) {
+                off = le32(b + p);
+                dlen = le32(b + p + 4);
+            } else {
+                off = le16(b + p);
+                dlen = le16(b + p + 2);
+            }
+            p += dpe_len;
+            if (off == 0 || dlen == 0) /* the (0, 0) terminator, or half of one */
+                break;
+            if (off < hlen || off >= end) {
+                FRAME_ERROR(self);
+                continue;
+            }
+            if (off + dlen > end) {
+                LENGTH_ERROR(self);
+                continue;
+            }
+            long long dl = (long long)dlen - (long long)crc;
+            if (dl < ETH_HLEN || dl > max_dg) {
+                LENGTH_ERROR(self);
+                continue;
+            }
+            emit(self, b + off, (size_t)dl);
+            emitted++;
+        }
+        if (nxt == 0)
+            break;
+        ndp = nxt;
+    }
+    return emitted;
+}
+
+/* ---- buffers --------------------------------------------------------------------------------------------- */
+
+static void release_held(NcmRx *self, uint64_t before_gen)
+{
+    /* Release held buffers of generations < before_gen (all of them with UINT64_MAX). GIL held. */
+    Py_ssize_t k = 0;
+    while (k < self->nheld && self->held_gen[k] < before_gen) {
+        PyBuffer_Release(&self->held[k]);
+        k++;
+    }
+    if (k) {
+        memmove(self->held, self->held + k, (size_t)(self->nheld - k) * sizeof(Py_buffer));
+        memmove(self->held_gen, self->held_gen + k, (size_t)(self->nheld - k) * sizeof(uint64_t));
+        self->nheld -= k;
+    }
+}
+
+static int reserve_held(NcmRx *self)
+{
+    if (self->nheld < self->cap)
+        return 0;
+    Py_ssize_t cap = self->cap ? self->cap * 2 : 8;
+    Py_buffer *h = PyMem_Realloc(self->held, (size_t)cap * sizeof(Py_buffer));
+    if (!h) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->held = h;
+    uint64_t *g = PyMem_Realloc(self->held_gen, (size_t)cap * sizeof(uint64_t));
+    if (!g) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->held_gen = g;
+    self->cap = cap;
+    return 0;
+}
+
+/* After a decode: keep the buffers the open run points into, release the rest. GIL held. */
+static void settle(NcmRx *self, Py_buffer *view)
+{
+    if (!self->run.n) {
+        release_held(self, UINT64_MAX);
+        PyBuffer_Release(view);
+        return;
+    }
+    release_held(self, self->run.first_gen);
+    if (self->run.last_gen == self->gen) {
+        self->held[self->nheld] = *view; /* room reserved before the walk */
+        self->held_gen[self->nheld] = self->gen;
+        self->nheld++;
+    } else
+        PyBuffer_Release(view);
+}
+
+static int check_idle(NcmRx *self)
+{
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "NcmRx is in use by another thread");
+        return -1;
+    }
+    return 0;
+}
+
+/* A Python int as a transfer length, any size: what does not fit saturates (the reference clamps to the
+ * buffer, and anything negative is "too short"). */
+static int as_length(PyObject *o, long long *out)
+{
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow > 0)
+        v = LLONG_MAX;
+    else if (overflow < 0)
+        v = -1;
+    *out = v;
+    return 0;
+}
+
+typedef Py_ssize_t (*walker)(NcmRx *, uint8_t *, long long);
+
+/* ECM / CDC subset (OneFramePerTransfer.rx_decode): the transfer is the frame. */
+static Py_ssize_t frame_walk(NcmRx *self, uint8_t *b, long long length)
+{
+    if (length < ETH_HLEN || length > self->max_dg) {
+        LENGTH_ERROR(self);
+        return 0;
+    }
+    emit(self, b, (size_t)length);
+    return 1;
+}
+
+static PyObject *run_decode(NcmRx *self, PyObject *const *args, Py_ssize_t nargs, const char *name, walker walk,
+                            int clamp)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "%s() takes exactly 2 arguments (buf, length), %zd given", name, nargs);
+        return NULL;
+    }
+    long long length;
+    if (as_length(args[1], &length) < 0 || check_idle(self) < 0 || reserve_held(self) < 0)
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, self->gro ? PyBUF_WRITABLE : PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (length > (long long)view.len) {
+        if (clamp) {
+            length = (long long)view.len; /* NtbDecoder: the buffer's size is an upper bound */
+        } else {
+            /* decode_frame: a length the buffer cannot hold never comes from the transport; count it */
+            LENGTH_ERROR(self);
+            PyBuffer_Release(&view);
+            return PyLong_FromLong(0);
+        }
+    }
+    Py_ssize_t n;
+    self->busy = 1;
+    self->gen++;
+    Py_BEGIN_ALLOW_THREADS
+    n = walk(self, (uint8_t *)view.buf, length);
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    settle(self, &view);
+    return PyLong_FromSsize_t(n);
+}
+
+/* ---- Python methods ------------------------------------------------------------------------------------ */
+
+static PyObject *NcmRx_decode(NcmRx *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return run_decode(self, args, nargs, "decode", ntb_walk, 1);
+}
+
+static PyObject *NcmRx_decode_frame(NcmRx *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return run_decode(self, args, nargs, "decode_frame", frame_walk, 0);
+}
+
+static PyObject *NcmRx_flush(NcmRx *self, PyObject *Py_UNUSED(ignored))
+{
+    if (check_idle(self) < 0)
+        return NULL;
+    if (self->run.n) {
+        self->busy = 1;
+        Py_BEGIN_ALLOW_THREADS
+        flush_run(self);
+        Py_END_ALLOW_THREADS
+        self->busy = 0;
+    }
+    release_held(self, UINT64_MAX);
+    Py_RETURN_NONE;
+}
+
+static int set_count(PyObject *d, const char *name, unsigned long long v)
+{
+    PyObject *o = PyLong_FromUnsignedLongLong(v);
+    if (!o)
+        return -1;
+    int r = PyDict_SetItemString(d, name, o);
+    Py_DECREF(o);
+    return r;
+}
+
+static PyObject *NcmRx_counters(NcmRx *self, PyObject *Py_UNUSED(ignored))
+{
+    if (check_idle(self) < 0)
+        return NULL;
+    PyObject *d = PyDict_New();
+    if (!d)
+        return NULL;
+    for (int i = 0; i < N_STATS; i++)
+        if (set_count(d, STAT_NAMES[i], self->stat[i]) < 0)
+            goto fail;
+    if (set_count(d, "superframes", self->superframes) < 0 || set_count(d, "merged", self->merged) < 0 ||
+        set_count(d, "unverified", self->unverified) < 0 ||
+        set_count(d, "write_failures", self->write_failures) < 0)
+        goto fail;
+    return d;
+fail:
+    Py_DECREF(d);
+    return NULL;
+}
+
+static PyObject *NcmRx_add_to(NcmRx *self, PyObject *stats)
+{
+    if (check_idle(self) < 0)
+        return NULL;
+    for (int i = 0; i < N_STATS; i++) {
+        unsigned long long delta = self->stat[i] - self->reported[i];
+        if (!delta)
+            continue;
+        PyObject *cur = PyObject_GetAttr(stats, stat_names[i]);
+        if (!cur)
+            return NULL;
+        PyObject *d = PyLong_FromUnsignedLongLong(delta);
+        if (!d) {
+            Py_DECREF(cur);
+            return NULL;
+        }
+        PyObject *sum = PyNumber_Add(cur, d);
+        Py_DECREF(cur);
+        Py_DECREF(d);
+        if (!sum)
+            return NULL;
+        int r = PyObject_SetAttr(stats, stat_names[i], sum);
+        Py_DECREF(sum);
+        if (r < 0)
+            return NULL;
+        self->reported[i] = self->stat[i];
+    }
+    unsigned long long failed = self->write_failures - self->failures_reported;
+    self->failures_reported = self->write_failures;
+    return PyLong_FromUnsignedLongLong(failed);
+}
+
+static int NcmRx_init(NcmRx *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"fd", "vnet_hdr_len", "gro", "max_datagram", NULL};
+    int fd, vnet, gro;
+    long long max_dg;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iipL:NcmRx", kwlist, &fd, &vnet, &gro, &max_dg))
+        return -1;
+    if (self->busy || self->run.n || self->nheld) {
+        PyErr_SetString(PyExc_RuntimeError, "NcmRx cannot be initialised twice while in use");
+        return -1;
+    }
+    if (fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "fd must be >= 0");
+        return -1;
+    }
+    if (vnet != 0 && vnet != VNET_HDR_LEN) {
+        PyErr_Format(PyExc_ValueError, "vnet_hdr_len must be 0 or %d", VNET_HDR_LEN);
+        return -1;
+    }
+    if (gro && !vnet) {
+        PyErr_SetString(PyExc_ValueError, "gro needs the vnet header (vnet_hdr_len 10)");
+        return -1;
+    }
+    self->fd = fd;
+    self->vnet = vnet;
+    self->gro = gro;
+    self->max_dg = max_dg;
+    return 0;
+}
+
+static void NcmRx_dealloc(NcmRx *self)
+{
+    /* An open run is dropped unwritten: its buffers are about to go (the owner should flush() first). */
+    self->run.n = 0;
+    release_held(self, UINT64_MAX);
+    PyMem_Free(self->held);
+    PyMem_Free(self->held_gen);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef NcmRx_methods[] = {
+    {"decode", (PyCFunction)(void (*)(void))NcmRx_decode, METH_FASTCALL,
+     "decode(buf, length) -> int: walk one NTB in buf[:length], write or collect its datagrams; returns how "
+     "many were good (NtbDecoder.decode)."},
+    {"decode_frame", (PyCFunction)(void (*)(void))NcmRx_decode_frame, METH_FASTCALL,
+     "decode_frame(buf, length) -> int: the transfer is one frame (ECM, OneFramePerTransfer.rx_decode)."},
+    {"flush", (PyCFunction)NcmRx_flush, METH_NOARGS,
+     "flush(): the batch is decoded: write what GRO holds and release the buffers (TapPort.rx_end)."},
+    {"counters", (PyCFunction)NcmRx_counters, METH_NOARGS, "counters() -> dict: running totals."},
+    {"add_to", (PyCFunction)NcmRx_add_to, METH_O,
+     "add_to(stats) -> int: add the rx_* counters' gains since the last call into stats; returns the failed "
+     "writes since the last call."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef NcmRx_members[] = {
+    {"superframes", T_ULONGLONG, offsetof(NcmRx, superframes), READONLY, "super-frames written"},
+    {"merged", T_ULONGLONG, offsetof(NcmRx, merged), READONLY, "segments that went out inside one"},
+    {"unverified", T_ULONGLONG, offsetof(NcmRx, unverified), READONLY,
+     "segments that would have merged but failed checksum verification"},
+    {"last_errno", T_INT, offsetof(NcmRx, last_errno), READONLY, "errno of the latest failed write"},
+    {"fd", T_INT, offsetof(NcmRx, fd), READONLY, "the fd written to"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject NcmRxType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "usbnetd.native._fastpath.NcmRx",
+    .tp_basicsize = sizeof(NcmRx),
+    .tp_dealloc = (destructor)NcmRx_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "NcmRx(fd, vnet_hdr_len, gro, max_datagram): CDC-NCM RX (NTB walk, GRO, TAP writes) in C.",
+    .tp_methods = NcmRx_methods,
+    .tp_members = NcmRx_members,
+    .tp_init = (initproc)NcmRx_init,
+    .tp_new = PyType_GenericNew,
+};
+
+static PyObject *fp_segment_verified(PyObject *Py_UNUSED(mod), PyObject *args)
+{
+    /* segment_verified(frame, tot, src, dst) for tests: frame must hold 14 + tot bytes, tot > 40 */
+    Py_buffer v;
+    unsigned int tot, src, dst;
+    if (!PyArg_ParseTuple(args, "y*III:segment_verified", &v, &tot, &src, &dst))
+        return NULL;
+    if (tot <= 40 || (Py_ssize_t)ETH_HLEN + tot > v.len) {
+        PyBuffer_Release(&v);
+        PyErr_SetString(PyExc_ValueError, "the frame must hold 14 + tot bytes and tot > 40");
+        return NULL;
+    }
+    int ok = segment_verified((const uint8_t *)v.buf, tot, src, dst);
+    PyBuffer_Release(&v);
+    return PyBool_FromLong(ok);
+}
+
+static PyMethodDef module_methods[] = {
+    {"segment_verified", fp_segment_verified, METH_VARARGS,
+     "segment_verified(frame, tot, src, dst) -> bool: gro.segment_verified in C (tests)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef fastpath_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "usbnetd.native._fastpath",
+    .m_doc = "CDC-NCM / ECM RX in C: the NTB walk, GRO with checksum verification, TAP writes (see NcmRx).",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC PyInit__fastpath(void)
+{
+    for (int i = 0; i < N_STATS; i++)
+        if (!stat_names[i] && !(stat_names[i] = PyUnicode_InternFromString(STAT_NAMES[i])))
+            return NULL;
+    if (PyType_Ready(&NcmRxType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&fastpath_module);
+    if (!m)
+        return NULL;
+    Py_INCREF(&NcmRxType);
+    if (PyModule_AddObject(m, "NcmRx", (PyObject *)&NcmRxType) < 0) {
+        Py_DECREF(&NcmRxType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(m, "API_VERSION", API_VERSION) < 0 ||
+        PyModule_AddIntConstant(m, "VNET_HDR_LEN", VNET_HDR_LEN) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_SEGMENTS", MAX_SEGMENTS) < 0 ||
+        PyModule_AddIntConstant(m, "MIN_CANDIDATE", MIN_CANDIDATE) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_IP_LEN", MAX_IP_LEN) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_NDPS", MAX_NDPS) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
