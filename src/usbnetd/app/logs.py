@@ -50,10 +50,11 @@ def stderr_is_log() -> bool:
 
 
 class StartupGate(logging.Handler):
-    """Passes records to `target`, except while holding: then it keeps them until release() or drop().
+    """Passes records to `target`, except while holding: then it keeps them until started() or failed().
 
-    release() writes what was held and lets everything through from then on (the instance is up, or stopped
-    without failing); drop() forgets what was held (the start failed, and the CLI's error line says why).
+    started() writes what was held and lets everything through from then on (the instance is up, or stopped
+    without failing); failed() forgets what was held (the start failed, and the CLI's error line says why).
+    (Not release(): logging.Handler.release() is its lock's.)
     """
 
     MAX_HELD = 1000  # a start-up that logs more than this is not waiting for anyone to read it
@@ -70,18 +71,18 @@ class StartupGate(logging.Handler):
         elif len(held) < self.MAX_HELD:
             held.append(record)
 
-    def release(self) -> None:
+    def started(self) -> None:
         held, self.held = self.held, None
         for record in held or ():
             self.target.handle(record)
 
-    def drop(self) -> None:
+    def failed(self) -> None:
         self.held = None
 
 
 def setup(tag: str, verbose: int, hold_startup: bool = False) -> StartupGate:
-    """Log to stderr, one line per event. `hold_startup`: hold lines back until the caller's release() or
-    drop() (see StartupGate), unless -v is given or stderr is a log."""
+    """Log to stderr, one line per event. `hold_startup`: hold lines back until the caller's started() or
+    failed() (see StartupGate), unless -v is given or stderr is a log."""
     handler = logging.StreamHandler(sys.stderr)
     fmt = f"usbnetd[{tag}]: %(message)s"
     handler.setFormatter(JournalFormatter(fmt) if stderr_is_journal() else logging.Formatter(fmt))
