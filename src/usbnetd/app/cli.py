@@ -1,20 +1,25 @@
-"""The `usbnetd` command line: list, run, attach, detach, status.
+"""The `usbnetd` command line: list, run, attach, detach, status, stats.
 
 Every failure is one line on stderr and a non-zero exit (1: it could not be done, 2: bad input); no
 traceback reaches the user. `run` is what the systemd unit runs; `attach` starts the same in the background
-and returns once the interface is up; `status` and `detach` talk to running instances over their control
-sockets.
+and returns once the interface is up; `status`, `stats` and `detach` talk to running instances over their
+control sockets. `stats --prometheus` is the Prometheus text exposition format, built here from the stats
+dictionary the daemon returns (`_prometheus`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 
 import click
 
@@ -78,6 +83,38 @@ def _check_group(ctx, param, value):
     return value
 
 
+class _Range(click.ParamType):
+    """A whole number (or, with `kind=float`, a number) in [low, high], with messages a person can read.
+
+    click's IntRange says "'abc' is not a valid integer range." for a word; this says what is wanted.
+    """
+
+    def __init__(self, low: float, high: float, kind: type = int, metavar: str = "N") -> None:
+        self.low, self.high, self.kind, self.metavar = low, high, kind, metavar
+        self.name = "integer" if kind is int else "number"
+
+    def get_metavar(self, param=None, ctx=None) -> str:  # click < 8.2 passes only param
+        return self.metavar
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, self.kind) and not isinstance(value, bool):
+            number = value
+        else:
+            try:
+                number = self.kind(str(value).strip())
+            except ValueError:
+                what = "a whole number" if self.kind is int else "a number"
+                self.fail(f"{value!r} is not {what}; give {self._span()}", param, ctx)
+            if self.kind is float and not math.isfinite(number):
+                self.fail(f"{value!r} is not a usable number; give {self._span()}", param, ctx)
+        if not self.low <= number <= self.high:
+            self.fail(f"{value} is not in the range {self._span()}", param, ctx)
+        return number
+
+    def _span(self) -> str:
+        return f"{self.low:g} to {self.high:g}"
+
+
 CAP_NET_ADMIN = 12
 
 
@@ -100,16 +137,28 @@ def instance_name(spec: DeviceSpec, sim_peer: str | None = None) -> str:
     return busid
 
 
+# What DEVICE can be, for `run --help` and `attach --help` (\b keeps click from re-wrapping the table).
+DEVICE_HELP = """
+\b
+DEVICE is one of:
+  1-1, 3-2.4           a bus id, as `usbnetd list` shows it
+  0525:a4a1[/SERIAL]   VID:PID, optionally narrowed by the serial number
+  sim:ncm, sim:ecm     a simulated adapter (no hardware): its wire end is a
+                       second TAP, named by --sim-peer
+"""
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="usbnetd")
 def cli() -> None:
     """User-space USB Ethernet adapter driver: drives a USB NIC with libusb and presents it as a TAP."""
 
 
-@cli.command("list")
+@cli.command("list", short_help="List the USB network devices usbnetd can drive.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def list_cmd(as_json: bool) -> None:
-    """List the USB network devices usbnetd can drive."""
+    """List the USB network devices usbnetd can drive: bus id, VID:PID, protocol, configuration, state
+    (free, kernel driver bound, attached by usbnetd) and product. Reads sysfs only."""
     try:
         devices = list_devices(os.environ.get("USBNETD_SYSFS", SYSFS_USB))  # elsewhere: tests
     except ConfigError as exc:
@@ -132,33 +181,35 @@ def list_cmd(as_json: bool) -> None:
 
 
 def _run_options(f):
-    f = click.option("--ifname", callback=_check_ifname, help="Interface name (default enx<MAC>).")(f)
-    f = click.option("--sim-peer", default="usbnetsim0", show_default=True, callback=_check_ifname,
-                     help="For sim: adapters, the name of the TAP that is the simulated wire.")(f)
-    f = click.option("--mac", callback=_check_mac, help="Use this MAC instead of the device's.")(f)
-    f = click.option("--mtu", type=click.IntRange(68, 16000), help="MTU (default: from the device).")(f)
-    f = click.option("--protocol", type=click.Choice(list(PROTOCOLS)), help="Force a protocol.")(f)
-    f = click.option("--configuration", type=click.IntRange(1, 255), help="Force a USB configuration.")(f)
-    f = click.option("--ntb32", is_flag=True, default=None, help="NCM: use 32-bit NTBs.")(f)
-    f = click.option("--persistent/--no-persistent", default=None,
-                     help="Keep the interface (addresses, routes) when the daemon stops; detach removes it. "
-                          "Default: [interface] persistent in the configuration (off).")(f)
-    f = click.option("--gro/--no-gro", default=None,
-                     help="Coalesce received TCP segments into one write to the interface (GRO). "
-                          "Default: [queues] gro in the configuration (on).")(f)
+    # click lists options in the reverse order they are applied: applied last to first, shown first to last
+    f = click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")(f)
     f = click.option("--control-group", metavar="GROUP", callback=_check_group,
                      help="Members of GROUP may use the control socket too (status, stats, detach). "
                           "Default: [control] group in the configuration (none: root only).")(f)
-    f = click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")(f)
+    f = click.option("--gro/--no-gro", default=None,
+                     help="Coalesce received TCP segments into one write to the interface (GRO). "
+                          "Default: [queues] gro in the configuration (on).")(f)
+    f = click.option("--persistent/--no-persistent", default=None,
+                     help="Keep the interface (addresses, routes) when the daemon stops; detach removes it. "
+                          "Default: [interface] persistent in the configuration (off).")(f)
+    f = click.option("--ntb32", is_flag=True, default=None, help="NCM: use 32-bit NTBs.")(f)
+    f = click.option("--configuration", type=_Range(1, 255),
+                     help="Force a USB configuration (bConfigurationValue, 1 to 255).")(f)
+    f = click.option("--protocol", type=click.Choice(list(PROTOCOLS)), help="Force a protocol.")(f)
+    f = click.option("--mtu", type=_Range(68, 16000), help="MTU, 68 to 16000 (default: from the device).")(f)
+    f = click.option("--mac", metavar="MAC", callback=_check_mac, help="Use this MAC instead of the device's.")(f)
+    f = click.option("--sim-peer", metavar="NAME", default="usbnetsim0", show_default=True, callback=_check_ifname,
+                     help="For sim: adapters, the name of the TAP that is the simulated wire.")(f)
+    f = click.option("--ifname", metavar="NAME", callback=_check_ifname, help="Interface name (default enx<MAC>).")(f)
     return f
 
 
-@cli.command()
+@cli.command(short_help="Drive a device in the foreground (what the systemd unit runs).",
+             help="Drive DEVICE in the foreground until SIGINT or SIGTERM, then tear down cleanly.\n" + DEVICE_HELP)
 @click.argument("device")
 @_run_options
 def run(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, persistent, gro, control_group,
         verbose) -> None:
-    """Drive DEVICE in the foreground until SIGINT or SIGTERM."""
     from .runner import StartError, run_device
 
     spec = _device(device)
@@ -166,27 +217,34 @@ def run(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, pers
     if missing:
         raise Fail(f"missing capability {', '.join(missing)}: usbnetd creates a TAP interface and configures it "
                    "over netlink; run it as root or give it CAP_NET_ADMIN (AmbientCapabilities=CAP_NET_ADMIN)")
-    logs.setup(sanitize(device) or "?", verbose)
+    # Until the instance is up, its log lines are held back: a failed start is then the one error line below,
+    # not its teardown lines before it (-v, the journal and attach's log file get them all).
+    gate = logs.setup(sanitize(device) or "?", verbose, hold_startup=True)
     path = control.socket_path(instance_name(spec, sim_peer))
     try:
         run_device(spec, control_path=path, ifname=ifname, sim_peer=sim_peer, mac=mac, mtu=mtu,
                    protocol=protocol, configuration=configuration, ntb32=ntb32, persistent=persistent, gro=gro,
-                   control_group=control.resolve_group(control_group) if control_group else None)
+                   control_group=control.resolve_group(control_group) if control_group else None,
+                   on_ready=lambda _service: gate.started())
     except StartError as exc:
+        gate.failed()
         raise Fail(str(exc)) from None
+    except BaseException:
+        gate.failed()
+        raise
+    gate.started()  # stopped before it was up (a signal during start-up): nothing failed, show what happened
 
 
-@cli.command()
+@cli.command(short_help="Drive a device in the background; print its interface name.",
+             help="Start driving DEVICE in the background; print the interface name once it is up.\n\n"
+                  "With systemd running, this starts usbnetd@<busid>.service (settings from the configuration "
+                  "file); with command-line options, or without systemd, a background `usbnetd run` process "
+                  "that logs to /run/usbnetd/<device>.log.\n" + DEVICE_HELP)
 @click.argument("device")
 @_run_options
-@click.option("--timeout", type=click.FloatRange(1, 600), default=30, show_default=True,
+@click.option("--timeout", type=_Range(1, 600, float, "S"), default=30, show_default=True,
               help="Seconds to wait for the interface.")
 def attach(device, timeout, **opts) -> None:
-    """Start driving DEVICE in the background; print the interface name once it is up.
-
-    With systemd running, this starts usbnetd@<busid>.service (settings from the configuration file); with
-    command-line options, or without systemd, a background `usbnetd run` process.
-    """
     spec = _device(device)
     sim_peer = opts["sim_peer"]
     name = instance_name(spec, sim_peer)
@@ -215,20 +273,48 @@ def attach(device, timeout, **opts) -> None:
         args.append("--gro" if opts["gro"] else "--no-gro")
     if opts["verbose"]:
         args.append("-" + "v" * opts["verbose"])
+    _attach_process(device, args, path, timeout)
+
+
+def _attach_process(device: str, args: list[str], path: str, timeout: float) -> None:
+    """Start `usbnetd run` in its own session and wait until it reports running.
+
+    The instance logs to <device>.log beside its socket. The start writes to a hidden file first: a start
+    that fails leaves nothing behind (its error is the one line printed); one that comes up, or is still
+    starting when we stop waiting, gets <device>.log, whose path the timeout message names. The previous
+    attempt's log is removed first, so logs do not pile up.
+    """
     os.makedirs(control.RUN_DIR, exist_ok=True)
-    log_path = os.path.join(control.RUN_DIR, f"{os.path.basename(path)[:-5]}.log")
-    with open(log_path, "ab") as logf:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                                start_new_session=True, close_fds=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise Fail(_last_error(log_path) or f"usbnetd run exited with status {proc.returncode}")
-        if _report_running(path):
-            return
-        time.sleep(0.1)
-    proc.terminate()
-    raise Fail(f"{device} did not come up within {timeout:g}s (log: {log_path})")
+    base = os.path.basename(path)[: -len(".sock")]
+    log_path = os.path.join(control.RUN_DIR, f"{base}.log")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(log_path)  # the last attempt's (no instance runs for this device: checked by the caller)
+    fd, starting = tempfile.mkstemp(prefix=f".{base}.", suffix=".log", dir=control.RUN_DIR)
+    os.fchmod(fd, 0o644)  # as a log made with open() would be (mkstemp makes 0600)
+    keep = True  # what happens to the log if we leave unexpectedly (Ctrl-C): the instance may still come up
+    try:
+        with os.fdopen(fd, "ab") as logf:
+            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                    start_new_session=True, close_fds=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                keep = False
+                raise Fail(_last_error(starting) or f"usbnetd run exited with status {proc.returncode}")
+            if _report_running(path):
+                return
+            time.sleep(0.1)
+        proc.terminate()
+        raise Fail(f"{device} did not come up within {timeout:g}s (log: {log_path})")
+    except OSError:
+        keep = False  # Popen itself failed: no instance
+        raise
+    finally:
+        if keep:
+            os.replace(starting, log_path)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(starting)
 
 
 def _report_running(path: str) -> bool:
@@ -306,7 +392,13 @@ def _denied_message(denied: list[str]) -> str:
             "([control] group) may use an instance's control socket")
 
 
-def _select(target: str | None) -> list[dict]:
+def _select(target: str | None, every: bool = False) -> list[dict]:
+    """The running instances `target` names (all of them when it is None).
+
+    A DEVICE can name several instances: `sim:ncm` is every simulated NCM adapter, whatever its --sim-peer.
+    Acting on all of them by surprise is wrong (one `detach sim:ncm` stopped two demos), so that is refused,
+    naming them, unless `every` (the commands' --all) says all were meant.
+    """
     denied: list[str] = []
     statuses = _statuses(denied)
     if target is None:
@@ -324,50 +416,77 @@ def _select(target: str | None) -> list[dict]:
         raise Fail(_denied_message(denied))
     if denied:
         click.echo(f"usbnetd: note: {_denied_message(denied)}", err=True)
+    if target is not None and len(matches) > 1 and not every:
+        names = ", ".join(f"{m.get('ifname')} ({sanitize(m.get('busid'))})" for m in matches)
+        raise click.UsageError(f"{target} names {len(matches)} instances: {names}; name one by its interface, "
+                               "or add --all for every one")
     return matches
 
 
-@cli.command()
-@click.argument("target", metavar="DEVICE|IFNAME")
-@click.option("--timeout", type=click.FloatRange(1, 600), default=15, show_default=True)
-def detach(target, timeout) -> None:
+_ALL_HELP = "Act on every instance DEVICE names (sim:ncm can name several), not refuse."
+
+
+@cli.command(short_help="Stop an instance; the kernel driver gets the device back.")
+@click.argument("target", metavar="[DEVICE|IFNAME]", required=False)
+@click.option("--all", "every", is_flag=True,
+              help="Every instance DEVICE names; without DEVICE, every attached instance.")
+@click.option("--timeout", type=_Range(1, 600, float, "S"), default=15, show_default=True,
+              help="Seconds to wait for each instance to stop (its interface removed, the device released).")
+def detach(target, every, timeout) -> None:
     """Stop driving a device: the interface goes away and the kernel driver gets it back.
 
     The instance is asked over its control socket (so it removes even a persistent interface); an instance
-    that is a systemd unit is then stopped with systemctl too, so systemd records it as stopped.
+    that is a systemd unit is then stopped with systemctl too, so systemd records it as stopped. A DEVICE
+    that names several instances is refused unless --all is given.
     """
-    matches = _select(target)
+    if target is None and not every:
+        raise click.UsageError("name the DEVICE or IFNAME to detach, or give --all to detach every instance")
+    matches = _select(target, every)
     if not matches:
-        raise Fail(f"{target} is not attached")
+        raise Fail(f"{target} is not attached" if target is not None else "no devices attached")
+    failures = []
     for st in matches:
-        path = st["_path"]
-        plan = sd.plan_detach(st["busid"])
         try:
-            control.request(path, "detach")
-        except (OSError, ValueError) as exc:
-            if not plan.systemd:
-                raise Fail(f"cannot reach the instance for {target}: {exc}") from None
-        deadline = time.monotonic() + timeout
-        while os.path.exists(path) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if plan.systemd:
-            try:
-                r = subprocess.run(plan.command, capture_output=True, text=True, timeout=timeout)
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                raise Fail(f"systemctl stop {plan.unit}: {exc}") from None
-            if r.returncode != 0:
-                raise Fail(f"systemctl stop {plan.unit}: {r.stderr.strip() or f'exit {r.returncode}'}")
-        if os.path.exists(path):
-            raise Fail(f"{st['ifname']} did not stop within {timeout:g}s")
-        click.echo(f"detached {st['busid']} ({st['ifname']})")
+            _detach_one(st, target or st["ifname"], timeout)
+        except Fail as exc:
+            if not every:
+                raise
+            failures.append(exc.format_message())
+    if failures:
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        raise Fail(failures[0] + more)
 
 
-@cli.command()
+def _detach_one(st: dict, target: str, timeout: float) -> None:
+    path = st["_path"]
+    plan = sd.plan_detach(st["busid"])
+    try:
+        control.request(path, "detach")
+    except (OSError, ValueError) as exc:
+        if not plan.systemd:
+            raise Fail(f"cannot reach the instance for {target}: {exc}") from None
+    deadline = time.monotonic() + timeout
+    while os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if plan.systemd:
+        try:
+            r = subprocess.run(plan.command, capture_output=True, text=True, timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise Fail(f"systemctl stop {plan.unit}: {exc}") from None
+        if r.returncode != 0:
+            raise Fail(f"systemctl stop {plan.unit}: {r.stderr.strip() or f'exit {r.returncode}'}")
+    if os.path.exists(path):
+        raise Fail(f"{st['ifname']} did not stop within {timeout:g}s")
+    click.echo(f"detached {sanitize(st['busid'])} ({st['ifname']})")
+
+
+@cli.command(short_help="Link, speed, MAC, MTU and counters of attached devices.")
 @click.argument("target", metavar="[DEVICE|IFNAME]", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-def status(target, as_json) -> None:
-    """Show link, speed, MAC, MTU, protocol and counters of attached devices."""
-    matches = _select(target)
+@click.option("--all", "every", is_flag=True, help=_ALL_HELP)
+def status(target, as_json, every) -> None:
+    """Show link, speed, MAC, MTU, protocol and counters of attached devices (all of them without DEVICE)."""
+    matches = _select(target, every)
     if target is not None and not matches:
         raise Fail(f"{target} is not attached")
     rows = [{k: s.get(k) for k in STATUS_FIELDS} for s in matches]
@@ -390,44 +509,156 @@ def status(target, as_json) -> None:
                    f"{r['tx_dropped']} dropped")
 
 
+# ------------------------------------------------------------------------------------------- stats --prometheus
+#
+# The text exposition format (version 0.0.4) that node_exporter's textfile collector reads. Its rules, which
+# the first version of this broke: a metric family appears once, its HELP and TYPE first and all its samples
+# (every device's) together after them; no two samples of a family have the same labels; counters are named
+# *_total. The stats dictionary keeps its shape (the daemon owns it): the mapping is here.
+
+# Top-level keys of a stats row: metric, type, help.
+_PROM_KEYS: dict[str, tuple[str, str, str]] = {
+    "speed_mbps": ("usbnetd_speed_mbps", "gauge", "Link speed the device reports, in Mbit/s."),
+    "mtu": ("usbnetd_mtu", "gauge", "MTU of the interface."),
+    "rx_packets": ("usbnetd_rx_packets_total", "counter", "Frames received from the device."),
+    "tx_packets": ("usbnetd_tx_packets_total", "counter", "Frames sent to the device."),
+    "rx_bytes": ("usbnetd_rx_bytes_total", "counter", "Bytes of the frames received from the device."),
+    "tx_bytes": ("usbnetd_tx_bytes_total", "counter", "Bytes of the frames sent to the device."),
+    "rx_errors": ("usbnetd_rx_errors_total", "counter", "Receive errors, all causes."),
+    "tx_errors": ("usbnetd_tx_errors_total", "counter", "Transmit errors, all causes."),
+    "rx_dropped": ("usbnetd_rx_dropped_total", "counter", "Received frames dropped."),
+    "tx_dropped": ("usbnetd_tx_dropped_total", "counter", "Frames to send that were dropped."),
+    "rx_length_errors": ("usbnetd_rx_length_errors_total", "counter",
+                         "Received datagrams or frames with an impossible length."),
+    "rx_frame_errors": ("usbnetd_rx_frame_errors_total", "counter",
+                        "Malformed received transfers (bad signature, header or NDP chain)."),
+    "rx_over_errors": ("usbnetd_rx_over_errors_total", "counter",
+                       "Received frames the interface would not take (its queue was full)."),
+    "tx_aborted_errors": ("usbnetd_tx_aborted_errors_total", "counter",
+                          "Bulk OUT transfers that failed or were cancelled."),
+    "rx_usb_errors": ("usbnetd_rx_usb_errors_total", "counter",
+                      "Bulk IN transfers that completed with an error status."),
+    "notifications": ("usbnetd_notifications_total", "counter", "Interrupt notifications from the device."),
+    "notification_errors": ("usbnetd_notification_errors_total", "counter",
+                            "Interrupt notifications that could not be understood."),
+    "rx_transfers": ("usbnetd_rx_transfers_total", "counter", "Received bulk IN transfers decoded."),
+    "tx_transfers": ("usbnetd_tx_transfers_total", "counter", "Bulk OUT transfers sent."),
+    "rx_frames_per_transfer": ("usbnetd_rx_frames_per_transfer", "gauge",
+                               "Received frames per bulk IN transfer, averaged since start."),
+    "tx_frames_per_transfer": ("usbnetd_tx_frames_per_transfer", "gauge",
+                               "Sent frames per bulk OUT transfer, averaged since start."),
+    "rx_throttled": ("usbnetd_rx_throttled_total", "counter", "Times RX paused after a storm of USB errors."),
+}
+# Keys that are not numbers to export: labels, text, and status()'s copies of pool.packets and pool.in_use
+# (exporting both made usbnetd_pool_in_use twice per device).
+_PROM_SKIP = {"busid", "ifname", "protocol", "protocol_detail", "state", "link", "mac", "pool_packets",
+              "pool_in_use", "tx_flush", "pool", "queues", "in_flight", "rx_gro"}
+# Families made from the nested parts of a row (and link_up), in output order.
+_PROM_NESTED: dict[str, tuple[str, str]] = {
+    "usbnetd_link_up": ("gauge", "1 when the device reports link up, else 0."),
+    "usbnetd_tx_flush_total": ("counter", "Bulk OUT transfers sent, by why they were sent then."),
+    "usbnetd_pool_packets": ("gauge", "Packet buffers in the pool (allocated once, at start)."),
+    "usbnetd_pool_buffer_size_bytes": ("gauge", "Size of each packet buffer."),
+    "usbnetd_pool_in_use": ("gauge", "Packet buffers in use now."),
+    "usbnetd_pool_exhausted_total": ("counter", "Times a buffer was wanted and the pool had none free."),
+    "usbnetd_queue_capacity": ("gauge", "Capacity of each ring queue."),
+    "usbnetd_queue_high_water": ("gauge", "Most entries each ring queue has held at once."),
+    "usbnetd_transfers_in_flight": ("gauge", "Bulk transfers kept submitted, by direction."),
+    "usbnetd_rx_gro_enabled": ("gauge", "1 when received TCP segments are coalesced (GRO), else 0."),
+    "usbnetd_rx_gro_superframes_total": ("counter", "Coalesced frames written to the interface."),
+    "usbnetd_rx_gro_segments_total": ("counter", "TCP segments merged into coalesced frames."),
+    "usbnetd_rx_gro_unverified_total": ("counter",
+                                        "Segments that would have merged but failed checksum verification."),
+}
+PROM_FAMILIES: dict[str, tuple[str, str]] = {**{m: (k, h) for m, k, h in _PROM_KEYS.values()}, **_PROM_NESTED}
+_PROM_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+def _prom_value(value: object) -> str | None:
+    """A sample value in the text format; None for what is not a number (None, strings, dicts)."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "+Inf" if value > 0 else "-Inf"
+        return repr(value)
+    return None
+
+
+def _prom_label(value: object) -> str:
+    text = "" if value is None else str(value)
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _prometheus_samples(r: dict) -> Iterator[tuple[str, dict[str, object], object]]:
+    """(metric, labels beyond the device's, value) for every number in one device's stats row."""
+    yield "usbnetd_link_up", {}, int(r.get("link") == "up")
+    for key, (metric, _kind, _help) in _PROM_KEYS.items():
+        yield metric, {}, r.get(key)
+    for reason, v in (r.get("tx_flush") or {}).items():
+        yield "usbnetd_tx_flush_total", {"reason": reason}, v
+    pool = r.get("pool") or {}
+    yield "usbnetd_pool_packets", {}, pool.get("packets")
+    yield "usbnetd_pool_buffer_size_bytes", {}, pool.get("buffer_size")
+    yield "usbnetd_pool_in_use", {}, pool.get("in_use")
+    yield "usbnetd_pool_exhausted_total", {}, pool.get("exhausted")
+    for queue, info in (r.get("queues") or {}).items():
+        yield "usbnetd_queue_capacity", {"queue": queue}, (info or {}).get("capacity")
+        yield "usbnetd_queue_high_water", {"queue": queue}, (info or {}).get("high_water")
+    for direction, v in (r.get("in_flight") or {}).items():
+        yield "usbnetd_transfers_in_flight", {"direction": direction}, v
+    for field, v in (r.get("rx_gro") or {}).items():
+        yield (f"usbnetd_rx_gro_{field}" if field == "enabled" else f"usbnetd_rx_gro_{field}_total"), {}, v
+    for key, v in r.items():
+        # A number the daemon reports that the tables above do not describe yet: still exported, untyped.
+        if key not in _PROM_KEYS and key not in _PROM_SKIP:
+            yield f"usbnetd_{key}", {}, v
+
+
 def _prometheus(rows: list[dict]) -> str:
     """The Prometheus text exposition format (for node_exporter's textfile collector, or a scrape proxy)."""
-    out: list[str] = []
-    seen: set[str] = set()
-
-    def metric(name: str, value, labels: dict, kind: str = "counter") -> None:
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            return
-        full = f"usbnetd_{name}"
-        if full not in seen:
-            seen.add(full)
-            out.append(f"# TYPE {full} {kind}")
-        label = ",".join(f'{k}="{v}"' for k, v in labels.items())
-        out.append(f"{full}{{{label}}} {value}")
-
-    gauges = {"speed_mbps", "mtu", "rx_frames_per_transfer", "tx_frames_per_transfer"}
+    families: dict[str, list[str]] = {}
+    seen: set[tuple[str, str]] = set()
+    # Family names as a parser sees them (a counter's without _total): a new one must not clash with these.
+    bases = {m.removesuffix("_total") for m in PROM_FAMILIES}
     for r in rows:
-        base = {"busid": sanitize(r.get("busid")), "ifname": r.get("ifname"), "protocol": r.get("protocol")}
-        metric("link_up", int(r.get("link") == "up"), base, "gauge")
-        for k, v in r.items():
-            metric(k, v, base, "gauge" if k in gauges else "counter")
-        for reason, v in (r.get("tx_flush") or {}).items():
-            metric("tx_flush_total", v, {**base, "reason": reason})
-        pool = r.get("pool") or {}
-        for k in ("in_use", "exhausted"):
-            metric(f"pool_{k}", pool.get(k), base, "gauge" if k == "in_use" else "counter")
-        for q, info in (r.get("queues") or {}).items():
-            metric("queue_high_water", info.get("high_water"), {**base, "queue": q}, "gauge")
-    return "\n".join(out) + "\n"
+        device = {"busid": sanitize(r.get("busid")), "ifname": r.get("ifname"), "protocol": r.get("protocol")}
+        for metric, extra, value in _prometheus_samples(r):
+            text = _prom_value(value)
+            if text is None or not _PROM_NAME.match(metric):
+                continue
+            if metric not in PROM_FAMILIES and metric.removesuffix("_total") in bases:
+                continue
+            labels = ",".join(f'{k}="{_prom_label(v)}"' for k, v in {**device, **extra}.items())
+            if (metric, labels) in seen:
+                continue  # two instances that look the same (same ifname in two namespaces): one series only
+            seen.add((metric, labels))
+            families.setdefault(metric, []).append(f"{metric}{{{labels}}} {text}")
+    out: list[str] = []
+    for metric, samples in families.items():
+        kind, help_text = PROM_FAMILIES.get(metric) or (
+            "untyped", f"usbnetd stats key {metric.removeprefix('usbnetd_')} (not described here yet).")
+        out.append(f"# HELP {metric} {help_text}")
+        out.append(f"# TYPE {metric} {kind}")
+        out.extend(samples)
+    return "".join(line + "\n" for line in out)
 
 
-@cli.command()
+@cli.command(short_help="Counters in detail: batching, errors by kind, pool, queues.")
 @click.argument("target", metavar="[DEVICE|IFNAME]", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-@click.option("--prometheus", is_flag=True, help="Print Prometheus text format (for a textfile collector).")
-def stats(target, as_json, prometheus) -> None:
+@click.option("--prometheus", is_flag=True,
+              help="Print the Prometheus text format (for node_exporter's textfile collector).")
+@click.option("--all", "every", is_flag=True, help=_ALL_HELP)
+def stats(target, as_json, prometheus, every) -> None:
     """Counters in detail: errors by kind, frames per transfer, TX flush reasons, pool and queues."""
-    matches = _select(target)
+    if as_json and prometheus:
+        raise click.UsageError("--json and --prometheus cannot be used together: choose one output format")
+    matches = _select(target, every)
     if target is not None and not matches:
         raise Fail(f"{target} is not attached")
     rows = []
@@ -473,6 +704,9 @@ def main() -> None:
         click.echo("usbnetd: aborted", err=True)
         sys.exit(1)
     except click.ClickException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # click >= 8.2: `usbnetd` alone; the help, as click shows it
+            exc.show()
+            sys.exit(exc.exit_code)
         if isinstance(exc, click.UsageError):
             msg = exc.format_message()
             click.echo(f"usbnetd: error: {one_line(msg)}", err=True)
