@@ -1,47 +1,47 @@
 #!/usr/bin/env bash
 # The project's test command (see docs/testing.md). On a fresh Debian 12 machine, as root:
-#   1. installs the Debian packages the tests need (apt-get update once, only if something is missing);
-#   2. creates a venv at ${USBNETD_VENV:-<repo>/.venv} with the system python3 and installs '.[test]';
-#   3. runs ruff over src, tests, bench and fuzz (those that exist);
-#   4. runs pytest over tests/unit, tests/integration and tests/vm, one layer at a time.
+#   1. installs the Debian packages the tests need that are missing (apt-get update once, only then; a
+#      package already installed is never upgraded, see scripts/lib.sh);
+#   2. creates a venv at ${USBNETD_VENV:-<repo>/.venv} with /usr/bin/python3 when missing, installs '.[test]'
+#      into it (skipped when nothing it depends on changed), and links /usr/local/bin/usbnetd to the venv's
+#      command when that path is free (USBNETD_LINK moves it, empty skips it);
+#   3. unpacks node_exporter (Debian's prometheus-node-exporter) into a cache, without installing it or
+#      starting its service, for the test that reads `usbnetd stats --prometheus` with it;
+#   4. runs ruff over src, tests, bench and fuzz (those that exist);
+#   5. runs pytest over tests/unit, tests/core, tests/integration and tests/vm, one layer at a time.
 # Exits non-zero if ruff or any layer fails. A layer with no tests (pytest exit 5) is not a failure.
 # Extra arguments are passed to every pytest run (e.g. scripts/test.sh -x -k ncm).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
+source "$repo/scripts/lib.sh"
 venv="${USBNETD_VENV:-$repo/.venv}"
 
 # python3-venv for the venv; iproute2/iputils-ping/iperf3 for the integration layer; the rest for the
 # VM layer (tests/vm/harness.py checks again and installs what is missing, for runs without this script);
-# systemd (systemd-analyze, systemd-escape) and udev (udevadm, systemd-udevd) for the unit and rules tests.
+# systemd (systemd-analyze, systemd-escape) and udev (udevadm, systemd-udevd) for the unit and rules tests;
+# ethtool for the offload checks. README.md and docs/testing.md list the same packages.
 apt_packages=(python3 python3-venv iproute2 iputils-ping iperf3 qemu-system-x86 busybox-static cpio kmod
   libusb-1.0-0 xz-utils zstd usbutils systemd udev ethtool)
 
-missing=()
-for p in "${apt_packages[@]}"; do
-  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
-    missing+=("$p")
-  fi
-done
-if ((${#missing[@]})); then
-  if [[ $(id -u) -eq 0 ]]; then
-    echo "test.sh: installing ${missing[*]}"
-    apt-get update
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
-  else
-    echo "test.sh: WARNING: missing Debian packages (not root, not installing): ${missing[*]}" >&2
-  fi
+if ! usbnetd_apt_install test.sh "${apt_packages[@]}"; then
+  echo "test.sh: WARNING: continuing without: $(usbnetd_missing_packages "${apt_packages[@]}" | tr '\n' ' ')" >&2
 fi
 
 # The VM guest runs this venv's python through a read-only view of the host's /, so the venv must not
 # live on a path the guest replaces (it does not mount anything over /tmp, /root or the repo).
-if [[ -x /usr/bin/python3 ]]; then system_python=/usr/bin/python3; else system_python=python3; fi
-if [[ ! -x "$venv/bin/python" ]]; then
-  echo "test.sh: creating venv $venv with $system_python"
-  "$system_python" -m venv "$venv"
+usbnetd_venv test.sh "$venv" test
+usbnetd_link test.sh "$venv"
+
+# node_exporter for tests/integration/test_cli_scripts.py: unpacked, not installed (installing the package
+# would start a node_exporter service on this machine, listening on port 9100).
+node_exporter_dir="${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/usbnetd-test/prometheus-node-exporter"
+if usbnetd_unpack_deb test.sh prometheus-node-exporter "$node_exporter_dir"; then
+  export USBNETD_NODE_EXPORTER="$node_exporter_dir/usr/bin/prometheus-node-exporter"
+else
+  echo "test.sh: WARNING: no node_exporter; its test will be skipped" >&2
 fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
 status=0
 lint_dirs=()
@@ -56,7 +56,7 @@ fi
 
 reports="$(mktemp -d "${TMPDIR:-/tmp}/usbnetd-test.XXXXXX")"
 failed_layers=()
-for layer in tests/unit tests/integration tests/vm; do
+for layer in tests/unit tests/core tests/integration tests/vm; do
   if [[ ! -d $layer ]]; then
     echo "test.sh: $layer: no such directory, skipped"
     continue
