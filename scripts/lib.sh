@@ -164,7 +164,7 @@ usbnetd_unpack_deb() {
   local who=$1 pkg=$2 dir=$3
   [[ -f $dir/.unpacked ]] && return 0
   local tmp
-  tmp=$(mktemp -d "${TMPDIR:-/tmp}/usbnetd-deb.XXXXXX") || return 1
+  tmp=$(mktemp -d "${TMPDIR:-/tmp}/usbnetd-deb.XXXXXX") && chmod 755 "$tmp" || return 1  # apt's _apt user writes there
   if ! (cd "$tmp" && apt-get download -q "$pkg" >&2); then
     [[ $(id -u) -eq 0 ]] && apt-get update -qq >&2
     (cd "$tmp" && apt-get download -q "$pkg" >&2) || {
