@@ -6,6 +6,8 @@ A real daemon's output, and node_exporter reading it, are checked in tests/integ
 from __future__ import annotations
 
 import copy
+import re
+from pathlib import Path
 
 import pytest
 from prom_check import check_exposition
@@ -20,7 +22,7 @@ def stats_row(ifname: str = "usb0", busid: str = "sim:ncm", n: int = 1) -> dict:
         "speed_mbps": 480, "mac": "7a:f5:98:51:96:5d", "mtu": 1500,
         "rx_packets": 10 * n, "tx_packets": 3 * n, "rx_bytes": 1000 * n, "tx_bytes": 266 * n, "rx_errors": 0,
         "tx_errors": 0, "rx_dropped": 0, "tx_dropped": 0, "rx_length_errors": 0, "rx_frame_errors": 0,
-        "rx_over_errors": 0, "tx_aborted_errors": 0, "rx_usb_errors": 0, "notifications": 2,
+        "tx_aborted_errors": 0, "rx_usb_errors": 0, "notifications": 2,
         "notification_errors": 0, "pool_packets": 29, "pool_in_use": 4,
         "protocol_detail": "NTB16, 32768 B in / 32769 B out", "rx_transfers": 5, "tx_transfers": 3,
         "rx_frames_per_transfer": 2.0, "tx_frames_per_transfer": 1.0,
@@ -103,3 +105,24 @@ def test_missing_and_non_numeric_values_are_left_out():
     fams = check_exposition(cli._prometheus([row, stats_row("usb1")]))
     assert [s.labels["ifname"] for s in fams["usbnetd_speed_mbps"].samples] == ["usb1"]
     assert [s.labels["ifname"] for s in fams["usbnetd_pool_in_use"].samples] == ["usb1"]
+
+
+def expand(pattern: str) -> list[str]:
+    """Shell-like brace expansion of one name pattern: usbnetd_{rx,tx}_x -> usbnetd_rx_x, usbnetd_tx_x."""
+    m = re.search(r"\{([^{}]*)\}", pattern)
+    if not m:
+        return [pattern]
+    return [name for alt in m.group(1).split(",")
+            for name in expand(pattern[:m.start()] + alt + pattern[m.end():])]
+
+
+def test_operating_md_names_every_metric_with_its_type():
+    text = (Path(__file__).resolve().parents[2] / "docs" / "operating.md").read_text()
+    section = text.split("### Statistics", 1)[1].split("\n### ", 1)[0]
+    counters_part, gauges_part = section.split("Counters end in `_total`", 1)[1].split("Gauges:", 1)
+    documented = {}
+    for part, kind in ((counters_part, "counter"), (gauges_part, "gauge")):
+        for pattern in re.findall(r"`(usbnetd_[^`]*)`", part):
+            for name in expand(re.sub(r"\{[a-z]+\}$", "", pattern)):  # a trailing {label} is not a brace list
+                documented[name] = kind
+    assert documented == {name: kind for name, (kind, _help) in cli.PROM_FAMILIES.items()}

@@ -532,8 +532,6 @@ _PROM_KEYS: dict[str, tuple[str, str, str]] = {
                          "Received datagrams or frames with an impossible length."),
     "rx_frame_errors": ("usbnetd_rx_frame_errors_total", "counter",
                         "Malformed received transfers (bad signature, header or NDP chain)."),
-    "rx_over_errors": ("usbnetd_rx_over_errors_total", "counter",
-                       "Received frames the interface would not take (its queue was full)."),
     "tx_aborted_errors": ("usbnetd_tx_aborted_errors_total", "counter",
                           "Bulk OUT transfers that failed or were cancelled."),
     "rx_usb_errors": ("usbnetd_rx_usb_errors_total", "counter",
