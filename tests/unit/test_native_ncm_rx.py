@@ -20,6 +20,8 @@ Without the extension these tests skip and say why (`usbnetd.native.WHY_NOT`), e
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import random
 import socket
@@ -189,51 +191,89 @@ class Reference(Side):
         return g["superframes"], g["segments"], g["unverified"]
 
 
+def guarded(data: bytes) -> memoryview:
+    """A writable copy of `data` that ends right where an inaccessible page starts: reading or writing even one
+    byte past it faults (SIGSEGV) at once."""
+    page = mmap.PAGESIZE
+    size = max(page, -(-len(data) // page) * page)
+    m = mmap.mmap(-1, size + page)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    assert libc.mprotect(addr + size, page, 0) == 0, "mprotect(PROT_NONE)"
+    m[size - len(data) : size] = data
+    return memoryview(m)[size - len(data) : size]  # keeps the mapping alive
+
+
 class Native(Side):
-    def __init__(self, gro: bool, max_dg: int = MAX_DG, ecm: bool = False, tap: Tap | None = None) -> None:
+    """exact=True: every transfer in a buffer of exactly `length` bytes followed by an inaccessible page."""
+
+    def __init__(self, gro: bool, max_dg: int = MAX_DG, ecm: bool = False, tap: Tap | None = None,
+                 exact: bool = False) -> None:
         super().__init__(gro, max_dg, ecm, tap)
         self.rx = native.NcmRx(self.tap.w.fileno(), pygro.VNET_HDR_LEN if gro else 0, gro, max_dg)
         self.failed_writes = 0
+        self.exact = exact
 
     def batch(self, transfers: Batch) -> tuple[list[int], list[bytearray]]:
-        bufs, got = [], []
+        bufs: list[bytearray | memoryview] = []
+        got, tails = [], []
         decode = self.rx.decode_frame if self.ecm else self.rx.decode
         for data, length in transfers:
+            if self.exact:
+                keep = max(0, min(length, len(data)))
+                view = guarded(data[:keep])
+                got.append(decode(view, length if length <= len(data) else keep))
+                bufs.append(view)
+                tails.append(data[keep:])
+                continue
             buf = bytearray(data)
             bufs.append(buf)
+            tails.append(b"")
             got.append(decode(buf, length))
         self.rx.flush()
         self.failed_writes += self.rx.add_to(self.stats)
-        return got, bufs
+        # the bytes past `length` the exact buffers left out, put back for the comparison with the reference
+        return got, [bytearray(b) + t for b, t in zip(bufs, tails, strict=True)]
 
     def gro_counters(self) -> tuple[int, int, int]:
         return self.rx.superframes, self.rx.merged, self.rx.unverified
 
 
 def differential(batches: list[Batch], gro: bool, max_dg: int = MAX_DG, ecm: bool = False) -> list[bytes]:
-    """Run every batch through both paths; assert everything observable is identical. Returns the messages."""
-    ref, nat = Reference(gro, max_dg, ecm), Native(gro, max_dg, ecm)
+    """Run every batch through the reference and twice through the native path (copies of the transfers as
+    given, poisoned tails included; then exact-size guarded buffers); assert everything observable is
+    identical. Returns the reference's messages."""
+    ref = Reference(gro, max_dg, ecm)
+    nats = [Native(gro, max_dg, ecm), Native(gro, max_dg, ecm, exact=True)]
     try:
         everything = []
         for i, b in enumerate(batches):
+            if ecm:  # the transport never reports more than the buffer (see the test below for that case)
+                b = [(d, min(n, len(d))) for d, n in b]
             r_got, r_bufs = ref.batch(b)
-            n_got, n_bufs = nat.batch(b)
-            r_msgs, n_msgs = ref.tap.drain(), nat.tap.drain()
-            assert len(n_msgs) == len(r_msgs), f"batch {i}: {len(n_msgs)} messages, reference {len(r_msgs)}"
-            for k, (n, r) in enumerate(zip(n_msgs, r_msgs, strict=True)):
-                assert n == r, f"batch {i}, message {k}: {_diff(n, r)}"
-            assert n_got == r_got, f"batch {i}: decode returned {n_got}, reference {r_got}"
-            assert n_bufs == r_bufs, f"batch {i}: the transfer buffers differ afterwards"
-            assert nat.stats.as_dict() == ref.stats.as_dict(), f"batch {i}: counters differ"
-            assert nat.gro_counters() == ref.gro_counters(), f"batch {i}: GRO counters differ"
+            r_msgs = ref.tap.drain()
+            for nat in nats:
+                what = f"batch {i}{' (exact-size buffers)' if nat.exact else ''}"
+                n_got, n_bufs = nat.batch(b)
+                n_msgs = nat.tap.drain()
+                assert len(n_msgs) == len(r_msgs), f"{what}: {len(n_msgs)} messages, reference {len(r_msgs)}"
+                for k, (n, r) in enumerate(zip(n_msgs, r_msgs, strict=True)):
+                    assert n == r, f"{what}, message {k}: {_diff(n, r)}"
+                assert n_got == r_got, f"{what}: decode returned {n_got}, reference {r_got}"
+                assert n_bufs == r_bufs, f"{what}: the transfer buffers differ afterwards"
+                assert nat.stats.as_dict() == ref.stats.as_dict(), f"{what}: counters differ"
+                assert nat.gro_counters() == ref.gro_counters(), f"{what}: GRO counters differ"
             everything += r_msgs
-        assert nat.failed_writes == ref.port.write_errors.count
-        c = nat.rx.counters()
-        assert {k: c[k] for k in COUNTERS if k in c} == {k: v for k, v in ref.stats.as_dict().items() if k in c}
+        for nat in nats:
+            assert nat.failed_writes == ref.port.write_errors.count
+            c = nat.rx.counters()
+            assert {k: c[k] for k in COUNTERS if k in c} == {k: v for k, v in ref.stats.as_dict().items() if k in c}
         return everything
     finally:
         ref.close()
-        nat.close()
+        for nat in nats:
+            nat.close()
 
 
 def _diff(a: bytes, b: bytes) -> str:
@@ -442,6 +482,9 @@ def _too_many_ndps() -> bytes:
 
 
 MALFORMED.append((_too_many_ndps(), None))
+# NDP wLength not a multiple of the entry size, with a non-zero entry straddling its end: not read
+MALFORMED.append((_set16(_set16(_set16(NTB16, 68, 18), 80, 84), 82, 16), None))
+MALFORMED.append((_set16(_set32(_set32(NTB32, 48, 152), 52, 16), 20, 36), None))
 
 
 @pytest.mark.parametrize("gro", [True, False], ids=["gro", "plain"])

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The native-ncm-rx differential fuzz target (fuzz/native_ncm.py) against a build of usbnetd.native._fastpath
+# with AddressSanitizer and UndefinedBehaviorSanitizer, separate from the package's own build.
+#
+# Build: gcc -fsanitize=address,undefined -fno-sanitize-recover=all -g -O1 into build/native-asan/ (git-ignored).
+# The Python interpreter is not instrumented, so the ASan runtime is preloaded (LD_PRELOAD, from
+# `gcc -print-file-name`), with libubsan; detect_leaks=0 because CPython keeps allocations until exit by
+# design; PYTHONMALLOC=malloc so the transfer buffers are plain malloc blocks ASan guards (pymalloc would hide
+# small overruns inside its arenas). Any sanitizer report aborts the run, and the input it was checking is
+# left in build/native-asan/last-input; any difference from the Python reference is a crash too (the engine
+# writes it to fuzz/artifacts/native-ncm-rx/).
+#
+# Engine: fuzz.py's mutation engine (`native_ncm.py --engine=random`), whose parents are our seeds plus the
+# corpus the coverage-guided run grew (fuzz/corpus/native-ncm-rx/, or the directories given). Not atheris:
+# gcc's preloaded ASan runtime brings weak default __sanitizer_cov_* symbols that take the place of atheris's
+# libFuzzer ones, so libFuzzer would see no coverage at all and drop every seed but an empty input. So first
+# grow the corpus without sanitizers (coverage-guided: python fuzz/native_ncm.py -runs=3000000), then mutate
+# it here. (atheris's own way, clang and its asan_with_fuzzer.so, keeps coverage under ASan.)
+#
+#   fuzz/native_asan.sh -runs=1000000 [-seed=S] [-max_total_time=S] [CORPUS_DIR ...]
+#   fuzz/native_asan.sh fuzz/artifacts/native-ncm-rx/crash-…     replay inputs under the sanitizers
+# Environment: USBNETD_VENV (default <repo>/.venv), CC (default gcc).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+venv="${USBNETD_VENV:-$repo/.venv}"
+python="$venv/bin/python"
+[[ -x $python ]] || python=python3
+cc="${CC:-gcc}"
+build="$repo/build/native-asan"
+
+include=$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+suffix=$("$python" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+so="$build/_fastpath$suffix"
+mkdir -p "$build"
+"$cc" -fsanitize=address,undefined -fno-sanitize-recover=all -g -O1 -fno-omit-frame-pointer \
+  -std=c11 -Wall -Wextra -Wno-missing-field-initializers -fPIC -shared -I"$include" \
+  "$repo/src/usbnetd/native/_fastpath.c" -o "$so"
+
+asan=$("$cc" -print-file-name=libasan.so)
+ubsan=$("$cc" -print-file-name=libubsan.so)
+for lib in "$asan" "$ubsan"; do
+  [[ -e $lib ]] || { echo "native_asan.sh: $cc has no $(basename "$lib") (install its sanitizer runtimes)" >&2; exit 1; }
+done
+
+export LD_PRELOAD="$asan:$ubsan"
+export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:detect_stack_use_after_return=1:${ASAN_OPTIONS:-}"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:${UBSAN_OPTIONS:-}"
+export PYTHONMALLOC=malloc
+export USBNETD_NATIVE_SO="$so"
+echo "native_asan.sh: $so (ASan+UBSan), LD_PRELOAD=$LD_PRELOAD" >&2
+args=("$@")
+have_path=0
+for a in "${args[@]}"; do [[ $a == -* ]] || have_path=1; done
+if (( ! have_path )) && [[ -d $here/corpus/native-ncm-rx ]]; then
+  args+=("$here/corpus/native-ncm-rx")
+fi
+export USBNETD_FUZZ_LAST_INPUT="$build/last-input"
+status=0
+"$python" "$here/native_ncm.py" --engine=random "${args[@]}" || status=$?
+if (( status != 0 )); then
+  echo "native_asan.sh: exit $status; the input being checked is in $USBNETD_FUZZ_LAST_INPUT" >&2
+fi
+exit $status

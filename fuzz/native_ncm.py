@@ -1,0 +1,393 @@
+"""Differential fuzz target `native-ncm-rx`: the C RX path (usbnetd.native._fastpath.NcmRx) against the Python
+reference (NtbDecoder + TapPort, GRO on or off), on the same device bytes.
+
+    python fuzz/native_ncm.py [libFuzzer options] [CORPUS_DIR ...]       # atheris, coverage of the reference
+    python fuzz/native_ncm.py --engine=random -runs=N [-seed=S] [CORPUS_DIR ...]   # fuzz.py's mutation engine,
+                                                                         # parents: our seeds + those corpora
+    fuzz/native_asan.sh [options]                                        # the same against an ASan/UBSan build
+
+An input is a 5-byte header and the transfer bytes:
+
+    byte 0   flags: 1 GRO on, 2 repair TCP/IPv4 checksums first (so mutated runs still reach the merge logic),
+             4 two transfers in one batch (split at bytes 3-4), 8 shorten each transfer by bytes 1-2 (modulo
+             its size + 1), 16 max_datagram 60 instead of 1514, 32 ECM (each transfer is one frame:
+             decode_frame against OneFramePerTransfer.rx_decode)
+    1-2      the shortening (little endian)
+    3-4      where the second transfer starts (little endian, modulo the size + 1)
+    5-       the transfer bytes
+
+Each input runs three times: the reference on buffers with a poisoned tail past `length`; the native code on
+exact-size buffers that end at an inaccessible page (any read or write past `length` faults at once, with or
+without a sanitizer); the native code on buffers with a different poisoned tail. Any difference in the
+messages written (vnet header and frame bytes, in order), in what decode returned, in any counter (Stats and
+GRO), or in the buffers afterwards (GRO rewrites super-frame headers in place; the tails must be untouched)
+raises `Difference`, which the fuzzer records as a crash, as it does for a crash of the C code itself.
+
+USBNETD_NATIVE_SO=path loads that build of the extension instead of the package's, and USBNETD_FUZZ_LAST_INPUT=path
+writes every input there before it runs (native_asan.sh sets both: a sanitizer abort leaves no other trace).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib.util
+import mmap
+import os
+import socket
+import struct
+import sys
+import types
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import fuzz  # noqa: E402  (fuzz.py: the corpus seeding and the fallback engine)
+
+TARGET = "native-ncm-rx"
+HEADER = 5
+MAX_INPUT = 70000
+POISON_REF = b"\xa5" * 80
+POISON_NAT = b"\x5a" * 80
+GRO, REPAIR, SPLIT, SHORTEN, SMALL, ECM = 1, 2, 4, 8, 16, 32
+
+
+class Difference(AssertionError):
+    """The native path and the reference disagree (the fuzzer reports it as a crash)."""
+
+
+def load_fastpath() -> types.ModuleType:
+    path = os.environ.get("USBNETD_NATIVE_SO")
+    if path:
+        spec = importlib.util.spec_from_file_location("usbnetd.native._fastpath", path)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    from usbnetd import native
+
+    if not native.AVAILABLE:
+        raise SystemExit(f"{TARGET}: the C extension is not available: {native.WHY_NOT}")
+    assert native.fastpath is not None
+    return native.fastpath
+
+
+class Tap:
+    def __init__(self) -> None:
+        self.w, self.r = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.w.setblocking(False)
+        self.r.setblocking(False)
+        try:
+            self.w.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_SNDBUFFORCE", 32), 64 << 20)
+        except OSError:
+            self.w.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 20)
+
+    def drain(self) -> list[bytes]:
+        out = []
+        while True:
+            try:
+                m, _, flags, _ = self.r.recvmsg(1 << 18)
+            except BlockingIOError:
+                return out
+            if flags & socket.MSG_TRUNC:
+                raise Difference("a message longer than 256 KiB")
+            out.append(m)
+
+
+class GuardedBuffers:
+    """Transfer buffers that end right at an inaccessible page: reading even one byte past a transfer's
+    `length` faults at once (SIGSEGV), with or without a sanitizer. `count` regions of up to `size` bytes."""
+
+    def __init__(self, count: int = 2, size: int = 1 << 17) -> None:
+        page = mmap.PAGESIZE
+        self.size = -(-size // page) * page
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        self.maps = []
+        for _ in range(count):
+            m = mmap.mmap(-1, self.size + page)
+            addr = ctypes.addressof(ctypes.c_char.from_buffer(m))  # keeps m exported: it is never closed
+            if libc.mprotect(addr + self.size, page, 0) != 0:  # PROT_NONE
+                raise OSError(ctypes.get_errno(), "mprotect")
+            self.maps.append(m)
+
+    def place(self, i: int, data: bytes) -> memoryview:
+        """`data` in region i, ending where the inaccessible page starts."""
+        m = self.maps[i]
+        start = self.size - len(data)
+        m[start : self.size] = data
+        return memoryview(m)[start : self.size]
+
+
+class Harness:
+    """Everything built once: the three TAP stand-ins and the modules; `check(data)` per input."""
+
+    def __init__(self) -> None:
+        from usbnetd.core.stats import Stats
+        from usbnetd.netdev.port import TapPort
+        from usbnetd.protocols import ncm_codec as nc
+        from usbnetd.protocols.driver import OneFramePerTransfer
+
+        self.Stats, self.TapPort, self.nc, self.OneFramePerTransfer = Stats, TapPort, nc, OneFramePerTransfer
+        self.fp = load_fastpath()
+        self.ref_tap, self.nat_tap = Tap(), Tap()
+        self.guarded = GuardedBuffers(2, MAX_INPUT)
+
+    # -- the input ----------------------------------------------------------------------------------------
+    def transfers(self, data: bytes) -> tuple[int, list[tuple[bytearray, int]]]:
+        data = data[:MAX_INPUT]
+        head = data[:HEADER].ljust(HEADER, b"\0")
+        flags = head[0]
+        cut, split = struct.unpack_from("<HH", head, 1)
+        body = data[HEADER:]
+        parts = [body]
+        if flags & SPLIT:
+            k = split % (len(body) + 1)
+            parts = [body[:k], body[k:]]
+        out = []
+        for p in parts:
+            length = len(p) - cut % (len(p) + 1) if flags & SHORTEN else len(p)
+            buf = bytearray(p)
+            if flags & REPAIR and not flags & ECM:
+                self.repair(buf, length)
+            elif flags & REPAIR:
+                repair_frame(buf, 0, length)
+            out.append((buf, length))
+        return flags, out
+
+    def repair(self, buf: bytearray, length: int) -> None:
+        spans: list[tuple[int, int]] = []
+        self.nc.NtbDecoder(self.Stats(), max_datagram=1 << 20).decode(bytes(buf), length,
+                                                                      lambda o, n: spans.append((o, n)))
+        for off, n in spans:
+            repair_frame(buf, off, n)
+
+    # -- the three runs -----------------------------------------------------------------------------------
+    def reference(self, flags: int, transfers: list[tuple[bytearray, int]], max_dg: int):
+        stats = self.Stats()
+        port = self.TapPort(self.ref_tap.w.fileno(), stats, max_frame=max_dg, gro=bool(flags & GRO))
+        dec = self.nc.NtbDecoder(stats, max_datagram=max_dg)
+        drv = types.SimpleNamespace(stats=stats, max_frame=max_dg)
+        got, bufs = [], []
+        for data, length in transfers:
+            buf = bytearray(data) + POISON_REF
+            bufs.append(buf)
+            view = memoryview(buf)
+            port.rx_begin(view)
+            if flags & ECM:
+                if length > len(data):  # never from the transport; decode_frame counts it, the reference slices
+                    length = len(data)
+                got.append(self.OneFramePerTransfer.rx_decode(drv, view, length, port))  # type: ignore[arg-type]
+            else:
+                got.append(dec.decode(view, length, port.emit))
+        port.rx_end()
+        g = port.gro_stats
+        return (self.ref_tap.drain(), got, stats.as_dict(), (g["superframes"], g["segments"], g["unverified"]),
+                [bytes(b[: len(d)]) for b, (d, _) in zip(bufs, transfers, strict=True)],
+                [bytes(b[len(d):]) for b, (d, _) in zip(bufs, transfers, strict=True)])
+
+    def native(self, flags: int, transfers: list[tuple[bytearray, int]], max_dg: int, exact: bool):
+        gro = bool(flags & GRO)
+        rx = self.fp.NcmRx(self.nat_tap.w.fileno(), 10 if gro else 0, gro, max_dg)
+        decode = rx.decode_frame if flags & ECM else rx.decode
+        got, bufs = [], []
+        for i, (data, length) in enumerate(transfers):
+            buf: bytearray | memoryview
+            if exact:
+                buf = self.guarded.place(i, data[: max(0, min(length, len(data)))])
+            else:
+                buf = bytearray(data) + POISON_NAT
+            bufs.append(buf)
+            if flags & ECM and length > len(data):
+                length = len(data)
+            got.append(decode(buf, length))
+        rx.flush()
+        stats = self.Stats()
+        rx.add_to(stats)
+        c = rx.counters()
+        return (self.nat_tap.drain(), got, stats.as_dict(), (c["superframes"], c["merged"], c["unverified"]),
+                bufs)
+
+    def check(self, data: bytes) -> None:
+        flags, transfers = self.transfers(data)
+        max_dg = 60 if flags & SMALL else 1514
+        r_msgs, r_got, r_stats, r_gro, r_bufs, r_tails = self.reference(flags, transfers, max_dg)
+        if any(t != POISON_REF for t in r_tails):
+            raise Difference("the reference wrote past the transfer (test harness broken)")
+        for exact in (True, False):
+            what = "exact-size buffers" if exact else "poisoned tails"
+            n_msgs, n_got, n_stats, n_gro, n_bufs = self.native(flags, transfers, max_dg, exact)
+            if n_msgs != r_msgs:
+                raise Difference(f"{what}: messages differ: native {_summary(n_msgs)}, reference {_summary(r_msgs)}")
+            if n_got != r_got:
+                raise Difference(f"{what}: decode returned {n_got}, reference {r_got}")
+            if n_stats != r_stats:
+                raise Difference(f"{what}: counters {n_stats}, reference {r_stats}")
+            if n_gro != r_gro:
+                raise Difference(f"{what}: GRO counters {n_gro}, reference {r_gro}")
+            for i, (nb, rb, (d, length)) in enumerate(zip(n_bufs, r_bufs, transfers, strict=True)):
+                if exact:
+                    keep = max(0, min(length, len(d)))
+                    if bytes(nb) != rb[:keep]:
+                        raise Difference(f"{what}: transfer {i} differs afterwards")
+                elif bytes(nb[: len(d)]) != rb or bytes(nb[len(d):]) != POISON_NAT:
+                    raise Difference(f"{what}: transfer {i} differs afterwards, or its tail was written")
+
+
+def repair_frame(buf: bytearray, off: int, n: int) -> None:
+    """Correct IPv4 header and TCP checksums of a TCP/IPv4 frame at buf[off:off + n], if it is one."""
+    if n < 54 or buf[off + 12 : off + 14] != b"\x08\x00" or buf[off + 14] != 0x45 or buf[off + 23] != 6:
+        return
+    tot = struct.unpack_from("!H", buf, off + 16)[0]
+    if not 40 < tot <= n - 14:
+        return
+    buf[off + 24 : off + 26] = b"\0\0"
+    struct.pack_into("!H", buf, off + 24, _csum(bytes(buf[off + 14 : off + 34])))
+    buf[off + 50 : off + 52] = b"\0\0"
+    pseudo = bytes(buf[off + 26 : off + 34]) + struct.pack("!BBH", 0, 6, tot - 20)
+    struct.pack_into("!H", buf, off + 50, _csum(pseudo + bytes(buf[off + 34 : off + 14 + tot])))
+
+
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def _summary(msgs: list[bytes]) -> str:
+    return f"{len(msgs)} messages, lengths {[len(m) for m in msgs][:20]}, sha1 " + hashlib.sha1(
+        b"".join(msgs)).hexdigest()[:12]
+
+
+# --- seeds ---------------------------------------------------------------------------------------------------
+
+
+def _tcp(seq: int, payload: bytes, flags: int = 0x10, sport: int = 5001, options: bytes = b"") -> bytes:
+    thl = 20 + len(options)
+    tcp = struct.pack("!HHIIBBHHH", sport, 40000, seq & 0xFFFFFFFF, 7, (thl // 4) << 4, flags, 502, 0, 0) + options
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + thl + len(payload), 1, 0x4000, 64, 6, 0, bytes([198, 18, 9, 1]),
+                     bytes([198, 18, 9, 2]))
+    frame = bytearray(b"\x02\0\0\0\0\x02\x02\0\0\0\0\x01\x08\x00" + ip + tcp + payload)
+    repair_frame(frame, 0, len(frame))
+    return bytes(frame)
+
+
+def _udp(n: int) -> bytes:
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + n, 0, 0x4000, 64, 17, 0, bytes(4), bytes(4))
+    return b"\x02\0\0\0\0\x02\x02\0\0\0\0\x01\x08\x00" + ip + struct.pack("!HHHH", 1, 2, 8 + n, 0) + bytes(n)
+
+
+def _run(n: int, size: int, seq: int = 1000, **kw) -> list[bytes]:
+    return [_tcp(seq + i * size, bytes([i + 1]) * size, **kw) for i in range(n)]
+
+
+def seeds() -> list[bytes]:
+    from usbnetd.protocols import ncm_codec as nc
+
+    ts = b"\x01\x01\x08\x0a" + struct.pack("!II", 5, 6)
+    sets = [
+        _run(11, 1400),
+        _run(4, 1000) + [_udp(300)] + _run(3, 1000, seq=5000),
+        _run(2, 700) + [_tcp(2400, b"p" * 700, flags=0x18)] + _run(2, 700, seq=3100),
+        _run(3, 800) + _run(1, 300, seq=3400),
+        [f for pair in zip(_run(3, 600), _run(3, 600, sport=6000), strict=True) for f in pair],
+        _run(5, 600, options=ts),
+        _run(4, 202) + [_udp(18), _udp(46)],
+        _run(40, 300),
+    ]
+    out = []
+    for layout in (nc.TxLayout(False, 0xFFFF, 4, 0, 4, 60, 512), nc.TxLayout(True, 0xFFFF, 8, 2, 8, 60, 512)):
+        for frames in sets:
+            ntb = nc.build_ntb(layout, frames)
+            out.append(bytes([GRO | REPAIR, 0, 0, 0, 0]) + ntb)
+            out.append(bytes([0, 0, 0, 0, 0]) + ntb)
+        # one run across two transfers of a batch
+        a, b = nc.build_ntb(layout, _run(3, 1000)), nc.build_ntb(layout, _run(3, 1000, seq=4000))
+        out.append(bytes([GRO | SPLIT]) + struct.pack("<HH", 0, len(a)) + a + b)
+        out.append(bytes([GRO | SHORTEN, 40, 0, 0, 0]) + a)
+    for f in _run(3, 1400) + [_udp(50)]:
+        out.append(bytes([GRO | ECM, 0, 0, 0, 0]) + f)
+    f1, f2 = _run(2, 1400)
+    out.append(bytes([GRO | ECM | SPLIT]) + struct.pack("<HH", 0, len(f1)) + f1 + f2)
+    return out
+
+
+def corpus(dirs: list[str]) -> list[bytes]:
+    """Every input in the given corpus directories (the random engine's parents: it has no coverage feedback,
+    so a corpus grown by the coverage-guided run is what it should mutate)."""
+    out = []
+    for d in dirs:
+        for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+            with open(os.path.join(d, name), "rb") as f:
+                out.append(f.read())
+    return out
+
+
+_harness: Harness | None = None
+
+
+_last_input = os.environ.get("USBNETD_FUZZ_LAST_INPUT")  # native_asan.sh: a sanitizer abort keeps no input
+
+
+def check(data: bytes) -> None:
+    global _harness
+    if _harness is None:
+        _harness = Harness()
+    if _last_input:
+        with open(_last_input, "wb") as f:
+            f.write(data)
+    _harness.check(data)
+
+
+def main(argv: list[str]) -> int:
+    engine = "atheris"
+    args = []
+    for a in argv[1:]:
+        if a.startswith("--engine="):
+            engine = a.split("=", 1)[1]
+        else:
+            args.append(a)
+    if engine == "random":
+        print(f"{TARGET}: extension {load_fastpath().__file__}", file=sys.stderr, flush=True)
+        paths = [a for a in args if not a.startswith("-")]
+        if paths and all(os.path.isfile(p) for p in paths):  # reproduce: each file once
+            for p in paths:
+                with open(p, "rb") as f:
+                    check(f.read())
+                print(f"{TARGET}: {p}: no difference", file=sys.stderr)
+            return 0
+        return fuzz._random_engine(TARGET, check, seeds() + corpus(paths), args)
+
+    import atheris
+
+    # coverage of the reference's Python (the C code is not instrumented): its branches are the C code's
+    with atheris.instrument_imports(include=["usbnetd"]):
+        import usbnetd.core.stats  # noqa: F401
+        import usbnetd.netdev.gro  # noqa: F401
+        import usbnetd.netdev.port  # noqa: F401
+        import usbnetd.protocols.driver  # noqa: F401
+        import usbnetd.protocols.ncm_codec  # noqa: F401
+    print(f"{TARGET}: extension {load_fastpath().__file__}", file=sys.stderr, flush=True)
+
+    dirs = [a for a in args if not a.startswith("-")]
+    if not dirs:
+        args.append(fuzz._seed_dir(os.path.join(HERE, "corpus", TARGET), seeds()))
+    for d in dirs:
+        if not os.path.isfile(d) and not (os.path.isdir(d) and os.listdir(d)):
+            fuzz._seed_dir(d, seeds())
+    if not any(a.startswith("-artifact_prefix=") for a in args):
+        art = os.path.join(HERE, "artifacts", TARGET)
+        os.makedirs(art, exist_ok=True)
+        args.insert(0, f"-artifact_prefix={art}/")
+    if not any(a.startswith("-max_len=") for a in args):
+        args.insert(0, "-max_len=20000")
+    atheris.Setup([argv[0], *args], check)
+    atheris.Fuzz()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
