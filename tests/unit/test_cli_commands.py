@@ -115,6 +115,14 @@ def test_status_all_shows_every_instance_the_device_names(tmp_path, two_sim_inst
     assert sorted(s["ifname"] for s in json.loads(r.stdout)) == ["usb0", "usb1"]
 
 
+def test_detach_all_alone_stops_every_instance_and_is_done_when_none_is_left(tmp_path, two_sim_instances):
+    r = usbnetd("detach", "--all", run_dir=tmp_path)
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 2, r
+    assert all("detach" in i.commands for i in two_sim_instances)
+    r = usbnetd("detach", "--all", run_dir=tmp_path)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "no devices attached\n", ""), r
+
+
 def test_detach_needs_a_target_or_all(tmp_path, two_sim_instances):
     r = usbnetd("detach", run_dir=tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--all" in r.stderr, r

@@ -442,8 +442,11 @@ def detach(target, every, timeout) -> None:
     if target is None and not every:
         raise click.UsageError("name the DEVICE or IFNAME to detach, or give --all to detach every instance")
     matches = _select(target, every)
+    if not matches and target is None:
+        click.echo("no devices attached")  # `detach --all` with nothing to stop: done, as asked
+        return
     if not matches:
-        raise Fail(f"{target} is not attached" if target is not None else "no devices attached")
+        raise Fail(f"{target} is not attached")
     failures = []
     for st in matches:
         try:
