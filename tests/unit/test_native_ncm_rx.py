@@ -60,7 +60,17 @@ def test_pure_python_can_be_forced() -> None:
     assert out.split()[0] == str(native.AVAILABLE)
 
 
-WITHOUT_NATIVE = {"test_the_extension_is_built_in_ci", "test_pure_python_can_be_forced"}
+def test_a_stale_build_is_refused() -> None:
+    """An in-place build older than the C source (pip install -e not rerun) must not be used."""
+    code = ("import sys, types; m = types.ModuleType('usbnetd.native._fastpath'); m.API_VERSION = 0; "
+            "sys.modules['usbnetd.native._fastpath'] = m; import usbnetd.native as n; print(n.AVAILABLE, n.WHY_NOT)")
+    env = {k: v for k, v in os.environ.items() if k != "USBNETD_PURE_PYTHON"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.startswith("False usbnetd.native._fastpath is a stale build (API 0, this source wants"), out
+
+
+WITHOUT_NATIVE = {"test_the_extension_is_built_in_ci", "test_pure_python_can_be_forced",
+                  "test_a_stale_build_is_refused"}
 
 
 @pytest.fixture(autouse=True)
@@ -730,6 +740,13 @@ def test_bad_construction_and_calls() -> None:
         rx.decode(object(), 20)
     assert rx.decode(b"NCMX" + bytes(20), 24) == 0  # read-only is fine without GRO: nothing is rewritten
     assert rx.counters()["rx_frame_errors"] == 1
+    assert (rx.fd, rx.vnet_hdr_len, rx.gro, rx.max_datagram) == (1, 0, False, 1514)
+    with pytest.raises(AttributeError):
+        rx.max_datagram = 9000  # type: ignore[misc]
+    bare = native.NcmRx.__new__(native.NcmRx)  # no __init__: fd would be 0, so nothing may run
+    for call in (lambda: bare.decode(bytearray(20), 20), bare.flush, bare.counters):
+        with pytest.raises(RuntimeError):
+            call()
 
 
 def test_buffers_of_an_open_run_are_held_until_flush() -> None:

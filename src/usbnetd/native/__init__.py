@@ -20,7 +20,7 @@ import os
 from types import ModuleType
 from typing import Any
 
-API_VERSION = 1  # must equal _fastpath.API_VERSION: an in-place build older than the C source is refused
+API_VERSION = 2  # must equal _fastpath.API_VERSION: an in-place build older than the C source is refused
 
 AVAILABLE: bool = False
 WHY_NOT: str | None = None

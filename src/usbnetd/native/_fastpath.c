@@ -15,29 +15,7 @@
  * target, also run under ASan/UBSan by fuzz/native_asan.sh) are there to catch it. Every decision below that
  * looks arbitrary is the reference's, documented there; the comments here say where it comes from.
  *
- * API (one call per received transfer, one per batch; nothing per frame crosses into Python):
- *
- *   rx = NcmRx(fd, vnet_hdr_len, gro, max_datagram)
- *       fd: the TAP (or any fd taking one frame per write); vnet_hdr_len: 0 or 10 (struct virtio_net_hdr in
- *       front of every write); gro: coalesce TCP/IPv4 runs (needs vnet_hdr_len 10); max_datagram: the largest
- *       datagram accepted (NtbDecoder's max_datagram; ECM's max_frame for decode_frame).
- *   rx.decode(buf, length) -> int
- *       Walk one NTB in buf[:length] (NtbDecoder.decode), write or collect each datagram; returns how many
- *       datagrams were good. buf: any contiguous buffer, writable when gro is on (a super-frame's first
- *       segment gets its headers rewritten in place, as the Python does). length is clamped to len(buf).
- *   rx.decode_frame(buf, length) -> int
- *       One frame per transfer (ECM, the CDC subset): OneFramePerTransfer.rx_decode's checks, then as one
- *       datagram. A length past len(buf) is counted as a length error (the transport never reports one).
- *   rx.flush() -> None
- *       The batch is decoded: write what GRO still holds (TapPort.rx_end) and let go of the buffers.
- *   rx.counters() -> dict[str, int]
- *       Running totals: rx_packets, rx_bytes, rx_dropped, rx_errors, rx_length_errors, rx_frame_errors,
- *       superframes, merged, unverified, write_failures (failed write calls; rx_dropped counts frames).
- *   rx.add_to(stats) -> int
- *       Add what the six rx_* counters gained since the last add_to into `stats` (a core.stats.Stats or
- *       anything with those attributes); returns the write calls that failed since the last add_to
- *       (rx.last_errno is the errno of the latest), for TapPort's BurstLog.
- *   rx.superframes, rx.merged, rx.unverified, rx.last_errno: read-only attributes.
+ * API: MODULE_DOC below (the module's docstring, so help() shows it).
  *
  * Buffer lifetime: a GRO run may span transfers of one batch (the reference flushes once per batch), so the
  * buffers a run points into are held (their Py_buffer kept, which also stops a bytearray from resizing)
@@ -60,7 +38,7 @@
 #include <unistd.h>
 
 /* Bumped whenever the Python-visible API changes; native/__init__.py refuses a stale in-place build. */
-#define API_VERSION 1
+#define API_VERSION 2
 
 /* ---- NCM 1.0 (USB CDC Subclass Specification for Network Control Model Devices, rev. 1.0) ---------------- */
 #define NTH16_SIGNATURE 0x484D434Eu       /* "NCMH", §3.2.1 */
@@ -124,8 +102,9 @@ typedef struct {
     PyObject_HEAD
     int fd;
     int vnet; /* 0 or VNET_HDR_LEN */
-    int gro;
+    char gro; /* char: a T_BOOL member */
     int busy;
+    int ready; /* __init__ ran: tp_new alone leaves fd 0, which must never be written to */
     long long max_dg;
     unsigned long long stat[N_STATS];
     unsigned long long reported[N_STATS]; /* what add_to has already added */
@@ -624,6 +603,10 @@ static void settle(NcmRx *self, Py_buffer *view)
 
 static int check_idle(NcmRx *self)
 {
+    if (!self->ready) {
+        PyErr_SetString(PyExc_RuntimeError, "NcmRx.__init__ was not called");
+        return -1;
+    }
     if (self->busy) {
         PyErr_SetString(PyExc_RuntimeError, "NcmRx is in use by another thread");
         return -1;
@@ -808,8 +791,9 @@ static int NcmRx_init(NcmRx *self, PyObject *args, PyObject *kwds)
     }
     self->fd = fd;
     self->vnet = vnet;
-    self->gro = gro;
+    self->gro = (char)(gro != 0);
     self->max_dg = max_dg;
+    self->ready = 1;
     return 0;
 }
 
@@ -845,6 +829,9 @@ static PyMemberDef NcmRx_members[] = {
      "segments that would have merged but failed checksum verification"},
     {"last_errno", T_INT, offsetof(NcmRx, last_errno), READONLY, "errno of the latest failed write"},
     {"fd", T_INT, offsetof(NcmRx, fd), READONLY, "the fd written to"},
+    {"vnet_hdr_len", T_INT, offsetof(NcmRx, vnet), READONLY, "0, or 10: a virtio_net_hdr before every frame"},
+    {"gro", T_BOOL, offsetof(NcmRx, gro), READONLY, "whether TCP/IPv4 runs are coalesced"},
+    {"max_datagram", T_LONGLONG, offsetof(NcmRx, max_dg), READONLY, "the largest datagram (frame) accepted"},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -883,10 +870,45 @@ static PyMethodDef module_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static const char MODULE_DOC[] =
+    "CDC-NCM (and ECM) RX in C: the NTB walk, GRO with checksum verification, the TAP writes.\n"
+    "\n"
+    "The same TAP writes and counters as the Python reference (NtbDecoder.decode + TapPort with its Coalescer,\n"
+    "OneFramePerTransfer.rx_decode); one call per received transfer and one per batch, nothing per frame.\n"
+    "\n"
+    "rx = NcmRx(fd, vnet_hdr_len, gro, max_datagram)\n"
+    "    fd: the TAP (any fd taking one frame per write); vnet_hdr_len: 0 or 10 (a struct virtio_net_hdr in\n"
+    "    front of every write, as TapPort does when GRO is on); gro: coalesce TCP/IPv4 runs (needs 10);\n"
+    "    max_datagram: the largest datagram accepted (NtbDecoder's max_datagram; for decode_frame, ECM's\n"
+    "    max_frame). Read-only attributes: fd, vnet_hdr_len, gro, max_datagram.\n"
+    "rx.decode(buf, length) -> int\n"
+    "    Walk one NTB in buf[:length] (NtbDecoder.decode; length is clamped to len(buf), any int is taken);\n"
+    "    write each datagram, or collect it into the open GRO run; returns how many datagrams were good.\n"
+    "    buf: a contiguous buffer, writable when gro is on (a super-frame's first segment has its headers\n"
+    "    rewritten in place, as the reference does). Never raises on device bytes: every rejection is counted.\n"
+    "rx.decode_frame(buf, length) -> int\n"
+    "    One frame per transfer (ECM, CDC subset): OneFramePerTransfer.rx_decode's length checks, then the\n"
+    "    frame as one datagram. A length past len(buf) counts as a length error (the reference would slice).\n"
+    "rx.flush() -> None\n"
+    "    The batch is decoded (TapPort.rx_end): write what GRO holds, release the buffers it held.\n"
+    "rx.counters() -> dict[str, int]\n"
+    "    Running totals: rx_packets, rx_bytes, rx_dropped, rx_errors, rx_length_errors, rx_frame_errors (the\n"
+    "    core.stats names), superframes, merged, unverified (TapPort.gro_stats' superframes, segments,\n"
+    "    unverified), write_failures (failed write calls; rx_dropped counts the frames in them).\n"
+    "rx.add_to(stats) -> int\n"
+    "    Add what the six rx_* counters gained since the last add_to into the attributes of `stats` (a\n"
+    "    core.stats.Stats); returns how many writes failed since the last add_to (rx.last_errno: the latest\n"
+    "    errno), for TapPort.write_errors.\n"
+    "rx.superframes, rx.merged, rx.unverified, rx.last_errno: read-only attributes.\n"
+    "\n"
+    "A GRO run may span the transfers of one batch: the buffers it points into are held until it is written,\n"
+    "at the latest at flush() (a held bytearray cannot resize). The GIL is released for each walk and write.\n"
+    "One thread at a time per object: a call while another thread is inside one raises RuntimeError.\n";
+
 static struct PyModuleDef fastpath_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "usbnetd.native._fastpath",
-    .m_doc = "CDC-NCM / ECM RX in C: the NTB walk, GRO with checksum verification, TAP writes (see NcmRx).",
+    .m_doc = MODULE_DOC,
     .m_size = -1,
     .m_methods = module_methods,
 };
