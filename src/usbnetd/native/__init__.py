@@ -16,6 +16,7 @@ the reference: the C code must write the same bytes and count the same way (test
 
 from __future__ import annotations
 
+import importlib
 import os
 from types import ModuleType
 from typing import Any
@@ -33,9 +34,12 @@ def _load() -> tuple[ModuleType | None, str | None]:
     if forced not in ("", "0"):
         return None, f"forced: USBNETD_PURE_PYTHON={forced}"
     try:
-        from . import _fastpath
+        _fastpath = importlib.import_module(f"{__name__}._fastpath")
+    except ModuleNotFoundError:
+        return None, ("usbnetd.native._fastpath is not built (`pip install -e .` builds it; it needs a C compiler "
+                      "and the Python headers: Debian's gcc and python3-dev)")
     except ImportError as exc:
-        return None, f"usbnetd.native._fastpath is not built or does not load ({exc}); `pip install -e .` builds it"
+        return None, f"usbnetd.native._fastpath does not load: {exc}"
     version = getattr(_fastpath, "API_VERSION", None)
     if version != API_VERSION:
         return None, (f"usbnetd.native._fastpath is a stale build (API {version}, this source wants {API_VERSION}); "
