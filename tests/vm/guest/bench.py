@@ -448,9 +448,22 @@ class Gadget:
         return ""
 
     def unbind(self, timeout: float = 20) -> None:
-        """Unplug: the host side sees a disconnect; the gadget netdev stays (and stays where it was moved)."""
+        """Unplug: the host side sees a disconnect; the gadget netdev stays (and stays where it was moved).
+
+        A real unplug powers the device off; a UDC unbind keeps the function's state for the next bind. f_ncm
+        keeps the NTB it was filling when the link went (frames queued mid-traffic): its flush timer is
+        cancelled, or fires while the function has no netdev, and is re-armed only when a new NTB is started.
+        After the next bind the device appends every frame to that NTB and sends nothing to the host until it
+        holds 32 datagrams (TX_MAX_NUM_DPE): seconds without a single ARP reply. So an NCM function is
+        re-linked into its configuration here: the next bind gets a new f_ncm, like a device after power-up,
+        while the function instance, and with it the gadget netdev, its namespace and addresses, stays.
+        """
         _write(self.path / "UDC", "")
         wait_for(lambda: self.busid is None, timeout, f"{self.name} to disappear from the host side")
+        if self.function == "ncm":
+            link = self.path / "configs/c.1" / self.instance
+            link.unlink()
+            link.symlink_to(self.path / "functions" / self.instance)
 
     def replug(self, timeout: float = 20, pause: float = 0.2) -> str:
         self.unbind(timeout)
