@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -230,52 +229,66 @@ def test_a_failed_attach_leaves_nothing_behind(tmp_path):
 class SlowStart:
     """Stands in for subprocess.Popen in cli.attach: an instance that never reports running."""
 
+    line = b"usbnetd[sim:ncm]: still starting\n"
+    returncode: int | None = None
+
     def __init__(self, args, stdout=None, **kw) -> None:
-        stdout.write(b"usbnetd[sim:ncm]: still starting\n")
+        self.log = stdout.name
+        stdout.write(self.line)
         stdout.flush()
-        self.returncode = None
-        self.terminated = False
 
     def poll(self):
         return self.returncode
 
     def terminate(self) -> None:
-        self.terminated = True
+        with open(self.log, "ab") as f:  # a real one logs its teardown on SIGTERM
+            f.write(b"usbnetd[sim:ncm]: stopped: SIGTERM\n")
+        self.returncode = -15
+
+    def wait(self, timeout=None):
+        return self.returncode
 
 
 class FailedStart(SlowStart):
-    def __init__(self, args, stdout=None, **kw) -> None:
-        stdout.write(b"usbnetd: error: interface usb0 already exists\n")
-        stdout.flush()
-        self.returncode = 1
+    line = b"usbnetd: error: interface usb0 already exists\n"
+    returncode = 1
 
 
-def test_an_attach_that_times_out_names_its_log_and_the_next_attach_cleans_it(tmp_path, monkeypatch):
+class GoodStart(SlowStart):
+    line = b"usbnetd[sim:ncm]: usb0: link up\n"
+
+
+@pytest.fixture
+def attach(tmp_path, monkeypatch):
+    """`usbnetd attach sim:ncm --sim-peer wire0` in-process, its `usbnetd run` replaced by `start`."""
     monkeypatch.setattr(cli.control, "RUN_DIR", str(tmp_path))
     monkeypatch.setattr(cli.sd, "systemd_running", lambda environ=None: False)
-    monkeypatch.setattr(cli.subprocess, "Popen", SlowStart)
-    r = CliRunner().invoke(cli.cli, ["attach", "sim:ncm", "--sim-peer", "wire0", "--timeout", "1"])
+    monkeypatch.setattr(cli, "_report_running", lambda path: cli.subprocess.Popen is GoodStart)
+
+    def run(start: type) -> tuple[int, str]:
+        monkeypatch.setattr(cli.subprocess, "Popen", start)
+        r = CliRunner().invoke(cli.cli, ["attach", "sim:ncm", "--sim-peer", "wire0", "--timeout", "1"])
+        return r.exit_code, r.output
+    return run
+
+
+def test_an_attach_that_times_out_names_its_log_and_the_next_attach_cleans_it(tmp_path, attach):
+    rc, out = attach(SlowStart)
+    failed = tmp_path / "sim_ncm_wire0.failed.log"
+    assert rc == 1 and f"did not come up within 1s (log: {failed})" in out, out
+    assert os.listdir(tmp_path) == [failed.name]
+    assert failed.read_text() == "usbnetd[sim:ncm]: still starting\nusbnetd[sim:ncm]: stopped: SIGTERM\n"
+    rc, out = attach(FailedStart)
+    assert rc == 1 and "interface usb0 already exists" in out, out
+    assert os.listdir(tmp_path) == [], "the next attach removes the last one's log, and leaves none itself"
+
+
+def test_instances_append_to_the_device_log_and_a_failed_start_takes_back_its_part(tmp_path, attach):
     log = tmp_path / "sim_ncm_wire0.log"
-    assert r.exit_code == 1, r.output
-    assert f"did not come up within 1s (log: {log})" in r.output
-    assert os.listdir(tmp_path) == [log.name] and "still starting" in log.read_text()
-    monkeypatch.setattr(cli.subprocess, "Popen", FailedStart)
-    r = CliRunner().invoke(cli.cli, ["attach", "sim:ncm", "--sim-peer", "wire0", "--timeout", "1"])
-    assert r.exit_code == 1 and "interface usb0 already exists" in r.output, r.output
-    assert os.listdir(tmp_path) == [], "the next attach removes the last one's log"
-
-
-def test_an_attach_that_comes_up_keeps_its_log(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli.control, "RUN_DIR", str(tmp_path))
-    monkeypatch.setattr(cli.sd, "systemd_running", lambda environ=None: False)
-    monkeypatch.setattr(cli.subprocess, "Popen", SlowStart)
-    up = {"n": 0}
-
-    def report(path):
-        up["n"] += 1
-        return up["n"] > 2
-    monkeypatch.setattr(cli, "_report_running", report)
-    started = time.monotonic()
-    r = CliRunner().invoke(cli.cli, ["attach", "sim:ncm", "--sim-peer", "wire0"])
-    assert r.exit_code == 0 and time.monotonic() - started < 5, r.output
-    assert os.listdir(tmp_path) == ["sim_ncm_wire0.log"]
+    assert attach(GoodStart)[0] == 0
+    assert attach(GoodStart)[0] == 0  # (after the first stopped): the log is the device's history
+    history = "usbnetd[sim:ncm]: usb0: link up\n" * 2
+    assert log.read_text() == history
+    rc, out = attach(FailedStart)
+    assert rc == 1 and out.strip() == "usbnetd: error: interface usb0 already exists", out
+    assert log.read_text() == history and os.listdir(tmp_path) == [log.name]

@@ -17,7 +17,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 
@@ -279,42 +278,57 @@ def attach(device, timeout, **opts) -> None:
 def _attach_process(device: str, args: list[str], path: str, timeout: float) -> None:
     """Start `usbnetd run` in its own session and wait until it reports running.
 
-    The instance logs to <device>.log beside its socket. The start writes to a hidden file first: a start
-    that fails leaves nothing behind (its error is the one line printed); one that comes up, or is still
-    starting when we stop waiting, gets <device>.log, whose path the timeout message names. The previous
-    attempt's log is removed first, so logs do not pile up.
+    The instance appends to <device>.log beside its socket (instance after instance: the device's history).
+    A start that fails takes back what it appended (the log is as it was, or gone if it was new) and its
+    error is the one line printed. One that does not come up within `timeout` is stopped and what it wrote
+    moves to <device>.failed.log, which the message names and the next attach of the device removes.
     """
     os.makedirs(control.RUN_DIR, exist_ok=True)
     base = os.path.basename(path)[: -len(".sock")]
     log_path = os.path.join(control.RUN_DIR, f"{base}.log")
+    failed_path = os.path.join(control.RUN_DIR, f"{base}.failed.log")
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(log_path)  # the last attempt's (no instance runs for this device: checked by the caller)
-    fd, starting = tempfile.mkstemp(prefix=f".{base}.", suffix=".log", dir=control.RUN_DIR)
-    os.fchmod(fd, 0o644)  # as a log made with open() would be (mkstemp makes 0600)
-    keep = True  # what happens to the log if we leave unexpectedly (Ctrl-C): the instance may still come up
+        os.unlink(failed_path)  # the last attempt's, which this one replaces
     try:
-        with os.fdopen(fd, "ab") as logf:
-            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                                    start_new_session=True, close_fds=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                keep = False
-                raise Fail(_last_error(starting) or f"usbnetd run exited with status {proc.returncode}")
-            if _report_running(path):
-                return
-            time.sleep(0.1)
-        proc.terminate()
-        raise Fail(f"{device} did not come up within {timeout:g}s (log: {log_path})")
-    except OSError:
-        keep = False  # Popen itself failed: no instance
-        raise
-    finally:
-        if keep:
-            os.replace(starting, log_path)
+        before: int | None = os.path.getsize(log_path)
+    except FileNotFoundError:
+        before = None
+    with open(log_path, "ab") as logf:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            attempt = _take_back(log_path, before)
+            raise Fail(_last_error(attempt) or f"usbnetd run exited with status {proc.returncode}")
+        if _report_running(path):
+            return
+        time.sleep(0.1)
+    proc.terminate()  # it tears down (and logs that) before it exits: wait, so its log is whole
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    attempt = _take_back(log_path, before)
+    with open(failed_path, "w", encoding="utf-8") as f:
+        f.write(attempt)
+    raise Fail(f"{device} did not come up within {timeout:g}s (log: {failed_path})")
+
+
+def _take_back(log_path: str, before: int | None) -> str:
+    """What an attempt appended to `log_path`, removed from it: the log is left as it was before."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(before or 0)
+            attempt = f.read()
+        if before is None:
+            os.unlink(log_path)
         else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(starting)
+            os.truncate(log_path, before)
+    except OSError:
+        return ""
+    return attempt.decode("utf-8", errors="replace")
 
 
 def _report_running(path: str) -> bool:
@@ -348,12 +362,9 @@ def _attach_systemd(device: str, plan: sd.Plan, path: str, timeout: float) -> No
     raise Fail(f"{plan.unit} started but its control socket {path} does not report running")
 
 
-def _last_error(log_path: str) -> str | None:
-    try:
-        with open(log_path, encoding="utf-8", errors="replace") as f:
-            lines = [ln.strip() for ln in f if ln.strip()]
-    except OSError:
-        return None
+def _last_error(text: str) -> str | None:
+    """The error a failed `usbnetd run` printed last (or its last line), from its log output."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     for line in reversed(lines):
         if "error" in line.lower():
             return line.split("error: ", 1)[-1]
