@@ -32,10 +32,10 @@ usbnetd_missing_packages() {
 # exactly; asked for without a version, apt upgrades all of them to the newest point release).
 usbnetd_apt_pin() {
   local p=$1 src ver
-  src=$(apt-cache show --no-all-versions "$p" 2>/dev/null | sed -n 's/^Source: \([^ ]*\).*/\1/p' | head -n 1)
+  src=$(apt-cache show --no-all-versions "$p" 2>/dev/null | sed -n 's/^Source: \([^ ]*\).*/\1/p' | head -n 1) || true
   src=${src:-$p}
   ver=$(dpkg-query -W -f='${db:Status-Abbrev} ${source:Package} ${Version}\n' 2>/dev/null |
-    awk -v s="$src" '$1 == "ii" && $2 == s { print $3; exit }')
+    awk -v s="$src" '$1 == "ii" && $2 == s { print $3; exit }') || true
   if [[ -n $ver ]] && apt-cache madison "$p" 2>/dev/null | awk -F'|' '{ gsub(/ /, "", $2); print $2 }' |
     grep -qxF -- "$ver"; then
     echo "$p=$ver"
@@ -44,14 +44,20 @@ usbnetd_apt_pin() {
   fi
 }
 
-# The installed packages `apt-get install PKG...` would upgrade (empty: none).
-usbnetd_apt_upgrades() {
-  LC_ALL=C apt-get install -s --no-upgrade --no-install-recommends "$@" 2>/dev/null |
-    awk '/^Inst [^ ]+ \[/ { print $2 }' | sort -u | tr '\n' ' '
+# Why `apt-get install PKG...` must not run: the installed packages it would upgrade, or apt's own error
+# (an unknown package); empty when it may run.
+usbnetd_apt_refusal() {
+  local sim up
+  if ! sim=$(LC_ALL=C apt-get install -s --no-upgrade --no-install-recommends "$@" 2>&1); then
+    grep -m 1 '^E: ' <<<"$sim" || echo "apt-get cannot install it"
+    return 0
+  fi
+  up=$(awk '/^Inst [^ ]+ \[/ { print $2 }' <<<"$sim" | sort -u | tr '\n' ' ')
+  if [[ -n $up ]]; then echo "it would upgrade ${up% } (installed packages are never upgraded)"; fi
 }
 
 # Install what is missing of PKG..., as root, without upgrading anything installed. A package that cannot be
-# installed without an upgrade is left out and named. Returns 1 when something stays missing.
+# installed without an upgrade (or not at all) is left out and named. Returns 1 when something stays missing.
 usbnetd_apt_install() {
   local who=$1 p
   shift
@@ -64,28 +70,25 @@ usbnetd_apt_install() {
   fi
   echo "$who: installing Debian packages: ${missing[*]}" >&2
   apt-get update -qq >&2 || echo "$who: apt-get update failed; using the package lists there are" >&2
-  local want=() ok=() refused=()
+  local want=() ok=() refused=() why
   for p in "${missing[@]}"; do want+=("$(usbnetd_apt_pin "$p")"); done
-  if [[ -z $(usbnetd_apt_upgrades "${want[@]}") ]]; then
+  if [[ -z $(usbnetd_apt_refusal "${want[@]}") ]]; then
     ok=("${want[@]}")
-  else
+  else  # one at a time, to install what can be
     for p in "${want[@]}"; do
-      local up
-      up=$(usbnetd_apt_upgrades "$p")
-      if [[ -z $up ]]; then ok+=("$p"); else refused+=("$p (would upgrade: ${up% })"); fi
+      why=$(usbnetd_apt_refusal "$p")
+      if [[ -z $why ]]; then ok+=("$p"); else refused+=("$p: $why"); fi
     done
   fi
   if ((${#ok[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-upgrade --no-install-recommends "${ok[@]}" >&2 ||
       return 1
   fi
-  if ((${#refused[@]})); then
-    local r
-    for r in "${refused[@]}"; do
-      echo "$who: not installed, it would upgrade packages already installed: $r" >&2
-    done
-    return 1
-  fi
+  local r
+  for r in "${refused[@]}"; do
+    echo "$who: not installed: $r" >&2
+  done
+  ((${#refused[@]} == 0))
 }
 
 # What a pip install -e depends on: when none of it changed since the last one into this venv, it is skipped.
@@ -95,7 +98,7 @@ usbnetd_install_stamp() {
   {
     "$venv/bin/python" -c 'import sys; print(sys.version)'
     echo "extras=$extras repo=$usbnetd_repo"
-    cat "$usbnetd_repo/pyproject.toml" "$usbnetd_repo/setup.py" 2>/dev/null
+    cat "$usbnetd_repo/pyproject.toml" "$usbnetd_repo/setup.py" 2>/dev/null || true
     find "$usbnetd_repo/src" -name '*.c' -print0 2>/dev/null | sort -z | xargs -0 -r sha256sum
   } | sha256sum | cut -d' ' -f1
 }

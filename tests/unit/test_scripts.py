@@ -42,7 +42,8 @@ exit 1
 echo "apt-cache $*" >>"$FAKE_LOG"
 case $1 in
   show) [[ $3 == udev || $3 == systemd ]] && { echo "Package: $3"; echo "Source: systemd"; echo "Version: 252.2-1"; }
-        [[ $3 == ethtool ]] && { echo "Package: ethtool"; echo "Version: 6.1-1"; } ;;
+        [[ $3 == ethtool ]] && { echo "Package: ethtool"; echo "Version: 6.1-1"; }
+        [[ $3 == udev || $3 == systemd || $3 == ethtool ]] || exit 100 ;;  # as apt-cache does: no such package
   madison) [[ $2 == udev ]] && { echo "      udev | 252.2-1 | http://deb.debian.org/debian bookworm/main Packages";
                                  echo "      udev | 252.1-1 | http://deb.debian.org/debian bookworm/main Packages"; } ;;
 esac
@@ -54,6 +55,7 @@ echo "apt-get $*" >>"$FAKE_LOG"
 [[ $1 == update ]] && exit 0
 if [[ $1 == download ]]; then echo deb >"$2_1.0_amd64.deb"; exit 0; fi
 sim=0; pkgs=()
+if [[ " $* " == *" nosuch "* ]]; then echo "E: Unable to locate package nosuch" >&2; exit 100; fi
 for a in "$@"; do
   case $a in -s) sim=1 ;; -*|install) ;; *) pkgs+=("$a") ;; esac
 done
@@ -127,10 +129,21 @@ def test_a_package_that_would_upgrade_others_is_left_out_and_named(machine):
     env["FAKE_UPGRADES"] = "ethtool"
     r = subprocess.run(["bash", str(SCRIPTS / "test.sh")], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr  # test.sh goes on: the tests say what they miss
-    assert "not installed, it would upgrade packages already installed: ethtool (would upgrade: libc6)" in r.stderr
+    assert ("not installed: ethtool: it would upgrade libc6 (installed packages are never upgraded)"
+            in r.stderr), r.stderr
     assert not calls(log, "UPGRADED"), log.read_text()
     installs = [c for c in calls(log, "apt-get install") if " -s " not in f" {c} "]
     assert installs and all("ethtool" not in c for c in installs), installs
+
+
+def test_a_package_apt_does_not_know_is_named_and_the_others_installed(machine):
+    tmp, env, log = machine
+    script = f'source "{SCRIPTS}/lib.sh" && set -euo pipefail && usbnetd_apt_install t nosuch ethtool'
+    r = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r
+    assert "t: not installed: nosuch: E: Unable to locate package nosuch" in r.stderr, r.stderr
+    installs = [c for c in calls(log, "apt-get install") if " -s " not in f" {c} "]
+    assert installs == ["apt-get install -y -q --no-upgrade --no-install-recommends ethtool"], installs
 
 
 def test_nothing_missing_means_no_apt_at_all(machine):
