@@ -98,6 +98,11 @@ usbnetd_install_stamp() {
   {
     "$venv/bin/python" -c 'import sys; print(sys.version)'
     echo "extras=$extras repo=$usbnetd_repo"
+    # the optional C extension is built by pip when a compiler and Python's headers are there: once they
+    # appear (test.sh installs them), the next install must build it
+    echo "cc=$(command -v gcc cc || true)"
+    "$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null |
+      xargs -r -I{} sh -c 'test -f {}/Python.h && echo headers=yes' || true
     cat "$usbnetd_repo/pyproject.toml" "$usbnetd_repo/setup.py" 2>/dev/null || true
     find "$usbnetd_repo/src" -name '*.c' -print0 2>/dev/null | sort -z | xargs -0 -r sha256sum
   } | sha256sum | cut -d' ' -f1
