@@ -37,6 +37,15 @@ INSTALL_SH = str(REPO / "scripts" / "install.sh")
 READY = "usbnetd0 (198.18.0.1) <-> simulated NCM adapter"
 
 
+@pytest.fixture(scope="module")
+def installed():
+    """install.sh once in the machine's namespace: run.sh runs it again inside a test namespace, which has no
+    route to a package index, so everything must be current by then (scripts/test.sh has done it already)."""
+    r = subprocess.run(["bash", INSTALL_SH], env=dict(os.environ, USBNETD_LINK=""), capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stderr
+
+
 @pytest.fixture
 def netns():
     if os.geteuid() != 0:
@@ -133,7 +142,7 @@ class Demo:
         sh("ip", "netns", "del", self.demo_ns, check=False)
 
 
-def test_sigterm_stops_the_whole_demo(netns, tmp_path):
+def test_sigterm_stops_the_whole_demo(installed, netns, tmp_path):
     demo = Demo(netns, tmp_path, f"udemo{uuid.uuid4().hex[:6]}")
     try:
         demo.wait_ready()
@@ -152,7 +161,7 @@ def test_sigterm_stops_the_whole_demo(netns, tmp_path):
         demo.cleanup()
 
 
-def test_a_second_demo_is_refused_at_once_and_the_first_goes_on(netns, tmp_path):
+def test_a_second_demo_is_refused_at_once_and_the_first_goes_on(installed, netns, tmp_path):
     first = Demo(netns, tmp_path, f"udemo{uuid.uuid4().hex[:6]}")
     try:
         first.wait_ready()
