@@ -30,6 +30,7 @@ from usbnetd.usb.sim import CTRL_IF, SIM_NTB, STR_MAC, build_config_descriptor
 from usbnetd.usb.transport import STATUS_CANCELLED, STATUS_OK, DeviceIdentity, Transport, TransportError
 
 DEVICE_MAC = bytes.fromhex("02a0b0c0d0e0")
+NATIVE = False  # set by conftest's `datapath` fixture: services made here use the C path where it exists
 
 
 def eem_config_descriptor() -> bytes:
@@ -244,8 +245,10 @@ def make_service(kind: str = "ecm", *, gro: bool = False, rx_transfers: int = 0,
     opts = Options() if quirks is None else Options(quirks=quirks)
     driver = driver_cls(t, binding, Stats(), opts)
     svc = EthernetService(t, driver, ifname="core0", gro=gro, rx_transfers=rx_transfers,
-                          tx_transfers=tx_transfers, tap_factory=FakeTap)
+                          tx_transfers=tx_transfers, tap_factory=FakeTap, native=NATIVE)
     svc.start()
+    want = "native" if NATIVE and driver.native_rx() is not None else "python"
+    assert svc.datapath.rx_path == want and svc.status()["datapath"] == want
     tap = svc.tap
     assert isinstance(tap, FakeTap)
     return svc, t, tap

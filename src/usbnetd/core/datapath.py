@@ -63,6 +63,7 @@ class DataPath:
         self.tx_submission: RingQueue[Packet] | None = None
         self.tx_completion: RingQueue[Packet] | None = None
         self.port: TapPort | None = None
+        self.rx_path = "python"  # or "native": who decodes received transfers (attach decides)
         self.running = False  # completions with errors are only counted while running
         self.device_gone = False
         # Counters of the data path's own (the per-frame ones are in `stats`, kept by the port and here).
@@ -118,9 +119,13 @@ class DataPath:
                      self.n_rx, self.n_tx, ep_int.max_packet if ep_int else 16,
                      self._on_rx, self._on_tx, on_interrupt)
 
-    def attach(self, port: TapPort, ifname: str) -> None:
+    def attach(self, port: TapPort, ifname: str, native: bool = True) -> None:
+        """The TAP port exists. With `native`, RX goes through the C path when the driver's framing has one
+        and the extension is there; otherwise (and always for the others) through the driver and the port."""
         self.port = port
         self.ifname = ifname
+        fast = self.driver.native_rx() if native else None
+        self.rx_path = "native" if fast is not None and port.use_native(*fast) else "python"
 
     def start(self) -> None:
         """Prime RX: every bulk IN transfer in flight."""
@@ -292,14 +297,23 @@ class DataPath:
         # RX: decode each completed transfer into the port, then recycle its packet.
         if self.rx_completion.dequeue_batch(batch):
             self.rx_transfers_done += len(batch)
-            decode, rx_q, port = self.driver.rx_decode, self.rx_submission, self.port
-            begin = port.rx_begin
-            for p in batch:
-                begin(p.view)
-                decode(p.view, p.length, port)
-                p.length = 0
-                rx_q.enqueue(p)
-            port.rx_end()  # before any of these buffers is submitted again
+            rx_q, port = self.rx_submission, self.port
+            fast = port.rx_native
+            if fast is not None:
+                # The C path: the same decode, GRO and writes as below, one call per transfer.
+                for p in batch:
+                    fast(p.view, p.length)
+                    p.length = 0
+                    rx_q.enqueue(p)
+                port.rx_native_end()  # before any of these buffers is submitted again
+            else:
+                decode, begin = self.driver.rx_decode, port.rx_begin
+                for p in batch:
+                    begin(p.view)
+                    decode(p.view, p.length, port)
+                    p.length = 0
+                    rx_q.enqueue(p)
+                port.rx_end()  # before any of these buffers is submitted again
             batch.clear()
         if self._stalled_in:
             self._stalled_in = False

@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from .. import native as native_module
 from ..netdev.gro import VNET_HDR_LEN
 from ..netdev.port import TapPort
 from ..netdev.tap import Tap, TapError, mac_to_str
@@ -46,6 +47,10 @@ class State(enum.Enum):
 TapFactory = Callable[..., Tap]  # (name, mac, mtu, persistent=, vnet_hdr=) -> a Tap; tests pass a fake
 
 
+def native_why_not() -> str:
+    return native_module.WHY_NOT or "the C fast path does not take this framing"
+
+
 def default_ifname(mac: bytes) -> str:
     """Like the kernel's predictable names for USB NICs: enx + the MAC, 15 characters."""
     return "enx" + mac.hex()
@@ -56,7 +61,7 @@ class EthernetService:
                  mac: bytes | None = None, mtu: int | None = None,
                  name_for: Callable[[bytes], str] | None = None, persistent: bool = False,
                  rx_transfers: int = 0, tx_transfers: int = 0, gro: bool = True,
-                 tap_factory: TapFactory = Tap) -> None:
+                 tap_factory: TapFactory = Tap, native: bool = True) -> None:
         self.transport = transport
         self.driver = driver
         self.stats = driver.stats if driver.stats is not None else Stats()
@@ -67,6 +72,7 @@ class EthernetService:
         self.requested_mac = mac
         self.requested_mtu = mtu
         self.tap_factory = tap_factory
+        self.native = native  # the C fast path where it is available (usbnetd.native); False: Python only
         self.state = State.STOPPED
         self.ifname: str | None = None
         self.mac: bytes | None = None  # the interface's MAC at start (link.mac follows the user's changes)
@@ -112,7 +118,9 @@ class EthernetService:
         if self.tap.reused:
             log.info("%s taken over from an earlier run (its addresses and routes are kept)", self.ifname)
         self.port = TapPort(self.tap.fd, self.stats, d.max_frame, gro=vnet)
-        self.datapath.attach(self.port, self.ifname)
+        self.datapath.attach(self.port, self.ifname, native=self.native)
+        if self.datapath.rx_path == "python" and self.native and d.native_rx() is not None:
+            log.info("%s: the pure-Python data path (%s)", self.ifname, native_why_not())
         self.link.attach(self.tap)
         t.start_interrupt()
         d.activate()
@@ -210,6 +218,7 @@ class EthernetService:
             "speed_mbps": self.link.speed_mbps,
             "mac": mac_to_str(mac) if mac else None,
             "mtu": None,
+            "datapath": self.datapath.rx_path,
         }
         if self.tap is not None:
             try:

@@ -54,8 +54,8 @@ class BurstLog:
         self._last = float("-inf")
         self._log = logger
 
-    def hit(self, detail: object = "") -> None:
-        self.count += 1
+    def hit(self, detail: object = "", n: int = 1) -> None:
+        self.count += n
         now = time.monotonic()
         if now - self._last >= self.interval:
             self._log.warning("%s (%s); %d so far", self.what, detail, self.count)

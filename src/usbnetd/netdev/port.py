@@ -13,6 +13,12 @@ larger than the device takes.
 
 With a vnet header (GRO on) every read and write starts with a `struct virtio_net_hdr`; reads get it into a
 scratch buffer and ignore it (no offloads were asked for: the kernel hands over whole, checksummed frames).
+
+The native fast path (usbnetd.native, C) does the same RX work for the framings it knows (an NTB, one frame
+per transfer): `use_native(kind, limit)` attaches it, and then `rx_native(view, length)` /
+`rx_native_end()` replace the driver's decode and this port's emit for a whole batch, with the same writes
+and the same counters (tests/unit/test_native_ncm_rx.py, fuzz/native_ncm.py). The Python path stays the
+reference and the fallback.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 
+from .. import native
 from ..core.stats import BurstLog, Stats
 from .gro import VNET_HDR_LEN, ZERO_HDR, Coalescer
 
@@ -41,6 +48,26 @@ class TapPort:
         self.emit = self.gro.emit if self.gro is not None else self._emit_plain
         self.write_errors = BurstLog("TAP write failing", logger=log)
         self.read_errors = BurstLog("TAP read failing", logger=log)
+        self.native = None  # a usbnetd.native NcmRx when the C path decodes RX (use_native)
+        self.rx_native = None  # its decode or decode_frame, bound once
+
+    # ------------------------------------------------------------------ the native RX path
+    def use_native(self, kind: str, limit: int) -> bool:
+        """Let the C path decode and write RX ("ntb": NCM, "frame": one frame per transfer). False when it
+        is not available (not built, or USBNETD_PURE_PYTHON): the Python path goes on."""
+        if not native.AVAILABLE or kind not in ("ntb", "frame"):
+            return False
+        self.native = native.NcmRx(self.fd, self.vnet, self.gro is not None, limit)
+        self.rx_native = self.native.decode if kind == "ntb" else self.native.decode_frame
+        return True
+
+    def rx_native_end(self) -> None:
+        """A batch is decoded by the C path: write what it holds, and bring its counts into `stats`."""
+        n = self.native
+        n.flush()
+        failed = n.add_to(self.stats)
+        if failed:
+            self.write_errors.hit(os.strerror(n.last_errno), failed)
 
     # ------------------------------------------------------------------ RX: device -> host
     def rx_begin(self, view: memoryview) -> None:
@@ -127,6 +154,11 @@ class TapPort:
 
     @property
     def gro_stats(self) -> dict:
-        g = self.gro
-        return {"enabled": g is not None, "superframes": g.superframes if g else 0,
-                "segments": g.merged if g else 0, "unverified": g.unverified if g else 0}
+        g, n = self.gro, self.native
+        st = {"enabled": g is not None, "superframes": g.superframes if g else 0,
+              "segments": g.merged if g else 0, "unverified": g.unverified if g else 0}
+        if n is not None:
+            st["superframes"] += n.superframes
+            st["segments"] += n.merged
+            st["unverified"] += n.unverified
+        return st

@@ -194,6 +194,11 @@ class ProtocolDriver:
         if self.binding.data_alt != 0:
             self.transport.set_alt(self.binding.data, self.binding.data_alt)
 
+    def native_rx(self) -> tuple[str, int] | None:
+        """The C fast path (usbnetd.native) that decodes this driver's transfers exactly as `rx_decode` does:
+        ("ntb", largest datagram) or ("frame", largest frame); None when only `rx_decode` can."""
+        return None
+
     @property
     def own_tx_pending(self) -> int:
         """Transfers of the driver's own (EEM echo responses) waiting to go out; `tx_begin` frames them first."""
@@ -347,6 +352,9 @@ class OneFramePerTransfer:
         n = self._length
         self._length = 0
         return n, n % self.maxpacket == 0
+
+    def native_rx(self) -> tuple[str, int] | None:
+        return ("frame", self.max_frame)
 
     def rx_decode(self, view: memoryview, length: int, sink: RxSink) -> int:
         if length < 14 or length > self.max_frame:

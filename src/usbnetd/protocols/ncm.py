@@ -135,5 +135,8 @@ class NcmDriver(ProtocolDriver):
         return self._builder.finish(), False
 
     # --- RX ---
+    def native_rx(self) -> tuple[str, int] | None:
+        return ("ntb", self._decoder.max_datagram)
+
     def rx_decode(self, view: memoryview, length: int, sink: RxSink) -> int:
         return self._decoder.decode(view, length, sink.emit)
