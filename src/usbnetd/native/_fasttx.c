@@ -1,0 +1,603 @@
+/*
+ * usbnetd.native._fasttx: the per-frame TX work of CDC-NCM in C: frames read from the TAP straight into the
+ * datagram slots of the NTB being built, one call per wake-up instead of one Python iteration per frame.
+ *
+ * It mirrors, byte for byte and counter for counter, the Python reference:
+ *
+ *   protocols/ncm_codec.py  TxLayout, NtbBuilder   where datagrams go, when the NTB is full, NDP, NTH, padding
+ *   netdev/port.py          TapPort.read_into      one readv per frame, the vnet header, what is dropped
+ *   core/datapath.py        DataPath.on_tap_readable   the per-transfer loop: full when the room left is below
+ *                                                  max_frame (NcmDriver.tx_commit), the read budget, EAGAIN
+ *
+ * The Python code stays the readable reference and the fallback; where this file and it could ever differ,
+ * the Python is right, and tests/unit/test_native_ncm_tx.py plus fuzz/native_ncm_tx.py (a differential fuzz
+ * target, also run under ASan/UBSan by fuzz/native_asan_tx.sh) are there to catch it. Decisions that look
+ * arbitrary are the reference's and documented there; the comments here say where they come from.
+ *
+ * API: MODULE_DOC below (the module's docstring, so help() shows it).
+ *
+ * Buffer lifetime: begin() takes a writable, contiguous view of the caller's buffer and keeps it (which also
+ * stops a bytearray from resizing) until finish() or abandon() (or a next begin(), or deallocation). The GIL
+ * is released for fill()'s whole read loop: with the view acquired before, only this object's C fields and
+ * the buffer's bytes are touched. One thread at a time per object: a call while another thread is inside one
+ * raises RuntimeError.
+ *
+ * Bounds: the NTB never grows past limit = min(max_size, len(buffer)). Every slot handed to readv and every
+ * byte finish() writes is checked against limit before it is touched; the checks that the layout arithmetic
+ * already guarantees raise SystemError instead of writing if they ever fail.
+ *
+ * Deliberate differences from the reference, all on the setup path, where the reference would misbehave
+ * later: the constructor refuses (ValueError) a max_frame below 14 or one an empty NTB of max_size cannot
+ * hold (the data path would open and finish empty NTBs forever), an NTB32 layout whose NDP could outgrow the
+ * 16-bit wLength (the reference raises struct.error in finish), and a maxpacket past 32 bits; fill() refuses
+ * a negative budget (`while budget:` would read without limit).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <errno.h>
+#include <limits.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+/* Bumped whenever the Python-visible API changes; native/__init__.py refuses a stale in-place build. */
+#define API_VERSION 1
+
+/* ---- NCM 1.0 (USB CDC Subclass Specification for Network Control Model Devices, rev. 1.0) ---------------- */
+#define NTH16_SIGNATURE 0x484D434Eu       /* "NCMH", §3.2.1 */
+#define NTH32_SIGNATURE 0x686D636Eu       /* "ncmh", §3.2.2 */
+#define NDP16_NOCRC_SIGNATURE 0x304D434Eu /* "NCM0", §3.3.1 (no CRC: the host never appends one) */
+#define NDP32_NOCRC_SIGNATURE 0x306D636Eu /* "ncm0", §3.3.2 */
+#define NTH16_LEN 12
+#define NTH32_LEN 16
+#define NDP16_HEADER_LEN 8
+#define NDP32_HEADER_LEN 16
+#define DPE16_LEN 4
+#define DPE32_LEN 8
+#define NTB16_MAX_SIZE 0xFFFFLL     /* wBlockLength is 16 bits (§3.2.1) */
+#define NTB32_MAX_SIZE 0xFFFFFFFFLL /* dwBlockLength (§3.2.2) */
+#define NDP_MAX_LEN 0xFFFFLL        /* wLength of NDP16 and NDP32 alike (§3.3.1, §3.3.2) */
+#define MIN_ALIGNMENT 4             /* ncm_codec.MIN_ALIGNMENT: NDPs on 4-byte boundaries (§3.3) */
+#define ETH_HLEN 14
+#define VNET_HDR_LEN 10 /* sizeof(struct virtio_net_hdr) without num_buffers: TapPort's VNET_HDR_LEN */
+
+typedef struct {
+    PyObject_HEAD
+    int fd;
+    int vnet; /* 0 or VNET_HDR_LEN */
+    int busy;
+    int ready; /* __init__ ran: tp_new alone leaves fd 0, which must never be read from */
+    /* TxLayout, as given */
+    char ntb32, pad_to_max;
+    long long max_size, divisor, remainder, alignment, max_datagrams, maxpacket;
+    long long max_frame; /* TapPort.max_frame (what is dropped) and NcmDriver.max_frame (when it is full) */
+    /* NtbBuilder's derived constants */
+    long long nth_len, dpe_len, ndp_fixed;
+    long long cap; /* datagrams an NTB can ever hold: min(max_datagrams, what max_size allows); table size */
+    /* the NTB being built */
+    char open;     /* a buffer is held (NtbBuilder._open) */
+    Py_buffer view;
+    long long limit; /* min(max_size, len(buffer)) */
+    long long pos;   /* end of the last datagram (or of the NTH) */
+    Py_ssize_t count;
+    uint32_t *table; /* (offset, length) pairs, NtbBuilder._table */
+    int seq;         /* wSequence of the next finished NTB */
+} NcmTx;
+
+/* ---- little-endian stores ------------------------------------------------------------------------------- */
+static inline void put16(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+static inline void put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
+
+static inline int is_pow2(long long v) { return v > 0 && (v & (v - 1)) == 0; }
+
+/* ---- the layout (NtbBuilder.next_slot / commit) --------------------------------------------------------- */
+
+/* Where the next datagram goes: the first offset >= pos with offset % divisor == remainder (§3.3.1's
+ * wNdpOutDivisor / wNdpOutPayloadRemainder). divisor is a power of two, so Python's non-negative modulo is a
+ * mask of the unsigned difference. */
+static inline long long slot_offset(const NcmTx *s)
+{
+    uint64_t pad = ((uint64_t)s->remainder - (uint64_t)s->pos) & (uint64_t)(s->divisor - 1);
+    return s->pos + (long long)pad;
+}
+
+/* NtbBuilder.next_slot's room for a datagram at `off`: the NDP with one more entry and the terminator must fit
+ * after the datagram, at an aligned offset below the limit. 0: full. */
+static inline long long slot_room(const NcmTx *s, long long off)
+{
+    if (!s->open || s->count >= s->max_datagrams || s->count >= s->cap)
+        return 0;
+    long long avail = s->limit - s->ndp_fixed - (long long)s->count * s->dpe_len;
+    if (avail < 0) /* Python's & on a negative number rounds it further down: room < 0 either way */
+        return 0;
+    long long room = (long long)((uint64_t)avail & ~(uint64_t)(s->alignment - 1)) - off;
+    return room > 0 ? room : 0;
+}
+
+/* NtbBuilder.commit: the caller read `length` bytes to `off` (which slot_room gave room >= length). */
+static inline void commit(NcmTx *s, long long off, long long length)
+{
+    uint8_t *b = (uint8_t *)s->view.buf;
+    if (off > s->pos) /* zero the alignment gap: no stale bytes from an earlier NTB go out */
+        memset(b + s->pos, 0, (size_t)(off - s->pos));
+    s->table[2 * s->count] = (uint32_t)off;
+    s->table[2 * s->count + 1] = (uint32_t)length;
+    s->count++;
+    s->pos = off + length;
+}
+
+/* ---- fill: DataPath.on_tap_readable's loop for one NTB, TapPort.read_into per frame ------------------------ */
+
+struct fill_result {
+    Py_ssize_t read, committed, dropped;
+    unsigned long long bytes;
+    int drained, full, err, broken;
+};
+
+/* Runs without the GIL. */
+static void fill_loop(NcmTx *s, Py_ssize_t budget, struct fill_result *r)
+{
+    uint8_t hdr[VNET_HDR_LEN]; /* the virtio_net_hdr in front of each frame: read and ignored, as TapPort does */
+    struct iovec iov[2] = {{hdr, VNET_HDR_LEN}, {NULL, 0}};
+    struct iovec *frame_iov = s->vnet ? &iov[1] : &iov[0];
+    int iovcnt = s->vnet ? 2 : 1;
+    uint8_t *b = (uint8_t *)s->view.buf;
+    for (;;) {
+        long long off = slot_offset(s);
+        long long room = slot_room(s, off);
+        /* NcmDriver.tx_commit / the loop's tx_slot check: less room than the largest frame means the NTB must
+         * go. Checked before the budget too, so a fill that made the NTB full always says so. */
+        if (room < s->max_frame) {
+            r->full = 1;
+            return;
+        }
+        if (r->read >= budget)
+            return;
+        if (off < s->pos || off + room > s->limit || s->limit > (long long)s->view.len) {
+            r->broken = 1; /* cannot happen (room's arithmetic keeps the slot below the limit): never read */
+            return;
+        }
+        frame_iov->iov_base = b + off;
+        frame_iov->iov_len = (size_t)room; /* the whole room, as the reference's slice: a longer frame is cut */
+        ssize_t n;
+        do
+            n = readv(s->fd, iov, iovcnt);
+        while (n < 0 && errno == EINTR); /* as os.readv does (PEP 475) */
+        if (n < 0) {
+            /* BlockingIOError: the TAP is drained; any other OSError is logged by the caller and also ends the
+             * burst (read_into returns -1 for both) */
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                r->err = errno;
+            r->drained = 1;
+            return;
+        }
+        r->read++;
+        long long len = (long long)n - s->vnet; /* below 0 when not even the header came: too short */
+        if (len < ETH_HLEN || len > s->max_frame) {
+            r->dropped++; /* TapPort.read_into: not Ethernet, or longer than the device takes */
+            continue;
+        }
+        commit(s, off, len);
+        r->committed++;
+        r->bytes += (unsigned long long)len;
+    }
+}
+
+/* ---- Python methods ---------------------------------------------------------------------------------------- */
+
+static int check_idle(NcmTx *self)
+{
+    if (!self->ready) {
+        PyErr_SetString(PyExc_RuntimeError, "NcmTx.__init__ was not called");
+        return -1;
+    }
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "NcmTx is in use by another thread");
+        return -1;
+    }
+    return 0;
+}
+
+static void release(NcmTx *self)
+{
+    if (self->open) {
+        self->open = 0;
+        PyBuffer_Release(&self->view);
+    }
+    self->count = 0;
+    self->pos = self->nth_len;
+}
+
+static PyObject *NcmTx_begin(NcmTx *self, PyObject *buf)
+{
+    if (check_idle(self) < 0)
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE) < 0) /* also C-contiguous (PyBUF_SIMPLE's rule) */
+        return NULL;
+    release(self); /* NtbBuilder.begin on an open NTB drops it unfinished */
+    self->view = view;
+    self->open = 1;
+    self->limit = self->max_size < (long long)view.len ? self->max_size : (long long)view.len;
+    self->count = 0;
+    self->pos = self->nth_len; /* the NTH's place (§3.2), written by finish */
+    Py_RETURN_NONE;
+}
+
+static PyObject *NcmTx_fill(NcmTx *self, PyObject *arg)
+{
+    Py_ssize_t budget = PyLong_AsSsize_t(arg);
+    if (budget == -1 && PyErr_Occurred())
+        return NULL;
+    if (budget < 0) {
+        PyErr_SetString(PyExc_ValueError, "budget must be >= 0");
+        return NULL;
+    }
+    if (check_idle(self) < 0)
+        return NULL;
+    if (!self->open) {
+        PyErr_SetString(PyExc_RuntimeError, "fill() without begin()");
+        return NULL;
+    }
+    struct fill_result r = {0};
+    self->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    fill_loop(self, budget, &r);
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    if (r.broken) {
+        PyErr_SetString(PyExc_SystemError, "NcmTx: a slot past the NTB's limit (layout arithmetic broken)");
+        return NULL;
+    }
+    return Py_BuildValue("(nnKnOOi)", r.read, r.committed, r.bytes, r.dropped, r.drained ? Py_True : Py_False,
+                         r.full ? Py_True : Py_False, r.err);
+}
+
+/* NtbBuilder.finish: NDP after the last datagram, the end-of-NTB rule, NTH; returns the bytes to send. */
+static PyObject *NcmTx_finish(NcmTx *self, PyObject *Py_UNUSED(ignored))
+{
+    if (check_idle(self) < 0)
+        return NULL;
+    if (!self->open)
+        return PyLong_FromLong(0);
+    if (self->count == 0) {
+        release(self);
+        return PyLong_FromLong(0); /* nothing to send; the sequence stays */
+    }
+    uint8_t *b = (uint8_t *)self->view.buf;
+    long long pos = self->pos, count = self->count, limit = self->limit;
+    long long ndp = (long long)(((uint64_t)pos + (uint64_t)self->alignment - 1) & ~(uint64_t)(self->alignment - 1));
+    long long hdr = self->ntb32 ? NDP32_HEADER_LEN : NDP16_HEADER_LEN;
+    long long ndp_len = hdr + (count + 1) * self->dpe_len; /* entries, then the (0, 0) terminator */
+    long long total = ndp + ndp_len;
+    if (total > limit || limit > (long long)self->view.len || ndp_len > NDP_MAX_LEN) {
+        release(self); /* cannot happen (every room reserved the NDP): never write */
+        PyErr_SetString(PyExc_SystemError, "NcmTx: the NDP does not fit (layout arithmetic broken)");
+        return NULL;
+    }
+    if (ndp > pos)
+        memset(b + pos, 0, (size_t)(ndp - pos));
+    uint8_t *p = b + ndp;
+    if (self->ntb32) { /* §3.3.2: dwSignature wLength wReserved6 dwNextNdpIndex dwReserved12 */
+        put32(p, NDP32_NOCRC_SIGNATURE);
+        put16(p + 4, (uint32_t)ndp_len);
+        put16(p + 6, 0);
+        put32(p + 8, 0);
+        put32(p + 12, 0);
+        p += NDP32_HEADER_LEN;
+        for (long long i = 0; i < count; i++, p += DPE32_LEN) {
+            put32(p, self->table[2 * i]);
+            put32(p + 4, self->table[2 * i + 1]);
+        }
+        memset(p, 0, DPE32_LEN);
+    } else { /* §3.3.1: dwSignature wLength wNextNdpIndex */
+        put32(p, NDP16_NOCRC_SIGNATURE);
+        put16(p + 4, (uint32_t)ndp_len);
+        put16(p + 6, 0);
+        p += NDP16_HEADER_LEN;
+        for (long long i = 0; i < count; i++, p += DPE16_LEN) {
+            put16(p, self->table[2 * i]);
+            put16(p + 2, self->table[2 * i + 1]);
+        }
+        memset(p, 0, DPE16_LEN);
+    }
+
+    /* The end-of-NTB rule (NtbBuilder.finish's docstring): Linux-style padding of long NTBs to max_size with
+     * pad_to_max, else one zero byte when the NTB would end on a wMaxPacketSize multiple, so the bulk OUT
+     * transfer ends in a short packet and needs no zero-length packet. */
+    long long mp = self->maxpacket;
+    if (self->pad_to_max && total > self->max_size - 3 * mp && limit == self->max_size) {
+        if (total < limit) {
+            memset(b + total, 0, (size_t)(limit - total));
+            total = limit;
+        }
+    } else if (total % mp == 0 && total < limit) {
+        b[total] = 0;
+        total++;
+    }
+
+    /* NTH (§3.2.1 / §3.2.2): signature, wHeaderLength, wSequence, block length, index of the NDP */
+    if (self->ntb32) {
+        put32(b, NTH32_SIGNATURE);
+        put16(b + 4, NTH32_LEN);
+        put16(b + 6, (uint32_t)self->seq);
+        put32(b + 8, (uint32_t)total);
+        put32(b + 12, (uint32_t)ndp);
+    } else {
+        put32(b, NTH16_SIGNATURE);
+        put16(b + 4, NTH16_LEN);
+        put16(b + 6, (uint32_t)self->seq);
+        put16(b + 8, (uint32_t)total);
+        put16(b + 10, (uint32_t)ndp);
+    }
+    self->seq = (self->seq + 1) & 0xFFFF;
+    release(self);
+    return PyLong_FromLongLong(total);
+}
+
+static PyObject *NcmTx_abandon(NcmTx *self, PyObject *Py_UNUSED(ignored))
+{
+    if (check_idle(self) < 0)
+        return NULL;
+    release(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *NcmTx_next_slot(NcmTx *self, PyObject *Py_UNUSED(ignored))
+{
+    if (check_idle(self) < 0)
+        return NULL;
+    long long off = slot_offset(self);
+    return Py_BuildValue("(LL)", off, slot_room(self, off));
+}
+
+static int NcmTx_init(NcmTx *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"fd",        "vnet_hdr_len", "max_frame",     "ntb32",     "max_size",
+                             "divisor",   "remainder",    "alignment",     "max_datagrams", "maxpacket",
+                             "pad_to_max", "sequence",    NULL};
+    int fd, vnet, ntb32, pad_to_max = 0;
+    long long max_frame, max_size, divisor = MIN_ALIGNMENT, remainder = 0, alignment = MIN_ALIGNMENT;
+    long long max_datagrams = 40, maxpacket = 512; /* TxLayout's defaults */
+    unsigned long long sequence = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiLpL|LLLLLp$K:NcmTx", kwlist, &fd, &vnet, &max_frame, &ntb32,
+                                     &max_size, &divisor, &remainder, &alignment, &max_datagrams, &maxpacket,
+                                     &pad_to_max, &sequence))
+        return -1;
+    if (self->busy || self->open) {
+        PyErr_SetString(PyExc_RuntimeError, "NcmTx cannot be initialised again while an NTB is open");
+        return -1;
+    }
+    if (fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "fd must be >= 0");
+        return -1;
+    }
+    if (vnet != 0 && vnet != VNET_HDR_LEN) {
+        PyErr_Format(PyExc_ValueError, "vnet_hdr_len must be 0 or %d", VNET_HDR_LEN);
+        return -1;
+    }
+    /* TxLayout.__post_init__, in its order */
+    if (!is_pow2(divisor)) {
+        PyErr_Format(PyExc_ValueError, "divisor %lld is not a power of two", divisor);
+        return -1;
+    }
+    if (remainder < 0 || remainder >= divisor) {
+        PyErr_Format(PyExc_ValueError, "remainder %lld not in [0, %lld)", remainder, divisor);
+        return -1;
+    }
+    if (!is_pow2(alignment) || alignment < MIN_ALIGNMENT) {
+        PyErr_Format(PyExc_ValueError, "NDP alignment %lld is not a power of two >= %d", alignment, MIN_ALIGNMENT);
+        return -1;
+    }
+    if (max_datagrams < 1) {
+        PyErr_SetString(PyExc_ValueError, "max_datagrams must be >= 1");
+        return -1;
+    }
+    if (maxpacket < 1) {
+        PyErr_SetString(PyExc_ValueError, "maxpacket must be >= 1");
+        return -1;
+    }
+    long long lim = ntb32 ? NTB32_MAX_SIZE : NTB16_MAX_SIZE;
+    if (max_size > lim) {
+        PyErr_Format(PyExc_ValueError, "max_size %lld exceeds the %s limit %lld", max_size, ntb32 ? "NTB32" : "NTB16",
+                     lim);
+        return -1;
+    }
+    long long nth_len = ntb32 ? NTH32_LEN : NTH16_LEN;
+    long long dpe_len = ntb32 ? DPE32_LEN : DPE16_LEN;
+    long long ndp_fixed = (ntb32 ? NDP32_HEADER_LEN : NDP16_HEADER_LEN) + 2 * dpe_len; /* _ndp_size(ntb32, 1) */
+    /* min_ntb_size; divisor and alignment past max_size fail it too (and must not overflow the sum) */
+    if (divisor > max_size || alignment > max_size ||
+        max_size < nth_len + (divisor - 1) + ETH_HLEN + (alignment - 1) + ndp_fixed) {
+        PyErr_Format(PyExc_ValueError, "max_size %lld cannot hold one datagram", max_size);
+        return -1;
+    }
+    /* not the reference's: the setup-path refusals of the header comment */
+    if (maxpacket > 0xFFFFFFFFLL) {
+        PyErr_SetString(PyExc_ValueError, "maxpacket must fit 32 bits");
+        return -1;
+    }
+    if (max_frame < ETH_HLEN) {
+        PyErr_Format(PyExc_ValueError, "max_frame %lld is below an Ethernet header (%d)", max_frame, ETH_HLEN);
+        return -1;
+    }
+    long long first = nth_len + (long long)(((uint64_t)remainder - (uint64_t)nth_len) & (uint64_t)(divisor - 1));
+    long long first_room = (long long)((uint64_t)(max_size - ndp_fixed) & ~(uint64_t)(alignment - 1)) - first;
+    if (first_room < max_frame) {
+        PyErr_Format(PyExc_ValueError, "an empty NTB of %lld bytes has room for %lld, less than max_frame %lld",
+                     max_size, first_room, max_frame);
+        return -1;
+    }
+    /* Datagram k (1-based) needs the NTH, k datagrams of >= 14 bytes and an NDP of k + 1 entries below the
+     * limit, so no NTB of max_size holds more than (max_size - nth - ndp_fixed + dpe) / (14 + dpe). */
+    long long cap = (max_size - nth_len - ndp_fixed + dpe_len) / (ETH_HLEN + dpe_len);
+    if (cap > max_datagrams)
+        cap = max_datagrams;
+    if (ntb32 && NDP32_HEADER_LEN + (cap + 1) * DPE32_LEN > NDP_MAX_LEN) {
+        PyErr_Format(PyExc_ValueError, "an NDP32 of %lld datagrams outgrows its 16-bit wLength (max_datagrams)", cap);
+        return -1;
+    }
+    uint32_t *table = PyMem_Calloc((size_t)cap, 2 * sizeof(uint32_t));
+    if (!table) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    PyMem_Free(self->table);
+    self->table = table;
+    self->cap = cap;
+    self->fd = fd;
+    self->vnet = vnet;
+    self->ntb32 = (char)(ntb32 != 0);
+    self->pad_to_max = (char)(pad_to_max != 0);
+    self->max_size = max_size;
+    self->divisor = divisor;
+    self->remainder = remainder;
+    self->alignment = alignment;
+    self->max_datagrams = max_datagrams;
+    self->maxpacket = maxpacket;
+    self->max_frame = max_frame;
+    self->nth_len = nth_len;
+    self->dpe_len = dpe_len;
+    self->ndp_fixed = ndp_fixed;
+    self->seq = (int)(sequence & 0xFFFF); /* NtbBuilder(layout, sequence): sequence & 0xFFFF */
+    self->count = 0;
+    self->pos = nth_len;
+    self->limit = max_size;
+    self->ready = 1;
+    return 0;
+}
+
+static void NcmTx_dealloc(NcmTx *self)
+{
+    release(self);
+    PyMem_Free(self->table);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef NcmTx_methods[] = {
+    {"begin", (PyCFunction)NcmTx_begin, METH_O,
+     "begin(buf): start an NTB in the writable buffer buf, held until finish() or abandon() (NtbBuilder.begin)."},
+    {"fill", (PyCFunction)NcmTx_fill, METH_O,
+     "fill(budget) -> (frames_read, frames_committed, bytes_committed, dropped, drained, full, errno): read up to "
+     "budget frames from fd into the NTB's slots."},
+    {"finish", (PyCFunction)NcmTx_finish, METH_NOARGS,
+     "finish() -> int: write NDP and NTH, release the buffer; the bytes to send, 0 if no datagram "
+     "(NtbBuilder.finish)."},
+    {"abandon", (PyCFunction)NcmTx_abandon, METH_NOARGS, "abandon(): release the buffer without finishing."},
+    {"next_slot", (PyCFunction)NcmTx_next_slot, METH_NOARGS,
+     "next_slot() -> (offset, room): NtbBuilder.next_slot, without its side effects (tests)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef NcmTx_members[] = {
+    {"count", T_PYSSIZET, offsetof(NcmTx, count), READONLY, "datagrams in the NTB being built"},
+    {"sequence", T_INT, offsetof(NcmTx, seq), READONLY, "wSequence the next finished NTB carries"},
+    {"open", T_BOOL, offsetof(NcmTx, open), READONLY, "whether an NTB is being built (a buffer is held)"},
+    {"fd", T_INT, offsetof(NcmTx, fd), READONLY, "the fd read from"},
+    {"vnet_hdr_len", T_INT, offsetof(NcmTx, vnet), READONLY, "0, or 10: a virtio_net_hdr before every frame"},
+    {"max_frame", T_LONGLONG, offsetof(NcmTx, max_frame), READONLY, "the largest frame taken"},
+    {"ntb32", T_BOOL, offsetof(NcmTx, ntb32), READONLY, "TxLayout.ntb32"},
+    {"max_size", T_LONGLONG, offsetof(NcmTx, max_size), READONLY, "TxLayout.max_size"},
+    {"divisor", T_LONGLONG, offsetof(NcmTx, divisor), READONLY, "TxLayout.divisor"},
+    {"remainder", T_LONGLONG, offsetof(NcmTx, remainder), READONLY, "TxLayout.remainder"},
+    {"alignment", T_LONGLONG, offsetof(NcmTx, alignment), READONLY, "TxLayout.alignment"},
+    {"max_datagrams", T_LONGLONG, offsetof(NcmTx, max_datagrams), READONLY, "TxLayout.max_datagrams"},
+    {"maxpacket", T_LONGLONG, offsetof(NcmTx, maxpacket), READONLY, "TxLayout.maxpacket"},
+    {"pad_to_max", T_BOOL, offsetof(NcmTx, pad_to_max), READONLY, "TxLayout.pad_to_max"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject NcmTxType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "usbnetd.native._fasttx.NcmTx",
+    .tp_basicsize = sizeof(NcmTx),
+    .tp_dealloc = (destructor)NcmTx_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "NcmTx(fd, vnet_hdr_len, max_frame, ntb32, max_size, divisor=4, remainder=0, alignment=4, "
+              "max_datagrams=40, maxpacket=512, pad_to_max=False, *, sequence=0): CDC-NCM TX (TAP reads into "
+              "the NTB) in C.",
+    .tp_methods = NcmTx_methods,
+    .tp_members = NcmTx_members,
+    .tp_init = (initproc)NcmTx_init,
+    .tp_new = PyType_GenericNew,
+};
+
+static const char MODULE_DOC[] =
+    "CDC-NCM TX in C: frames read from the TAP straight into the datagram slots of the NTB being built.\n"
+    "\n"
+    "The same NTB bytes, lengths, sequence numbers and counters as the Python reference (NtbBuilder with\n"
+    "TapPort.read_into, as DataPath.on_tap_readable drives them for NCM); one call per wake-up, nothing per frame.\n"
+    "\n"
+    "tx = NcmTx(fd, vnet_hdr_len, max_frame, ntb32, max_size, divisor=4, remainder=0, alignment=4,\n"
+    "           max_datagrams=40, maxpacket=512, pad_to_max=False, *, sequence=0)\n"
+    "    fd: the TAP (non-blocking; any fd giving one frame per read); vnet_hdr_len: 0 or 10 (a struct\n"
+    "    virtio_net_hdr in front of every frame, read and ignored, as TapPort does); max_frame: the largest frame\n"
+    "    taken (TapPort.max_frame, which is NcmDriver.max_frame); then TxLayout's fields in TxLayout's order,\n"
+    "    so NcmTx(fd, vnet, max_frame, *dataclasses.astuple(layout)) builds what NtbBuilder(layout) builds;\n"
+    "    sequence: the first NTB's wSequence (NtbBuilder's `sequence`; hand over builder.sequence to continue).\n"
+    "    ValueError where TxLayout raises, and also for a max_frame below 14 or larger than an empty NTB's room,\n"
+    "    an NTB32 NDP that could outgrow its 16-bit wLength, a maxpacket past 32 bits.\n"
+    "    Read-only attributes: fd, vnet_hdr_len, max_frame, the layout's fields, count, sequence, open.\n"
+    "tx.begin(buf) -> None\n"
+    "    Start an NTB in buf (writable, contiguous), which is held until finish() or abandon(). The NTB never\n"
+    "    grows past min(max_size, len(buf)). An NTB still open is dropped unfinished (NtbBuilder.begin).\n"
+    "tx.fill(budget) -> (frames_read, frames_committed, bytes_committed, dropped, drained, full, errno)\n"
+    "    Read frames from fd, one readv each, into the next slot (the whole room: a longer frame is cut, as the\n"
+    "    reference's slice cuts it), until the NTB is full (the room for the next datagram is below max_frame:\n"
+    "    full=True, also when that is so before any read), fd has nothing (EAGAIN: drained=True) or fails\n"
+    "    (drained=True and errno set: the reference logs it in TapPort.read_errors and ends the burst too), or\n"
+    "    budget frames were read. frames_read counts every frame read (what uses the budget); a frame below 14 or\n"
+    "    above max_frame bytes is read and dropped (dropped: add it to stats.tx_dropped); the others are\n"
+    "    committed (frames_committed, bytes_committed: the Ethernet bytes). EINTR is retried. budget >= 0.\n"
+    "    The GIL is released for the whole loop.\n"
+    "tx.finish() -> int\n"
+    "    Write the NDP (NCM0/ncm0 after the last datagram, aligned) and the NTH, apply the end-of-NTB rule\n"
+    "    (pad_to_max, or one zero byte off a maxpacket multiple), release the buffer; returns the bytes to send\n"
+    "    (0, and no sequence number used, when the NTB holds no datagram or none is open) (NtbBuilder.finish).\n"
+    "tx.abandon() -> None\n"
+    "    Release the buffer without finishing (teardown); nothing when none is held.\n"
+    "tx.next_slot() -> (offset, room)\n"
+    "    NtbBuilder.next_slot's answer for the open NTB (room 0: full or none open), for tests.\n"
+    "tx.count: datagrams in the open NTB. tx.sequence: wSequence of the next finished NTB. tx.open: one is open.\n"
+    "\n"
+    "One thread at a time per object: a call while another thread is inside fill() raises RuntimeError.\n";
+
+static struct PyModuleDef fasttx_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "usbnetd.native._fasttx",
+    .m_doc = MODULE_DOC,
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC PyInit__fasttx(void)
+{
+    if (PyType_Ready(&NcmTxType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&fasttx_module);
+    if (!m)
+        return NULL;
+    Py_INCREF(&NcmTxType);
+    if (PyModule_AddObject(m, "NcmTx", (PyObject *)&NcmTxType) < 0) {
+        Py_DECREF(&NcmTxType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(m, "API_VERSION", API_VERSION) < 0 ||
+        PyModule_AddIntConstant(m, "VNET_HDR_LEN", VNET_HDR_LEN) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
