@@ -1,13 +1,16 @@
 """Native (C) fast paths for usbnetd's per-frame work, and whether they can be used.
 
-This package owns the C extension `usbnetd.native._fastpath` (built from `_fastpath.c` by setup.py, optional:
-a machine without a compiler installs and runs the pure-Python path) and the decision to use it:
+This package owns the C extensions `usbnetd.native._fastpath` (RX, from `_fastpath.c`) and
+`usbnetd.native._fasttx` (NCM TX, from `_fasttx.c`), both built by setup.py, optional: a machine without a
+compiler installs and runs the pure-Python path. And the decision to use them, one for both:
 
-- `AVAILABLE`: the extension imported and matches this source tree's API version;
-- `WHY_NOT`: why not (the import error, a stale build, or that `USBNETD_PURE_PYTHON` forced the Python path);
-  None when AVAILABLE;
-- `fastpath`: the module itself when AVAILABLE, else None; `NcmRx` its RX class (see `_fastpath.c`'s header
-  comment for the API: NTB walk, GRO and TAP writes, one call per transfer and one per batch).
+- `AVAILABLE`: both extensions imported and each matches this source tree's API version for it;
+- `WHY_NOT`: why not (the first module's import error or stale build, or that `USBNETD_PURE_PYTHON` forced the
+  Python path); None when AVAILABLE;
+- `fastpath`, `fasttx`: the modules themselves when AVAILABLE, else None; `NcmRx` the RX class (see
+  `_fastpath.c`'s docstring for the API: NTB walk, GRO and TAP writes, one call per transfer and one per
+  batch), `NcmTx` the TX class (`_fasttx.c`'s docstring: TAP reads straight into the NTB being built, one call
+  per wake-up). All None unless AVAILABLE: a half-built or half-stale extension is not half used.
 
 `USBNETD_PURE_PYTHON=1` (any value but empty or "0") forces the pure-Python path, e.g. to compare the two or
 to rule the C code out. The pure-Python modules (protocols/ncm_codec.py, netdev/gro.py, netdev/port.py) stay
@@ -22,32 +25,47 @@ from types import ModuleType
 from typing import Any
 
 API_VERSION = 2  # must equal _fastpath.API_VERSION: an in-place build older than the C source is refused
+TX_API_VERSION = 1  # must equal _fasttx.API_VERSION
 
 AVAILABLE: bool = False
 WHY_NOT: str | None = None
 fastpath: ModuleType | None = None
+fasttx: ModuleType | None = None
 NcmRx: Any = None
+NcmTx: Any = None
 
 
-def _load() -> tuple[ModuleType | None, str | None]:
-    forced = os.environ.get("USBNETD_PURE_PYTHON", "")
-    if forced not in ("", "0"):
-        return None, f"forced: USBNETD_PURE_PYTHON={forced}"
+def _load_one(name: str, want: int) -> tuple[ModuleType | None, str | None]:
+    full = f"{__name__}.{name}"
     try:
-        _fastpath = importlib.import_module(f"{__name__}._fastpath")
+        mod = importlib.import_module(full)
     except ModuleNotFoundError:
-        return None, ("usbnetd.native._fastpath is not built (`pip install -e .` builds it; it needs a C compiler "
+        return None, (f"{full} is not built (`pip install -e .` builds it; it needs a C compiler "
                       "and the Python headers: Debian's gcc and python3-dev)")
     except ImportError as exc:
-        return None, f"usbnetd.native._fastpath does not load: {exc}"
-    version = getattr(_fastpath, "API_VERSION", None)
-    if version != API_VERSION:
-        return None, (f"usbnetd.native._fastpath is a stale build (API {version}, this source wants {API_VERSION}); "
+        return None, f"{full} does not load: {exc}"
+    version = getattr(mod, "API_VERSION", None)
+    if version != want:
+        return None, (f"{full} is a stale build (API {version}, this source wants {want}); "
                       "rebuild with `pip install -e .`")
-    return _fastpath, None
+    return mod, None
 
 
-fastpath, WHY_NOT = _load()
-AVAILABLE = fastpath is not None
-if fastpath is not None:
+def _load() -> tuple[ModuleType | None, ModuleType | None, str | None]:
+    forced = os.environ.get("USBNETD_PURE_PYTHON", "")
+    if forced not in ("", "0"):
+        return None, None, f"forced: USBNETD_PURE_PYTHON={forced}"
+    rx, why = _load_one("_fastpath", API_VERSION)
+    if rx is None:
+        return None, None, why
+    tx, why = _load_one("_fasttx", TX_API_VERSION)
+    if tx is None:
+        return None, None, why
+    return rx, tx, None
+
+
+fastpath, fasttx, WHY_NOT = _load()
+AVAILABLE = fastpath is not None and fasttx is not None
+if fastpath is not None and fasttx is not None:
     NcmRx = fastpath.NcmRx
+    NcmTx = fasttx.NcmTx
