@@ -40,7 +40,7 @@ RUN_DIR = "/run/usbnetd-bench"
 
 # Variants of usbnetd measured in the same boot, to show what one optimisation buys: extra `attach` options,
 # or another source tree (`baseline`: an older commit checked out by bench/vm.py --baseline).
-VARIANTS = {"usbnetd": (), "no-gro": ("--no-gro",), "baseline": ()}
+VARIANTS = {"usbnetd": (), "no-gro": ("--no-gro",), "pure-python": ("--pure-python",), "baseline": ()}
 
 
 def usbnetd_cli(*args: str, timeout: float = ATTACH_TIMEOUT + 30, check: bool = True, src: str | None = None):

@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from usbnetd import native
+
 from .conftest import Usbnetd, wire_up
 
 TCP_TOOL = os.path.join(os.path.dirname(__file__), "tcp_stream.py")
@@ -24,13 +26,14 @@ def tcp_stream(server_ns, client_ns, server_ip: str, port: int) -> tuple[str, st
     return sent, got
 
 
-@pytest.mark.parametrize("kind,extra", [("ncm", ()), ("ncm", ("--ntb32",)), ("ecm", ())],
-                         ids=["ncm-ntb16", "ncm-ntb32", "ecm"])
+@pytest.mark.parametrize("kind,extra", [("ncm", ()), ("ncm", ("--ntb32",)), ("ecm", ()),
+                                        ("ncm", ("--pure-python",)), ("ecm", ("--pure-python",))],
+                         ids=["ncm-ntb16", "ncm-ntb32", "ecm", "ncm-pure-python", "ecm-pure-python"])
 def test_sim_adapter_end_to_end(netns_pair, tmp_path, kind, extra):
     a, b = netns_pair
     u = Usbnetd(a, b, f"sim:{kind}", str(tmp_path), extra=extra)
     try:
-        host_ip, peer_ip = wire_up(u, {"ncm": 10, "ecm": 11}[kind] + 10 * len(extra))
+        host_ip, peer_ip = wire_up(u, {"ncm": 10, "ecm": 11}[kind] + 10 * len(extra) + 20 * ("--pure-python" in extra))
         # Carrier comes from the simulated device's NETWORK_CONNECTION notification.
         deadline = time.monotonic() + 10
         while "LOWER_UP" not in a.run("ip", "link", "show", u.ifname).stdout:
@@ -53,6 +56,8 @@ def test_sim_adapter_end_to_end(netns_pair, tmp_path, kind, extra):
         assert s["rx_packets"] > STREAM_BYTES // 1514 and s["tx_packets"] > STREAM_BYTES // 1514
         assert s["rx_errors"] == 0 and s["tx_errors"] == 0
         assert set(s) >= {"mac", "rx_dropped", "tx_dropped"}
+        # Who did the per-frame work: the C fast path unless told otherwise (or not built).
+        assert s["datapath"] == ("python" if "--pure-python" in extra or not native.AVAILABLE else "native"), s
 
         (d,) = json.loads(u.cli("stats", "--json").stdout)
         assert d["tx_transfers"] == sum(d["tx_flush"].values()) > 0
@@ -73,7 +78,7 @@ def test_sim_adapter_end_to_end(netns_pair, tmp_path, kind, extra):
     assert rc == 0, out
     assert "every packet back in the pool" in out, out
     if kind == "ncm":
-        assert ("(NTB32," if extra else "(NTB16,") in out, out  # the negotiated format really was used
+        assert ("(NTB32," if "--ntb32" in extra else "(NTB16,") in out, out  # the negotiated format really was used
     assert not a.has_link(u.ifname), "the TAP must disappear with the instance"
     assert not os.listdir(tmp_path) or all(not f.endswith(".sock") for f in os.listdir(tmp_path))
 

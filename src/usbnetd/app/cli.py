@@ -185,6 +185,9 @@ def _run_options(f):
     f = click.option("--control-group", metavar="GROUP", callback=_check_group,
                      help="Members of GROUP may use the control socket too (status, stats, detach). "
                           "Default: [control] group in the configuration (none: root only).")(f)
+    f = click.option("--pure-python", is_flag=True, default=False,
+                     help="Do every frame's work in Python, not in the C fast path (usbnetd.native); the same as "
+                          "USBNETD_PURE_PYTHON=1. For comparing the two or ruling the C code out.")(f)
     f = click.option("--gro/--no-gro", default=None,
                      help="Coalesce received TCP segments into one write to the interface (GRO). "
                           "Default: [queues] gro in the configuration (on).")(f)
@@ -207,8 +210,8 @@ def _run_options(f):
              help="Drive DEVICE in the foreground until SIGINT or SIGTERM, then tear down cleanly.\n" + DEVICE_HELP)
 @click.argument("device")
 @_run_options
-def run(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, persistent, gro, control_group,
-        verbose) -> None:
+def run(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, persistent, gro, pure_python,
+        control_group, verbose) -> None:
     from .runner import StartError, run_device
 
     spec = _device(device)
@@ -223,6 +226,7 @@ def run(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, pers
     try:
         run_device(spec, control_path=path, ifname=ifname, sim_peer=sim_peer, mac=mac, mtu=mtu,
                    protocol=protocol, configuration=configuration, ntb32=ntb32, persistent=persistent, gro=gro,
+                   native=not pure_python,
                    control_group=control.resolve_group(control_group) if control_group else None,
                    on_ready=lambda _service: gate.started())
     except StartError as exc:
@@ -270,6 +274,8 @@ def attach(device, timeout, **opts) -> None:
         args.append("--persistent" if opts["persistent"] else "--no-persistent")
     if opts["gro"] is not None:
         args.append("--gro" if opts["gro"] else "--no-gro")
+    if opts["pure_python"]:
+        args.append("--pure-python")
     if opts["verbose"]:
         args.append("-" + "v" * opts["verbose"])
     _attach_process(device, args, path, timeout)
@@ -516,7 +522,7 @@ def status(target, as_json, every) -> None:
     for r in rows:
         speed = f"{r['speed_mbps']} Mbit/s" if r["speed_mbps"] is not None else "unknown speed"
         click.echo(f"{r['ifname']}: {r['protocol']} on {sanitize(r['busid'])}, link {r['link']}, {speed}, "
-                   f"MAC {r['mac']}, MTU {r['mtu']}")
+                   f"MAC {r['mac']}, MTU {r['mtu']}, {r.get('datapath', 'python')} data path")
         click.echo(f"  RX {r['rx_packets']} packets {r['rx_bytes']} bytes, {r['rx_errors']} errors, "
                    f"{r['rx_dropped']} dropped")
         click.echo(f"  TX {r['tx_packets']} packets {r['tx_bytes']} bytes, {r['tx_errors']} errors, "
@@ -563,7 +569,7 @@ _PROM_KEYS: dict[str, tuple[str, str, str]] = {
 }
 # Keys that are not numbers to export: labels, text, and status()'s copies of pool.packets and pool.in_use
 # (exporting both made usbnetd_pool_in_use twice per device).
-_PROM_SKIP = {"busid", "ifname", "protocol", "protocol_detail", "state", "link", "mac", "pool_packets",
+_PROM_SKIP = {"busid", "ifname", "protocol", "protocol_detail", "datapath", "state", "link", "mac", "pool_packets",
               "pool_in_use", "tx_flush", "pool", "queues", "in_flight", "rx_gro"}
 # Families made from the nested parts of a row (and link_up), in output order.
 _PROM_NESTED: dict[str, tuple[str, str]] = {
@@ -692,7 +698,7 @@ def stats(target, as_json, prometheus, every) -> None:
         return
     for r in rows:
         click.echo(f"{r['ifname']}: {r['protocol']} ({r['protocol_detail']}) on {sanitize(r['busid'])}, "
-                   f"link {r['link']}")
+                   f"link {r['link']}, {r.get('datapath', 'python')} data path")
         click.echo(f"  RX {r['rx_packets']} frames in {r['rx_transfers']} transfers "
                    f"({r['rx_frames_per_transfer']} per transfer), {r['rx_bytes']} bytes")
         click.echo(f"  TX {r['tx_packets']} frames in {r['tx_transfers']} transfers "
