@@ -1,0 +1,568 @@
+"""Differential fuzz target `native-ncm-tx`: the C TX path (usbnetd.native._fasttx.NcmTx) against the Python
+reference (NtbBuilder + TapPort.read_into in DataPath.on_tap_readable's loop), on the same TAP frames.
+
+    python fuzz/native_ncm_tx.py [libFuzzer options] [CORPUS_DIR ...]       # atheris, coverage of the reference
+    python fuzz/native_ncm_tx.py --engine=random -runs=N [-seed=S] [CORPUS_DIR ...]   # fuzz.py's mutation engine
+    fuzz/native_asan.sh --tx [options]                                       # the same against an ASan/UBSan build
+
+An input is a 20-byte header, then operations:
+
+    byte 0     flags: 1 NTB32, 2 vnet header (10 zero bytes before every frame), 4 pad_to_max, 8 a buffer shorter
+               than max_size (by bytes 18-19), 16 EOF at the end (the writer closes: reads return 0), 32 raw
+               layout fields (may be invalid: then both sides must refuse it), 64 the fd fails every read
+               (EISDIR), 128 a pool of one buffer (else two)
+    1          divisor: 1 << (b % 10)                      (raw: bytes 1-2, little endian)
+    3-4        remainder, modulo the divisor                (raw: as is)
+    5          NDP alignment: 1 << (2 + b % 6)             (raw: bytes 5-6)
+    7-8        max_datagrams: 1 + v % 64, or 40 when v >= 0xFF00 (raw: as is)
+    9          maxpacket: 8, 64, 512, 1024 or byte 10 + 1  (raw: bytes 9-10)
+    11-13      max_size: 256 + v % (0xFFFF - 255), or up to 256 KiB for NTB32 (raw: v % 256 KiB)
+    14-15      max_frame: 1514 when byte 15 has bit 7, else 14 + v % 9100 (raw: as is)
+    16-17      the first wSequence
+    18-19      how much shorter the buffer is (flag 8)
+    ops        0x00-0x3F hi lo: a frame of ((hi & 0x3F) << 8 | lo) bytes;  0x40-0x7F: a frame of max_frame - 32
+               + (b & 0x3F) bytes;  0x80-0xBF: a raw message of (b & 0x3F) % 12 bytes, no vnet header;
+               0xC0-0xDF: a wake-up, the pipe idle, budget (b & 0x1F) + 1 (0xDF: 64);  0xE0-0xEF: a wake-up,
+               the pipe busy, budget (b & 0x0F) + 1;  0xF0-0xF7: the flush timer;  0xF8-0xFF n: a frame of
+               16384 + 256 * n bytes (cut to 70000)
+    then 3 wake-ups (idle, budget 64), EOF and one more if flag 16, and a final flush.
+
+Frames are numbered and filled from a fixed random pattern, so a misplaced or mixed-up frame shows. Every frame
+is sent to each side's own SOCK_SEQPACKET socket pair right away. Each input runs three times: the reference on
+bytearrays with a poisoned tail, the native code on buffers of exactly the NTB buffer's size ending at an
+inaccessible page (any access past the end faults at once, with or without a sanitizer), and on bytearrays
+with another poisoned tail. Any difference in the NTBs (length, datagrams, the whole buffer), the reads,
+commits, bytes, drops and `drained` of every wake-up, the read errors, count, sequence, the tails, or in
+whether a layout is refused, raises `Difference`, which the fuzzer records as a crash.
+
+USBNETD_NATIVE_TX_SO=path loads that build of the extension instead of the package's, and
+USBNETD_FUZZ_LAST_INPUT=path writes every input there before it runs (native_asan.sh --tx sets both).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import importlib.util
+import mmap
+import os
+import random
+import socket
+import struct
+import sys
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import fuzz  # noqa: E402  (fuzz.py: the corpus seeding and the fallback engine)
+
+TARGET = "native-ncm-tx"
+HEADER = 20
+MAX_INPUT = 4096
+MAX_FRAMES = 600  # per input, so every input stays cheap
+MAX_MSG = 70000
+MAX32 = 256 << 10  # the largest NTB32 max_size generated (buffers are preallocated for it)
+VNET = 10
+POISON_REF = b"\xa5" * 64
+POISON_NAT = b"\x5a" * 64
+NTB32, VNET_ON, PAD, SHORT, EOF, RAW, ERROR, ONE_BUF = 1, 2, 4, 8, 16, 32, 64, 128
+PATTERN = random.Random(7).randbytes(MAX_MSG + 4096)
+
+
+class Difference(AssertionError):
+    """The native path and the reference disagree (the fuzzer reports it as a crash)."""
+
+
+def load_fasttx() -> Any:
+    path = os.environ.get("USBNETD_NATIVE_TX_SO")
+    if path:
+        spec = importlib.util.spec_from_file_location("usbnetd.native._fasttx", path)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    from usbnetd import native
+
+    if not native.AVAILABLE:
+        raise SystemExit(f"{TARGET}: the C extension is not available: {native.WHY_NOT}")
+    return native.fasttx
+
+
+def frame(n: int, i: int) -> bytes:
+    start = (i * 131) % 4096
+    return PATTERN[start : start + n]
+
+
+class Tap:
+    def __init__(self) -> None:
+        self.w, self.r = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.w.setblocking(False)
+        self.r.setblocking(False)
+        try:
+            self.w.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_SNDBUFFORCE", 32), 64 << 20)
+        except OSError:
+            self.w.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 20)
+
+    def close(self) -> None:
+        self.w.close()
+        self.r.close()
+
+
+class GuardedBuffers:
+    """Buffers that end right at an inaccessible page: `count` regions of up to `size` bytes."""
+
+    def __init__(self, count: int, size: int) -> None:
+        page = mmap.PAGESIZE
+        self.size = -(-size // page) * page
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        self.maps = []
+        for _ in range(count):
+            m = mmap.mmap(-1, self.size + page)
+            addr = ctypes.addressof(ctypes.c_char.from_buffer(m))  # keeps m exported: it is never closed
+            if libc.mprotect(addr + self.size, page, 0) != 0:  # PROT_NONE
+                raise OSError(ctypes.get_errno(), "mprotect")
+            self.maps.append(m)
+
+    def place(self, i: int, data: bytes) -> memoryview:
+        m = self.maps[i]
+        start = self.size - len(data)
+        m[start : self.size] = data
+        return memoryview(m)[start : self.size]
+
+
+@dataclasses.dataclass
+class Plan:
+    flags: int
+    fields: dict  # TxLayout's fields
+    max_frame: int
+    sequence: int
+    blen: int  # the NTB buffers' size
+    pool: int
+    steps: list  # ("msg", bytes) | ("wake", budget, idle) | ("flush",) | ("eof",)
+
+
+def parse(data: bytes) -> Plan:
+    data = data[:MAX_INPUT]
+    h = data[:HEADER].ljust(HEADER, b"\0")
+    flags = h[0]
+    u16 = lambda i: struct.unpack_from("<H", h, i)[0]  # noqa: E731
+    u24 = int.from_bytes(h[11:14], "little")
+    ntb32 = bool(flags & NTB32)
+    if flags & RAW:
+        div, rem, align, max_dg, mp = u16(1), u16(3), u16(5), u16(7), u16(9)
+        size = u24 % MAX32
+        mf = u16(14)
+    else:
+        div = 1 << (h[1] % 10)
+        rem = u16(3) % div
+        align = 1 << (2 + h[5] % 6)
+        max_dg = 40 if u16(7) >= 0xFF00 else 1 + u16(7) % 64
+        mp = (8, 64, 512, 1024, h[10] + 1)[h[9] % 5]
+        size = 256 + u24 % ((MAX32 if ntb32 else 0xFFFF) - 255)
+        mf = 1514 if h[15] & 0x80 else 14 + u16(14) % 9100
+    fields = dict(ntb32=ntb32, max_size=size, divisor=div, remainder=rem, alignment=align, max_datagrams=max_dg,
+                  maxpacket=mp, pad_to_max=bool(flags & PAD))
+    blen = size - (u16(18) % size if flags & SHORT and size > 0 else 0)
+    vnet = VNET if flags & VNET_ON else 0
+    steps: list = []
+    body, i, n = data[HEADER:], 0, 0
+    while i < len(body) and n < MAX_FRAMES:
+        b = body[i]
+        i += 1
+        if b < 0x40:
+            length = (b & 0x3F) << 8 | (body[i] if i < len(body) else 0)
+            i += 1
+        elif b < 0x80:
+            length = max(0, mf - 32 + (b & 0x3F))
+        elif b < 0xC0:
+            steps.append(("msg", PATTERN[n : n + (b & 0x3F) % 12]))
+            n += 1
+            continue
+        elif b < 0xE0:
+            steps.append(("wake", 64 if b == 0xDF else (b & 0x1F) + 1, True))
+            continue
+        elif b < 0xF0:
+            steps.append(("wake", (b & 0x0F) + 1, False))
+            continue
+        elif b < 0xF8:
+            steps.append(("flush",))
+            continue
+        else:
+            length = min(MAX_MSG, 16384 + 256 * (body[i] if i < len(body) else 0))
+            i += 1
+        steps.append(("msg", bytes(vnet) + frame(length, n)))
+        n += 1
+    steps += [("wake", 64, True)] * 3
+    if flags & EOF:
+        steps += [("eof",), ("wake", 64, True)]
+    steps.append(("flush",))
+    return Plan(flags, fields, mf, u16(16), blen, 1 if flags & ONE_BUF else 2, steps)
+
+
+def extra_refusal(fields: dict, max_frame: int) -> str | None:
+    """Why NcmTx refuses a layout TxLayout takes (its documented setup-path refusals), or None."""
+    ntb32, size = fields["ntb32"], fields["max_size"]
+    nth, dpe = (16, 8) if ntb32 else (12, 4)
+    fixed = (16 if ntb32 else 8) + 2 * dpe
+    first = nth + ((fields["remainder"] - nth) % fields["divisor"])
+    if fields["maxpacket"] > 0xFFFFFFFF:
+        return "maxpacket"
+    if max_frame < 14 or ((size - fixed) & -fields["alignment"]) - first < max_frame:
+        return "max_frame"
+    cap = min(fields["max_datagrams"], (size - nth - fixed + dpe) // (14 + dpe))
+    if ntb32 and 16 + (cap + 1) * 8 > 0xFFFF:
+        return "NDP32 wLength"
+    return None
+
+
+class Harness:
+    def __init__(self) -> None:
+        from usbnetd.core.stats import Stats
+        from usbnetd.netdev.port import TapPort
+        from usbnetd.protocols import ncm_codec as nc
+
+        self.Stats, self.TapPort, self.nc = Stats, TapPort, nc
+        self.NcmTx = load_fasttx().NcmTx
+        self.guarded = GuardedBuffers(2, MAX32)
+        self.bad = os.open("/", os.O_RDONLY | os.O_DIRECTORY)  # readv: EISDIR
+
+    # -- the three runs ---------------------------------------------------------------------------------------
+    def run(self, plan: Plan, layout: Any, side: str) -> tuple:
+        """side: "ref", "exact" (native, guarded exact-size buffers) or "tail" (native, poisoned bytearrays)."""
+        tap = Tap()
+        try:
+            return self._run(plan, layout, side, tap)
+        finally:
+            tap.close()
+
+    def _run(self, plan: Plan, layout: Any, side: str, tap: Tap) -> tuple:
+        mf, vnet = plan.max_frame, VNET if plan.flags & VNET_ON else 0
+        fd = self.bad if plan.flags & ERROR else tap.r.fileno()
+        junk = [bytes([0x11 * (k + 1)]) * plan.blen for k in range(plan.pool)]
+        bufs: list[Any]
+        if side == "ref":
+            bufs = [bytearray(j) + POISON_REF for j in junk]
+        elif side == "tail":
+            bufs = [bytearray(j) + POISON_NAT for j in junk]
+        else:
+            bufs = [self.guarded.place(k, j) for k, j in enumerate(junk)]
+        views = [memoryview(b)[: plan.blen] for b in bufs]
+        ntbs: list[tuple[int, int, bytes]] = []
+        wakes: list[tuple] = []
+        errors: list[str] = []
+        st: dict = {"open": False, "next": 0, "dropped": 0}
+
+        if side == "ref":
+            stats = self.Stats()
+            port = self.TapPort(fd, stats, mf, gro=bool(vnet))
+
+            class Errors:
+                def hit(self, detail: object = "", n: int = 1) -> None:
+                    errors.extend([str(detail)] * n)
+
+            port.read_errors = Errors()  # type: ignore[assignment]
+            b = self.nc.NtbBuilder(layout, plan.sequence)
+
+            def finish() -> None:
+                if st["open"]:
+                    st["open"] = False
+                    if b.count:
+                        ntbs.append((b.finish(), b.count, bytes(bufs[st["next"] % plan.pool])))
+                        st["next"] += 1
+
+            def wake(budget: int, idle: bool) -> None:
+                reads = frames = nbytes = 0
+                d0 = stats.tx_dropped
+                drained = False
+                read_into = port.read_into
+                while budget:
+                    if not st["open"]:
+                        st["view"] = views[st["next"] % plan.pool]
+                        b.begin(st["view"])
+                        st["open"] = True
+                    offset, room = b.next_slot()
+                    if room < mf:
+                        finish()
+                        continue
+                    n = read_into(st["view"][offset : offset + room])
+                    if n < 0:
+                        drained = True
+                        break
+                    budget -= 1
+                    reads += 1
+                    if n == 0:
+                        continue
+                    frames += 1
+                    nbytes += n
+                    b.commit(n)
+                    if b.next_slot()[1] < mf:
+                        finish()
+                if st["open"] and b.count and drained and idle:
+                    finish()
+                wakes.append((reads, frames, nbytes, stats.tx_dropped - d0, drained))
+
+            def state() -> tuple:
+                return (st["open"], b.count if st["open"] else 0, b.sequence, stats.tx_dropped)
+        else:
+            tx = self.NcmTx(fd, vnet, mf, *dataclasses.astuple(layout), sequence=plan.sequence)
+
+            def finish() -> None:
+                if st["open"]:
+                    st["open"] = False
+                    if tx.count:
+                        count = tx.count
+                        ntbs.append((tx.finish(), count, bytes(bufs[st["next"] % plan.pool])))
+                        st["next"] += 1
+                    else:
+                        tx.abandon()
+                    if tx.open:
+                        raise Difference("finish() left the NTB open")
+
+            def wake(budget: int, idle: bool) -> None:
+                reads = frames = nbytes = dropped = 0
+                drained = False
+                while budget:
+                    if not st["open"]:
+                        tx.begin(views[st["next"] % plan.pool])
+                        st["open"] = True
+                    r, c, nb, d, dr, full, err = tx.fill(budget)
+                    if not (0 <= r <= budget and c + d == r and not (full and dr) and (not err or dr)):
+                        raise Difference(f"fill({budget}) returned {(r, c, nb, d, dr, full, err)}")
+                    budget -= r
+                    reads += r
+                    frames += c
+                    nbytes += nb
+                    dropped += d
+                    if err:
+                        errors.append(os.strerror(err))
+                    if full:
+                        finish()
+                        continue
+                    if dr:
+                        drained = True
+                        break
+                    if budget:
+                        raise Difference("fill stopped with budget left, neither full nor drained")
+                if st["open"] and tx.count and drained and idle:
+                    finish()
+                st["dropped"] += dropped
+                wakes.append((reads, frames, nbytes, dropped, drained))
+
+            def state() -> tuple:
+                return (st["open"], tx.count, tx.sequence, st["dropped"])
+
+        trace = []
+        for step in plan.steps:
+            kind = step[0]
+            if kind == "msg":
+                if tap.w.fileno() >= 0:
+                    tap.w.send(step[1])
+            elif kind == "wake":
+                wake(step[1], step[2])
+            elif kind == "flush":
+                finish()
+            elif kind == "eof":
+                tap.w.close()
+            trace.append(state())
+        if side == "exact":
+            finish()  # the guarded buffers are reused by the next run: nothing may hold them
+        return ntbs, wakes, errors, trace, [bytes(x) for x in bufs]
+
+    # -- one input ---------------------------------------------------------------------------------------------
+    def check(self, data: bytes) -> None:
+        plan = parse(data)
+        nc = self.nc
+        try:
+            layout = nc.TxLayout(**plan.fields)
+            ref_err = None
+        except ValueError as exc:
+            layout, ref_err = None, exc
+        try:
+            self.NcmTx(0, 0, plan.max_frame, **plan.fields)
+            nat_err = None
+        except ValueError as exc:
+            nat_err = exc
+        except OverflowError as exc:  # a raw field past 64 bits cannot come from parse()
+            raise Difference(f"NcmTx: {exc!r}") from None
+        if ref_err is not None:
+            if nat_err is None:
+                raise Difference(f"TxLayout refuses {plan.fields} ({ref_err}), NcmTx takes it")
+            return
+        why = extra_refusal(plan.fields, plan.max_frame)
+        if (nat_err is None) != (why is None):
+            raise Difference(f"NcmTx {'refuses' if nat_err else 'takes'} {plan.fields}, max_frame "
+                             f"{plan.max_frame} ({nat_err}); expected {why or 'to take it'}")
+        if nat_err is not None:
+            return
+        if plan.blen < plan.fields["max_size"]:
+            b = nc.NtbBuilder(layout)
+            b.begin(memoryview(bytearray(plan.blen)))
+            if b.next_slot()[1] < plan.max_frame:  # the reference would open and finish empty NTBs forever
+                plan.blen = plan.fields["max_size"]
+        r_ntbs, r_wakes, r_errors, r_trace, r_bufs = self.run(plan, layout, "ref")
+        if any(x[plan.blen :] != POISON_REF for x in r_bufs):
+            raise Difference("the reference wrote past the buffer (harness broken)")
+        for side in ("exact", "tail"):
+            n_ntbs, n_wakes, n_errors, n_trace, n_bufs = self.run(plan, layout, side)
+            if len(n_ntbs) != len(r_ntbs):
+                raise Difference(f"{side}: {len(n_ntbs)} NTBs, reference {len(r_ntbs)}")
+            for k, ((nl, nn, nb), (rl, rn, rb)) in enumerate(zip(n_ntbs, r_ntbs, strict=True)):
+                if (nl, nn) != (rl, rn):
+                    raise Difference(f"{side}: NTB {k}: length, datagrams {(nl, nn)}, reference {(rl, rn)}")
+                if nb[: plan.blen] != rb[: plan.blen]:
+                    first = next(i for i in range(plan.blen) if nb[i] != rb[i])
+                    raise Difference(f"{side}: NTB {k} (length {rl}) differs first at byte {first}")
+            if n_wakes != r_wakes:
+                raise Difference(f"{side}: wake-ups {n_wakes[:8]}, reference {r_wakes[:8]}")
+            if n_errors != r_errors:
+                raise Difference(f"{side}: read errors {n_errors[:4]}, reference {r_errors[:4]}")
+            if n_trace != r_trace:
+                k = next(i for i, (a, b) in enumerate(zip(n_trace, r_trace, strict=True)) if a != b)
+                raise Difference(f"{side}: after step {k}: (open, count, sequence, dropped) {n_trace[k]}, "
+                                 f"reference {r_trace[k]}")
+            for k, (nb, rb) in enumerate(zip(n_bufs, r_bufs, strict=True)):
+                if nb[: plan.blen] != rb[: plan.blen]:
+                    raise Difference(f"{side}: pool buffer {k} differs")
+                if side == "tail" and nb[plan.blen :] != POISON_NAT:
+                    raise Difference(f"{side}: pool buffer {k}: written past its end")
+
+
+# --- seeds ---------------------------------------------------------------------------------------------------
+
+
+def header(flags: int = 0, div_exp: int = 2, rem: int = 0, align_exp: int = 0, max_dg: int = 0xFF00, mp: int = 2,
+           size: int = 16384, mf: int | None = 1514, seq: int = 0, short: int = 0) -> bytes:
+    """The 20 header bytes for a valid (non-raw) layout; size is max_size (NTB16: 256..0xFFFF)."""
+    ntb32 = flags & NTB32
+    span = (MAX32 if ntb32 else 0xFFFF) - 255
+    v = (size - 256) % span
+    h = bytearray(HEADER)
+    h[0] = flags
+    h[1] = div_exp
+    struct.pack_into("<H", h, 3, rem)
+    h[5] = align_exp
+    struct.pack_into("<H", h, 7, max_dg)
+    h[9] = mp
+    h[11:14] = v.to_bytes(3, "little")
+    if mf is None or mf == 1514:
+        h[15] = 0x80
+    else:
+        struct.pack_into("<H", h, 14, mf - 14)
+    struct.pack_into("<H", h, 16, seq)
+    struct.pack_into("<H", h, 18, short)
+    return bytes(h)
+
+
+def frames(*sizes: int) -> bytes:
+    out = bytearray()
+    for n in sizes:
+        out += bytes([0x00 | (n >> 8) & 0x3F, n & 0xFF])
+    return bytes(out)
+
+
+def seeds() -> list[bytes]:
+    full = frames(*([1514] * 24))
+    mixed = frames(14, 15, 60, 64, 1513, 1514, 999, 0, 13, 1515, 3000, 9000) + b"\x85\x80\x89" + b"\x5f\x60\x40"
+    small = frames(*([64] * 120))
+    wakes = b"\xc0\xe2\xf0\xdf\xc6"
+    out = []
+    for flags in (0, NTB32, VNET_ON, NTB32 | VNET_ON, PAD, EOF | VNET_ON, ONE_BUF):
+        for body in (full + wakes, mixed + wakes + mixed, small + b"\xe3" * 10 + b"\xf0" + small, full + small):
+            out.append(header(flags) + body)
+    # the simulated adapter's layouts (sim.py SIM_NTB: divisor 4, remainder 2, alignment 4; out 32 datagrams)
+    out.append(header(0, 2, 2, 0, 31, size=16384) + full + mixed)
+    out.append(header(NTB32 | VNET_ON, 2, 2, 0, 31, size=65536) + full + small)
+    out.append(header(0, 2, 2, 0, 39, size=16384) + small + mixed)
+    # odd divisors, remainders, alignments, datagram limits, maxpackets, sizes, max_frames
+    out.append(header(NTB32, 6, 63, 3, 39, 1, 20000) + mixed + full)
+    out.append(header(0, 3, 3, 2, 0, 2, 9999) + small + b"\xd0" + mixed)
+    out.append(header(0, 0, 0, 1, 2, 3, 2048) + full + mixed)
+    out.append(header(NTB32 | PAD, 4, 6, 4, 0xFF00, 3, 16385) + full + full)
+    out.append(header(0, 2, 0, 0, 0xFF00, 1, 4096) + bytes(range(0x40, 0x80)) + wakes)
+    out.append(header(0, 2, 2, 0, 0xFF00, 2, 3000) + frames(1452, 1600) + b"\xdf")  # room exactly max_frame
+    out.append(header(SHORT, 2, 0, 0, 0xFF00, 2, 4096, short=2000) + full)
+    out.append(header(NTB32, 9, 100, 5, 0xFF00, 2, MAX32 - 1) + small + full + b"\xf8\x10\xf9\xff")
+    out.append(header(0, 2, 0, 0, 0xFF00, 0, 600, mf=60) + small)
+    out.append(header(0, 2, 0, 0, 0xFF00, 2, 30000, mf=9014) + frames(9014, 9015, 14, 9000) * 4)
+    out.append(header(ERROR) + full)
+    out.append(header(0, seq=0xFFFE) + full * 3)
+    raw = bytearray(header(RAW))
+    struct.pack_into("<HHHHH", raw, 1, 3, 0, 4, 40, 512)
+    out.append(bytes(raw) + full)
+    return out
+
+
+def corpus(dirs: list[str]) -> list[bytes]:
+    out = []
+    for d in dirs:
+        for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+            with open(os.path.join(d, name), "rb") as f:
+                out.append(f.read())
+    return out
+
+
+_harness: Harness | None = None
+_last_input = os.environ.get("USBNETD_FUZZ_LAST_INPUT")  # native_asan.sh: a sanitizer abort keeps no input
+
+
+def check(data: bytes) -> None:
+    global _harness
+    if _harness is None:
+        _harness = Harness()
+    if _last_input:
+        with open(_last_input, "wb") as f:
+            f.write(data)
+    _harness.check(data)
+
+
+def main(argv: list[str]) -> int:
+    engine = "atheris"
+    args = []
+    for a in argv[1:]:
+        if a.startswith("--engine="):
+            engine = a.split("=", 1)[1]
+        else:
+            args.append(a)
+    if engine == "random":
+        print(f"{TARGET}: extension {load_fasttx().__file__}", file=sys.stderr, flush=True)
+        paths = [a for a in args if not a.startswith("-")]
+        if paths and all(os.path.isfile(p) for p in paths):  # reproduce: each file once
+            for p in paths:
+                with open(p, "rb") as f:
+                    check(f.read())
+                print(f"{TARGET}: {p}: no difference", file=sys.stderr)
+            return 0
+        return fuzz._random_engine(TARGET, check, seeds() + corpus(paths), args)
+
+    import atheris
+
+    # coverage of the reference's Python (the C code is not instrumented): its branches are the C code's
+    with atheris.instrument_imports(include=["usbnetd"]):
+        import usbnetd.core.stats  # noqa: F401
+        import usbnetd.netdev.port  # noqa: F401
+        import usbnetd.protocols.ncm_codec  # noqa: F401
+    atheris.instrument_func(parse)
+    atheris.instrument_func(Harness._run)
+    print(f"{TARGET}: extension {load_fasttx().__file__}", file=sys.stderr, flush=True)
+
+    dirs = [a for a in args if not a.startswith("-")]
+    if not dirs:
+        args.append(fuzz._seed_dir(os.path.join(HERE, "corpus", TARGET), seeds()))
+    for d in dirs:
+        if not os.path.isfile(d) and not (os.path.isdir(d) and os.listdir(d)):
+            fuzz._seed_dir(d, seeds())
+    if not any(a.startswith("-artifact_prefix=") for a in args):
+        art = os.path.join(HERE, "artifacts", TARGET)
+        os.makedirs(art, exist_ok=True)
+        args.insert(0, f"-artifact_prefix={art}/")
+    if not any(a.startswith("-max_len=") for a in args):
+        args.insert(0, f"-max_len={MAX_INPUT}")
+    atheris.Setup([argv[0], *args], check)
+    atheris.Fuzz()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
