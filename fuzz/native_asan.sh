@@ -19,8 +19,17 @@
 #
 #   fuzz/native_asan.sh -runs=1000000 [-seed=S] [-max_total_time=S] [CORPUS_DIR ...]
 #   fuzz/native_asan.sh fuzz/artifacts/native-ncm-rx/crash-…     replay inputs under the sanitizers
+#   fuzz/native_asan.sh --tx [the same options]                   the native-ncm-tx target instead
+#     (fuzz/native_ncm_tx.py against an ASan+UBSan build of _fasttx.c; corpus fuzz/corpus/native-ncm-tx/,
+#     input being checked in build/native-asan/last-input-tx, differences in fuzz/artifacts/native-ncm-tx/)
 # Environment: USBNETD_VENV (default <repo>/.venv), CC (default gcc).
 set -euo pipefail
+
+target=native-ncm-rx source=_fastpath script=native_ncm.py so_env=USBNETD_NATIVE_SO last=last-input
+if [[ ${1:-} == --tx ]]; then
+  shift
+  target=native-ncm-tx source=_fasttx script=native_ncm_tx.py so_env=USBNETD_NATIVE_TX_SO last=last-input-tx
+fi
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
@@ -32,11 +41,11 @@ build="$repo/build/native-asan"
 
 include=$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 suffix=$("$python" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
-so="$build/_fastpath$suffix"
+so="$build/$source$suffix"
 mkdir -p "$build"
 "$cc" -fsanitize=address,undefined -fno-sanitize-recover=all -g -O1 -fno-omit-frame-pointer \
   -std=c11 -Wall -Wextra -Wno-missing-field-initializers -fPIC -shared -I"$include" \
-  "$repo/src/usbnetd/native/_fastpath.c" -o "$so"
+  "$repo/src/usbnetd/native/$source.c" -o "$so"
 
 asan=$("$cc" -print-file-name=libasan.so)
 ubsan=$("$cc" -print-file-name=libubsan.so)
@@ -48,17 +57,17 @@ export LD_PRELOAD="$asan:$ubsan"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:detect_stack_use_after_return=1:${ASAN_OPTIONS:-}"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:${UBSAN_OPTIONS:-}"
 export PYTHONMALLOC=malloc
-export USBNETD_NATIVE_SO="$so"
+export "$so_env=$so"
 echo "native_asan.sh: $so (ASan+UBSan), LD_PRELOAD=$LD_PRELOAD" >&2
 args=("$@")
 have_path=0
 for a in "${args[@]}"; do [[ $a == -* ]] || have_path=1; done
-if (( ! have_path )) && [[ -d $here/corpus/native-ncm-rx ]]; then
-  args+=("$here/corpus/native-ncm-rx")
+if (( ! have_path )) && [[ -d $here/corpus/$target ]]; then
+  args+=("$here/corpus/$target")
 fi
-export USBNETD_FUZZ_LAST_INPUT="$build/last-input"
+export USBNETD_FUZZ_LAST_INPUT="$build/$last"
 status=0
-"$python" "$here/native_ncm.py" --engine=random "${args[@]}" || status=$?
+"$python" "$here/$script" --engine=random "${args[@]}" || status=$?
 if (( status != 0 )); then
   echo "native_asan.sh: exit $status; the input being checked is in $USBNETD_FUZZ_LAST_INPUT" >&2
 fi
