@@ -11,7 +11,7 @@
  *
  * The Python code stays the readable reference and the fallback; where this file and it could ever differ,
  * the Python is right, and tests/unit/test_native_ncm_tx.py plus fuzz/native_ncm_tx.py (a differential fuzz
- * target, also run under ASan/UBSan by fuzz/native_asan_tx.sh) are there to catch it. Decisions that look
+ * target, also run under ASan/UBSan by `fuzz/native_asan.sh --tx`) are there to catch it. Decisions that look
  * arbitrary are the reference's and documented there; the comments here say where they come from.
  *
  * API: MODULE_DOC below (the module's docstring, so help() shows it).
