@@ -14,7 +14,7 @@ from usbnetd.core.service import State
 from usbnetd.netdev.gro import F_NEEDS_CSUM, GSO_TCPV4, ZERO_HDR
 from usbnetd.protocols import cdc
 from usbnetd.protocols import eem_codec as ec
-from usbnetd.protocols.driver import Quirk
+from usbnetd.protocols.driver import Options, Quirk
 from usbnetd.protocols.ncm_codec import NtbDecoder
 from usbnetd.usb.transport import STATUS_ERROR, STATUS_NO_DEVICE, STATUS_STALL
 
@@ -276,6 +276,22 @@ def test_ncm_fills_a_transfer_then_flushes_it_as_full():
     assert flush[dp.FLUSH_FULL] == 1, "30 full frames do not fit one 32 KiB NTB"
     full = ncm_datagrams(t.sent[1])
     assert full == sent[: len(full)] and len(t.sent[1]) <= svc.driver.tx_size
+    svc.stop()
+    everything_back(svc)
+
+
+def test_an_ntb_too_small_for_the_largest_frame_cuts_the_frame_size_instead_of_spinning():
+    """tx_ntb_size 1536: an empty NTB holds less than a 1514-byte frame. The driver's largest frame is cut to
+    what fits (a transfer that is full while empty would make on_tap_readable spin forever)."""
+    svc, t, tap = make_service("ncm", options=Options(tx_size=1536))
+    limit = svc.driver.max_frame
+    assert 1400 < limit < 1514
+    tap.host_send(frame(limit, 1))
+    tap.host_send(frame(limit + 1, 2))  # too long for the device now: dropped and counted
+    svc.on_tap_readable()
+    turn(svc)
+    assert [ncm_datagrams(d) for d in t.sent] == [[frame(limit, 1)]]
+    assert svc.stats.tx_dropped == 1
     svc.stop()
     everything_back(svc)
 

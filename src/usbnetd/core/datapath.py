@@ -20,6 +20,7 @@ SuperSpeed, between 4 and 64 transfers; `[queues] rx_transfers` / `tx_transfers`
 from __future__ import annotations
 
 import logging
+import os
 import time
 from array import array
 
@@ -64,6 +65,7 @@ class DataPath:
         self.tx_completion: RingQueue[Packet] | None = None
         self.port: TapPort | None = None
         self.rx_path = "python"  # or "native": who decodes received transfers (attach decides)
+        self.tx_fast = None  # a usbnetd.native NcmTx when the C path frames TX (attach decides)
         self.running = False  # completions with errors are only counted while running
         self.device_gone = False
         # Counters of the data path's own (the per-frame ones are in `stats`, kept by the port and here).
@@ -126,6 +128,16 @@ class DataPath:
         self.ifname = ifname
         fast = self.driver.native_rx() if native else None
         self.rx_path = "native" if fast is not None and port.use_native(*fast) else "python"
+        tx = self.driver.native_tx() if native else None
+        if tx is not None:
+            self.tx_fast = port.native_tx(self.driver.max_frame, *tx)
+
+    @property
+    def path(self) -> str:
+        """Which data path runs: "native" when the C code does RX and, where the framing has it, TX."""
+        if self.rx_path == "native" and (self.tx_fast is not None or self.driver.native_tx() is None):
+            return "native"
+        return "python" if self.rx_path == "python" and self.tx_fast is None else "mixed"
 
     def start(self) -> None:
         """Prime RX: every bulk IN transfer in flight."""
@@ -188,6 +200,9 @@ class DataPath:
 
     # ------------------------------------------------------------------ TX: the TAP into transfers
     def on_tap_readable(self) -> None:
+        if self.tx_fast is not None:
+            self._tap_readable_native()
+            return
         d, port = self.driver, self.port
         read_into = port.read_into
         max_frame = d.max_frame
@@ -199,6 +214,8 @@ class DataPath:
                 break
             offset, room = d.tx_slot()
             if room < max_frame:
+                if not d.tx_count:
+                    break  # cannot happen (drivers size max_frame to an empty transfer); never spin on it
                 self._finish_tx(FLUSH_FULL)
                 continue
             n = read_into(p.view[offset : offset + room])
@@ -219,6 +236,46 @@ class DataPath:
                 self._flush_at = time.monotonic() + TX_FLUSH_DELAY
         self._tap_wants_read = bool(self.tx_submission.space and self.pool.free_count)
 
+    def _tap_readable_native(self) -> None:
+        """on_tap_readable with the C framer: one call reads as many frames as fit, up to the budget."""
+        tx, port = self.tx_fast, self.port
+        budget = TAP_READ_BUDGET
+        drained = False
+        while budget:
+            p = self._tx_packet or self._open_tx()
+            if p is None:
+                break
+            read, frames, nbytes, dropped, empty, full, err = tx.fill(budget)
+            budget -= read
+            if frames:
+                self._tx_frames[p.index] += frames
+                self._tx_bytes[p.index] += nbytes
+            if dropped:
+                self.stats.tx_dropped += dropped
+            if err:
+                port.read_errors.hit(os.strerror(err))
+            if full and tx.count:
+                self._finish_tx(FLUSH_FULL)
+                continue
+            if empty:
+                drained = True
+            break
+        if self._tx_packet is not None and tx.count:
+            if drained and self.transport.tx_free == self.n_tx:
+                self._finish_tx(FLUSH_IDLE)  # the pipe is idle: waiting would only add latency
+            elif self._flush_at is None:
+                self._flush_at = time.monotonic() + TX_FLUSH_DELAY
+        self._tap_wants_read = bool(self.tx_submission.space and self.pool.free_count)
+
+    def _tx_count(self) -> int:
+        return self.tx_fast.count if self.tx_fast is not None else self.driver.tx_count
+
+    def _release_tx(self, p: Packet) -> None:
+        """A TX packet goes back to the pool unsent (nothing was framed into it)."""
+        if self.tx_fast is not None:
+            self.tx_fast.abandon()
+        self.pool.deallocate(p)
+
     def _open_tx(self) -> Packet | None:
         """Start framing a new TX transfer, if the tx submission queue and the pool have room for one."""
         if not self.tx_submission.space:
@@ -227,7 +284,11 @@ class DataPath:
         if p is None:
             self.pool_exhausted += 1
             return None
-        self.driver.tx_begin(p)
+        if self.tx_fast is not None:
+            p.offset = 0
+            self.tx_fast.begin(p.view)
+        else:
+            self.driver.tx_begin(p)
         self._tx_packet = p
         self._tx_frames[p.index] = 0
         self._tx_bytes[p.index] = 0
@@ -239,11 +300,14 @@ class DataPath:
         self._flush_at = None
         if p is None:
             return
-        if not self.driver.tx_count:
-            self.pool.deallocate(p)
+        if not self._tx_count():
+            self._release_tx(p)
             return
         self.tx_flush[reason] += 1
-        length, zlp = self.driver.tx_finish()
+        if self.tx_fast is not None:
+            length, zlp = self.tx_fast.finish(), False  # NCM: the layout makes a ZLP unnecessary
+        else:
+            length, zlp = self.driver.tx_finish()
         p.length = length
         self._tx_zlp[p.index] = zlp
         self.tx_submission.enqueue(p)
@@ -254,12 +318,12 @@ class DataPath:
         d = self.driver
         for _ in range(d.own_tx_pending):
             if self._tx_packet is not None:
-                if d.tx_count:
+                if self._tx_count():
                     self._finish_tx(FLUSH_DRIVER)  # the frames framed so far go first, in order
                 else:
                     # Opened for frames that never came (the TAP drained): `tx_begin` on a fresh packet is
                     # what takes the driver's own transfer first.
-                    self.pool.deallocate(self._tx_packet)
+                    self._release_tx(self._tx_packet)
                     self._tx_packet = None
                     self._flush_at = None
             if self._open_tx() is None:
@@ -267,27 +331,6 @@ class DataPath:
             self._finish_tx(FLUSH_DRIVER)
             if not d.own_tx_pending:
                 return
-
-    def send(self, frame: bytes) -> bool:
-        """Queue one frame for the device from inside usbnetd (tests, diagnostics). Refused unless running."""
-        if not self.running or not (ETH_HLEN <= len(frame) <= self.driver.max_frame):
-            self.stats.tx_dropped += 1
-            return False
-        p = self._tx_packet or self._open_tx()
-        if p is None:
-            self.stats.tx_dropped += 1
-            return False
-        offset, room = self.driver.tx_slot()
-        if room < len(frame):
-            self._finish_tx(FLUSH_FULL)
-            return self.send(frame)
-        p.view[offset : offset + len(frame)] = frame
-        self._tx_frames[p.index] += 1
-        self._tx_bytes[p.index] += len(frame)
-        self.driver.tx_commit(len(frame))
-        self._finish_tx(FLUSH_DRIVER)  # an injected frame goes out now rather than waiting for the flush timer
-        self.process(time.monotonic())
-        return True
 
     # ------------------------------------------------------------------ after every wake-up
     def process(self, now: float) -> None:
@@ -335,7 +378,7 @@ class DataPath:
         if self.tx_completion.dequeue_batch(batch):
             pool.deallocate_batch(batch)
             batch.clear()
-            if self._tx_packet is not None and self.driver.tx_count:
+            if self._tx_packet is not None and self._tx_count():
                 self._finish_tx(FLUSH_COMPLETION)
         if self._flush_at is not None and now >= self._flush_at:
             self._finish_tx(FLUSH_TIMER)
@@ -406,6 +449,8 @@ class DataPath:
             if queue is not None:
                 queue.dequeue_batch(batch)
         if self._tx_packet is not None:
+            if self.tx_fast is not None:
+                self.tx_fast.abandon()
             batch.append(self._tx_packet)
             self._tx_packet = None
         pool.deallocate_batch(batch)

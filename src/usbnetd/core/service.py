@@ -119,7 +119,7 @@ class EthernetService:
             log.info("%s taken over from an earlier run (its addresses and routes are kept)", self.ifname)
         self.port = TapPort(self.tap.fd, self.stats, d.max_frame, gro=vnet)
         self.datapath.attach(self.port, self.ifname, native=self.native)
-        if self.datapath.rx_path == "python" and self.native and d.native_rx() is not None:
+        if self.datapath.path != "native" and self.native and d.native_rx() is not None:
             log.info("%s: the pure-Python data path (%s)", self.ifname, native_why_not())
         self.link.attach(self.tap)
         t.start_interrupt()
@@ -160,13 +160,6 @@ class EthernetService:
 
     def on_tap_readable(self) -> None:
         self.datapath.on_tap_readable()
-
-    def send(self, frame: bytes) -> bool:
-        """Queue one frame for the device from inside usbnetd (tests, diagnostics). Refused unless RUNNING."""
-        if self.state is not State.RUNNING:
-            self.stats.tx_dropped += 1
-            return False
-        return self.datapath.send(frame)
 
     def process(self) -> None:
         """Everything after a wake-up: the data path's queues, the driver's events, the periodic checks."""
@@ -218,7 +211,7 @@ class EthernetService:
             "speed_mbps": self.link.speed_mbps,
             "mac": mac_to_str(mac) if mac else None,
             "mtu": None,
-            "datapath": self.datapath.rx_path,
+            "datapath": self.datapath.path,
         }
         if self.tap is not None:
             try:

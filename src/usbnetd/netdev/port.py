@@ -61,6 +61,17 @@ class TapPort:
         self.rx_native = self.native.decode if kind == "ntb" else self.native.decode_frame
         return True
 
+    def native_tx(self, max_frame: int, layout: tuple, sequence: int):
+        """The C TX framer for an NTB layout (usbnetd.native.NcmTx), or None when it is not available or does
+        not take this layout (then the driver frames in Python)."""
+        if not native.AVAILABLE:
+            return None
+        try:
+            return native.NcmTx(self.fd, self.vnet, max_frame, *layout, sequence=sequence)
+        except ValueError as exc:
+            log.info("the C TX framer does not take this NTB layout (%s): framing in Python", exc)
+            return None
+
     def rx_native_end(self) -> None:
         """A batch is decoded by the C path: write what it holds, and bring its counts into `stats`."""
         n = self.native

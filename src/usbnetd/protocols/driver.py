@@ -199,6 +199,11 @@ class ProtocolDriver:
         ("ntb", largest datagram) or ("frame", largest frame); None when only `rx_decode` can."""
         return None
 
+    def native_tx(self) -> tuple[tuple, int] | None:
+        """For the C TX framer (usbnetd.native.NcmTx): the framing's layout fields and the next sequence
+        number, so that it builds exactly what `tx_begin` ... `tx_finish` would; None when only those can."""
+        return None
+
     @property
     def own_tx_pending(self) -> int:
         """Transfers of the driver's own (EEM echo responses) waiting to go out; `tx_begin` frames them first."""

@@ -8,6 +8,7 @@ with the simulated NCM device; this module only negotiates and adapts it to the 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import struct
 
@@ -85,6 +86,16 @@ class NcmDriver(ProtocolDriver):
         self.layout = TxLayout.from_parameters(params, ntb32, self.maxpacket, out_cap)
         self.tx_size = self.layout.max_size
         self._builder = NtbBuilder(self.layout)
+        # An empty NTB must have room for the largest frame, or no frame of that size could ever be sent (and
+        # a transfer that is "full" while empty would never end). Devices whose wMaxSegmentSize is larger than
+        # their NTB can carry get their largest frame cut to what fits.
+        self._builder.begin(bytearray(self.layout.max_size))
+        # One byte less than the room, so that a longer frame read into it is seen as too long, not cut.
+        room = self._builder.next_slot()[1] - 1
+        if room < self.max_frame:
+            log.warning("NTB of %d bytes holds frames of at most %d bytes (device says %d): using that",
+                        self.layout.max_size, room, self.max_frame)
+            self.max_frame = room
         self._decoder = NtbDecoder(self.stats, max_datagram=max(self.max_frame, 1514))
 
     def change_mtu(self, frame: int) -> str | None:
@@ -137,6 +148,9 @@ class NcmDriver(ProtocolDriver):
     # --- RX ---
     def native_rx(self) -> tuple[str, int] | None:
         return ("ntb", self._decoder.max_datagram)
+
+    def native_tx(self) -> tuple[tuple, int] | None:
+        return dataclasses.astuple(self.layout), self._builder.sequence
 
     def rx_decode(self, view: memoryview, length: int, sink: RxSink) -> int:
         return self._decoder.decode(view, length, sink.emit)
