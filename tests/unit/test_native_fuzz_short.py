@@ -1,0 +1,40 @@
+"""A short differential fuzzing run of the C fast path against the Python reference, in CI.
+
+fuzz/native_ncm.py (RX: NcmRx against NtbDecoder + TapPort) and fuzz/native_ncm_tx.py (TX: NcmTx against
+NtbBuilder + TapPort.read_into) fail on any difference in bytes written or counted, and on any fault of the
+C code; buffers end at an inaccessible page, so a read past a transfer's length faults at once. The long runs,
+also under ASan/UBSan (fuzz/native_asan.sh), are recorded in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from importlib.util import find_spec
+
+import pytest
+
+from usbnetd import native
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Inputs per target: about 6 s for RX; the TX target costs more per input (a socket pair per frame sequence).
+TARGETS = {"native_ncm.py": 20000, "native_ncm_tx.py": 3000}
+
+
+@pytest.mark.parametrize("script", list(TARGETS))
+def test_native_fuzz_short(script, tmp_path):
+    if not native.AVAILABLE:
+        pytest.skip(f"the C fast path is not available: {native.WHY_NOT}")
+    runs = TARGETS[script]
+    if find_spec("atheris") is not None:
+        args = [f"-runs={runs}", "-seed=1", f"-artifact_prefix={tmp_path}/", str(tmp_path / "corpus")]
+        os.makedirs(tmp_path / "corpus")
+    else:
+        print(f"atheris is not installed for {sys.executable}: using fuzz.py's own mutation engine")
+        args = ["--engine=random", f"-runs={runs}", "-seed=1"]
+    r = subprocess.run([sys.executable, os.path.join(REPO, "fuzz", script), *args], capture_output=True,
+                       text=True, timeout=300, cwd=str(tmp_path))
+    report = r.stdout[-3000:] + r.stderr[-6000:]
+    assert r.returncode == 0, f"{script}: a difference or a fault (exit {r.returncode}):\n{report}"
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("crash-")], report
