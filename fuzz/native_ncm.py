@@ -29,12 +29,8 @@ writes every input there before it runs (native_asan.sh sets both: a sanitizer a
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
-import importlib.util
-import mmap
 import os
-import socket
 import struct
 import sys
 import types
@@ -42,7 +38,8 @@ import types
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import fuzz  # noqa: E402  (fuzz.py: the corpus seeding and the fallback engine)
+import native_common as nc_  # noqa: E402  (what the two native targets share)
+from native_common import Difference, GuardedBuffers, Tap  # noqa: E402
 
 TARGET = "native-ncm-rx"
 HEADER = 5
@@ -52,71 +49,8 @@ POISON_NAT = b"\x5a" * 80
 GRO, REPAIR, SPLIT, SHORTEN, SMALL, ECM = 1, 2, 4, 8, 16, 32
 
 
-class Difference(AssertionError):
-    """The native path and the reference disagree (the fuzzer reports it as a crash)."""
-
-
 def load_fastpath() -> types.ModuleType:
-    path = os.environ.get("USBNETD_NATIVE_SO")
-    if path:
-        spec = importlib.util.spec_from_file_location("usbnetd.native._fastpath", path)
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    from usbnetd import native
-
-    if not native.AVAILABLE:
-        raise SystemExit(f"{TARGET}: the C extension is not available: {native.WHY_NOT}")
-    assert native.fastpath is not None
-    return native.fastpath
-
-
-class Tap:
-    def __init__(self) -> None:
-        self.w, self.r = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.w.setblocking(False)
-        self.r.setblocking(False)
-        try:
-            self.w.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_SNDBUFFORCE", 32), 64 << 20)
-        except OSError:
-            self.w.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 20)
-
-    def drain(self) -> list[bytes]:
-        out = []
-        while True:
-            try:
-                m, _, flags, _ = self.r.recvmsg(1 << 18)
-            except BlockingIOError:
-                return out
-            if flags & socket.MSG_TRUNC:
-                raise Difference("a message longer than 256 KiB")
-            out.append(m)
-
-
-class GuardedBuffers:
-    """Transfer buffers that end right at an inaccessible page: reading even one byte past a transfer's
-    `length` faults at once (SIGSEGV), with or without a sanitizer. `count` regions of up to `size` bytes."""
-
-    def __init__(self, count: int = 2, size: int = 1 << 17) -> None:
-        page = mmap.PAGESIZE
-        self.size = -(-size // page) * page
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        self.maps = []
-        for _ in range(count):
-            m = mmap.mmap(-1, self.size + page)
-            addr = ctypes.addressof(ctypes.c_char.from_buffer(m))  # keeps m exported: it is never closed
-            if libc.mprotect(addr + self.size, page, 0) != 0:  # PROT_NONE
-                raise OSError(ctypes.get_errno(), "mprotect")
-            self.maps.append(m)
-
-    def place(self, i: int, data: bytes) -> memoryview:
-        """`data` in region i, ending where the inaccessible page starts."""
-        m = self.maps[i]
-        start = self.size - len(data)
-        m[start : self.size] = data
-        return memoryview(m)[start : self.size]
+    return nc_.load_extension(TARGET, "USBNETD_NATIVE_SO", "_fastpath", "fastpath")
 
 
 class Harness:
@@ -315,78 +249,20 @@ def seeds() -> list[bytes]:
     return out
 
 
-def corpus(dirs: list[str]) -> list[bytes]:
-    """Every input in the given corpus directories (the random engine's parents: it has no coverage feedback,
-    so a corpus grown by the coverage-guided run is what it should mutate)."""
-    out = []
-    for d in dirs:
-        for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
-            with open(os.path.join(d, name), "rb") as f:
-                out.append(f.read())
-    return out
+check = nc_.checker(lambda: Harness())
 
 
-_harness: Harness | None = None
-
-
-_last_input = os.environ.get("USBNETD_FUZZ_LAST_INPUT")  # native_asan.sh: a sanitizer abort keeps no input
-
-
-def check(data: bytes) -> None:
-    global _harness
-    if _harness is None:
-        _harness = Harness()
-    if _last_input:
-        with open(_last_input, "wb") as f:
-            f.write(data)
-    _harness.check(data)
-
-
-def main(argv: list[str]) -> int:
-    engine = "atheris"
-    args = []
-    for a in argv[1:]:
-        if a.startswith("--engine="):
-            engine = a.split("=", 1)[1]
-        else:
-            args.append(a)
-    if engine == "random":
-        print(f"{TARGET}: extension {load_fastpath().__file__}", file=sys.stderr, flush=True)
-        paths = [a for a in args if not a.startswith("-")]
-        if paths and all(os.path.isfile(p) for p in paths):  # reproduce: each file once
-            for p in paths:
-                with open(p, "rb") as f:
-                    check(f.read())
-                print(f"{TARGET}: {p}: no difference", file=sys.stderr)
-            return 0
-        return fuzz._random_engine(TARGET, check, seeds() + corpus(paths), args)
-
-    import atheris
-
-    # coverage of the reference's Python (the C code is not instrumented): its branches are the C code's
+def _instrument(atheris) -> None:
     with atheris.instrument_imports(include=["usbnetd"]):
         import usbnetd.core.stats  # noqa: F401
         import usbnetd.netdev.gro  # noqa: F401
         import usbnetd.netdev.port  # noqa: F401
         import usbnetd.protocols.driver  # noqa: F401
         import usbnetd.protocols.ncm_codec  # noqa: F401
-    print(f"{TARGET}: extension {load_fastpath().__file__}", file=sys.stderr, flush=True)
 
-    dirs = [a for a in args if not a.startswith("-")]
-    if not dirs:
-        args.append(fuzz._seed_dir(os.path.join(HERE, "corpus", TARGET), seeds()))
-    for d in dirs:
-        if not os.path.isfile(d) and not (os.path.isdir(d) and os.listdir(d)):
-            fuzz._seed_dir(d, seeds())
-    if not any(a.startswith("-artifact_prefix=") for a in args):
-        art = os.path.join(HERE, "artifacts", TARGET)
-        os.makedirs(art, exist_ok=True)
-        args.insert(0, f"-artifact_prefix={art}/")
-    if not any(a.startswith("-max_len=") for a in args):
-        args.insert(0, "-max_len=20000")
-    atheris.Setup([argv[0], *args], check)
-    atheris.Fuzz()
-    return 0
+
+def main(argv: list[str]) -> int:
+    return nc_.main(argv, TARGET, check, seeds, load_fastpath, _instrument, 20000)
 
 
 if __name__ == "__main__":

@@ -41,13 +41,9 @@ USBNETD_FUZZ_LAST_INPUT=path writes every input there before it runs (native_asa
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import importlib.util
-import mmap
 import os
 import random
-import socket
 import struct
 import sys
 from typing import Any
@@ -55,7 +51,8 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import fuzz  # noqa: E402  (fuzz.py: the corpus seeding and the fallback engine)
+import native_common as nc_  # noqa: E402  (what the two native targets share)
+from native_common import Difference, GuardedBuffers, Tap  # noqa: E402
 
 TARGET = "native-ncm-tx"
 HEADER = 20
@@ -70,66 +67,13 @@ NTB32, VNET_ON, PAD, SHORT, EOF, RAW, ERROR, ONE_BUF = 1, 2, 4, 8, 16, 32, 64, 1
 PATTERN = random.Random(7).randbytes(MAX_MSG + 4096)
 
 
-class Difference(AssertionError):
-    """The native path and the reference disagree (the fuzzer reports it as a crash)."""
-
-
 def load_fasttx() -> Any:
-    path = os.environ.get("USBNETD_NATIVE_TX_SO")
-    if path:
-        spec = importlib.util.spec_from_file_location("usbnetd.native._fasttx", path)
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    from usbnetd import native
-
-    if not native.AVAILABLE:
-        raise SystemExit(f"{TARGET}: the C extension is not available: {native.WHY_NOT}")
-    return native.fasttx
+    return nc_.load_extension(TARGET, "USBNETD_NATIVE_TX_SO", "_fasttx", "fasttx")
 
 
 def frame(n: int, i: int) -> bytes:
     start = (i * 131) % 4096
     return PATTERN[start : start + n]
-
-
-class Tap:
-    def __init__(self) -> None:
-        self.w, self.r = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.w.setblocking(False)
-        self.r.setblocking(False)
-        try:
-            self.w.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_SNDBUFFORCE", 32), 64 << 20)
-        except OSError:
-            self.w.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 20)
-
-    def close(self) -> None:
-        self.w.close()
-        self.r.close()
-
-
-class GuardedBuffers:
-    """Buffers that end right at an inaccessible page: `count` regions of up to `size` bytes."""
-
-    def __init__(self, count: int, size: int) -> None:
-        page = mmap.PAGESIZE
-        self.size = -(-size // page) * page
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        self.maps = []
-        for _ in range(count):
-            m = mmap.mmap(-1, self.size + page)
-            addr = ctypes.addressof(ctypes.c_char.from_buffer(m))  # keeps m exported: it is never closed
-            if libc.mprotect(addr + self.size, page, 0) != 0:  # PROT_NONE
-                raise OSError(ctypes.get_errno(), "mprotect")
-            self.maps.append(m)
-
-    def place(self, i: int, data: bytes) -> memoryview:
-        m = self.maps[i]
-        start = self.size - len(data)
-        m[start : self.size] = data
-        return memoryview(m)[start : self.size]
 
 
 @dataclasses.dataclass
@@ -494,74 +438,20 @@ def seeds() -> list[bytes]:
     return out
 
 
-def corpus(dirs: list[str]) -> list[bytes]:
-    out = []
-    for d in dirs:
-        for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
-            with open(os.path.join(d, name), "rb") as f:
-                out.append(f.read())
-    return out
+check = nc_.checker(lambda: Harness())
 
 
-_harness: Harness | None = None
-_last_input = os.environ.get("USBNETD_FUZZ_LAST_INPUT")  # native_asan.sh: a sanitizer abort keeps no input
-
-
-def check(data: bytes) -> None:
-    global _harness
-    if _harness is None:
-        _harness = Harness()
-    if _last_input:
-        with open(_last_input, "wb") as f:
-            f.write(data)
-    _harness.check(data)
-
-
-def main(argv: list[str]) -> int:
-    engine = "atheris"
-    args = []
-    for a in argv[1:]:
-        if a.startswith("--engine="):
-            engine = a.split("=", 1)[1]
-        else:
-            args.append(a)
-    if engine == "random":
-        print(f"{TARGET}: extension {load_fasttx().__file__}", file=sys.stderr, flush=True)
-        paths = [a for a in args if not a.startswith("-")]
-        if paths and all(os.path.isfile(p) for p in paths):  # reproduce: each file once
-            for p in paths:
-                with open(p, "rb") as f:
-                    check(f.read())
-                print(f"{TARGET}: {p}: no difference", file=sys.stderr)
-            return 0
-        return fuzz._random_engine(TARGET, check, seeds() + corpus(paths), args)
-
-    import atheris
-
-    # coverage of the reference's Python (the C code is not instrumented): its branches are the C code's
+def _instrument(atheris) -> None:
     with atheris.instrument_imports(include=["usbnetd"]):
         import usbnetd.core.stats  # noqa: F401
         import usbnetd.netdev.port  # noqa: F401
         import usbnetd.protocols.ncm_codec  # noqa: F401
     atheris.instrument_func(parse)
     atheris.instrument_func(Harness._run)
-    print(f"{TARGET}: extension {load_fasttx().__file__}", file=sys.stderr, flush=True)
 
-    dirs = [a for a in args if not a.startswith("-")]
-    if not dirs:
-        args.append(fuzz._seed_dir(os.path.join(HERE, "corpus", TARGET), seeds()))
-    for d in dirs:
-        if not os.path.isfile(d) and not (os.path.isdir(d) and os.listdir(d)):
-            fuzz._seed_dir(d, seeds())
-    if not any(a.startswith("-artifact_prefix=") for a in args):
-        art = os.path.join(HERE, "artifacts", TARGET)
-        os.makedirs(art, exist_ok=True)
-        args.insert(0, f"-artifact_prefix={art}/")
-    if not any(a.startswith("-max_len=") for a in args):
-        args.insert(0, f"-max_len={MAX_INPUT}")
-    atheris.Setup([argv[0], *args], check)
-    atheris.Fuzz()
-    return 0
+
+def main(argv: list[str]) -> int:
+    return nc_.main(argv, TARGET, check, seeds, load_fasttx, _instrument, MAX_INPUT)
 
 
 if __name__ == "__main__":
