@@ -229,12 +229,7 @@ class DataPath:
             self._tx_bytes[p.index] += n
             if d.tx_commit(n):
                 self._finish_tx(FLUSH_FULL)
-        if self._tx_packet is not None and d.tx_count:
-            if drained and self.transport.tx_free == self.n_tx:
-                self._finish_tx(FLUSH_IDLE)  # the pipe is idle: waiting would only add latency
-            elif self._flush_at is None:
-                self._flush_at = time.monotonic() + TX_FLUSH_DELAY
-        self._tap_wants_read = bool(self.tx_submission.space and self.pool.free_count)
+        self._after_tap_read(drained)
 
     def _tap_readable_native(self) -> None:
         """on_tap_readable with the C framer: one call reads as many frames as fit, up to the budget."""
@@ -260,7 +255,11 @@ class DataPath:
             if empty:
                 drained = True
             break
-        if self._tx_packet is not None and tx.count:
+        self._after_tap_read(drained)
+
+    def _after_tap_read(self, drained: bool) -> None:
+        """A partly framed transfer goes now if the TAP is empty and the pipe idle, else within the flush delay."""
+        if self._tx_packet is not None and self._tx_count():
             if drained and self.transport.tx_free == self.n_tx:
                 self._finish_tx(FLUSH_IDLE)  # the pipe is idle: waiting would only add latency
             elif self._flush_at is None:
