@@ -16,21 +16,29 @@ ones; only the two edges are fake.
 from __future__ import annotations
 
 import collections
+import ctypes
 import os
 import socket
 import struct
+
+from usb1 import libusb1
 
 from usbnetd.core.pool import Packet
 from usbnetd.core.service import EthernetService
 from usbnetd.core.stats import Stats
 from usbnetd.protocols import cdc, choose
 from usbnetd.protocols.driver import Options
+from usbnetd.usb.bulk import ERROR_NO_DEVICE, BulkPipe, SubmitError
 from usbnetd.usb.descriptors import parse_configuration
 from usbnetd.usb.sim import CTRL_IF, SIM_NTB, STR_MAC, build_config_descriptor
 from usbnetd.usb.transport import STATUS_CANCELLED, STATUS_OK, DeviceIdentity, Transport, TransportError
 
 DEVICE_MAC = bytes.fromhex("02a0b0c0d0e0")
 NATIVE = False  # set by conftest's `datapath` fixture: services made here use the C path where it exists
+# Also set by it: bulk IN runs over real libusb transfer structs (a BulkPipe, with a stand-in for
+# libusb_submit_transfer), so that the C path can take the completions itself (arm_native_rx), as on a device.
+USB_C = False
+_SUBMIT = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)  # libusb_submit_transfer's C signature
 
 
 def eem_config_descriptor() -> bytes:
@@ -60,6 +68,14 @@ class ScriptedTransport(Transport):
         self.stopped = self.closed = False
         self.unreapable = 0  # transfers stop() must pretend it could not reap
         self.refuse_tx = False  # submit_tx says "all busy" (backpressure from the bus)
+        # With USB_C: the bulk IN pipe, its transfers' addresses in flight (in step with `rx`), what the
+        # stand-in libusb_submit_transfer answers (0, or a libusb error), and the NcmRx armed on it.
+        self.usb_c = USB_C
+        self._pipe: BulkPipe | None = None
+        self._rx_addr: list[int] = []
+        self.submit_error = 0
+        self.armed = None
+        self.gone = False
 
     # --- setup ---
     def set_configuration(self, value: int) -> None:
@@ -95,11 +111,44 @@ class ScriptedTransport(Transport):
         self.n_rx, self.n_tx = n_rx, n_tx
         self._on_rx, self._on_tx, self._on_int = on_rx, on_tx, on_int
         self._int_buf = bytearray(max(16, int_size))
+        if self.usb_c:
+            libusb1.loadLibrary()  # libusb_alloc_transfer, nothing else: no context, no device
+            self._submit_c = _SUBMIT(self._usb_submit)
+            self._pipe = BulkPipe(None, ep_in, n_rx, 0, on_rx, submit=self._submit_c)
+
+    def _usb_submit(self, address: int) -> int:
+        """The stand-in for libusb_submit_transfer (bulk IN), called by BulkPipe and by the C path."""
+        if self.submit_error:
+            return self.submit_error
+        pipe = self._pipe
+        i = pipe._slot_of[address]
+        self.rx.append((pipe._packet[i], pipe._structs[i].length))
+        self._rx_addr.append(address)
+        return 0
+
+    def arm_native_rx(self, rx, kind: str) -> bool:
+        if self._pipe is None:
+            return False
+        submit = ctypes.cast(self._submit_c, ctypes.c_void_p).value
+        rx.usb_arm(submit, self._pipe.callback_address, self._pipe.transfer_addresses(), kind)
+        self.armed = rx
+        return True
+
+    def disarm_native_rx(self) -> None:
+        rx, self.armed = self.armed, None
+        if rx is not None:
+            rx.usb_disarm()
 
     def start_interrupt(self) -> None:
         pass
 
     def submit_rx(self, packet: Packet, length: int) -> bool:
+        if self._pipe is not None and not self.stopped:
+            try:
+                return self._pipe.submit(packet, 0, length)
+            except SubmitError as exc:
+                self.gone = exc.code == ERROR_NO_DEVICE
+                return False
         if self.stopped or len(self.rx) >= self.n_rx:
             return False
         self.rx.append((packet, length))
@@ -137,7 +186,16 @@ class ScriptedTransport(Transport):
         packet, length = self.rx.pop(index)
         assert len(data) <= length, "a device cannot send more than the transfer asked for"
         packet.view[: len(data)] = data
+        if self._pipe is not None:
+            self._usb_complete(self._rx_addr.pop(index), status, len(data))
+            return
         self._done.append(("rx", packet, status, len(data)))
+
+    def _usb_complete(self, address: int, status: int, actual: int) -> None:
+        s = libusb1.libusb_transfer.from_address(address)
+        s.status = status
+        s.actual_length = actual
+        self._done.append(("usb", address, status, actual))
 
     def complete_tx(self, status: int = STATUS_OK, index: int = 0) -> bytes:
         packet, data, _ = self.tx.pop(index)
@@ -150,7 +208,12 @@ class ScriptedTransport(Transport):
     def handle_events(self) -> None:
         while self._done:
             kind, obj, status, n = self._done.popleft()
-            if kind == "rx":
+            if kind == "usb":
+                # As libusb does: the transfer's callback, whatever it is now (BulkPipe's, or the C path's),
+                # called from C with the GIL released.
+                s = libusb1.libusb_transfer.from_address(obj)
+                s.callback(ctypes.cast(obj, libusb1.libusb_transfer_p))
+            elif kind == "rx":
                 self._on_rx(obj, status, n)
             elif kind == "tx":
                 self._on_tx(obj, status)
@@ -163,9 +226,13 @@ class ScriptedTransport(Transport):
     # --- teardown ---
     def stop(self, timeout: float = 2.0) -> int:
         self.stopped = True
+        self.disarm_native_rx()
         keep = self.unreapable
         while len(self.rx) > keep:
             packet, _ = self.rx.pop()
+            if self._pipe is not None:
+                self._usb_complete(self._rx_addr.pop(), STATUS_CANCELLED, 0)
+                continue
             self._done.append(("rx", packet, STATUS_CANCELLED, 0))
         while self.tx and len(self.rx) + len(self.tx) > keep:
             packet, _, _ = self.tx.pop()
@@ -176,6 +243,8 @@ class ScriptedTransport(Transport):
     def close(self) -> None:
         assert self.stopped, "the handle closed before the transfers were reaped"
         self.closed = True
+        if self._pipe is not None and not self._pipe.in_flight:
+            self._pipe.free()
 
 
 class FakeTap:
@@ -234,6 +303,8 @@ class FakeTap:
                 m = self.peer.recv(70000)
             except BlockingIOError:
                 return out
+            if not m:
+                return out  # the service's end is closed (the service never writes an empty frame)
             out.append((m[: self.vnet_hdr], m[self.vnet_hdr :]))
 
 
@@ -249,6 +320,7 @@ def make_service(kind: str = "ecm", *, gro: bool = False, rx_transfers: int = 0,
     svc.start()
     want = "native" if NATIVE and driver.native_rx() is not None else "python"
     assert svc.datapath.rx_path == want and svc.status()["datapath"] == want
+    assert svc.datapath.rx_usb == (USB_C and want == "native")
     assert (svc.datapath.tx_fast is not None) == (NATIVE and driver.native_tx() is not None)
     tap = svc.tap
     assert isinstance(tap, FakeTap)

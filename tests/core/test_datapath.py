@@ -146,7 +146,7 @@ def test_with_gro_a_corrupted_segment_reaches_the_host_unmerged_and_unmarked(dat
     marked = [f for h, f in got if h and h[0] & F_NEEDS_CSUM]
     assert all(bytes(segs[2])[54:] not in f for f in marked)
     assert svc.stats.rx_packets == 4
-    if datapath == "native":
+    if datapath.startswith("native"):
         plain = [f for h, f in got if h == ZERO_HDR]
         assert bytes(segs[2]) in plain
         assert got[0][0][1] == GSO_TCPV4, "the two good segments before it still merge"
@@ -449,3 +449,64 @@ def test_a_failed_start_tears_down_and_a_second_stop_is_harmless():
         svc.start()
     assert t.closed and svc.state is State.STOPPED
     svc.stop()
+
+
+# ---------------------------------------------------------------------------- USB completions in C
+def _only_c_completions(datapath: str) -> None:
+    if datapath != "native-usb":
+        pytest.skip("only the native-usb path takes the bulk IN completions in C")
+
+
+@pytest.mark.parametrize("kind", ["ecm", "ncm"])
+def test_c_completions_write_every_frame_with_no_python_call_per_transfer(datapath, kind):
+    _only_c_completions(datapath)
+    from usbnetd.protocols.ncm_codec import TxLayout, build_ntb
+
+    svc, t, tap = make_service(kind)
+    frames = [frame(60 + 7 * i, tag=i) for i in range(12)]
+    if kind == "ecm":
+        transfers = frames
+    else:
+        layout = TxLayout(False, 4096, 4, 0, 4, 40, 512)
+        transfers = [build_ntb(layout, frames[:5]), build_ntb(layout, frames[5:])]
+    in_flight = t.in_flight
+    for data in transfers:
+        t.complete_rx(data)
+    turn(svc)
+    assert [f for _, f in tap.host_receive()] == frames
+    assert svc.stats.rx_packets == len(frames)
+    d = svc.datapath
+    assert d.rx_completion.high == 0, "no completion went through Python's queue"
+    assert d.rx_transfers_done == len(transfers)
+    assert t.in_flight == in_flight, "the C path resubmitted every transfer it decoded"
+    assert svc.detailed_stats()["rx_completions"] == "native"
+    svc.stop()
+    everything_back(svc)
+
+
+def test_c_completions_leave_errors_to_python_and_a_failed_resubmit_is_a_failed_transfer(datapath):
+    _only_c_completions(datapath)
+    svc, t, tap = make_service("ecm")
+    t.complete_rx(b"", status=STATUS_ERROR)  # an error: Python counts it and resubmits
+    turn(svc)
+    assert svc.stats.rx_usb_errors == 1
+    t.submit_error = -4  # LIBUSB_ERROR_NO_DEVICE: the resubmission fails
+    t.complete_rx(frame(100))
+    turn(svc)
+    assert [f for _, f in tap.host_receive()] == [frame(100)], "the frame was written before the resubmission"
+    assert svc.datapath.port.native.usb_resubmit_failed == 1
+    assert svc.datapath.device_gone, "a resubmission refused for a gone device ends the data path"
+    svc.stop()
+    everything_back(svc)
+
+
+def test_c_completions_decoded_but_not_resubmitted_come_back_at_teardown(datapath):
+    _only_c_completions(datapath)
+    svc, t, tap = make_service("ecm", gro=True)
+    for i in range(3):
+        t.complete_rx(frame(200, tag=i))
+    svc.on_usb()  # decoded in C, not yet resubmitted (no process())
+    assert svc.datapath.port.native.usb_armed == 1
+    svc.stop()
+    everything_back(svc)
+    assert [f for _, f in tap.host_receive()] == [frame(200, tag=i) for i in range(3)]

@@ -66,6 +66,7 @@ class DataPath:
         self.port: TapPort | None = None
         self.rx_path = "python"  # or "native": who decodes received transfers (attach decides)
         self.tx_fast = None  # a usbnetd.native NcmTx when the C path frames TX (attach decides)
+        self.rx_usb = False  # the C path takes the bulk IN completions (transport.arm_native_rx)
         self.running = False  # completions with errors are only counted while running
         self.device_gone = False
         # Counters of the data path's own (the per-frame ones are in `stats`, kept by the port and here).
@@ -128,6 +129,9 @@ class DataPath:
         self.ifname = ifname
         fast = self.driver.native_rx() if native else None
         self.rx_path = "native" if fast is not None and port.use_native(*fast) else "python"
+        # And where the transport lets it, the C path takes the bulk IN completions too: no Python call per
+        # received transfer (process() then only calls rx_usb_end once per wake-up).
+        self.rx_usb = self.rx_path == "native" and self.transport.arm_native_rx(port.native, fast[0])
         tx = self.driver.native_tx() if native else None
         if tx is not None:
             self.tx_fast = port.native_tx(self.driver.max_frame, *tx)
@@ -336,6 +340,13 @@ class DataPath:
         """Move packets along every queue."""
         batch = self._batch
         pool = self.pool
+        if self.rx_usb:
+            # The C path decoded this wake-up's completions inside handle_events; write what GRO holds and
+            # resubmit their transfers. What it left (errors, halts) came through _on_rx as always.
+            done = self.port.rx_usb_end()
+            if done:
+                self.rx_transfers_done += done
+                self._rx_error_streak = 0
         # RX: decode each completed transfer into the port, then recycle its packet.
         if self.rx_completion.dequeue_batch(batch):
             self.rx_transfers_done += len(batch)
@@ -418,6 +429,7 @@ class DataPath:
         tx_transfers = sum(self.tx_flush)
         stats = self.stats
         st["rx_transfers"] = self.rx_transfers_done
+        st["rx_completions"] = "native" if self.rx_usb else "python"
         st["tx_transfers"] = tx_transfers
         st["rx_frames_per_transfer"] = (round(stats.rx_packets / self.rx_transfers_done, 2)
                                         if self.rx_transfers_done else 0)
@@ -439,6 +451,9 @@ class DataPath:
         """Cancel and reap every transfer, then return every packet to the pool. Returns how many transfers
         could not be reaped (0 when all came back)."""
         self.running = False
+        if self.rx_usb:
+            self.rx_usb = False
+            self.transport.disarm_native_rx()  # what the C path decoded comes back through _on_rx, cancelled
         left = self.transport.stop()
         pool = self.pool
         if pool is None:

@@ -80,6 +80,16 @@ class TapPort:
         if failed:
             self.write_errors.hit(os.strerror(n.last_errno), failed)
 
+    def rx_usb_end(self) -> int:
+        """After handle_events, when the C path takes the USB completions itself: write what GRO holds,
+        resubmit the transfers it decoded, bring its counts into `stats`. Returns how many it decoded."""
+        n = self.native
+        done = n.usb_end()
+        failed = n.add_to(self.stats)
+        if failed:
+            self.write_errors.hit(os.strerror(n.last_errno), failed)
+        return done
+
     # ------------------------------------------------------------------ RX: device -> host
     def rx_begin(self, view: memoryview) -> None:
         """A received transfer is about to be decoded into this port."""

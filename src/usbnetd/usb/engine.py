@@ -18,8 +18,9 @@ import time
 
 import usb1
 
+from .. import native
 from ..core.pool import Packet
-from .bulk import ERROR_NO_DEVICE, BulkPipe, SubmitError
+from .bulk import ERROR_NO_DEVICE, BulkPipe, SubmitError, submit_function_address, transfer_layout
 from .descriptors import Configuration, parse_configuration
 from .transport import (
     STATUS_CANCELLED,
@@ -119,6 +120,7 @@ class LibusbTransport(Transport):
         self._detached: list[int] = []
         self._original_configuration: int | None = None  # set when usbnetd switched configurations
         self._rx: BulkPipe | None = None
+        self._armed = None  # the usbnetd.native NcmRx taking the bulk IN completions (arm_native_rx)
         self._tx: BulkPipe | None = None
         self._all: list[usb1.USBTransfer] = []  # the python-libusb1 transfers: control and interrupt
         self._ctrl_free: list[usb1.USBTransfer] = []
@@ -321,6 +323,27 @@ class LibusbTransport(Transport):
         if self._tx is not None and not self._stopping:
             self._tx.watchdog(TX_TIMEOUT_CHECKS)
 
+    def arm_native_rx(self, rx, kind: str) -> bool:
+        if self._rx is None or self._stopping or self._armed is not None:
+            return False
+        if native.fastpath is None:
+            return False
+        want = native.fastpath.usb_layout()
+        have = transfer_layout()
+        if any(have.get(name) != offset for name, offset in want.items()):
+            # Never guess at a transfer's layout: C would write into the wrong fields.
+            log.warning("libusb's transfer layout (%s) is not the one the C path assumes (%s): RX completions "
+                        "stay in Python", have, want)
+            return False
+        rx.usb_arm(submit_function_address(), self._rx.callback_address, self._rx.transfer_addresses(), kind)
+        self._armed = rx
+        return True
+
+    def disarm_native_rx(self) -> None:
+        rx, self._armed = self._armed, None
+        if rx is not None:
+            rx.usb_disarm()
+
     def clear_halt(self, endpoint: int) -> bool:
         try:
             self._handle.clearHalt(endpoint)
@@ -367,6 +390,7 @@ class LibusbTransport(Transport):
     # --- teardown ---
     def stop(self, timeout: float = 2.0) -> int:
         self._stopping = True
+        self.disarm_native_rx()  # decoded transfers the C path holds come back as cancelled
         for pipe in (self._rx, self._tx):
             if pipe is not None:
                 pipe.cancel_all()

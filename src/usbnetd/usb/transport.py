@@ -132,6 +132,16 @@ class Transport(ABC):
         """Called about once a second while running: time out transfers the device has left hanging."""
         return None  # the simulated device never leaves one hanging
 
+    def arm_native_rx(self, rx, kind: str) -> bool:
+        """Let the C path (a usbnetd.native NcmRx) take the bulk IN completions itself: decode, write and
+        resubmit without a Python call per transfer ("ntb" or "frame" framing). False when this transport
+        cannot (then completions reach `on_rx` as always)."""
+        return False
+
+    def disarm_native_rx(self) -> None:
+        """Completions go to `on_rx` again; transfers the C path had decoded come back to it as cancelled."""
+        return None
+
     def pending(self) -> bool:
         """True when completions are ready without any fd becoming readable (the sim uses this)."""
         return False
