@@ -28,7 +28,7 @@ from usbnetd.core.service import EthernetService
 from usbnetd.core.stats import Stats
 from usbnetd.protocols import cdc, choose
 from usbnetd.protocols.driver import Options
-from usbnetd.usb.bulk import ERROR_NO_DEVICE, BulkPipe, SubmitError
+from usbnetd.usb.bulk import ERROR_NO_DEVICE, FLAG_ADD_ZERO_PACKET, BulkPipe, SubmitError
 from usbnetd.usb.descriptors import parse_configuration
 from usbnetd.usb.sim import CTRL_IF, SIM_NTB, STR_MAC, build_config_descriptor
 from usbnetd.usb.transport import STATUS_CANCELLED, STATUS_OK, DeviceIdentity, Transport, TransportError
@@ -76,6 +76,11 @@ class ScriptedTransport(Transport):
         self.submit_error = 0
         self.armed = None
         self.gone = False
+        # With USB_C, for the C TX pump (arm_native_tx): its bulk OUT transfers in flight (in step with `tx`,
+        # whose packet is None for them), and the pump.
+        self._tx_addr: list[int] = []
+        self._tx_pipe: BulkPipe | None = None
+        self.pump = None
 
     # --- setup ---
     def set_configuration(self, value: int) -> None:
@@ -139,6 +144,41 @@ class ScriptedTransport(Transport):
         if rx is not None:
             rx.usb_disarm()
 
+    def arm_native_tx(self, pump) -> bool:
+        if not self.usb_c or self.tx:
+            return False
+        self._submit_tx_c = _SUBMIT(self._usb_submit_tx)
+        self._cancel_c = _SUBMIT(self._usb_cancel)
+        # Transfers for the pump to own (a BulkPipe only allocates and fills them; nothing submits through it).
+        self._tx_pipe = BulkPipe(None, 0x02, self.n_tx, 0, lambda *a: None)
+        addr = ctypes.cast
+        pump.arm(addr(self._submit_tx_c, ctypes.c_void_p).value, addr(self._cancel_c, ctypes.c_void_p).value,
+                 self._tx_pipe.transfer_addresses())
+        self.pump = pump
+        return True
+
+    def _usb_submit_tx(self, address: int) -> int:
+        """The stand-in for libusb_submit_transfer (bulk OUT), called by the C pump."""
+        if self.submit_error:
+            return self.submit_error
+        s = libusb1.libusb_transfer.from_address(address)
+        data = ctypes.string_at(s.buffer, s.length)
+        self.tx.append((None, data, bool(s.flags & FLAG_ADD_ZERO_PACKET)))
+        self.sent.append(data)
+        self._tx_addr.append(address)
+        return 0
+
+    def _usb_cancel(self, address: int) -> int:
+        """The stand-in for libusb_cancel_transfer: the transfer completes as cancelled (at the next
+        handle_events), or LIBUSB_ERROR_NOT_FOUND when it is not in flight."""
+        if address not in self._tx_addr:
+            return -5
+        i = self._tx_addr.index(address)
+        del self._tx_addr[i]
+        del self.tx[i]
+        self._usb_complete(address, STATUS_CANCELLED, 0)
+        return 0
+
     def start_interrupt(self) -> None:
         pass
 
@@ -164,6 +204,8 @@ class ScriptedTransport(Transport):
 
     @property
     def tx_free(self) -> int:
+        if self.pump is not None:
+            return self.pump.free
         return self.n_tx - len(self.tx)
 
     @property
@@ -199,6 +241,9 @@ class ScriptedTransport(Transport):
 
     def complete_tx(self, status: int = STATUS_OK, index: int = 0) -> bytes:
         packet, data, _ = self.tx.pop(index)
+        if packet is None:  # the C pump's transfer
+            self._usb_complete(self._tx_addr.pop(index), status, len(data))
+            return data
         self._done.append(("tx", packet, status, 0))
         return data
 
@@ -227,6 +272,8 @@ class ScriptedTransport(Transport):
     def stop(self, timeout: float = 2.0) -> int:
         self.stopped = True
         self.disarm_native_rx()
+        if self.pump is not None:
+            self.pump.cancel_all()
         keep = self.unreapable
         while len(self.rx) > keep:
             packet, _ = self.rx.pop()
@@ -236,15 +283,22 @@ class ScriptedTransport(Transport):
             self._done.append(("rx", packet, STATUS_CANCELLED, 0))
         while self.tx and len(self.rx) + len(self.tx) > keep:
             packet, _, _ = self.tx.pop()
+            if packet is None:
+                self._usb_complete(self._tx_addr.pop(), STATUS_CANCELLED, 0)
+                continue
             self._done.append(("tx", packet, STATUS_CANCELLED, 0))
         self.handle_events()
+        if self.pump is not None and not self.pump.in_flight:
+            self.pump.disarm()
+            self.pump = None
         return self.in_flight
 
     def close(self) -> None:
         assert self.stopped, "the handle closed before the transfers were reaped"
         self.closed = True
-        if self._pipe is not None and not self._pipe.in_flight:
-            self._pipe.free()
+        for pipe in (self._pipe, self._tx_pipe):
+            if pipe is not None and not pipe.in_flight and self.pump is None:
+                pipe.free()
 
 
 class FakeTap:
@@ -321,6 +375,7 @@ def make_service(kind: str = "ecm", *, gro: bool = False, rx_transfers: int = 0,
     want = "native" if NATIVE and driver.native_rx() is not None else "python"
     assert svc.datapath.rx_path == want and svc.status()["datapath"] == want
     assert svc.datapath.rx_usb == (USB_C and want == "native")
+    assert (svc.datapath.tx_pump is not None) == (USB_C and driver.native_frame_tx() is not None)
     assert (svc.datapath.tx_fast is not None) == (NATIVE and driver.native_tx() is not None)
     tap = svc.tap
     assert isinstance(tap, FakeTap)

@@ -314,8 +314,13 @@ def test_tx_backpressure_stops_reading_the_tap_and_resumes():
             svc.on_tap_readable()
         turn(svc)
     assert not svc.wants_tap_read()
-    queued = len(svc.datapath.tx_submission)
-    assert queued == svc.datapath.tx_submission.capacity
+    if svc.datapath.tx_pump is not None:
+        # The C pump owns the OUT transfers: it stops at the ones in flight, none are "refused" (submitted
+        # and not completed is the same backpressure).
+        assert svc.datapath.tx_pump.free == 0 and len(t.tx) == 4
+    else:
+        queued = len(svc.datapath.tx_submission)
+        assert queued == svc.datapath.tx_submission.capacity
     t.refuse_tx = False
     out: list[bytes] = []
     for _ in range(40):
@@ -510,3 +515,60 @@ def test_c_completions_decoded_but_not_resubmitted_come_back_at_teardown(datapat
     svc.stop()
     everything_back(svc)
     assert [f for _, f in tap.host_receive()] == [frame(200, tag=i) for i in range(3)]
+
+
+def test_the_c_tx_pump_sends_counts_and_gives_its_transfers_back(datapath):
+    _only_c_completions(datapath)
+    svc, t, tap = make_service("ecm", tx_transfers=4)
+    pump = svc.datapath.tx_pump
+    assert pump is not None and svc.detailed_stats()["tx_completions"] == "native"
+    frames = [frame(100 + i, i) for i in range(6)]
+    tap.host_send(frame(1514) + b"x")  # longer than the device takes: dropped, counted
+    for f in frames:
+        tap.host_send(f)
+    svc.on_tap_readable()
+    turn(svc)
+    assert [d for _, d, _ in t.tx] == frames[:4], "the four transfers it owns, in order"
+    assert not svc.wants_tap_read() and svc.stats.tx_dropped == 1
+    t.complete_tx()
+    t.complete_tx(STATUS_STALL)
+    turn(svc)
+    assert (svc.stats.tx_packets, svc.stats.tx_errors, svc.stats.tx_aborted_errors) == (1, 1, 1)
+    assert t.halts_cleared == [svc.driver.binding.ep_out.address]
+    assert svc.wants_tap_read()
+    svc.on_tap_readable()
+    turn(svc)
+    assert [d for _, d, _ in t.tx] == frames[2:6]
+    assert svc.datapath.tx_submission.high == 0, "nothing went through Python's TX queue"
+    assert svc.detailed_stats()["tx_flush"]["full"] == 6
+    svc.stop()  # four in flight: cancelled, reaped, the transfers given back
+    everything_back(svc)
+    assert not pump.armed and svc.stats.tx_errors == 5
+
+
+def test_the_c_tx_pump_flags_a_gone_device(datapath):
+    _only_c_completions(datapath)
+    svc, t, tap = make_service("ecm")
+    t.submit_error = -4  # LIBUSB_ERROR_NO_DEVICE
+    tap.host_send(frame(100))
+    svc.on_tap_readable()
+    turn(svc)
+    assert svc.datapath.device_gone and svc.stats.tx_errors == 1
+    assert svc.datapath.tx_pump.submit_failed == 1
+    svc.stop()
+    everything_back(svc)
+
+
+def test_the_c_tx_pump_watchdog_times_out_a_transfer_left_hanging(datapath):
+    _only_c_completions(datapath)
+    svc, t, tap = make_service("ecm")
+    tap.host_send(frame(100))
+    svc.on_tap_readable()
+    turn(svc)
+    pump = svc.datapath.tx_pump
+    assert [pump.watchdog(2) for _ in range(3)] == [0, 0, 1], "cancelled on the second check that saw no change"
+    turn(svc)
+    assert not t.tx and svc.stats.tx_errors == 1
+    assert svc.datapath._tx_errors.count == 1, "a timeout is a failure, unlike teardown's cancellation"
+    svc.stop()
+    everything_back(svc)

@@ -67,6 +67,7 @@ class DataPath:
         self.rx_path = "python"  # or "native": who decodes received transfers (attach decides)
         self.tx_fast = None  # a usbnetd.native NcmTx when the C path frames TX (attach decides)
         self.rx_usb = False  # the C path takes the bulk IN completions (transport.arm_native_rx)
+        self.tx_pump = None  # a usbnetd.native FrameTx owning the bulk OUT transfers (transport.arm_native_tx)
         self.running = False  # completions with errors are only counted while running
         self.device_gone = False
         # Counters of the data path's own (the per-frame ones are in `stats`, kept by the port and here).
@@ -135,10 +136,18 @@ class DataPath:
         tx = self.driver.native_tx() if native else None
         if tx is not None:
             self.tx_fast = port.native_tx(self.driver.max_frame, *tx)
+        frame_tx = self.driver.native_frame_tx() if native and self.rx_path == "native" else None
+        if frame_tx is not None:
+            # One frame per transfer: the C pump reads the TAP, submits and counts completions itself.
+            pump = port.native_frame_tx(*frame_tx)
+            if pump is not None and self.transport.arm_native_tx(pump):
+                self.tx_pump = pump
 
     @property
     def path(self) -> str:
-        """Which data path runs: "native" when the C code does RX and, where the framing has it, TX."""
+        """Which data path runs: "native" when the C code does RX and, where the framing has it, TX framing.
+        Who takes the USB completions (C or Python, by what the transport allows) is `detail()`'s
+        rx_completions / tx_completions."""
         if self.rx_path == "native" and (self.tx_fast is not None or self.driver.native_tx() is None):
             return "native"
         return "python" if self.rx_path == "python" and self.tx_fast is None else "mixed"
@@ -204,6 +213,11 @@ class DataPath:
 
     # ------------------------------------------------------------------ TX: the TAP into transfers
     def on_tap_readable(self) -> None:
+        if self.tx_pump is not None:
+            self.tx_pump.fill(TAP_READ_BUDGET)
+            self._tx_pump_events()
+            self._tap_wants_read = self.tx_pump.free > 0
+            return
         if self.tx_fast is not None:
             self._tap_readable_native()
             return
@@ -340,6 +354,8 @@ class DataPath:
         """Move packets along every queue."""
         batch = self._batch
         pool = self.pool
+        if self.tx_pump is not None:
+            self._tx_pump_events()
         if self.rx_usb:
             # The C path decoded this wake-up's completions inside handle_events; write what GRO holds and
             # resubmit their transfers. What it left (errors, halts) came through _on_rx as always.
@@ -395,7 +411,24 @@ class DataPath:
         if self.driver.own_tx_pending:
             self._send_own()
         self._submit_tx()
-        self._tap_wants_read = bool(self.tx_submission.space and pool.free_count)
+        if self.tx_pump is not None:
+            self._tap_wants_read = self.tx_pump.free > 0
+        else:
+            self._tap_wants_read = bool(self.tx_submission.space and pool.free_count)
+
+    def _tx_pump_events(self) -> None:
+        """What the C TX pump saw since the last wake-up: its counts into `stats`, errors into the burst log,
+        a halt for process() to clear (as _on_tx flags it), a gone device."""
+        submitted, _, failed, last_status, read_failed, read_errno, stalled, gone = self.tx_pump.add_to(self.stats)
+        self.tx_flush[FLUSH_FULL] += submitted  # every pump transfer is one whole frame, "full" as ECM's are
+        if failed:
+            self._tx_errors.hit(f"status {last_status}", failed)
+        if read_failed:
+            self.port.read_errors.hit(os.strerror(read_errno), read_failed)
+        if stalled:
+            self._stalled_out = True
+        if gone:
+            self.device_gone = True
 
     def _submit_rx(self) -> None:
         q = self.rx_submission
@@ -430,6 +463,7 @@ class DataPath:
         stats = self.stats
         st["rx_transfers"] = self.rx_transfers_done
         st["rx_completions"] = "native" if self.rx_usb else "python"
+        st["tx_completions"] = "native" if self.tx_pump is not None else "python"
         st["tx_transfers"] = tx_transfers
         st["rx_frames_per_transfer"] = (round(stats.rx_packets / self.rx_transfers_done, 2)
                                         if self.rx_transfers_done else 0)
@@ -455,6 +489,8 @@ class DataPath:
             self.rx_usb = False
             self.transport.disarm_native_rx()  # what the C path decoded comes back through _on_rx, cancelled
         left = self.transport.stop()
+        if self.tx_pump is not None:
+            self._tx_pump_events()  # the cancellations stop() reaped count as Python's _on_tx counts them
         pool = self.pool
         if pool is None:
             return left

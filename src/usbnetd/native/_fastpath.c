@@ -37,6 +37,8 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "libusb_abi.h"
+
 /* Bumped whenever the Python-visible API changes; native/__init__.py refuses a stale in-place build. */
 #define API_VERSION 3
 
@@ -80,29 +82,7 @@ static const char *const STAT_NAMES[N_STATS] = {
 };
 static PyObject *stat_names[N_STATS]; /* interned at module init, for add_to */
 
-/* struct libusb_transfer as libusb.h declares it (its ABI is stable since libusb 1.0.0): the fields this file
- * reads and writes. native/__init__.py checks these offsets against python-libusb1's ctypes declaration
- * (usb_layout()) before any transfer is armed, and the C path is not used for USB completions if they differ. */
-struct usb_xfer {
-    void *dev_handle;
-    uint8_t flags;
-    unsigned char endpoint;
-    unsigned char type;
-    unsigned int timeout;
-    int status; /* enum libusb_transfer_status */
-    int length;
-    int actual_length;
-    void (*callback)(struct usb_xfer *);
-    void *user_data;
-    unsigned char *buffer;
-    int num_iso_packets;
-};
-typedef void (*usb_cb)(struct usb_xfer *);
-#define XFER_COMPLETED 0 /* LIBUSB_TRANSFER_COMPLETED */
-#define XFER_ERROR 1     /* LIBUSB_TRANSFER_ERROR */
-#define XFER_CANCELLED 3 /* LIBUSB_TRANSFER_CANCELLED */
-#define XFER_NO_DEVICE 5 /* LIBUSB_TRANSFER_NO_DEVICE */
-#define ERROR_NO_DEVICE (-4) /* LIBUSB_ERROR_NO_DEVICE */
+/* struct libusb_transfer (the fields the USB completions touch) and libusb constants: libusb_abi.h */
 
 struct NcmRx_;
 typedef Py_ssize_t (*walker)(struct NcmRx_ *, uint8_t *, long long);
@@ -1105,13 +1085,7 @@ static PyObject *fp_usb_layout(PyObject *Py_UNUSED(mod), PyObject *Py_UNUSED(ign
 {
     /* The offsets and size this file assumes for struct libusb_transfer, for native/__init__.py to compare
      * with python-libusb1's ctypes declaration before arming anything. */
-    return Py_BuildValue("{s:n,s:n,s:n,s:n,s:n,s:n,s:n}", "status", (Py_ssize_t)offsetof(struct usb_xfer, status),
-                         "length", (Py_ssize_t)offsetof(struct usb_xfer, length), "actual_length",
-                         (Py_ssize_t)offsetof(struct usb_xfer, actual_length), "callback",
-                         (Py_ssize_t)offsetof(struct usb_xfer, callback), "user_data",
-                         (Py_ssize_t)offsetof(struct usb_xfer, user_data), "buffer",
-                         (Py_ssize_t)offsetof(struct usb_xfer, buffer), "num_iso_packets",
-                         (Py_ssize_t)offsetof(struct usb_xfer, num_iso_packets));
+    return USB_LAYOUT_BUILD();
 }
 
 static PyMethodDef module_methods[] = {

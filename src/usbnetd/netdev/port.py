@@ -72,6 +72,13 @@ class TapPort:
             log.info("the C TX framer does not take this NTB layout (%s): framing in Python", exc)
             return None
 
+    def native_frame_tx(self, max_frame: int, maxpacket: int):
+        """The C TX pump for one frame per transfer (usbnetd.native.FrameTx: reads this TAP into bulk OUT
+        transfers it owns), or None when it is not available."""
+        if not native.AVAILABLE:
+            return None
+        return native.FrameTx(self.fd, self.vnet, max_frame, maxpacket)
+
     def rx_native_end(self) -> None:
         """A batch is decoded by the C path: write what it holds, and bring its counts into `stats`."""
         n = self.native

@@ -47,6 +47,11 @@ def submit_function_address() -> int:
     return ctypes.cast(libusb1.libusb_submit_transfer, ctypes.c_void_p).value or 0
 
 
+def cancel_function_address() -> int:
+    """The address of libusb_cancel_transfer itself."""
+    return ctypes.cast(libusb1.libusb_cancel_transfer, ctypes.c_void_p).value or 0
+
+
 class SubmitError(Exception):
     """libusb refused a submission; `code` is libusb's error number."""
 

@@ -142,6 +142,12 @@ class Transport(ABC):
         """Completions go to `on_rx` again; transfers the C path had decoded come back to it as cancelled."""
         return None
 
+    def arm_native_tx(self, pump) -> bool:
+        """Let the C TX pump (a usbnetd.native FrameTx) own the bulk OUT transfers: it reads the TAP, submits
+        and counts completions without Python per frame. False when this transport cannot (then TX goes
+        through submit_tx and on_tx as always). stop() cancels and reaps its transfers too, then disarms it."""
+        return False
+
     def pending(self) -> bool:
         """True when completions are ready without any fd becoming readable (the sim uses this)."""
         return False
