@@ -62,6 +62,8 @@ def test_sim_adapter_end_to_end(netns_pair, tmp_path, kind, extra):
         (d,) = json.loads(u.cli("stats", "--json").stdout)
         assert d["tx_transfers"] == sum(d["tx_flush"].values()) > 0
         assert d["pool"]["exhausted"] == 0 and d["pool"]["in_use"] <= d["pool"]["packets"]
+        # The simulated device's own CPU time, apart from the driver's (what bench/native.py subtracts).
+        assert 0 < d["sim_device_cpu_seconds"] < 120, d
         assert all(0 < q["high_water"] <= q["capacity"] for n, q in d["queues"].items() if n != "rx_completion")
         if kind == "ncm":
             # Under a TCP stream NCM must carry several frames per transfer in both directions.

@@ -17,6 +17,7 @@ import logging
 import os
 import select
 import struct
+import time
 
 import pytun
 
@@ -117,6 +118,10 @@ class SimTransport(Transport):
         self.peer_fd = self.peer.fileno()
         os.set_blocking(self.peer_fd, False)
         self.device_stats = Stats()  # what the device side counts (frames it could not decode, etc.)
+        # CPU time (this thread's) the device side spent: building bulk IN transfers from the wire and putting
+        # bulk OUT transfers on it. It runs in usbnetd's own thread, so a benchmark subtracts it from the
+        # process's CPU to get the driver's (docs/performance.md).
+        self.device_cpu_ns = 0
         self._claimed: set[int] = set()
         self._alt = 0
         self._ntb32 = False
@@ -240,7 +245,9 @@ class SimTransport(Transport):
             return False
         self._tx_in_flight += 1
         if self._alt == 1:
+            t0 = time.thread_time_ns()
             self._device_receive(packet.view[packet.offset : packet.offset + length], length)
+            self.device_cpu_ns += time.thread_time_ns() - t0
         self._done.append((1, packet, STATUS_OK, length))
         return True
 
@@ -321,6 +328,9 @@ class SimTransport(Transport):
             return 0
         return b.finish()
 
+    def detail(self) -> dict:
+        return {"sim_device_cpu_seconds": round(self.device_cpu_ns / 1e9, 6)}
+
     @property
     def tx_free(self) -> int:
         return self._n_tx - self._tx_in_flight
@@ -346,7 +356,9 @@ class SimTransport(Transport):
         if self._faults is not None and self._alt == 1 and not self._stopping:
             self._faults.fail(self._in_q, self._done)
         if self._alt == 1 and self._in_q and not self._stopping:
+            t0 = time.thread_time_ns()
             self._device_send()
+            self.device_cpu_ns += time.thread_time_ns() - t0
         while self._int_pending:
             msg = self._int_pending.popleft()
             self._int_buf[: len(msg)] = msg

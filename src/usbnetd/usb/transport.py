@@ -148,6 +148,10 @@ class Transport(ABC):
         through submit_tx and on_tx as always). stop() cancels and reaps its transfers too, then disarms it."""
         return False
 
+    def detail(self) -> dict:
+        """What the transport adds to `usbnetd stats` (the simulated device: its own CPU time)."""
+        return {}
+
     def pending(self) -> bool:
         """True when completions are ready without any fd becoming readable (the sim uses this)."""
         return False
