@@ -13,6 +13,7 @@ the next `handle_events()`, and a submitted IN waits until the peer TAP has fram
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import select
@@ -21,6 +22,7 @@ import time
 
 import pytun
 
+from .. import native
 from ..core.pool import Packet
 from ..core.stats import Stats
 from ..protocols import cdc
@@ -139,6 +141,14 @@ class SimTransport(Transport):
         self._decoder = NtbDecoder(self.device_stats, max_datagram=1514)
         self._frame = bytearray(2048)
         self._frame_view = memoryview(self._frame)
+        faults = dict(faults or {})
+        # sim:ncm?native=1: the device's NCM framing in C (simfaults.py), for benchmarks.
+        self._native = bool(faults.pop("native", 0)) and kind == "ncm" and native.AVAILABLE
+        self._native_tx = None  # a usbnetd.native.NcmTx building bulk IN NTBs from the wire, per layout
+        self._native_tx_layout: TxLayout | None = None
+        self._native_rx = native.NcmRx(self.peer_fd, 0, False, 1514) if self._native else None
+        if self._native:
+            log.info("simulated device: NCM framing in C (usbnetd.native), no packet filter")
         self._faults = SimFaults(**faults) if faults else None  # sim:KIND?rx_errors=...: see simfaults.py
 
     # --- setup ---
@@ -256,6 +266,10 @@ class SimTransport(Transport):
         if self.kind == "ecm":
             self._wire_write(data, 0, length)
             return
+        if self._native_rx is not None:
+            self._native_rx.decode(data, length)  # each datagram written to the wire in C
+            self._native_rx.add_to(self.device_stats)
+            return
         self._wire_data = data
         self._decoder.decode(data, length, self._wire_emit)
 
@@ -308,6 +322,8 @@ class SimTransport(Transport):
         layout = TxLayout(ntb32=self._ntb32, max_size=min(size, self._in_size), divisor=SIM_NTB.ndp_in_divisor,
                           remainder=SIM_NTB.ndp_in_payload_remainder, alignment=SIM_NTB.ndp_in_alignment,
                           max_datagrams=40, maxpacket=MAXPACKET)
+        if self._native:
+            return self._fill_ncm_native(packet, layout)
         b = self._in_builder
         if b is None or b.layout != layout:
             b = self._in_builder = NtbBuilder(layout)
@@ -327,6 +343,21 @@ class SimTransport(Transport):
         if b.count == 0:
             return 0
         return b.finish()
+
+    def _fill_ncm_native(self, packet: Packet, layout: TxLayout) -> int:
+        """_fill_ncm with the C framer: frames read from the wire straight into the NTB (no packet filter)."""
+        tx = self._native_tx
+        if tx is None or self._native_tx_layout != layout:
+            seq = tx.sequence if tx is not None else 0
+            tx = self._native_tx = native.NcmTx(self.peer_fd, 0, 1514, *dataclasses.astuple(layout), sequence=seq)
+            self._native_tx_layout = layout
+        tx.begin(packet.view)
+        while True:
+            _read, _committed, _nbytes, dropped, drained, full, _err = tx.fill(64)
+            self.device_stats.rx_dropped += dropped
+            if drained or full:
+                break
+        return tx.finish()
 
     def detail(self) -> dict:
         return {"sim_device_cpu_seconds": round(self.device_cpu_ns / 1e9, 6)}
