@@ -9,6 +9,8 @@ import pytest
 
 from usbnetd.netdev import announce
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def parse(text: str) -> dict[str, str]:
     """KEY=value lines, as udev's IMPORT{file} reads them (no quoting needed: values are plain)."""
@@ -58,3 +60,18 @@ def test_a_run_dir_that_cannot_be_written_is_not_an_error(tmp_path: Path, caplog
     assert announce.write(str(blocker / "run"), "usb0", announce.properties("1-1", 1, 2, "ncm"),
                           sys_net=str(tmp_path)) is None
     assert "cannot write" in caplog.text
+
+
+def test_the_rules_and_the_network_files_agree_with_what_is_written():
+    """udev imports the file from where usbnetd writes it, and networkd, udev's .link and NetworkManager's rule
+    match the property it sets."""
+    props = announce.properties("1-1", 1, 2, "ncm")
+    rules = (REPO / "udev" / "70-usbnetd.rules").read_text()
+    default_path = announce.path_for("/run/usbnetd", "IFNAME").replace("IFNAME", "$kernel")
+    assert f'IMPORT{{file}}="{default_path}"' in rules
+    assert "IMPORT{builtin}=\"hwdb '$env{USBNETD_HWDB_KEY}'\"" in rules and "USBNETD_HWDB_KEY" in props
+    for name in ("80-usbnetd.network", "70-usbnetd.link"):
+        text = (REPO / "contrib" / "systemd-networkd" / name).read_text()
+        assert "\nKind=tun\n" in text and "\nProperty=USBNETD=1\n" in text, name
+    assert props["USBNETD"] == "1"
+    assert 'ENV{USBNETD}!="1"' in (REPO / "contrib" / "NetworkManager" / "75-usbnetd-nm.rules").read_text()
