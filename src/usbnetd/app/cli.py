@@ -566,6 +566,7 @@ _PROM_KEYS: dict[str, tuple[str, str, str]] = {
     "tx_frames_per_transfer": ("usbnetd_tx_frames_per_transfer", "gauge",
                                "Sent frames per bulk OUT transfer, averaged since start."),
     "rx_throttled": ("usbnetd_rx_throttled_total", "counter", "Times RX paused after a storm of USB errors."),
+    "tracing": ("usbnetd_tracing", "gauge", "1 while `usbnetd trace` records the instance (Python data path)."),
 }
 # Keys that are not numbers to export: labels, text, and status()'s copies of pool.packets and pool.in_use
 # (exporting both made usbnetd_pool_in_use twice per device).

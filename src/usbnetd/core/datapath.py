@@ -30,6 +30,7 @@ from ..usb.transport import STATUS_CANCELLED, STATUS_NO_DEVICE, STATUS_OK, STATU
 from .pool import TX, Packet, PacketBufferPool
 from .queues import RingQueue
 from .stats import BurstLog, Stats
+from .trace import trace_transport
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,9 @@ class DataPath:
         self.port: TapPort | None = None
         self.rx_path = "python"  # or "native": who decodes received transfers (attach decides)
         self.tx_fast = None  # a usbnetd.native NcmTx when the C path frames TX (attach decides)
+        self.tracer = None  # a core.trace.Tracer while `usbnetd trace` watches (set_tracer)
+        self._untrace = None  # undoes trace_transport's wrappers
+        self._native_tx_wanted = False  # attach chose the C TX framer (set_tracer puts it back)
         self.running = False  # completions with errors are only counted while running
         self.device_gone = False
         # Counters of the data path's own (the per-frame ones are in `stats`, kept by the port and here).
@@ -131,10 +135,46 @@ class DataPath:
         tx = self.driver.native_tx() if native else None
         if tx is not None:
             self.tx_fast = port.native_tx(self.driver.max_frame, *tx)
+        self._native_tx_wanted = self.tx_fast is not None
+
+    def set_tracer(self, tracer) -> None:
+        """Start (a Tracer) or stop (None) recording this instance's frames and transfers, at run time.
+
+        Called from the event loop between wake-ups. While a tracer is attached the data path is the Python
+        one, the reference: the C RX path and the C TX framer do their TAP writes and reads where no record can
+        be taken, so they are set aside (a transfer the C framer holds is sent first, and the NCM sequence
+        number handed over) and put back when the trace ends."""
+        if tracer is not None and self.tracer is None:
+            self._switch_tx(native=False)
+            self.port.set_tracer(tracer)
+            self._untrace = trace_transport(self.transport, tracer)
+        elif tracer is None and self.tracer is not None:
+            if self._untrace is not None:
+                self._untrace()
+                self._untrace = None
+            self.port.set_tracer(None)
+            self._switch_tx(native=self._native_tx_wanted)
+        self.tracer = tracer
+
+    def _switch_tx(self, native: bool) -> None:
+        """Hand TX framing between the C framer and the driver's, the transfer being framed sent first."""
+        if native == (self.tx_fast is not None):
+            return
+        if self._tx_packet is not None:
+            self._finish_tx(FLUSH_TIMER)  # what is framed goes now, as the flush timer would send it
+            self._submit_tx()
+        if native:
+            tx = self.driver.native_tx()
+            self.tx_fast = self.port.native_tx(self.driver.max_frame, *tx) if tx is not None else None
+        else:
+            self.driver.native_tx_returned(self.tx_fast.sequence)
+            self.tx_fast = None
 
     @property
     def path(self) -> str:
         """Which data path runs: "native" when the C code does RX and, where the framing has it, TX."""
+        if self.tracer is not None:
+            return "python"  # set_tracer: the C path is set aside while a trace is attached
         if self.rx_path == "native" and (self.tx_fast is not None or self.driver.native_tx() is None):
             return "native"
         return "python" if self.rx_path == "python" and self.tx_fast is None else "mixed"
@@ -151,6 +191,8 @@ class DataPath:
 
     # ------------------------------------------------------------------ completions (inside handle_events)
     def _on_rx(self, packet: Packet, status: int, actual: int) -> None:
+        if self.tracer is not None:
+            self.tracer.rx_done(packet.index, status, packet.view, actual)
         if status == STATUS_OK:
             self._rx_error_streak = 0
             packet.length = actual
@@ -183,6 +225,8 @@ class DataPath:
                         RX_THROTTLE * 1000)
 
     def _on_tx(self, packet: Packet, status: int) -> None:
+        if self.tracer is not None:
+            self.tracer.tx_done(packet.index, status, packet.length)
         frames = self._tx_frames[packet.index]
         if status == STATUS_OK:
             self.stats.tx_packets += frames

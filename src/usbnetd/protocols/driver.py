@@ -204,6 +204,11 @@ class ProtocolDriver:
         number, so that it builds exactly what `tx_begin` ... `tx_finish` would; None when only those can."""
         return None
 
+    def native_tx_returned(self, sequence: int) -> None:
+        """The C TX framer stops (a trace wants every frame in Python) and hands over the sequence number the
+        next transfer carries, so that `tx_begin` ... `tx_finish` go on where it stopped."""
+        return None
+
     @property
     def own_tx_pending(self) -> int:
         """Transfers of the driver's own (EEM echo responses) waiting to go out; `tx_begin` frames them first."""
