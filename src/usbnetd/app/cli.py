@@ -1,4 +1,4 @@
-"""The `usbnetd` command line: list, run, attach, detach, status, stats.
+"""The `usbnetd` command line: list, run, attach, detach, status, stats, trace.
 
 Every failure is one line on stderr and a non-zero exit (1: it could not be done, 2: bad input); no
 traceback reaches the user. `run` is what the systemd unit runs; `attach` starts the same in the background
@@ -714,6 +714,55 @@ def stats(target, as_json, prometheus, every) -> None:
                    f"exhausted {pool.get('exhausted')} times")
         click.echo("  queue high-water: " + ", ".join(f"{q} {i['high_water']}/{i['capacity']}"
                                                       for q, i in r.get("queues", {}).items()))
+
+
+@cli.command(short_help="Record an instance's frames and USB transfers as pcapng (root only).")
+@click.argument("target", metavar="DEVICE|IFNAME")
+@click.option("-w", "--write", "path", metavar="FILE",
+              help="Write the pcapng to FILE (default: standard output, for `| tshark -r -`).")
+@click.option("-c", "--count", type=_Range(1, 2**62), default=None, help="Stop after N records (frames and USB).")
+@click.option("-s", "--snaplen", type=_Range(78, 262144), default=262144, show_default=True,
+              help="Bytes kept of each record (a USB record's 64-byte usbmon header counts).")
+def trace(target, path, count, snaplen) -> None:
+    """Record what a running instance does, without stopping it, as pcapng: the Ethernet frames at its
+    interface in both directions (interface 0) and its USB transfers — bulk data (NTBs, RNDIS messages),
+    control requests, interrupt notifications — in the Linux usbmon format (interface 1), which tshark and
+    Wireshark decode as USB. Ctrl-C (or SIGTERM, or -c) ends it with a valid file and a summary on stderr.
+
+    While a trace runs, the instance uses its Python data path (the C fast path cannot be watched); when the
+    reader is slow, records are dropped, never the data path slowed, and the end of the trace says how many."""
+    from .trace import TraceError, run_client
+
+    if os.geteuid() != 0:
+        raise Fail("tracing is for root only: the trace carries every frame's payload")
+    matches = _select(target)
+    if not matches:
+        raise Fail(f"{target} is not attached")
+    st = matches[0]
+    if path is None:
+        out = sys.stdout.buffer
+        if out.isatty():
+            raise click.UsageError("refusing to write pcapng to a terminal: give -w FILE, or pipe it "
+                                   "(usbnetd trace ... | tshark -r -)")
+        close = False
+    else:
+        try:
+            out = open(path, "wb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise Fail(f"cannot write {path}: {exc.strerror or exc}") from None
+        close = True
+    try:
+        summary = run_client(st["_path"], out, snaplen, count or 0,
+                             lambda text: click.echo(f"usbnetd: {one_line(text)}", err=True))
+    except TraceError as exc:
+        raise Fail(str(exc)) from None
+    finally:
+        if close:
+            out.close()
+    where = f" to {path}" if path else ""
+    ending = "" if summary["complete"] else " (the instance went away: the trace ends there)"
+    click.echo(f"usbnetd: {summary['frames']} Ethernet frames and {summary['usb']} USB records written{where}, "
+               f"{summary['dropped']} dropped{ending}", err=True)
 
 
 def main() -> None:
