@@ -22,9 +22,10 @@ venv="${USBNETD_VENV:-$repo/.venv}"
 # VM layer (tests/vm/harness.py checks again and installs what is missing, for runs without this script);
 # systemd (systemd-analyze, systemd-escape) and udev (udevadm, systemd-udevd) for the unit and rules tests;
 # ethtool for the offload checks; gcc and python3-dev so that pip builds the C extension (usbnetd.native),
-# which CI requires (tests/unit/test_native_ncm_rx.py). README.md and docs/testing.md list the same packages.
+# which CI requires (tests/unit/test_native_ncm_rx.py); tshark reads `usbnetd trace` output back
+# (tests/integration/test_trace.py). README.md and docs/testing.md list the same packages.
 apt_packages=(python3 python3-venv iproute2 iputils-ping iperf3 qemu-system-x86 busybox-static cpio kmod
-  libusb-1.0-0 xz-utils zstd usbutils systemd udev ethtool gcc python3-dev)
+  libusb-1.0-0 xz-utils zstd usbutils systemd udev ethtool gcc python3-dev tshark)
 
 if ! usbnetd_apt_install test.sh "${apt_packages[@]}"; then
   echo "test.sh: WARNING: continuing without: $(usbnetd_missing_packages "${apt_packages[@]}" | tr '\n' ' ')" >&2

@@ -723,7 +723,9 @@ def stats(target, as_json, prometheus, every) -> None:
 @click.option("-c", "--count", type=_Range(1, 2**62), default=None, help="Stop after N records (frames and USB).")
 @click.option("-s", "--snaplen", type=_Range(78, 262144), default=262144, show_default=True,
               help="Bytes kept of each record (a USB record's 64-byte usbmon header counts).")
-def trace(target, path, count, snaplen) -> None:
+@click.option("-B", "--buffer-size", "buffer_kib", type=_Range(64, 262144, metavar="KIB"), default=8192,
+              show_default=True, help="KiB of records the instance holds for a slow reader before it drops them.")
+def trace(target, path, count, snaplen, buffer_kib) -> None:
     """Record what a running instance does, without stopping it, as pcapng: the Ethernet frames at its
     interface in both directions (interface 0) and its USB transfers — bulk data (NTBs, RNDIS messages),
     control requests, interrupt notifications — in the Linux usbmon format (interface 1), which tshark and
@@ -753,7 +755,7 @@ def trace(target, path, count, snaplen) -> None:
         close = True
     try:
         summary = run_client(st["_path"], out, snaplen, count or 0,
-                             lambda text: click.echo(f"usbnetd: {one_line(text)}", err=True))
+                             lambda text: click.echo(f"usbnetd: {one_line(text)}", err=True), buffer_kib * 1024)
     except TraceError as exc:
         raise Fail(str(exc)) from None
     finally:

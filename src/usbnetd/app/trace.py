@@ -30,13 +30,14 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from ..core import pcapng
-from ..core.trace import DEFAULT_SNAPLEN, Tracer, header
+from ..core.trace import DEFAULT_LIMIT, DEFAULT_SNAPLEN, Tracer, header
 
 log = logging.getLogger(__name__)
 
 SEND_CHUNK = 256 * 1024  # bytes handed to one send()
 FINISH_TIMEOUT = 2.0  # seconds a stopping instance waits for the reader to take the end of a trace
 MIN_SNAPLEN = 64 + 14  # a usbmon header and an Ethernet header
+MIN_BUFFER, MAX_BUFFER = 64 * 1024, 256 << 20  # bytes of records the tracer may queue
 
 
 def usb_address(busid: str, sysfs: str = "/sys/bus/usb/devices") -> tuple[int, int]:
@@ -152,11 +153,12 @@ def start_session(service, request: dict, on_session: Callable[[TraceSession | N
     try:
         snaplen = int(request.get("snaplen") or DEFAULT_SNAPLEN)
         count = int(request.get("count") or 0)
+        limit = int(request.get("buffer") or DEFAULT_LIMIT)
     except (TypeError, ValueError):
-        return {"ok": False, "error": "bad request: snaplen and count must be whole numbers"}
-    if not MIN_SNAPLEN <= snaplen <= DEFAULT_SNAPLEN or count < 0:
+        return {"ok": False, "error": "bad request: snaplen, count and buffer must be whole numbers"}
+    if not MIN_SNAPLEN <= snaplen <= DEFAULT_SNAPLEN or count < 0 or not MIN_BUFFER <= limit <= MAX_BUFFER:
         return {"ok": False, "error": f"bad request: snaplen must be in {MIN_SNAPLEN}..{DEFAULT_SNAPLEN}, "
-                                      "count at least 0"}
+                                      f"count at least 0, buffer in {MIN_BUFFER}..{MAX_BUFFER} bytes"}
     dp = service.datapath
     if dp.port is None or not dp.running:
         return {"ok": False, "error": "the instance is not running yet"}
@@ -166,10 +168,11 @@ def start_session(service, request: dict, on_session: Callable[[TraceSession | N
     busid = service.transport.identity.busid
     bus, dev = usb_address(busid)
     ep_int = d.binding.ep_int
-    tracer = Tracer(snaplen=snaplen, count=count, bus=bus, devnum=dev, ep_in=d.binding.ep_in.address,
+    tracer = Tracer(snaplen=snaplen, count=count, limit_bytes=limit, bus=bus, devnum=dev, ep_in=d.binding.ep_in.address,
                     ep_out=d.binding.ep_out.address, ep_int=ep_int.address if ep_int else None,
                     interval=getattr(ep_int, "interval", 0) if ep_int else 0)
     info = {"ifname": service.ifname, "busid": busid, "protocol": d.name, "snaplen": snaplen, "count": count,
+            "buffer": limit,
             "datapath_before": dp.path, "interfaces": ["ethernet", "usb"]}
     first = header(service.ifname, busid, d.name, snaplen, "usbnetd")
 
@@ -192,13 +195,15 @@ class TraceError(Exception):
     """Why a trace could not be started or written: one line for the user."""
 
 
-def run_client(path: str, out: BinaryIO, snaplen: int, count: int, report: Callable[[str], None]) -> dict:
+def run_client(path: str, out: BinaryIO, snaplen: int, count: int, report: Callable[[str], None],
+               buffer: int = DEFAULT_LIMIT) -> dict:
     """Trace the instance at `path` into `out` until the daemon ends the stream; returns the summary."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(5.0)
     try:
         sock.connect(path)
-        sock.sendall(json.dumps({"cmd": "trace", "snaplen": snaplen, "count": count}).encode() + b"\n")
+        sock.sendall(json.dumps({"cmd": "trace", "snaplen": snaplen, "count": count, "buffer": buffer}).encode()
+                     + b"\n")
         buf = bytearray()
         while b"\n" not in buf:
             chunk = sock.recv(65536)
