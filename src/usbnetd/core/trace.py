@@ -31,6 +31,7 @@ from . import pcapng as P
 ETH, USB = 0, 1  # pcapng interface IDs, in the order the IDBs are written
 DEFAULT_SNAPLEN = 262144  # tcpdump's default; enough for a 64 KiB NTB
 DEFAULT_LIMIT = 8 << 20  # bytes of encoded records queued before records are dropped
+OVERHEAD = 32 + 64  # an EPB's header and options, and a usbmon header: at most this much beyond the data
 
 # Transport status (libusb's numbers, usb/transport.py) -> the Linux URB status usbmon would show.
 URB_STATUS = {
@@ -98,6 +99,9 @@ class Tracer:
         if self.done:
             return
         n = len(data)
+        if self.queued + n + OVERHEAD > self.limit:
+            self.dropped[ETH] += 1  # full: dropped before it costs an encoding
+            return
         cap = data[: self.snaplen] if n > self.snaplen else data
         self._put(ETH, P.enhanced_packet(ETH, now_us(), cap, n, P.EPB_INBOUND if inbound else P.EPB_OUTBOUND))
 
@@ -106,6 +110,9 @@ class Tracer:
             data: memoryview | bytes | None, setup: bytes | None = None) -> None:
         """One usbmon event. `data` None: nothing follows (an IN submission); `length` is the urb length."""
         if self.done:
+            return
+        if data is not None and self.queued + len(data) + OVERHEAD > self.limit:
+            self.dropped[USB] += 1
             return
         ts = now_us()
         if data is None:
