@@ -196,6 +196,7 @@ class FakeTap:
         self.index = 0  # matches nothing in /proc/net/dev_mcast
         self.carrier: bool | None = None
         self.carrier_changes: list[bool] = []
+        self.link_speeds: list[int | None] = []  # every speed given to set_link_speed (what ethtool shows)
         self.is_up = False
         self.closed = False
         FakeTap.instances.append(self)
@@ -208,6 +209,10 @@ class FakeTap:
         if self.carrier is not on:
             self.carrier_changes.append(on)
         self.carrier = on
+
+    def set_link_speed(self, mbps: int | None) -> bool:
+        self.link_speeds.append(mbps)
+        return True
 
     def state(self) -> dict:
         return {"mtu": self.mtu, "mac": self.mac.hex(":"), "promiscuity": 0, "allmulti": 0}

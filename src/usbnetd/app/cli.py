@@ -519,14 +519,34 @@ def status(target, as_json, every) -> None:
     if not rows:
         click.echo("no devices attached")
         return
-    for r in rows:
+    for r, full in zip(rows, matches, strict=True):
         speed = f"{r['speed_mbps']} Mbit/s" if r["speed_mbps"] is not None else "unknown speed"
+        tracing = ", traced" if full.get("tracing") else ""
         click.echo(f"{r['ifname']}: {r['protocol']} on {sanitize(r['busid'])}, link {r['link']}, {speed}, "
-                   f"MAC {r['mac']}, MTU {r['mtu']}, {r.get('datapath', 'python')} data path")
+                   f"MAC {r['mac']}, MTU {r['mtu']}, {full.get('datapath', 'python')} data path{tracing}")
+        for line in device_lines(full.get("device")):
+            click.echo(f"  {line}")
         click.echo(f"  RX {r['rx_packets']} packets {r['rx_bytes']} bytes, {r['rx_errors']} errors, "
                    f"{r['rx_dropped']} dropped")
         click.echo(f"  TX {r['tx_packets']} packets {r['tx_bytes']} bytes, {r['tx_errors']} errors, "
                    f"{r['tx_dropped']} dropped")
+
+
+def device_lines(dev: dict | None) -> list[str]:
+    """The device facts of a status row (app/facts.py) as two lines of text: chip and bus, protocol and link."""
+    if not dev or "error" in dev:
+        return []
+    chip = " ".join(one_line(x) for x in (dev.get("manufacturer"), dev.get("product")) if x)
+    first = f"device {dev.get('vendor_id')}:{dev.get('product_id')}" + (f" {chip}" if chip else "")
+    if dev.get("firmware_version"):
+        first += f", firmware (bcdDevice) {dev['firmware_version']}"
+    first += f", USB {dev.get('usb_speed')}, bus-info {one_line(dev.get('bus_info'))}"
+    versions = [f"{label} {dev[key]}" for key, label in (("ncm_version", "NCM"), ("rndis_version", "RNDIS"),
+                                                         ("cdc_version", "CDC")) if dev.get(key)]
+    second = f"driver {dev.get('driver')} {dev.get('driver_version')} ({dev.get('protocol')}"
+    second += (": " + ", ".join(versions) if versions else "") + f"), {dev.get('framing')}"
+    second += f", duplex {dev.get('duplex')}"
+    return [first, second]
 
 
 # ------------------------------------------------------------------------------------------- stats --prometheus
@@ -571,10 +591,11 @@ _PROM_KEYS: dict[str, tuple[str, str, str]] = {
 # Keys that are not numbers to export: labels, text, and status()'s copies of pool.packets and pool.in_use
 # (exporting both made usbnetd_pool_in_use twice per device).
 _PROM_SKIP = {"busid", "ifname", "protocol", "protocol_detail", "datapath", "state", "link", "mac", "pool_packets",
-              "pool_in_use", "tx_flush", "pool", "queues", "in_flight", "rx_gro"}
+              "pool_in_use", "tx_flush", "pool", "queues", "in_flight", "rx_gro", "device"}
 # Families made from the nested parts of a row (and link_up), in output order.
 _PROM_NESTED: dict[str, tuple[str, str]] = {
     "usbnetd_link_up": ("gauge", "1 when the device reports link up, else 0."),
+    "usbnetd_device_info": ("gauge", "Facts about the device and its driver (the labels); always 1."),
     "usbnetd_tx_flush_total": ("counter", "Bulk OUT transfers sent, by why they were sent then."),
     "usbnetd_pool_packets": ("gauge", "Packet buffers in the pool (allocated once, at start)."),
     "usbnetd_pool_buffer_size_bytes": ("gauge", "Size of each packet buffer."),
@@ -589,6 +610,9 @@ _PROM_NESTED: dict[str, tuple[str, str]] = {
     "usbnetd_rx_gro_unverified_total": ("counter",
                                         "Segments that would have merged but failed checksum verification."),
 }
+# The device facts (app/facts.py) that label usbnetd_device_info.
+_DEVICE_LABELS = ("driver_version", "bus_info", "vendor_id", "product_id", "firmware_version", "usb_speed_mbps",
+                  "cdc_version", "ncm_version", "rndis_version")
 PROM_FAMILIES: dict[str, tuple[str, str]] = {**{m: (k, h) for m, k, h in _PROM_KEYS.values()}, **_PROM_NESTED}
 _PROM_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
@@ -616,6 +640,9 @@ def _prom_label(value: object) -> str:
 def _prometheus_samples(r: dict) -> Iterator[tuple[str, dict[str, object], object]]:
     """(metric, labels beyond the device's, value) for every number in one device's stats row."""
     yield "usbnetd_link_up", {}, int(r.get("link") == "up")
+    dev = r.get("device")
+    if isinstance(dev, dict) and "error" not in dev:
+        yield "usbnetd_device_info", {k: dev.get(k) for k in _DEVICE_LABELS}, 1
     for key, (metric, _kind, _help) in _PROM_KEYS.items():
         yield metric, {}, r.get(key)
     for reason, v in (r.get("tx_flush") or {}).items():
@@ -699,7 +726,10 @@ def stats(target, as_json, prometheus, every) -> None:
         return
     for r in rows:
         click.echo(f"{r['ifname']}: {r['protocol']} ({r['protocol_detail']}) on {sanitize(r['busid'])}, "
-                   f"link {r['link']}, {r.get('datapath', 'python')} data path")
+                   f"link {r['link']}, {r.get('datapath', 'python')} data path"
+                   f"{', traced' if r.get('tracing') else ''}")
+        for line in device_lines(r.get("device")):
+            click.echo(f"  {line}")
         click.echo(f"  RX {r['rx_packets']} frames in {r['rx_transfers']} transfers "
                    f"({r['rx_frames_per_transfer']} per transfer), {r['rx_bytes']} bytes")
         click.echo(f"  TX {r['tx_packets']} frames in {r['tx_transfers']} transfers "

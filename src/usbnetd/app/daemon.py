@@ -18,6 +18,7 @@ import time
 from ..core.service import EthernetService, State
 from . import trace as trace_mod
 from .control import ControlServer
+from .facts import device_facts
 from .notify import Notifier
 
 log = logging.getLogger(__name__)
@@ -47,9 +48,9 @@ class Daemon:
     def handle_request(self, req: dict) -> dict:
         cmd = req["cmd"]
         if cmd == "status":
-            return {"ok": True, "status": self.service.status(), "pid": os.getpid()}
+            return {"ok": True, "status": self._with_facts(self.service.status()), "pid": os.getpid()}
         if cmd == "stats":
-            return {"ok": True, "stats": self.service.detailed_stats(), "pid": os.getpid()}
+            return {"ok": True, "stats": self._with_facts(self.service.detailed_stats()), "pid": os.getpid()}
         if cmd == "detach":
             self.stop_reason = "detach requested"
             self.remove_interface = True  # detach removes even a persistent interface; a restart keeps it
@@ -59,6 +60,13 @@ class Daemon:
                 return {"ok": False, "error": "busy: the instance is already being traced"}
             return trace_mod.start_session(self.service, req, self._set_trace)
         return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    def _with_facts(self, st: dict) -> dict:
+        try:
+            st["device"] = device_facts(self.service)
+        except Exception as exc:  # noqa: BLE001 - status must answer even if a fact cannot be read
+            st["device"] = {"error": f"{type(exc).__name__}: {exc}"}
+        return st
 
     def _set_trace(self, session: trace_mod.TraceSession | None) -> None:
         self.trace = session
