@@ -208,3 +208,34 @@ def test_the_trace_ends_whole_when_the_instance_stops(traced):
     cap = pcapng.parse(out.read_bytes())
     assert "the instance stopped: SIGTERM" in cap.statistics[0]["comment"]
     assert sum(1 for pk in cap.packets if pk.interface == 0) >= 4
+
+
+def test_ecm_one_frame_per_bulk_transfer(netns_pair, tmp_path):
+    """ECM carries each frame as one bulk transfer: every frame at the interface has its USB record with the
+    same bytes (OUT: the submission's data, IN: the completion's)."""
+    if TSHARK is None:
+        pytest.fail("tshark is missing; scripts/test.sh installs it (Debian package tshark)")
+    ns, peer_ns = netns_pair
+    u = Usbnetd(ns, peer_ns, "sim:ecm", str(tmp_path))
+    try:
+        host_ip, peer_ip = wire_up(u, 78)
+        ns.run("ping", "-c", "1", "-W", "5", peer_ip)
+        out = str(tmp_path / "ecm.pcapng")
+        p = trace_proc(u, "-w", out, stderr=subprocess.PIPE)
+        assert wait_tracing(u, True)["tracing"] is True
+        ns.run("ping", "-c", "3", "-i", "0.2", peer_ip)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=20)
+        assert p.returncode == 0, err
+    finally:
+        u.stop()
+    cap = pcapng.parse(open(out, "rb").read())
+    eth = [pk for pk in cap.packets if pk.interface == 0]
+    usb = [(pk.data[8], pk.data[10], pk.data[pcapng.USBMON_LEN:]) for pk in cap.packets if pk.interface == 1]
+    sent = [pk.data for pk in eth if pk.flags == pcapng.EPB_OUTBOUND]
+    got = [pk.data for pk in eth if pk.flags == pcapng.EPB_INBOUND]
+    assert len(sent) >= 3 and len(got) >= 3
+    assert sent == [d for kind, ep, d in usb if kind == pcapng.URB_SUBMIT and ep == 0x02]
+    assert got == [d for kind, ep, d in usb if kind == pcapng.URB_COMPLETE and ep == 0x81]
+    rows = tshark_fields(out, "frame.interface_id", "icmp.type")
+    assert sum(r == ["0", "8"] for r in rows) == 3 and sum(r == ["0", "0"] for r in rows) == 3
