@@ -239,3 +239,17 @@ def test_ecm_one_frame_per_bulk_transfer(netns_pair, tmp_path):
     assert got == [d for kind, ep, d in usb if kind == pcapng.URB_COMPLETE and ep == 0x81]
     rows = tshark_fields(out, "frame.interface_id", "icmp.type")
     assert sum(r == ["0", "8"] for r in rows) == 3 and sum(r == ["0", "0"] for r in rows) == 3
+
+
+def test_a_reader_of_the_output_that_goes_away_ends_the_trace_quietly(traced):
+    u, host_ip, peer_ip, tmp = traced
+    ping = u.ns.popen("ping", "-c", "30", "-i", "0.05", peer_ip, stdout=subprocess.DEVNULL)
+    try:
+        r = u.ns.run("sh", "-c", f"{sys.executable} -m usbnetd trace {u.ifname} | head -c 1000 | wc -c",
+                     env=u.env, timeout=60)
+    finally:
+        ping.wait(30)
+    assert r.stdout.strip() == "1000"
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+    assert r.stderr.splitlines()[-1].endswith("(the output's reader stopped reading: trace ended)"), r.stderr
+    assert wait_tracing(u, False)["tracing"] is False

@@ -792,7 +792,10 @@ def trace(target, path, count, snaplen, buffer_kib) -> None:
         if close:
             out.close()
     where = f" to {path}" if path else ""
-    ending = "" if summary["complete"] else " (the instance went away: the trace ends there)"
+    if summary["reader_gone"]:
+        ending = " (the output's reader stopped reading: trace ended)"
+    else:
+        ending = "" if summary["complete"] else " (the instance went away: the trace ends there)"
     click.echo(f"usbnetd: {summary['frames']} Ethernet frames and {summary['usb']} USB records written{where}, "
                f"{summary['dropped']} dropped{ending}", err=True)
 

@@ -240,7 +240,7 @@ def run_client(path: str, out: BinaryIO, snaplen: int, count: int, report: Calla
                 sock.shutdown(socket.SHUT_WR)  # the daemon sees the end, writes the statistics, closes
 
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    summary = {"frames": 0, "usb": 0, "dropped": 0, "complete": False}
+    summary = {"frames": 0, "usb": 0, "dropped": 0, "complete": False, "reader_gone": False}
     pending = bytearray(rest)
     sock.settimeout(None)
     try:
@@ -251,8 +251,13 @@ def run_client(path: str, out: BinaryIO, snaplen: int, count: int, report: Calla
                     out.write(pending[:used])
                     out.flush()
                 except BrokenPipeError:
-                    stop()  # the reader of our output (tshark) went away: end the trace cleanly
+                    stop()  # the reader of our output (tshark, head) went away: end the trace cleanly
+                    summary["reader_gone"] = True
+                    with contextlib.suppress(OSError, ValueError):
+                        # nothing more can reach it; exit-time flushes of what is buffered go nowhere, quietly
+                        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
                     _drain(sock)
+                    pending.clear()
                     break
                 del pending[:used]
                 _count(blocks, summary)
