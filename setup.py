@@ -1,5 +1,5 @@
-"""Build of the optional C extensions `usbnetd.native._fastpath` (RX) and `usbnetd.native._fasttx` (NCM TX);
-everything else is in pyproject.toml.
+"""Build of the optional C extensions `usbnetd.native._fastpath` (RX), `usbnetd.native._fasttx` (NCM TX) and
+`usbnetd.native._frametx` (one-frame-per-transfer TX); everything else is in pyproject.toml.
 
 `optional=True`: where the extension cannot be compiled (no compiler, no Python headers: Debian's gcc and
 python3-dev), the build says so and installs without it, and usbnetd runs its pure-Python path
@@ -14,12 +14,20 @@ setup(
         Extension(
             "usbnetd.native._fastpath",
             sources=["src/usbnetd/native/_fastpath.c"],
+            depends=["src/usbnetd/native/libusb_abi.h"],
             extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
             optional=True,
         ),
         Extension(
             "usbnetd.native._fasttx",
             sources=["src/usbnetd/native/_fasttx.c"],
+            extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
+            optional=True,
+        ),
+        Extension(
+            "usbnetd.native._frametx",
+            sources=["src/usbnetd/native/_frametx.c"],
+            depends=["src/usbnetd/native/libusb_abi.h"],
             extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
             optional=True,
         ),

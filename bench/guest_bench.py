@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 import traceback
@@ -150,10 +151,34 @@ def run_kernel(g: vb.Gadget, peer: vb.PeerNamespace, seconds: float) -> dict:
     return out
 
 
+# The figures a median is taken of (per metric key); everything else comes from the last round.
+MEDIAN_FIELDS = ("bits_per_second", "pps", "sent_pps", "rtt_avg_ms", "usbnetd_cpu_seconds", "bytes")
+
+
+def median_of(results: list[dict]) -> dict:
+    """One side's rounds as one result: each measured figure the median over the rounds (statistics.median),
+    the rest (interface, status, memory) from the last round. With one round, that round."""
+    out = dict(results[-1])
+    for key, value in results[-1].items():
+        if not isinstance(value, dict):
+            continue
+        merged = dict(value)
+        for field in MEDIAN_FIELDS:
+            vals = [r[key][field] for r in results if isinstance(r.get(key), dict) and r[key].get(field) is not None]
+            if vals:
+                merged[field] = statistics.median(vals)
+                merged[f"{field}_rounds"] = vals
+        out[key] = merged
+    out["rounds"] = len(results)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--functions", default="ncm,ecm")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure every side this many times, interleaved; each figure is then the median")
     ap.add_argument("--variants", default="usbnetd", help=f"comma list of {', '.join(VARIANTS)}")
     ap.add_argument("--baseline-src", help="the src/ directory the 'baseline' variant runs")
     ap.add_argument("--output", default=os.path.join(os.environ.get("USBNETD_VM_RESULTS", "."), "bench-vm.json"))
@@ -192,24 +217,33 @@ def main(argv: list[str] | None = None) -> int:
                 peer.take(g.gadget_netdev)
                 # One side failing (usbnetd would not attach, say) still leaves the other side's figures.
                 variants = [v for v in ns.variants.split(",") if v]
-                for side in (*variants, "kernel"):
-                    c.log(f"guest: {function} gadget {busid}: {side}")
-                    try:
-                        if side == "kernel":
-                            case[side] = run_kernel(g, peer, ns.seconds)
-                        else:
-                            src = ns.baseline_src if side == "baseline" else None
-                            if side == "baseline" and not src:
-                                raise c.BenchBroken("the baseline variant needs --baseline-src")
-                            case[side] = run_usbnetd(g, busid, peer, ns.seconds, VARIANTS[side], src)
-                    except (c.BenchBroken, vb.BenchError) as e:
-                        traceback.print_exc()
-                        case[f"{side}_error"] = f"{type(e).__name__}: {e}"
-                        status = 1
-                        if side != "kernel":
-                            case["usbnetd_log_tail"] = usbnetd_logs()
-                            print(case["usbnetd_log_tail"], file=sys.stderr)
-                    save()
+                sides = (*variants, "kernel")
+                rounds: dict[str, list[dict]] = {side: [] for side in sides}
+                for r in range(ns.rounds):
+                    if r:
+                        busid = g.bind()  # the kernel side ends with the gadget unplugged
+                    for side in sides:
+                        c.log(f"guest: {function} gadget {busid}: {side} (round {r + 1} of {ns.rounds})")
+                        try:
+                            if side == "kernel":
+                                rounds[side].append(run_kernel(g, peer, ns.seconds))
+                            else:
+                                src = ns.baseline_src if side == "baseline" else None
+                                if side == "baseline" and not src:
+                                    raise c.BenchBroken("the baseline variant needs --baseline-src")
+                                rounds[side].append(run_usbnetd(g, busid, peer, ns.seconds, VARIANTS[side], src))
+                        except (c.BenchBroken, vb.BenchError) as e:
+                            traceback.print_exc()
+                            case[f"{side}_error"] = f"{type(e).__name__}: {e}"
+                            status = 1
+                            if side != "kernel":
+                                case["usbnetd_log_tail"] = usbnetd_logs()
+                                print(case["usbnetd_log_tail"], file=sys.stderr)
+                        for s, results in rounds.items():
+                            if results:
+                                case[s] = median_of(results)
+                        case["rounds"] = rounds
+                        save()
             finally:
                 g.destroy()
                 peer.delete()

@@ -16,21 +16,29 @@ ones; only the two edges are fake.
 from __future__ import annotations
 
 import collections
+import ctypes
 import os
 import socket
 import struct
+
+from usb1 import libusb1
 
 from usbnetd.core.pool import Packet
 from usbnetd.core.service import EthernetService
 from usbnetd.core.stats import Stats
 from usbnetd.protocols import cdc, choose
 from usbnetd.protocols.driver import Options
+from usbnetd.usb.bulk import ERROR_NO_DEVICE, FLAG_ADD_ZERO_PACKET, BulkPipe, SubmitError
 from usbnetd.usb.descriptors import parse_configuration
 from usbnetd.usb.sim import CTRL_IF, SIM_NTB, STR_MAC, build_config_descriptor
 from usbnetd.usb.transport import STATUS_CANCELLED, STATUS_OK, DeviceIdentity, Transport, TransportError
 
 DEVICE_MAC = bytes.fromhex("02a0b0c0d0e0")
 NATIVE = False  # set by conftest's `datapath` fixture: services made here use the C path where it exists
+# Also set by it: bulk IN runs over real libusb transfer structs (a BulkPipe, with a stand-in for
+# libusb_submit_transfer), so that the C path can take the completions itself (arm_native_rx), as on a device.
+USB_C = False
+_SUBMIT = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)  # libusb_submit_transfer's C signature
 
 
 def eem_config_descriptor() -> bytes:
@@ -60,6 +68,19 @@ class ScriptedTransport(Transport):
         self.stopped = self.closed = False
         self.unreapable = 0  # transfers stop() must pretend it could not reap
         self.refuse_tx = False  # submit_tx says "all busy" (backpressure from the bus)
+        # With USB_C: the bulk IN pipe, its transfers' addresses in flight (in step with `rx`), what the
+        # stand-in libusb_submit_transfer answers (0, or a libusb error), and the NcmRx armed on it.
+        self.usb_c = USB_C
+        self._pipe: BulkPipe | None = None
+        self._rx_addr: list[int] = []
+        self.submit_error = 0
+        self.armed = None
+        self.gone = False
+        # With USB_C, for the C TX pump (arm_native_tx): its bulk OUT transfers in flight (in step with `tx`,
+        # whose packet is None for them), and the pump.
+        self._tx_addr: list[int] = []
+        self._tx_pipe: BulkPipe | None = None
+        self.pump = None
 
     # --- setup ---
     def set_configuration(self, value: int) -> None:
@@ -95,11 +116,88 @@ class ScriptedTransport(Transport):
         self.n_rx, self.n_tx = n_rx, n_tx
         self._on_rx, self._on_tx, self._on_int = on_rx, on_tx, on_int
         self._int_buf = bytearray(max(16, int_size))
+        if self.usb_c:
+            libusb1.loadLibrary()  # libusb_alloc_transfer, nothing else: no context, no device
+            self._submit_c = _SUBMIT(self._usb_submit)
+            self._pipe = BulkPipe(None, ep_in, n_rx, 0, on_rx, submit=self._submit_c)
+
+    def _usb_submit(self, address: int) -> int:
+        """The stand-in for libusb_submit_transfer (bulk IN), called by BulkPipe and by the C path."""
+        if self.submit_error:
+            return self.submit_error
+        pipe = self._pipe
+        i = pipe._slot_of[address]
+        self.rx.append((pipe._packet[i], pipe._structs[i].length))
+        self._rx_addr.append(address)
+        return 0
+
+    def arm_native_rx(self, rx, kind: str) -> bool:
+        if self._pipe is None:
+            return False
+        submit = ctypes.cast(self._submit_c, ctypes.c_void_p).value
+        rx.usb_arm(submit, self._pipe.callback_address, self._pipe.transfer_addresses(), kind)
+        self.armed = rx
+        return True
+
+    def disarm_native_rx(self) -> None:
+        rx, self.armed = self.armed, None
+        if rx is not None:
+            rx.usb_disarm()
+
+    def arm_native_tx(self, pump) -> bool:
+        if not self.usb_c or self.tx:
+            return False
+        self._submit_tx_c = _SUBMIT(self._usb_submit_tx)
+        self._cancel_c = _SUBMIT(self._usb_cancel)
+        # Transfers for the pump to own (a BulkPipe only allocates and fills them; nothing submits through it).
+        self._tx_pipe = BulkPipe(None, 0x02, self.n_tx, 0, lambda *a: None)
+        addr = ctypes.cast
+        pump.arm(addr(self._submit_tx_c, ctypes.c_void_p).value, addr(self._cancel_c, ctypes.c_void_p).value,
+                 self._tx_pipe.transfer_addresses())
+        self.pump = pump
+        return True
+
+    def disarm_native_tx(self) -> bool:
+        if self.pump is None:
+            return True
+        if self.pump.in_flight:
+            return False
+        self.pump.disarm()
+        self.pump = None
+        return True
+
+    def _usb_submit_tx(self, address: int) -> int:
+        """The stand-in for libusb_submit_transfer (bulk OUT), called by the C pump."""
+        if self.submit_error:
+            return self.submit_error
+        s = libusb1.libusb_transfer.from_address(address)
+        data = ctypes.string_at(s.buffer, s.length)
+        self.tx.append((None, data, bool(s.flags & FLAG_ADD_ZERO_PACKET)))
+        self.sent.append(data)
+        self._tx_addr.append(address)
+        return 0
+
+    def _usb_cancel(self, address: int) -> int:
+        """The stand-in for libusb_cancel_transfer: the transfer completes as cancelled (at the next
+        handle_events), or LIBUSB_ERROR_NOT_FOUND when it is not in flight."""
+        if address not in self._tx_addr:
+            return -5
+        i = self._tx_addr.index(address)
+        del self._tx_addr[i]
+        del self.tx[i]
+        self._usb_complete(address, STATUS_CANCELLED, 0)
+        return 0
 
     def start_interrupt(self) -> None:
         pass
 
     def submit_rx(self, packet: Packet, length: int) -> bool:
+        if self._pipe is not None and not self.stopped:
+            try:
+                return self._pipe.submit(packet, 0, length)
+            except SubmitError as exc:
+                self.gone = exc.code == ERROR_NO_DEVICE
+                return False
         if self.stopped or len(self.rx) >= self.n_rx:
             return False
         self.rx.append((packet, length))
@@ -115,6 +213,8 @@ class ScriptedTransport(Transport):
 
     @property
     def tx_free(self) -> int:
+        if self.pump is not None:
+            return self.pump.free
         return self.n_tx - len(self.tx)
 
     @property
@@ -137,10 +237,22 @@ class ScriptedTransport(Transport):
         packet, length = self.rx.pop(index)
         assert len(data) <= length, "a device cannot send more than the transfer asked for"
         packet.view[: len(data)] = data
+        if self._pipe is not None:
+            self._usb_complete(self._rx_addr.pop(index), status, len(data))
+            return
         self._done.append(("rx", packet, status, len(data)))
+
+    def _usb_complete(self, address: int, status: int, actual: int) -> None:
+        s = libusb1.libusb_transfer.from_address(address)
+        s.status = status
+        s.actual_length = actual
+        self._done.append(("usb", address, status, actual))
 
     def complete_tx(self, status: int = STATUS_OK, index: int = 0) -> bytes:
         packet, data, _ = self.tx.pop(index)
+        if packet is None:  # the C pump's transfer
+            self._usb_complete(self._tx_addr.pop(index), status, len(data))
+            return data
         self._done.append(("tx", packet, status, 0))
         return data
 
@@ -150,7 +262,12 @@ class ScriptedTransport(Transport):
     def handle_events(self) -> None:
         while self._done:
             kind, obj, status, n = self._done.popleft()
-            if kind == "rx":
+            if kind == "usb":
+                # As libusb does: the transfer's callback, whatever it is now (BulkPipe's, or the C path's),
+                # called from C with the GIL released.
+                s = libusb1.libusb_transfer.from_address(obj)
+                s.callback(ctypes.cast(obj, libusb1.libusb_transfer_p))
+            elif kind == "rx":
                 self._on_rx(obj, status, n)
             elif kind == "tx":
                 self._on_tx(obj, status)
@@ -163,19 +280,34 @@ class ScriptedTransport(Transport):
     # --- teardown ---
     def stop(self, timeout: float = 2.0) -> int:
         self.stopped = True
+        self.disarm_native_rx()
+        if self.pump is not None:
+            self.pump.cancel_all()
         keep = self.unreapable
         while len(self.rx) > keep:
             packet, _ = self.rx.pop()
+            if self._pipe is not None:
+                self._usb_complete(self._rx_addr.pop(), STATUS_CANCELLED, 0)
+                continue
             self._done.append(("rx", packet, STATUS_CANCELLED, 0))
         while self.tx and len(self.rx) + len(self.tx) > keep:
             packet, _, _ = self.tx.pop()
+            if packet is None:
+                self._usb_complete(self._tx_addr.pop(), STATUS_CANCELLED, 0)
+                continue
             self._done.append(("tx", packet, STATUS_CANCELLED, 0))
         self.handle_events()
+        if self.pump is not None and not self.pump.in_flight:
+            self.pump.disarm()
+            self.pump = None
         return self.in_flight
 
     def close(self) -> None:
         assert self.stopped, "the handle closed before the transfers were reaped"
         self.closed = True
+        for pipe in (self._pipe, self._tx_pipe):
+            if pipe is not None and not pipe.in_flight and self.pump is None:
+                pipe.free()
 
 
 class FakeTap:
@@ -239,6 +371,8 @@ class FakeTap:
                 m = self.peer.recv(70000)
             except BlockingIOError:
                 return out
+            if not m:
+                return out  # the service's end is closed (the service never writes an empty frame)
             out.append((m[: self.vnet_hdr], m[self.vnet_hdr :]))
 
 
@@ -254,6 +388,8 @@ def make_service(kind: str = "ecm", *, gro: bool = False, rx_transfers: int = 0,
     svc.start()
     want = "native" if NATIVE and driver.native_rx() is not None else "python"
     assert svc.datapath.rx_path == want and svc.status()["datapath"] == want
+    assert svc.datapath.rx_usb == (USB_C and want == "native")
+    assert (svc.datapath.tx_pump is not None) == (USB_C and driver.native_frame_tx() is not None)
     assert (svc.datapath.tx_fast is not None) == (NATIVE and driver.native_tx() is not None)
     tap = svc.tap
     assert isinstance(tap, FakeTap)

@@ -146,7 +146,7 @@ def test_with_gro_a_corrupted_segment_reaches_the_host_unmerged_and_unmarked(dat
     marked = [f for h, f in got if h and h[0] & F_NEEDS_CSUM]
     assert all(bytes(segs[2])[54:] not in f for f in marked)
     assert svc.stats.rx_packets == 4
-    if datapath == "native":
+    if datapath.startswith("native"):
         plain = [f for h, f in got if h == ZERO_HDR]
         assert bytes(segs[2]) in plain
         assert got[0][0][1] == GSO_TCPV4, "the two good segments before it still merge"
@@ -314,8 +314,13 @@ def test_tx_backpressure_stops_reading_the_tap_and_resumes():
             svc.on_tap_readable()
         turn(svc)
     assert not svc.wants_tap_read()
-    queued = len(svc.datapath.tx_submission)
-    assert queued == svc.datapath.tx_submission.capacity
+    if svc.datapath.tx_pump is not None:
+        # The C pump owns the OUT transfers: it stops at the ones in flight, none are "refused" (submitted
+        # and not completed is the same backpressure).
+        assert svc.datapath.tx_pump.free == 0 and len(t.tx) == 4
+    else:
+        queued = len(svc.datapath.tx_submission)
+        assert queued == svc.datapath.tx_submission.capacity
     t.refuse_tx = False
     out: list[bytes] = []
     for _ in range(40):
@@ -449,3 +454,121 @@ def test_a_failed_start_tears_down_and_a_second_stop_is_harmless():
         svc.start()
     assert t.closed and svc.state is State.STOPPED
     svc.stop()
+
+
+# ---------------------------------------------------------------------------- USB completions in C
+def _only_c_completions(datapath: str) -> None:
+    if datapath != "native-usb":
+        pytest.skip("only the native-usb path takes the bulk IN completions in C")
+
+
+@pytest.mark.parametrize("kind", ["ecm", "ncm"])
+def test_c_completions_write_every_frame_with_no_python_call_per_transfer(datapath, kind):
+    _only_c_completions(datapath)
+    from usbnetd.protocols.ncm_codec import TxLayout, build_ntb
+
+    svc, t, tap = make_service(kind)
+    frames = [frame(60 + 7 * i, tag=i) for i in range(12)]
+    if kind == "ecm":
+        transfers = frames
+    else:
+        layout = TxLayout(False, 4096, 4, 0, 4, 40, 512)
+        transfers = [build_ntb(layout, frames[:5]), build_ntb(layout, frames[5:])]
+    in_flight = t.in_flight
+    for data in transfers:
+        t.complete_rx(data)
+    turn(svc)
+    assert [f for _, f in tap.host_receive()] == frames
+    assert svc.stats.rx_packets == len(frames)
+    d = svc.datapath
+    assert d.rx_completion.high == 0, "no completion went through Python's queue"
+    assert d.rx_transfers_done == len(transfers)
+    assert t.in_flight == in_flight, "the C path resubmitted every transfer it decoded"
+    assert svc.detailed_stats()["rx_completions"] == "native"
+    svc.stop()
+    everything_back(svc)
+
+
+def test_c_completions_leave_errors_to_python_and_a_failed_resubmit_is_a_failed_transfer(datapath):
+    _only_c_completions(datapath)
+    svc, t, tap = make_service("ecm")
+    t.complete_rx(b"", status=STATUS_ERROR)  # an error: Python counts it and resubmits
+    turn(svc)
+    assert svc.stats.rx_usb_errors == 1
+    t.submit_error = -4  # LIBUSB_ERROR_NO_DEVICE: the resubmission fails
+    t.complete_rx(frame(100))
+    turn(svc)
+    assert [f for _, f in tap.host_receive()] == [frame(100)], "the frame was written before the resubmission"
+    assert svc.datapath.port.native.usb_resubmit_failed == 1
+    assert svc.datapath.device_gone, "a resubmission refused for a gone device ends the data path"
+    svc.stop()
+    everything_back(svc)
+
+
+def test_c_completions_decoded_but_not_resubmitted_come_back_at_teardown(datapath):
+    _only_c_completions(datapath)
+    svc, t, tap = make_service("ecm", gro=True)
+    for i in range(3):
+        t.complete_rx(frame(200, tag=i))
+    svc.on_usb()  # decoded in C, not yet resubmitted (no process())
+    assert svc.datapath.port.native.usb_armed == 1
+    svc.stop()
+    everything_back(svc)
+    assert [f for _, f in tap.host_receive()] == [frame(200, tag=i) for i in range(3)]
+
+
+def test_the_c_tx_pump_sends_counts_and_gives_its_transfers_back(datapath):
+    _only_c_completions(datapath)
+    svc, t, tap = make_service("ecm", tx_transfers=4)
+    pump = svc.datapath.tx_pump
+    assert pump is not None and svc.detailed_stats()["tx_completions"] == "native"
+    frames = [frame(100 + i, i) for i in range(6)]
+    tap.host_send(frame(1514) + b"x")  # longer than the device takes: dropped, counted
+    for f in frames:
+        tap.host_send(f)
+    svc.on_tap_readable()
+    turn(svc)
+    assert [d for _, d, _ in t.tx] == frames[:4], "the four transfers it owns, in order"
+    assert not svc.wants_tap_read() and svc.stats.tx_dropped == 1
+    t.complete_tx()
+    t.complete_tx(STATUS_STALL)
+    turn(svc)
+    assert (svc.stats.tx_packets, svc.stats.tx_errors, svc.stats.tx_aborted_errors) == (1, 1, 1)
+    assert t.halts_cleared == [svc.driver.binding.ep_out.address]
+    assert svc.wants_tap_read()
+    svc.on_tap_readable()
+    turn(svc)
+    assert [d for _, d, _ in t.tx] == frames[2:6]
+    assert svc.datapath.tx_submission.high == 0, "nothing went through Python's TX queue"
+    assert svc.detailed_stats()["tx_flush"]["full"] == 6
+    svc.stop()  # four in flight: cancelled, reaped, the transfers given back
+    everything_back(svc)
+    assert not pump.armed and svc.stats.tx_errors == 5
+
+
+def test_the_c_tx_pump_flags_a_gone_device(datapath):
+    _only_c_completions(datapath)
+    svc, t, tap = make_service("ecm")
+    t.submit_error = -4  # LIBUSB_ERROR_NO_DEVICE
+    tap.host_send(frame(100))
+    svc.on_tap_readable()
+    turn(svc)
+    assert svc.datapath.device_gone and svc.stats.tx_errors == 1
+    assert svc.datapath.tx_pump.submit_failed == 1
+    svc.stop()
+    everything_back(svc)
+
+
+def test_the_c_tx_pump_watchdog_times_out_a_transfer_left_hanging(datapath):
+    _only_c_completions(datapath)
+    svc, t, tap = make_service("ecm")
+    tap.host_send(frame(100))
+    svc.on_tap_readable()
+    turn(svc)
+    pump = svc.datapath.tx_pump
+    assert [pump.watchdog(2) for _ in range(3)] == [0, 0, 1], "cancelled on the second check that saw no change"
+    turn(svc)
+    assert not t.tx and svc.stats.tx_errors == 1
+    assert svc.datapath._tx_errors.count == 1, "a timeout is a failure, unlike teardown's cancellation"
+    svc.stop()
+    everything_back(svc)

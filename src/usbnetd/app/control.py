@@ -18,7 +18,8 @@ descriptor, a client that sends nothing is dropped after CLIENT_TIMEOUT, and at 
 once, so nobody allowed on the socket can stall the data path.
 
 Streams: a handler may answer with a reply holding `_takeover`, a function of the connection. The reply line
-(without that key) is sent, and the connection then belongs to that function instead of being closed:
+(without that key) is sent, and the connection then belongs to that function instead of being closed (it is
+called with None when the reply could not be sent):
 `usbnetd trace` gets its pcapng stream this way (app/trace.py). The handler sees the peer's uid as
 `_uid` in the request (set here, after the request is parsed, so a client cannot choose it).
 """
@@ -227,6 +228,7 @@ class ControlServer:
             conn.setblocking(False)
         except OSError:
             conn.close()
+            takeover(None)  # the taker undoes what it set up for this connection
             return
         takeover(conn)  # the connection is the taker's now, to close when it is done
 

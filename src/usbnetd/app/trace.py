@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from ..core import pcapng
+from ..core.datapath import TraceUnavailable
 from ..core.trace import DEFAULT_LIMIT, DEFAULT_SNAPLEN, Tracer, header
 
 log = logging.getLogger(__name__)
@@ -176,12 +177,18 @@ def start_session(service, request: dict, on_session: Callable[[TraceSession | N
             "datapath_before": dp.path, "interfaces": ["ethernet", "usb"]}
     first = header(service.ifname, busid, d.name, snaplen, "usbnetd")
 
-    def takeover(conn: socket.socket) -> None:
-        if dp.tracer is not None or not dp.running:
-            conn.close()  # a second trace got in between (cannot happen: one thread) or the instance stops
+    # Attached before the reply, so that a refusal (the C TX pump could not hand its transfers back) is the
+    # reply; the takeover then only starts the stream, or detaches again when the reply could not be sent.
+    try:
+        dp.set_tracer(tracer)
+    except TraceUnavailable as exc:
+        return {"ok": False, "error": f"cannot trace now: {exc}"}
+
+    def takeover(conn: socket.socket | None) -> None:
+        if conn is None:
+            dp.set_tracer(None)  # the client went away before it had its reply
             return
         session = TraceSession(conn, tracer, first, lambda: dp.set_tracer(None))
-        dp.set_tracer(tracer)
         log.info("%s: trace started (snap length %d%s); the Python data path runs until it ends", service.ifname,
                  snaplen, f", {count} records" if count else "")
         on_session(session)

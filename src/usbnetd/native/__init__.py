@@ -1,8 +1,10 @@
 """Native (C) fast paths for usbnetd's per-frame work, and whether they can be used.
 
-This package owns the C extensions `usbnetd.native._fastpath` (RX, from `_fastpath.c`) and
-`usbnetd.native._fasttx` (NCM TX, from `_fasttx.c`), both built by setup.py, optional: a machine without a
-compiler installs and runs the pure-Python path. And the decision to use them, one for both:
+This package owns the C extensions `usbnetd.native._fastpath` (RX, from `_fastpath.c`, with the bulk IN
+completions), `usbnetd.native._fasttx` (NCM TX, from `_fasttx.c`) and `usbnetd.native._frametx` (ECM / CDC
+subset TX with its bulk OUT submissions and completions, from `_frametx.c`), all built by setup.py, optional:
+a machine without a compiler installs and runs the pure-Python path. And the decision to use them, one for
+all:
 
 - `AVAILABLE`: both extensions imported and each matches this source tree's API version for it;
 - `WHY_NOT`: why not (the first module's import error or stale build, or that `USBNETD_PURE_PYTHON` forced the
@@ -24,15 +26,18 @@ import os
 from types import ModuleType
 from typing import Any
 
-API_VERSION = 2  # must equal _fastpath.API_VERSION: an in-place build older than the C source is refused
+API_VERSION = 3  # must equal _fastpath.API_VERSION: an in-place build older than the C source is refused
 TX_API_VERSION = 1  # must equal _fasttx.API_VERSION
+FRAME_TX_API_VERSION = 1  # must equal _frametx.API_VERSION
 
 AVAILABLE: bool = False
 WHY_NOT: str | None = None
 fastpath: ModuleType | None = None
 fasttx: ModuleType | None = None
+frametx: ModuleType | None = None
 NcmRx: Any = None
 NcmTx: Any = None
+FrameTx: Any = None
 
 
 def _load_one(name: str, want: int) -> tuple[ModuleType | None, str | None]:
@@ -51,21 +56,31 @@ def _load_one(name: str, want: int) -> tuple[ModuleType | None, str | None]:
     return mod, None
 
 
-def _load() -> tuple[ModuleType | None, ModuleType | None, str | None]:
+def _load() -> tuple[list[ModuleType] | None, str | None]:
     forced = os.environ.get("USBNETD_PURE_PYTHON", "")
     if forced not in ("", "0"):
-        return None, None, f"forced: USBNETD_PURE_PYTHON={forced}"
-    rx, why = _load_one("_fastpath", API_VERSION)
-    if rx is None:
-        return None, None, why
-    tx, why = _load_one("_fasttx", TX_API_VERSION)
-    if tx is None:
-        return None, None, why
-    return rx, tx, None
+        return None, f"forced: USBNETD_PURE_PYTHON={forced}"
+    mods = []
+    for name, want in (("_fastpath", API_VERSION), ("_fasttx", TX_API_VERSION), ("_frametx", FRAME_TX_API_VERSION)):
+        mod, why = _load_one(name, want)
+        if mod is None:
+            return None, why
+        mods.append(mod)
+    return mods, None
 
 
-fastpath, fasttx, WHY_NOT = _load()
-AVAILABLE = fastpath is not None and fasttx is not None
-if fastpath is not None and fasttx is not None:
+def usb_layout_matches(have: dict[str, int]) -> bool:
+    """Whether python-libusb1's struct libusb_transfer (`have`: field -> offset, usb/bulk.transfer_layout) is
+    the one both C modules that take USB completions assume (libusb_abi.h)."""
+    if fastpath is None or frametx is None:
+        return False
+    return all(have.get(k) == v for m in (fastpath, frametx) for k, v in m.usb_layout().items())
+
+
+_mods, WHY_NOT = _load()
+if _mods is not None:
+    fastpath, fasttx, frametx = _mods
+    AVAILABLE = True
     NcmRx = fastpath.NcmRx
     NcmTx = fasttx.NcmTx
+    FrameTx = frametx.FrameTx

@@ -37,8 +37,10 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "libusb_abi.h"
+
 /* Bumped whenever the Python-visible API changes; native/__init__.py refuses a stale in-place build. */
-#define API_VERSION 2
+#define API_VERSION 3
 
 /* ---- NCM 1.0 (USB CDC Subclass Specification for Network Control Model Devices, rev. 1.0) ---------------- */
 #define NTH16_SIGNATURE 0x484D434Eu       /* "NCMH", §3.2.1 */
@@ -80,6 +82,11 @@ static const char *const STAT_NAMES[N_STATS] = {
 };
 static PyObject *stat_names[N_STATS]; /* interned at module init, for add_to */
 
+/* struct libusb_transfer (the fields the USB completions touch) and libusb constants: libusb_abi.h */
+
+struct NcmRx_;
+typedef Py_ssize_t (*walker)(struct NcmRx_ *, uint8_t *, long long);
+
 /* One coalesced run: the first segment's frame, then the other segments' payloads (gro.Coalescer). */
 struct run {
     int n; /* segments collected; 0: no run open */
@@ -98,7 +105,7 @@ struct run {
     struct iovec iov[1 + MAX_SEGMENTS]; /* [hdr, first frame's headers + payload, other payloads...] */
 };
 
-typedef struct {
+typedef struct NcmRx_ {
     PyObject_HEAD
     int fd;
     int vnet; /* 0 or VNET_HDR_LEN */
@@ -117,6 +124,16 @@ typedef struct {
     uint64_t *held_gen;
     Py_ssize_t nheld, cap;
     struct run run;
+    /* USB completions in C (usb_arm): the bulk IN transfers' callbacks decode here, with no Python call. */
+    int usb_on;                          /* 0: every completion goes to the fallback (Python) callback */
+    int (*usb_submit)(struct usb_xfer *); /* libusb_submit_transfer */
+    usb_cb usb_fallback;                 /* the transfers' own (Python) callback */
+    walker usb_walk;                     /* ntb_walk or frame_walk */
+    struct usb_xfer **usb_xfers;         /* the armed transfers */
+    void **usb_saved;                    /* their user_data before arming, restored by usb_disarm */
+    struct usb_xfer **pending;           /* decoded, waiting for usb_end to resubmit them */
+    Py_ssize_t usb_n, npending;
+    unsigned long long usb_done, usb_done_reported, usb_resubmit_failed;
 } NcmRx;
 
 /* ---- byte access (all bounds are checked by the callers before these run) ----------------------------- */
@@ -630,8 +647,6 @@ static int as_length(PyObject *o, long long *out)
     return 0;
 }
 
-typedef Py_ssize_t (*walker)(NcmRx *, uint8_t *, long long);
-
 /* ECM / CDC subset (OneFramePerTransfer.rx_decode): the transfer is the frame. */
 static Py_ssize_t frame_walk(NcmRx *self, uint8_t *b, long long length)
 {
@@ -701,6 +716,195 @@ static PyObject *NcmRx_flush(NcmRx *self, PyObject *Py_UNUSED(ignored))
         self->busy = 0;
     }
     release_held(self, UINT64_MAX);
+    Py_RETURN_NONE;
+}
+
+/* ---- USB completions in C ----------------------------------------------------------------------------------
+ *
+ * The Python-driven way costs one Python call per bulk IN transfer: libusb calls BulkPipe's ctypes callback,
+ * which queues the packet, and process() calls decode() for it. On ECM (one frame per transfer) that callback
+ * is most of usbnetd's CPU time per frame. Armed (usb_arm), the transfers' callback is usb_complete below,
+ * which libusb calls from inside libusb_handle_events; python-libusb1 makes that call through ctypes, which
+ * has released the GIL, so usb_complete touches C data and the transfer's bytes only. A completed transfer is
+ * walked at once (decode, GRO, writes) and kept on `pending`; usb_end(), called by the data path once per
+ * wake-up after handle_events, writes what GRO holds and resubmits the pending transfers, as the Python path
+ * recycles a batch only after rx_end. Every other status (errors, halts, cancellation, a gone device) goes to
+ * the transfer's own callback, the Python one, unchanged: Python keeps every decision that is not per frame.
+ */
+
+static void usb_complete(struct usb_xfer *t)
+{
+    NcmRx *self = (NcmRx *)t->user_data;
+    if (!self->usb_on || t->status != XFER_COMPLETED || self->npending >= self->usb_n) {
+        self->usb_fallback(t);
+        return;
+    }
+    /* libusb never reports more than was asked for; clamp anyway, the buffer is `length` bytes long */
+    long long length = t->actual_length;
+    if (length > t->length)
+        length = t->length;
+    if (length < 0)
+        length = 0;
+    self->gen++;
+    self->usb_walk(self, t->buffer, length);
+    self->pending[self->npending++] = t;
+    self->usb_done++;
+}
+
+/* Hand the pending transfers to their Python callback as `status` (nothing was resubmitted). GIL held: the
+ * callback is a ctypes thunk, which takes the GIL itself and so runs with it already held too. */
+static void usb_hand_back(NcmRx *self, struct usb_xfer **list, Py_ssize_t n, int status)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        list[i]->status = status;
+        list[i]->actual_length = 0;
+        self->usb_fallback(list[i]);
+    }
+}
+
+static PyObject *NcmRx_usb_arm(NcmRx *self, PyObject *args)
+{
+    unsigned long long submit, fallback;
+    PyObject *seq;
+    const char *kind;
+    if (!PyArg_ParseTuple(args, "KKOs:usb_arm", &submit, &fallback, &seq, &kind))
+        return NULL;
+    if (check_idle(self) < 0)
+        return NULL;
+    if (self->usb_xfers) {
+        PyErr_SetString(PyExc_RuntimeError, "usb_arm: already armed (usb_disarm first)");
+        return NULL;
+    }
+    walker walk;
+    if (strcmp(kind, "ntb") == 0)
+        walk = ntb_walk;
+    else if (strcmp(kind, "frame") == 0)
+        walk = frame_walk;
+    else {
+        PyErr_Format(PyExc_ValueError, "usb_arm: kind must be 'ntb' or 'frame', not '%s'", kind);
+        return NULL;
+    }
+    if (!submit || !fallback) {
+        PyErr_SetString(PyExc_ValueError, "usb_arm: the submit and fallback function addresses must be set");
+        return NULL;
+    }
+    PyObject *fast = PySequence_Fast(seq, "usb_arm: transfers must be a sequence of addresses");
+    if (!fast)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    if (n <= 0) {
+        Py_DECREF(fast);
+        PyErr_SetString(PyExc_ValueError, "usb_arm: no transfers");
+        return NULL;
+    }
+    struct usb_xfer **xfers = PyMem_Calloc((size_t)n, sizeof *xfers);
+    struct usb_xfer **pending = PyMem_Calloc((size_t)n, sizeof *pending);
+    void **saved = PyMem_Calloc((size_t)n, sizeof *saved);
+    if (!xfers || !pending || !saved) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned long long a = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (a == (unsigned long long)-1 && PyErr_Occurred())
+            goto fail;
+        if (!a) {
+            PyErr_SetString(PyExc_ValueError, "usb_arm: a transfer address is 0");
+            goto fail;
+        }
+        xfers[i] = (struct usb_xfer *)(uintptr_t)a;
+    }
+    Py_DECREF(fast);
+    self->usb_submit = (int (*)(struct usb_xfer *))(uintptr_t)submit;
+    self->usb_fallback = (usb_cb)(uintptr_t)fallback;
+    self->usb_walk = walk;
+    self->usb_xfers = xfers;
+    self->pending = pending;
+    self->usb_saved = saved;
+    self->usb_n = n;
+    self->npending = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        saved[i] = xfers[i]->user_data;
+        xfers[i]->user_data = self;
+        xfers[i]->callback = usb_complete; /* the event thread is this one: nothing completes meanwhile */
+    }
+    self->usb_on = 1;
+    Py_INCREF(self); /* the transfers point at this object until usb_disarm */
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(fast);
+    PyMem_Free(xfers);
+    PyMem_Free(pending);
+    PyMem_Free(saved);
+    return NULL;
+}
+
+static PyObject *NcmRx_usb_end(NcmRx *self, PyObject *Py_UNUSED(ignored))
+{
+    if (check_idle(self) < 0)
+        return NULL;
+    Py_ssize_t n = self->npending, failed = 0;
+    if (n || self->run.n) {
+        self->busy = 1;
+        Py_BEGIN_ALLOW_THREADS
+        flush_run(self); /* before any buffer it points into is submitted again */
+        for (Py_ssize_t i = 0; i < n; i++) {
+            struct usb_xfer *t = self->pending[i];
+            int rc = self->usb_submit(t);
+            if (rc) {
+                t->status = rc == ERROR_NO_DEVICE ? XFER_NO_DEVICE : XFER_ERROR;
+                self->pending[failed++] = t; /* failed ones move to the front */
+            }
+        }
+        Py_END_ALLOW_THREADS
+        self->busy = 0;
+        self->npending = 0;
+        self->usb_resubmit_failed += (unsigned long long)failed;
+        /* Python sees a failed resubmission as a failed transfer: counted, resubmitted or given up there */
+        for (Py_ssize_t i = 0; i < failed; i++) {
+            int status = self->pending[i]->status;
+            usb_hand_back(self, self->pending + i, 1, status);
+        }
+    }
+    unsigned long long done = self->usb_done - self->usb_done_reported;
+    self->usb_done_reported = self->usb_done;
+    return PyLong_FromUnsignedLongLong(done);
+}
+
+static void usb_disarm(NcmRx *self)
+{
+    /* GIL held. Callbacks back to the Python ones; decoded transfers back to Python as cancelled. */
+    if (!self->usb_xfers)
+        return;
+    self->usb_on = 0;
+    if (self->run.n) {
+        Py_BEGIN_ALLOW_THREADS
+        flush_run(self);
+        Py_END_ALLOW_THREADS
+    }
+    for (Py_ssize_t i = 0; i < self->usb_n; i++) {
+        self->usb_xfers[i]->callback = self->usb_fallback;
+        self->usb_xfers[i]->user_data = self->usb_saved[i];
+    }
+    Py_ssize_t n = self->npending;
+    self->npending = 0;
+    usb_hand_back(self, self->pending, n, XFER_CANCELLED);
+    PyMem_Free(self->usb_xfers);
+    PyMem_Free(self->pending);
+    PyMem_Free(self->usb_saved);
+    self->usb_xfers = self->pending = NULL;
+    self->usb_saved = NULL;
+    self->usb_n = 0;
+}
+
+static PyObject *NcmRx_usb_disarm(NcmRx *self, PyObject *Py_UNUSED(ignored))
+{
+    if (check_idle(self) < 0)
+        return NULL;
+    if (!self->usb_xfers)
+        Py_RETURN_NONE;
+    usb_disarm(self);
+    Py_DECREF(self); /* the reference usb_arm took; the caller still holds one */
     Py_RETURN_NONE;
 }
 
@@ -804,6 +1008,10 @@ static void NcmRx_dealloc(NcmRx *self)
     release_held(self, UINT64_MAX);
     PyMem_Free(self->held);
     PyMem_Free(self->held_gen);
+    /* usb_arm holds a reference until usb_disarm, so armed transfers never point at a freed object */
+    PyMem_Free(self->usb_xfers);
+    PyMem_Free(self->pending);
+    PyMem_Free(self->usb_saved);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -816,6 +1024,12 @@ static PyMethodDef NcmRx_methods[] = {
     {"flush", (PyCFunction)NcmRx_flush, METH_NOARGS,
      "flush(): the batch is decoded: write what GRO holds and release the buffers (TapPort.rx_end)."},
     {"counters", (PyCFunction)NcmRx_counters, METH_NOARGS, "counters() -> dict: running totals."},
+    {"usb_arm", (PyCFunction)NcmRx_usb_arm, METH_VARARGS,
+     "usb_arm(submit, fallback, transfers, kind): decode the bulk IN transfers' completions in C."},
+    {"usb_end", (PyCFunction)NcmRx_usb_end, METH_NOARGS,
+     "usb_end() -> int: flush GRO, resubmit the decoded transfers; how many completed since the last call."},
+    {"usb_disarm", (PyCFunction)NcmRx_usb_disarm, METH_NOARGS,
+     "usb_disarm(): completions go to the transfers' own callbacks again."},
     {"add_to", (PyCFunction)NcmRx_add_to, METH_O,
      "add_to(stats) -> int: add the rx_* counters' gains since the last call into stats; returns the failed "
      "writes since the last call."},
@@ -827,6 +1041,9 @@ static PyMemberDef NcmRx_members[] = {
     {"merged", T_ULONGLONG, offsetof(NcmRx, merged), READONLY, "segments that went out inside one"},
     {"unverified", T_ULONGLONG, offsetof(NcmRx, unverified), READONLY,
      "segments that would have merged but failed checksum verification"},
+    {"usb_armed", T_INT, offsetof(NcmRx, usb_on), READONLY, "1 while completions are decoded in C"},
+    {"usb_resubmit_failed", T_ULONGLONG, offsetof(NcmRx, usb_resubmit_failed), READONLY,
+     "resubmissions usb_end could not make (handed to Python as failed transfers)"},
     {"last_errno", T_INT, offsetof(NcmRx, last_errno), READONLY, "errno of the latest failed write"},
     {"fd", T_INT, offsetof(NcmRx, fd), READONLY, "the fd written to"},
     {"vnet_hdr_len", T_INT, offsetof(NcmRx, vnet), READONLY, "0, or 10: a virtio_net_hdr before every frame"},
@@ -864,7 +1081,16 @@ static PyObject *fp_segment_verified(PyObject *Py_UNUSED(mod), PyObject *args)
     return PyBool_FromLong(ok);
 }
 
+static PyObject *fp_usb_layout(PyObject *Py_UNUSED(mod), PyObject *Py_UNUSED(ignored))
+{
+    /* The offsets and size this file assumes for struct libusb_transfer, for native/__init__.py to compare
+     * with python-libusb1's ctypes declaration before arming anything. */
+    return USB_LAYOUT_BUILD();
+}
+
 static PyMethodDef module_methods[] = {
+    {"usb_layout", fp_usb_layout, METH_NOARGS,
+     "usb_layout() -> dict: the struct libusb_transfer field offsets the C completions assume."},
     {"segment_verified", fp_segment_verified, METH_VARARGS,
      "segment_verified(frame, tot, src, dst) -> bool: gro.segment_verified in C (tests)."},
     {NULL, NULL, 0, NULL},

@@ -79,6 +79,13 @@ class TapPort:
             log.info("the C TX framer does not take this NTB layout (%s): framing in Python", exc)
             return None
 
+    def native_frame_tx(self, max_frame: int, maxpacket: int):
+        """The C TX pump for one frame per transfer (usbnetd.native.FrameTx: reads this TAP into bulk OUT
+        transfers it owns), or None when it is not available."""
+        if not native.AVAILABLE:
+            return None
+        return native.FrameTx(self.fd, self.vnet, max_frame, maxpacket)
+
     def rx_native_end(self) -> None:
         """A batch is decoded by the C path: write what it holds, and bring its counts into `stats`."""
         n = self.native
@@ -86,6 +93,16 @@ class TapPort:
         failed = n.add_to(self.stats)
         if failed:
             self.write_errors.hit(os.strerror(n.last_errno), failed)
+
+    def rx_usb_end(self) -> int:
+        """After handle_events, when the C path takes the USB completions itself: write what GRO holds,
+        resubmit the transfers it decoded, bring its counts into `stats`. Returns how many it decoded."""
+        n = self.native
+        done = n.usb_end()
+        failed = n.add_to(self.stats)
+        if failed:
+            self.write_errors.hit(os.strerror(n.last_errno), failed)
+        return done
 
     # ------------------------------------------------------------------ tracing
     def set_tracer(self, tracer) -> None:

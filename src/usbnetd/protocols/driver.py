@@ -236,6 +236,11 @@ class ProtocolDriver:
         next transfer carries, so that `tx_begin` ... `tx_finish` go on where it stopped."""
         return None
 
+    def native_frame_tx(self) -> tuple[int, int] | None:
+        """For the C TX pump (usbnetd.native.FrameTx), which sends each frame as its own transfer: (max_frame,
+        wMaxPacketSize) when that is exactly this driver's TX framing; None otherwise."""
+        return None
+
     @property
     def own_tx_pending(self) -> int:
         """Transfers of the driver's own (EEM echo responses) waiting to go out; `tx_begin` frames them first."""
@@ -392,6 +397,9 @@ class OneFramePerTransfer:
 
     def native_rx(self) -> tuple[str, int] | None:
         return ("frame", self.max_frame)
+
+    def native_frame_tx(self) -> tuple[int, int] | None:
+        return (self.max_frame, self.maxpacket)
 
     def rx_decode(self, view: memoryview, length: int, sink: RxSink) -> int:
         if length < 14 or length > self.max_frame:

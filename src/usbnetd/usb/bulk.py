@@ -36,6 +36,22 @@ _CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 DoneCallback = Callable[[Packet, int, int], None]
 
 
+def transfer_layout() -> dict[str, int]:
+    """python-libusb1's declaration of struct libusb_transfer: field name -> offset (libusb must be loaded)."""
+    t = libusb1.libusb_transfer
+    return {name: getattr(t, name).offset for name, _ in t._fields_}
+
+
+def submit_function_address() -> int:
+    """The address of libusb_submit_transfer itself, for C code that resubmits without Python."""
+    return ctypes.cast(libusb1.libusb_submit_transfer, ctypes.c_void_p).value or 0
+
+
+def cancel_function_address() -> int:
+    """The address of libusb_cancel_transfer itself."""
+    return ctypes.cast(libusb1.libusb_cancel_transfer, ctypes.c_void_p).value or 0
+
+
 class SubmitError(Exception):
     """libusb refused a submission; `code` is libusb's error number."""
 
@@ -45,8 +61,11 @@ class SubmitError(Exception):
 
 
 class BulkPipe:
-    def __init__(self, handle_p, endpoint: int, count: int, timeout_ms: int, on_done: DoneCallback) -> None:
+    def __init__(self, handle_p, endpoint: int, count: int, timeout_ms: int, on_done: DoneCallback,
+                 submit=None) -> None:
         self._on_done = on_done
+        # libusb_submit_transfer; the core test tier passes a stand-in (a C-callable ctypes function) instead.
+        self._submit = submit if submit is not None else libusb1.libusb_submit_transfer
         self._cfunc = _CALLBACK(self._completed)  # kept alive as long as the pipe: libusb holds its address
         callback = ctypes.cast(self._cfunc, libusb1.libusb_transfer_cb_fn_p)
         self._ptrs = []
@@ -106,7 +125,7 @@ class BulkPipe:
         s.flags = FLAG_ADD_ZERO_PACKET if zlp else 0
         self._packet[i] = packet
         self._gen[i] += 1
-        rc = libusb1.libusb_submit_transfer(self._ptrs[i])
+        rc = self._submit(self._ptrs[i])
         if rc:
             self._packet[i] = None
             free.append(i)
@@ -145,6 +164,16 @@ class BulkPipe:
                 libusb1.libusb_cancel_transfer(self._ptrs[i])
                 n += 1
         return n
+
+    # --- for the C completions (usbnetd.native NcmRx.usb_arm) ---
+    def transfer_addresses(self) -> list[int]:
+        """The libusb transfers' addresses, every slot's, submitted or not."""
+        return [ctypes.addressof(s) for s in self._structs]
+
+    @property
+    def callback_address(self) -> int:
+        """The address of this pipe's own completion callback (the C path's fallback for what it leaves)."""
+        return ctypes.cast(self._cfunc, ctypes.c_void_p).value or 0
 
     def cancel_all(self) -> None:
         for i, packet in enumerate(self._packet):

@@ -18,8 +18,16 @@ import time
 
 import usb1
 
+from .. import native
 from ..core.pool import Packet
-from .bulk import ERROR_NO_DEVICE, BulkPipe, SubmitError
+from .bulk import (
+    ERROR_NO_DEVICE,
+    BulkPipe,
+    SubmitError,
+    cancel_function_address,
+    submit_function_address,
+    transfer_layout,
+)
 from .descriptors import Configuration, parse_configuration
 from .transport import (
     STATUS_CANCELLED,
@@ -119,6 +127,8 @@ class LibusbTransport(Transport):
         self._detached: list[int] = []
         self._original_configuration: int | None = None  # set when usbnetd switched configurations
         self._rx: BulkPipe | None = None
+        self._armed = None  # the usbnetd.native NcmRx taking the bulk IN completions (arm_native_rx)
+        self._tx_pump = None  # the usbnetd.native FrameTx owning the bulk OUT transfers (arm_native_tx)
         self._tx: BulkPipe | None = None
         self._all: list[usb1.USBTransfer] = []  # the python-libusb1 transfers: control and interrupt
         self._ctrl_free: list[usb1.USBTransfer] = []
@@ -319,7 +329,42 @@ class LibusbTransport(Transport):
         # Called once a second: a bulk OUT transfer the device has not taken for 5 s (usbnet's TX timeout,
         # TX_TIMEOUT_JIFFIES) is cancelled and completes as timed out, so its buffer comes back.
         if self._tx is not None and not self._stopping:
-            self._tx.watchdog(TX_TIMEOUT_CHECKS)
+            if self._tx_pump is not None:
+                self._tx_pump.watchdog(TX_TIMEOUT_CHECKS)
+            else:
+                self._tx.watchdog(TX_TIMEOUT_CHECKS)
+
+    def arm_native_rx(self, rx, kind: str) -> bool:
+        if self._rx is None or self._stopping or self._armed is not None:
+            return False
+        if not self._layout_ok():
+            return False
+        rx.usb_arm(submit_function_address(), self._rx.callback_address, self._rx.transfer_addresses(), kind)
+        self._armed = rx
+        return True
+
+    def disarm_native_rx(self) -> None:
+        rx, self._armed = self._armed, None
+        if rx is not None:
+            rx.usb_disarm()
+
+    def _layout_ok(self) -> bool:
+        have = transfer_layout()
+        if native.usb_layout_matches(have):
+            return True
+        # Never guess at a transfer's layout: C would write into the wrong fields.
+        log.warning("libusb's transfer layout (%s) is not the one the C path assumes: USB completions stay in "
+                    "Python", have)
+        return False
+
+    def arm_native_tx(self, pump) -> bool:
+        if self._tx is None or self._stopping or self._tx_pump is not None or self._tx.in_flight:
+            return False
+        if not self._layout_ok():
+            return False
+        pump.arm(submit_function_address(), cancel_function_address(), self._tx.transfer_addresses())
+        self._tx_pump = pump
+        return True
 
     def clear_halt(self, endpoint: int) -> bool:
         try:
@@ -341,11 +386,15 @@ class LibusbTransport(Transport):
 
     @property
     def tx_free(self) -> int:
+        if self._tx_pump is not None:
+            return self._tx_pump.free
         return self._tx.free_count if self._tx is not None else 0
 
     @property
     def in_flight(self) -> int:
         bulk = sum(p.in_flight for p in (self._rx, self._tx) if p is not None)
+        if self._tx_pump is not None:
+            bulk += self._tx_pump.in_flight
         return bulk + sum(1 for t in self._all if t.isSubmitted())
 
     def poll_fds(self) -> list[tuple[int, int]]:
@@ -367,9 +416,12 @@ class LibusbTransport(Transport):
     # --- teardown ---
     def stop(self, timeout: float = 2.0) -> int:
         self._stopping = True
+        self.disarm_native_rx()  # decoded transfers the C path holds come back as cancelled
         for pipe in (self._rx, self._tx):
             if pipe is not None:
                 pipe.cancel_all()
+        if self._tx_pump is not None:
+            self._tx_pump.cancel_all()
         for t in self._all:
             if t.isSubmitted():
                 try:
@@ -380,6 +432,7 @@ class LibusbTransport(Transport):
         while time.monotonic() < deadline:
             left = self.in_flight
             if not left:
+                self._disarm_tx()
                 return 0
             try:
                 self._context.handleEventsTimeout(0.05)
@@ -389,6 +442,21 @@ class LibusbTransport(Transport):
         if left:
             log.error("%d transfers could not be reaped within %.1fs", left, timeout)
         return left
+
+    def disarm_native_tx(self) -> bool:
+        pump = self._tx_pump
+        if pump is None:
+            return True
+        if pump.in_flight:
+            return False
+        self._disarm_tx()
+        return True
+
+    def _disarm_tx(self) -> None:
+        """The C TX pump gives the bulk OUT transfers back; only once none is in flight."""
+        pump, self._tx_pump = self._tx_pump, None
+        if pump is not None:
+            pump.disarm()
 
     def close(self) -> None:
         handle = self._handle

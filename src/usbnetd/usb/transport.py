@@ -132,6 +132,27 @@ class Transport(ABC):
         """Called about once a second while running: time out transfers the device has left hanging."""
         return None  # the simulated device never leaves one hanging
 
+    def arm_native_rx(self, rx, kind: str) -> bool:
+        """Let the C path (a usbnetd.native NcmRx) take the bulk IN completions itself: decode, write and
+        resubmit without a Python call per transfer ("ntb" or "frame" framing). False when this transport
+        cannot (then completions reach `on_rx` as always)."""
+        return False
+
+    def disarm_native_rx(self) -> None:
+        """Completions go to `on_rx` again; transfers the C path had decoded come back to it as cancelled."""
+        return None
+
+    def arm_native_tx(self, pump) -> bool:
+        """Let the C TX pump (a usbnetd.native FrameTx) own the bulk OUT transfers: it reads the TAP, submits
+        and counts completions without Python per frame. False when this transport cannot (then TX goes
+        through submit_tx and on_tx as always). stop() cancels and reaps its transfers too, then disarms it."""
+        return False
+
+    def disarm_native_tx(self) -> bool:
+        """The C TX pump gives the bulk OUT transfers back at run time (a trace wants TX in Python): only once
+        none of its transfers is in flight, False until then. True when no pump is armed."""
+        return True
+
     def pending(self) -> bool:
         """True when completions are ready without any fd becoming readable (the sim uses this)."""
         return False
