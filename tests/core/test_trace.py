@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import struct
 
+import pytest
 from fake import ethernet, make_service, turn
 
 from usbnetd.core import pcapng as P
+from usbnetd.core.datapath import TraceUnavailable
 from usbnetd.core.trace import ETH, USB, Tracer
 from usbnetd.protocols import cdc
 from usbnetd.protocols.ncm_codec import NtbDecoder, TxLayout, build_ntb
@@ -194,4 +196,71 @@ def test_count_stops_recording_after_n_records(datapath):
     turn(svc)
     assert tracer.done and sum(tracer.recorded) == 3 and len(tracer.blocks) == 3
     svc.datapath.set_tracer(None)
+    svc.stop()
+
+
+def exchange(svc, t, tap, kind: str, tag: int) -> tuple[bytes, bytes]:
+    """One frame host -> device and one device -> host, every transfer completed."""
+    out, back = frame(200, tag), frame(300, tag + 1)
+    tap.host_send(out)
+    svc.on_tap_readable()
+    turn(svc)
+    while t.tx:
+        t.complete_tx()
+    turn(svc)
+    layout = TxLayout(ntb32=False, max_size=4096, divisor=4, remainder=2, alignment=4)
+    t.complete_rx(build_ntb(layout, [back]) if kind == "ncm" else back)
+    turn(svc)
+    return out, back
+
+
+@pytest.mark.parametrize("kind", ["ncm", "ecm"])
+def test_the_c_usb_completions_are_set_aside_and_rearmed(datapath, kind):
+    """With the C path taking the bulk IN completions (native-usb) and the C TX pump (ECM): a trace hands
+    both back to Python, sees every frame and transfer, and arms them again when it ends."""
+    if datapath != "native-usb":
+        pytest.skip("only the native-usb path takes USB completions in C")
+    svc, t, tap = make_service(kind)
+    dp = svc.datapath
+    before = dp.detail()
+    assert before["rx_completions"] == "native"
+    assert before["tx_completions"] == ("native" if kind == "ecm" else "python")
+    exchange(svc, t, tap, kind, 1)
+    tracer = Tracer()
+    dp.set_tracer(tracer)
+    during = dp.detail()
+    assert (during["rx_completions"], during["tx_completions"]) == ("python", "python")
+    out, back = exchange(svc, t, tap, kind, 10)
+    recs = records(tracer)
+    assert [(r.flags, r.data) for r in recs if r.interface == ETH] == [(P.EPB_OUTBOUND, out), (P.EPB_INBOUND, back)]
+    assert any(usb(r)["ep"] == 0x81 and usb(r)["type"] == "C" for r in recs if r.interface == USB)
+    dp.set_tracer(None)
+    after = dp.detail()
+    assert (after["rx_completions"], after["tx_completions"]) == (before["rx_completions"],
+                                                                  before["tx_completions"])
+    out2, back2 = exchange(svc, t, tap, kind, 20)
+    assert not tracer.blocks, "nothing is recorded after the trace"
+    assert [f for _, f in tap.host_receive()][-1] == back2
+    assert (t.sent[-1] if kind == "ecm" else ntb_frames(t.sent[-1])[-1]) == out2
+    svc.stop()
+    assert dp.pool.in_use == 0
+
+
+def test_a_pump_that_cannot_hand_back_refuses_the_trace_and_changes_nothing(datapath):
+    if datapath != "native-usb":
+        pytest.skip("only the native-usb path has the C TX pump")
+    svc, t, tap = make_service("ecm")
+    dp = svc.datapath
+    tap.host_send(frame(200, 1))
+    svc.on_tap_readable()
+    assert t.tx, "a bulk OUT transfer of the pump's is in flight, and the device never completes it"
+    with pytest.raises(TraceUnavailable):
+        dp.set_tracer(Tracer())
+    assert dp.tracer is None and dp.tx_pump is not None and dp.detail()["tx_completions"] == "native"
+    assert "read_into" not in vars(svc.port) and "submit_tx" not in vars(t)
+    t.complete_tx()
+    turn(svc)
+    dp.set_tracer(Tracer())  # now it can
+    assert dp.tx_pump is None
+    dp.set_tracer(None)
     svc.stop()
