@@ -25,10 +25,11 @@ venv="${USBNETD_VENV:-$repo/.venv}"
 # which CI requires (tests/unit/test_native_ncm_rx.py); network-manager and dnsmasq-base (systemd has
 # systemd-networkd) for the plug-and-play tests, which run NetworkManager, networkd, dnsmasq and a D-Bus
 # system bus inside the VM guest only (tests/vm/guest/test_networkmanager.py, test_networkd.py): the install
-# starts no service here (policy-rc.d, scripts/lib.sh) and NetworkManager is disabled after it.
-# README.md and docs/testing.md list the same packages.
+# starts no service here (policy-rc.d, scripts/lib.sh) and NetworkManager is disabled after it; tshark reads
+# `usbnetd trace` output back (tests/integration/test_trace.py). README.md and docs/testing.md list the same
+# packages.
 apt_packages=(python3 python3-venv iproute2 iputils-ping iperf3 qemu-system-x86 busybox-static cpio kmod
-  libusb-1.0-0 xz-utils zstd usbutils systemd udev ethtool gcc python3-dev network-manager dnsmasq-base)
+  libusb-1.0-0 xz-utils zstd usbutils systemd udev ethtool gcc python3-dev network-manager dnsmasq-base tshark)
 
 missing_before=$(usbnetd_missing_packages "${apt_packages[@]}")
 if ! usbnetd_apt_install test.sh "${apt_packages[@]}"; then

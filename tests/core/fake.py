@@ -157,6 +157,15 @@ class ScriptedTransport(Transport):
         self.pump = pump
         return True
 
+    def disarm_native_tx(self) -> bool:
+        if self.pump is None:
+            return True
+        if self.pump.in_flight:
+            return False
+        self.pump.disarm()
+        self.pump = None
+        return True
+
     def _usb_submit_tx(self, address: int) -> int:
         """The stand-in for libusb_submit_transfer (bulk OUT), called by the C pump."""
         if self.submit_error:
@@ -319,6 +328,7 @@ class FakeTap:
         self.index = 0  # matches nothing in /proc/net/dev_mcast
         self.carrier: bool | None = None
         self.carrier_changes: list[bool] = []
+        self.link_speeds: list[int | None] = []  # every speed given to set_link_speed (what ethtool shows)
         self.is_up = False
         self.closed = False
         FakeTap.instances.append(self)
@@ -331,6 +341,10 @@ class FakeTap:
         if self.carrier is not on:
             self.carrier_changes.append(on)
         self.carrier = on
+
+    def set_link_speed(self, mbps: int | None) -> bool:
+        self.link_speeds.append(mbps)
+        return True
 
     def state(self) -> dict:
         return {"mtu": self.mtu, "mac": self.mac.hex(":"), "promiscuity": 0, "allmulti": 0}

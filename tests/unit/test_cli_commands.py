@@ -162,7 +162,7 @@ def test_every_command_summary_is_whole(tmp_path):
     r = usbnetd("--help", run_dir=tmp_path)
     assert r.returncode == 0, r
     rows = command_rows(r.stdout)
-    assert set(rows) == {"list", "run", "attach", "detach", "status", "stats"}, rows
+    assert set(rows) == {"list", "run", "attach", "detach", "status", "stats", "trace"}, rows
     for name, summary in rows.items():
         assert not summary.endswith("..."), f"{name}: {summary!r} is cut off"
         assert summary.endswith("."), f"{name}: {summary!r} is not a whole sentence (wrapped?)"

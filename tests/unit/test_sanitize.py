@@ -312,6 +312,7 @@ AUDITED = {
     ("src/usbnetd/app/discovery.py", "open_usb"),  # the user's serial compared with the device's
     ("src/usbnetd/app/discovery.py", "as_dict"),  # list --json: already sanitized in list_devices
     ("src/usbnetd/app/cli.py", "list_cmd"),  # list: product_name, already sanitized in list_devices
+    ("src/usbnetd/app/facts.py", "device_facts"),  # status's device facts: each string through sanitize()
     ("src/usbnetd/app/config.py", "device"),  # [[device]] serial = ...: equality
     ("src/usbnetd/app/config.py", "load_table"),  # config entries' serial (admin's, not the device's)
 }

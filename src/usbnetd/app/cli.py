@@ -1,4 +1,4 @@
-"""The `usbnetd` command line: list, run, attach, detach, status, stats.
+"""The `usbnetd` command line: list, run, attach, detach, status, stats, trace.
 
 Every failure is one line on stderr and a non-zero exit (1: it could not be done, 2: bad input); no
 traceback reaches the user. `run` is what the systemd unit runs; `attach` starts the same in the background
@@ -519,14 +519,34 @@ def status(target, as_json, every) -> None:
     if not rows:
         click.echo("no devices attached")
         return
-    for r in rows:
+    for r, full in zip(rows, matches, strict=True):
         speed = f"{r['speed_mbps']} Mbit/s" if r["speed_mbps"] is not None else "unknown speed"
+        tracing = ", traced" if full.get("tracing") else ""
         click.echo(f"{r['ifname']}: {r['protocol']} on {sanitize(r['busid'])}, link {r['link']}, {speed}, "
-                   f"MAC {r['mac']}, MTU {r['mtu']}, {r.get('datapath', 'python')} data path")
+                   f"MAC {r['mac']}, MTU {r['mtu']}, {full.get('datapath', 'python')} data path{tracing}")
+        for line in device_lines(full.get("device")):
+            click.echo(f"  {line}")
         click.echo(f"  RX {r['rx_packets']} packets {r['rx_bytes']} bytes, {r['rx_errors']} errors, "
                    f"{r['rx_dropped']} dropped")
         click.echo(f"  TX {r['tx_packets']} packets {r['tx_bytes']} bytes, {r['tx_errors']} errors, "
                    f"{r['tx_dropped']} dropped")
+
+
+def device_lines(dev: dict | None) -> list[str]:
+    """The device facts of a status row (app/facts.py) as two lines of text: chip and bus, protocol and link."""
+    if not dev or "error" in dev:
+        return []
+    chip = " ".join(one_line(x) for x in (dev.get("manufacturer"), dev.get("product")) if x)
+    first = f"device {dev.get('vendor_id')}:{dev.get('product_id')}" + (f" {chip}" if chip else "")
+    if dev.get("firmware_version"):
+        first += f", firmware (bcdDevice) {dev['firmware_version']}"
+    first += f", USB {dev.get('usb_speed')}, bus-info {one_line(dev.get('bus_info'))}"
+    versions = [f"{label} {dev[key]}" for key, label in (("ncm_version", "NCM"), ("rndis_version", "RNDIS"),
+                                                         ("cdc_version", "CDC")) if dev.get(key)]
+    second = f"driver {dev.get('driver')} {dev.get('driver_version')} ({dev.get('protocol')}"
+    second += (": " + ", ".join(versions) if versions else "") + f"), {dev.get('framing')}"
+    second += f", duplex {dev.get('duplex')}"
+    return [first, second]
 
 
 # ------------------------------------------------------------------------------------------- stats --prometheus
@@ -566,14 +586,16 @@ _PROM_KEYS: dict[str, tuple[str, str, str]] = {
     "tx_frames_per_transfer": ("usbnetd_tx_frames_per_transfer", "gauge",
                                "Sent frames per bulk OUT transfer, averaged since start."),
     "rx_throttled": ("usbnetd_rx_throttled_total", "counter", "Times RX paused after a storm of USB errors."),
+    "tracing": ("usbnetd_tracing", "gauge", "1 while `usbnetd trace` records the instance (Python data path)."),
 }
 # Keys that are not numbers to export: labels, text, and status()'s copies of pool.packets and pool.in_use
 # (exporting both made usbnetd_pool_in_use twice per device).
 _PROM_SKIP = {"busid", "ifname", "protocol", "protocol_detail", "datapath", "state", "link", "mac", "pool_packets",
-              "pool_in_use", "tx_flush", "pool", "queues", "in_flight", "rx_gro"}
+              "pool_in_use", "tx_flush", "pool", "queues", "in_flight", "rx_gro", "device"}
 # Families made from the nested parts of a row (and link_up), in output order.
 _PROM_NESTED: dict[str, tuple[str, str]] = {
     "usbnetd_link_up": ("gauge", "1 when the device reports link up, else 0."),
+    "usbnetd_device_info": ("gauge", "Facts about the device and its driver (the labels); always 1."),
     "usbnetd_tx_flush_total": ("counter", "Bulk OUT transfers sent, by why they were sent then."),
     "usbnetd_pool_packets": ("gauge", "Packet buffers in the pool (allocated once, at start)."),
     "usbnetd_pool_buffer_size_bytes": ("gauge", "Size of each packet buffer."),
@@ -588,6 +610,9 @@ _PROM_NESTED: dict[str, tuple[str, str]] = {
     "usbnetd_rx_gro_unverified_total": ("counter",
                                         "Segments that would have merged but failed checksum verification."),
 }
+# The device facts (app/facts.py) that label usbnetd_device_info.
+_DEVICE_LABELS = ("driver_version", "bus_info", "vendor_id", "product_id", "firmware_version", "usb_speed_mbps",
+                  "cdc_version", "ncm_version", "rndis_version")
 PROM_FAMILIES: dict[str, tuple[str, str]] = {**{m: (k, h) for m, k, h in _PROM_KEYS.values()}, **_PROM_NESTED}
 _PROM_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
@@ -615,6 +640,9 @@ def _prom_label(value: object) -> str:
 def _prometheus_samples(r: dict) -> Iterator[tuple[str, dict[str, object], object]]:
     """(metric, labels beyond the device's, value) for every number in one device's stats row."""
     yield "usbnetd_link_up", {}, int(r.get("link") == "up")
+    dev = r.get("device")
+    if isinstance(dev, dict) and "error" not in dev:
+        yield "usbnetd_device_info", {k: dev.get(k) for k in _DEVICE_LABELS}, 1
     for key, (metric, _kind, _help) in _PROM_KEYS.items():
         yield metric, {}, r.get(key)
     for reason, v in (r.get("tx_flush") or {}).items():
@@ -698,7 +726,10 @@ def stats(target, as_json, prometheus, every) -> None:
         return
     for r in rows:
         click.echo(f"{r['ifname']}: {r['protocol']} ({r['protocol_detail']}) on {sanitize(r['busid'])}, "
-                   f"link {r['link']}, {r.get('datapath', 'python')} data path")
+                   f"link {r['link']}, {r.get('datapath', 'python')} data path"
+                   f"{', traced' if r.get('tracing') else ''}")
+        for line in device_lines(r.get("device")):
+            click.echo(f"  {line}")
         click.echo(f"  RX {r['rx_packets']} frames in {r['rx_transfers']} transfers "
                    f"({r['rx_frames_per_transfer']} per transfer), {r['rx_bytes']} bytes")
         click.echo(f"  TX {r['tx_packets']} frames in {r['tx_transfers']} transfers "
@@ -713,6 +744,60 @@ def stats(target, as_json, prometheus, every) -> None:
                    f"exhausted {pool.get('exhausted')} times")
         click.echo("  queue high-water: " + ", ".join(f"{q} {i['high_water']}/{i['capacity']}"
                                                       for q, i in r.get("queues", {}).items()))
+
+
+@cli.command(short_help="Record an instance's frames and USB transfers as pcapng (root only).")
+@click.argument("target", metavar="DEVICE|IFNAME")
+@click.option("-w", "--write", "path", metavar="FILE",
+              help="Write the pcapng to FILE (default: standard output, for `| tshark -r -`).")
+@click.option("-c", "--count", type=_Range(1, 2**62), default=None, help="Stop after N records (frames and USB).")
+@click.option("-s", "--snaplen", type=_Range(78, 262144), default=262144, show_default=True,
+              help="Bytes kept of each record (a USB record's 64-byte usbmon header counts).")
+@click.option("-B", "--buffer-size", "buffer_kib", type=_Range(64, 262144, metavar="KIB"), default=8192,
+              show_default=True, help="KiB of records the instance holds for a slow reader before it drops them.")
+def trace(target, path, count, snaplen, buffer_kib) -> None:
+    """Record what a running instance does, without stopping it, as pcapng: the Ethernet frames at its
+    interface in both directions (interface 0) and its USB transfers — bulk data (NTBs, RNDIS messages),
+    control requests, interrupt notifications — in the Linux usbmon format (interface 1), which tshark and
+    Wireshark decode as USB. Ctrl-C (or SIGTERM, or -c) ends it with a valid file and a summary on stderr.
+
+    While a trace runs, the instance uses its Python data path (the C fast path cannot be watched); when the
+    reader is slow, records are dropped, never the data path slowed, and the end of the trace says how many."""
+    from .trace import TraceError, run_client
+
+    if os.geteuid() != 0:
+        raise Fail("tracing is for root only: the trace carries every frame's payload")
+    matches = _select(target)
+    if not matches:
+        raise Fail(f"{target} is not attached")
+    st = matches[0]
+    if path is None:
+        out = sys.stdout.buffer
+        if out.isatty():
+            raise click.UsageError("refusing to write pcapng to a terminal: give -w FILE, or pipe it "
+                                   "(usbnetd trace ... | tshark -r -)")
+        close = False
+    else:
+        try:
+            out = open(path, "wb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise Fail(f"cannot write {path}: {exc.strerror or exc}") from None
+        close = True
+    try:
+        summary = run_client(st["_path"], out, snaplen, count or 0,
+                             lambda text: click.echo(f"usbnetd: {one_line(text)}", err=True), buffer_kib * 1024)
+    except TraceError as exc:
+        raise Fail(str(exc)) from None
+    finally:
+        if close:
+            out.close()
+    where = f" to {path}" if path else ""
+    if summary["reader_gone"]:
+        ending = " (the output's reader stopped reading: trace ended)"
+    else:
+        ending = "" if summary["complete"] else " (the instance went away: the trace ends there)"
+    click.echo(f"usbnetd: {summary['frames']} Ethernet frames and {summary['usb']} USB records written{where}, "
+               f"{summary['dropped']} dropped{ending}", err=True)
 
 
 def main() -> None:

@@ -16,6 +16,12 @@ decides.
 Clients are served without blocking the event loop: each accepted connection is polled like any other file
 descriptor, a client that sends nothing is dropped after CLIENT_TIMEOUT, and at most MAX_CLIENTS are open at
 once, so nobody allowed on the socket can stall the data path.
+
+Streams: a handler may answer with a reply holding `_takeover`, a function of the connection. The reply line
+(without that key) is sent, and the connection then belongs to that function instead of being closed (it is
+called with None when the reply could not be sent):
+`usbnetd trace` gets its pcapng stream this way (app/trace.py). The handler sees the peer's uid as
+`_uid` in the request (set here, after the request is parsed, so a client cannot choose it).
 """
 
 from __future__ import annotations
@@ -89,12 +95,13 @@ class AlreadyRunning(Exception):
 
 
 class _Client:
-    __slots__ = ("conn", "data", "deadline")
+    __slots__ = ("conn", "data", "deadline", "uid")
 
-    def __init__(self, conn: socket.socket, deadline: float) -> None:
+    def __init__(self, conn: socket.socket, deadline: float, uid: int = -1) -> None:
         self.conn = conn
         self.data = b""
         self.deadline = deadline
+        self.uid = uid
 
 
 class ControlServer:
@@ -136,6 +143,10 @@ class ControlServer:
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    @staticmethod
+    def peer_uid(conn: socket.socket) -> int:
+        return _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))[1]
+
     def allowed(self, conn: socket.socket) -> bool:
         _pid, uid, gid = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
         if uid == 0 or uid == os.geteuid():
@@ -162,7 +173,11 @@ class ControlServer:
                 self._reply(conn, {"ok": False, "error": "busy: too many control connections"})
             else:
                 conn.setblocking(False)
-                self.clients[conn.fileno()] = _Client(conn, time.monotonic() + CLIENT_TIMEOUT)
+                try:
+                    uid = self.peer_uid(conn)
+                except OSError:
+                    uid = -1
+                self.clients[conn.fileno()] = _Client(conn, time.monotonic() + CLIENT_TIMEOUT, uid)
 
     def client_fds(self) -> list[int]:
         return list(self.clients)
@@ -182,7 +197,7 @@ class ControlServer:
         if len(client.data) > MAX_REQUEST:
             self._finish(fd, {"ok": False, "error": "request too long"})
         elif b"\n" in client.data or not chunk:
-            self._finish(fd, self._handle(client.data.split(b"\n", 1)[0]))
+            self._finish(fd, self._handle(client.data.split(b"\n", 1)[0], client.uid))
 
     def expire(self, now: float | None = None) -> None:
         """Drop clients that have not sent a whole request in time."""
@@ -190,18 +205,32 @@ class ControlServer:
         for fd in [fd for fd, c in self.clients.items() if c.deadline <= now]:
             self._finish(fd, {"ok": False, "error": "bad request: timed out"})
 
-    def _handle(self, line: bytes) -> dict:
+    def _handle(self, line: bytes, uid: int = -1) -> dict:
         try:
             request = json.loads(line or b"null")
         except ValueError as exc:
             return {"ok": False, "error": f"bad request: {exc}"}
         if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
             return {"ok": False, "error": "request must be a JSON object with a string 'cmd'"}
+        request["_uid"] = uid
         return self.handler(request)
 
     def _finish(self, fd: int, reply: dict) -> None:
         client = self.clients.pop(fd)
-        self._reply(client.conn, reply)
+        takeover = reply.pop("_takeover", None)
+        if takeover is None:
+            self._reply(client.conn, reply)
+            return
+        conn = client.conn
+        try:
+            conn.settimeout(0.1)
+            conn.sendall(json.dumps(reply).encode() + b"\n")
+            conn.setblocking(False)
+        except OSError:
+            conn.close()
+            takeover(None)  # the taker undoes what it set up for this connection
+            return
+        takeover(conn)  # the connection is the taker's now, to close when it is done
 
     @staticmethod
     def _reply(conn: socket.socket, reply: dict) -> None:

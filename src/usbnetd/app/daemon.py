@@ -16,7 +16,9 @@ import socket
 import time
 
 from ..core.service import EthernetService, State
+from . import trace as trace_mod
 from .control import ControlServer
+from .facts import device_facts
 from .notify import Notifier
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ class Daemon:
         self.remove_interface = False
         self.failed: str | None = None  # why the instance ended in error (start-up errors raise instead)
         self.notifier = Notifier()
+        self.trace: trace_mod.TraceSession | None = None  # `usbnetd trace` attached (app/trace.py)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -45,14 +48,28 @@ class Daemon:
     def handle_request(self, req: dict) -> dict:
         cmd = req["cmd"]
         if cmd == "status":
-            return {"ok": True, "status": self.service.status(), "pid": os.getpid()}
+            return {"ok": True, "status": self._with_facts(self.service.status()), "pid": os.getpid()}
         if cmd == "stats":
-            return {"ok": True, "stats": self.service.detailed_stats(), "pid": os.getpid()}
+            return {"ok": True, "stats": self._with_facts(self.service.detailed_stats()), "pid": os.getpid()}
         if cmd == "detach":
             self.stop_reason = "detach requested"
             self.remove_interface = True  # detach removes even a persistent interface; a restart keeps it
             return {"ok": True}
+        if cmd == "trace":
+            if self.trace is not None:
+                return {"ok": False, "error": "busy: the instance is already being traced"}
+            return trace_mod.start_session(self.service, req, self._set_trace)
         return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    def _with_facts(self, st: dict) -> dict:
+        try:
+            st["device"] = device_facts(self.service)
+        except Exception as exc:  # noqa: BLE001 - status must answer even if a fact cannot be read
+            st["device"] = {"error": f"{type(exc).__name__}: {exc}"}
+        return st
+
+    def _set_trace(self, session: trace_mod.TraceSession | None) -> None:
+        self.trace = session
 
     def run(self, on_ready=None) -> None:
         """Start the service, serve until told to stop, tear down. Raises what start() raised."""
@@ -69,6 +86,11 @@ class Daemon:
                     on_ready(self.service)
                 self._loop()
         finally:
+            if self.trace is not None:
+                # The reader gets a whole file: what was recorded, then the statistics, then the end.
+                self.trace.finish(f"the instance stopped: {self.stop_reason or 'start-up failed'}")
+                self.trace.drain()
+                self.trace = None
             self.notifier.stopping(f"stopping: {self.stop_reason or 'start-up failed'}")
             self.service.stop(remove_interface=self.remove_interface)
             if self.control is not None:
@@ -127,6 +149,9 @@ class Daemon:
                 want[fd] = want.get(fd, 0) | ev
             if svc.wants_tap_read():
                 want[tap_fd] = POLLIN
+            trace = self.trace
+            if trace is not None:
+                want[trace.fileno()] = trace.poll_events()
             if want != registered:
                 for fd in registered.keys() - want.keys():
                     poller.unregister(fd)
@@ -157,11 +182,17 @@ class Daemon:
                     control.on_client_readable(fd)
                 elif fd in handlers:
                     handlers[fd]()
+                elif trace is not None and fd == trace.fileno():
+                    trace.on_event(_ev)
                 else:
                     usb = True
             if usb or not events or svc.transport.pending():
                 svc.on_usb()
             svc.process()
+            if self.trace is not None:
+                self.trace.pump()  # what this turn recorded goes out now, as far as the socket takes it
+                if self.trace.closed:
+                    self.trace = None
             if svc.state is not State.RUNNING:
                 self.stop_reason = "service stopped"
                 if svc.failure:

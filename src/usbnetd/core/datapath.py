@@ -30,8 +30,13 @@ from ..usb.transport import STATUS_CANCELLED, STATUS_NO_DEVICE, STATUS_OK, STATU
 from .pool import TX, Packet, PacketBufferPool
 from .queues import RingQueue
 from .stats import BurstLog, Stats
+from .trace import trace_transport
 
 log = logging.getLogger(__name__)
+
+
+class TraceUnavailable(Exception):
+    """A trace cannot start now (set_tracer): the reason is for the user."""
 
 # How long a partly filled NCM transfer may wait for more frames while earlier transfers are still in
 # flight. Linux uses 400 µs; poll() counts in milliseconds, so 1 ms is the finest honest value here.
@@ -43,6 +48,9 @@ TAP_READ_BUDGET = 64  # frames read per wake-up before the loop looks at USB aga
 RX_ERROR_STORM = 20  # usbnet: more than 20 errors (in 30 completions) means a storm
 RX_THROTTLE = 0.125  # seconds RX pauses after a storm (usbnet's THROTTLE_JIFFIES, HZ/8)
 ETH_HLEN = 14
+# How long a trace's start (or end) may wait for the device to take the bulk OUT transfers in flight, which
+# the C TX pump and the Python pipe can only trade when none is in flight.
+PUMP_HANDOVER = 0.1
 # usbnet keeps about 60 full-size frames of memory in flight per direction at high speed, x5 at SuperSpeed.
 INFLIGHT_BYTES = 60 * 1518
 
@@ -68,6 +76,11 @@ class DataPath:
         self.tx_fast = None  # a usbnetd.native NcmTx when the C path frames TX (attach decides)
         self.rx_usb = False  # the C path takes the bulk IN completions (transport.arm_native_rx)
         self.tx_pump = None  # a usbnetd.native FrameTx owning the bulk OUT transfers (transport.arm_native_tx)
+        self.tracer = None  # a core.trace.Tracer while `usbnetd trace` watches (set_tracer)
+        self._untrace = None  # undoes trace_transport's wrappers
+        self._native_tx_wanted = False  # attach chose the C TX framer (set_tracer puts it back)
+        self._rx_usb_wanted = False  # the C path took the bulk IN completions before a trace (set_tracer)
+        self._tx_pump_wanted = None  # the C TX pump set aside while a trace runs (set_tracer)
         self.running = False  # completions with errors are only counted while running
         self.device_gone = False
         # Counters of the data path's own (the per-frame ones are in `stats`, kept by the port and here).
@@ -142,12 +155,109 @@ class DataPath:
             pump = port.native_frame_tx(*frame_tx)
             if pump is not None and self.transport.arm_native_tx(pump):
                 self.tx_pump = pump
+        self._native_tx_wanted = self.tx_fast is not None
+
+    def set_tracer(self, tracer) -> None:
+        """Start (a Tracer) or stop (None) recording this instance's frames and transfers, at run time.
+
+        Called from the event loop between wake-ups. While a tracer is attached the data path is the Python
+        one, the reference: everything the C path does out of Python's sight is set aside — the C RX decode and
+        its bulk IN completions (decoded transfers resubmitted first, then disarmed), the C TX pump and its bulk
+        OUT transfers (handed back once none is in flight), the NCM C framer (its open transfer sent, its
+        sequence number handed over) — and put back when the trace ends. Raises TraceUnavailable, with
+        nothing changed, when the C TX pump cannot hand its transfers back in time."""
+        if tracer is not None and self.tracer is None:
+            self._release_tx_pump()  # first: the only step that can fail
+            if self.rx_usb:
+                self._rx_usb_flush()
+                self.transport.disarm_native_rx()  # nothing pending: nothing comes back cancelled
+                self.rx_usb = False
+                self._rx_usb_wanted = True
+            self._switch_tx(native=False)
+            self.port.set_tracer(tracer)
+            self._untrace = trace_transport(self.transport, tracer)
+        elif tracer is None and self.tracer is not None:
+            if self._untrace is not None:
+                self._untrace()
+                self._untrace = None
+            self.port.set_tracer(None)
+            self._switch_tx(native=self._native_tx_wanted)
+            if self._rx_usb_wanted and self.port.native is not None:
+                self._rx_usb_wanted = False
+                self.rx_usb = self.transport.arm_native_rx(self.port.native, self.driver.native_rx()[0])
+            self._rearm_tx_pump()
+        self.tracer = tracer
+
+    def _rx_usb_flush(self) -> None:
+        """What process() does first when the C path takes the bulk IN completions (kept apart from it)."""
+        done = self.port.rx_usb_end()
+        if done:
+            self.rx_transfers_done += done
+            self._rx_error_streak = 0
+
+    def _wait_tx_idle(self, idle) -> bool:
+        """Let bulk OUT transfers complete (USB events only, nothing else) until `idle()`, for at most
+        PUMP_HANDOVER seconds: the C TX pump and the Python pipe can only trade transfers none of which is in
+        flight. False when the device did not take them in time."""
+        deadline = time.monotonic() + PUMP_HANDOVER
+        while not idle():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
+            self.transport.handle_events()
+        return True
+
+    def _release_tx_pump(self) -> None:
+        pump = self.tx_pump
+        if pump is None:
+            return
+
+        def idle() -> bool:
+            self._tx_pump_events()
+            return not pump.in_flight
+
+        if not self._wait_tx_idle(idle) or not self.transport.disarm_native_tx():
+            raise TraceUnavailable("the device has not taken the bulk OUT transfers in flight, which the C TX "
+                                   "pump must hand back first; try again")
+        self.tx_pump = None
+        self._tx_pump_wanted = pump
+
+    def _rearm_tx_pump(self) -> None:
+        pump, self._tx_pump_wanted = self._tx_pump_wanted, None
+        if pump is None:
+            return
+        if self._tx_packet is not None:
+            self._finish_tx(FLUSH_TIMER)
+        self._submit_tx()
+        if (len(self.tx_submission) or not self._wait_tx_idle(lambda: self.transport.tx_free == self.n_tx)
+                or not self.transport.arm_native_tx(pump)):
+            log.info("%s: bulk OUT transfers still in flight: TX stays in Python until the next start",
+                     self.ifname)
+            return
+        self.tx_pump = pump
+        self._tap_wants_read = pump.free > 0
+
+    def _switch_tx(self, native: bool) -> None:
+        """Hand TX framing between the C framer and the driver's, the transfer being framed sent first."""
+        if native == (self.tx_fast is not None):
+            return
+        if self._tx_packet is not None:
+            self._finish_tx(FLUSH_TIMER)  # what is framed goes now, as the flush timer would send it
+            self._submit_tx()
+        if native:
+            tx = self.driver.native_tx()
+            self.tx_fast = self.port.native_tx(self.driver.max_frame, *tx) if tx is not None else None
+        else:
+            self.driver.native_tx_returned(self.tx_fast.sequence)
+            self.tx_fast = None
 
     @property
     def path(self) -> str:
         """Which data path runs: "native" when the C code does RX and, where the framing has it, TX framing.
         Who takes the USB completions (C or Python, by what the transport allows) is `detail()`'s
         rx_completions / tx_completions."""
+        if self.tracer is not None:
+            return "python"  # set_tracer: the C path is set aside while a trace is attached
         if self.rx_path == "native" and (self.tx_fast is not None or self.driver.native_tx() is None):
             return "native"
         return "python" if self.rx_path == "python" and self.tx_fast is None else "mixed"
@@ -164,6 +274,8 @@ class DataPath:
 
     # ------------------------------------------------------------------ completions (inside handle_events)
     def _on_rx(self, packet: Packet, status: int, actual: int) -> None:
+        if self.tracer is not None:
+            self.tracer.rx_done(packet.index, status, packet.view, actual)
         if status == STATUS_OK:
             self._rx_error_streak = 0
             packet.length = actual
@@ -196,6 +308,8 @@ class DataPath:
                         RX_THROTTLE * 1000)
 
     def _on_tx(self, packet: Packet, status: int) -> None:
+        if self.tracer is not None:
+            self.tracer.tx_done(packet.index, status, packet.length)
         frames = self._tx_frames[packet.index]
         if status == STATUS_OK:
             self.stats.tx_packets += frames

@@ -1,4 +1,5 @@
-"""Link state: carrier and speed as the device reports them, onto the TAP, and the link reconciler.
+"""Link state: carrier and speed as the device reports them, onto the TAP (the carrier, and the speed that
+`ethtool IFNAME` shows), and the link reconciler.
 
 Events come from two places, both drained by the service in the event loop, never re-entrantly: the
 driver's `status()` hook for each interrupt transfer, and the driver's `events` queue for what it learns
@@ -33,6 +34,8 @@ class LinkState:
         self.changes = 0  # carrier changes applied (not repeats)
         self.reconciler: LinkReconciler | None = None
         self._tap: Tap | None = None
+        self._speed_warned = False
+        self.tap_speed_set = False  # whether `ethtool IFNAME` shows the device's speed (set_link_speed took it)
 
     def attach(self, tap: Tap) -> None:
         """The TAP exists: it takes the carrier we know now and every change from here on."""
@@ -41,6 +44,7 @@ class LinkState:
         if not self.follow_device:
             self._set(True)  # no (trusted) notifications: the link is as up as the bus
         tap.set_carrier(self.up)
+        self._set_speed_on_tap()
 
     def start_reconciler(self, driver: ProtocolDriver, device_mac: bytes) -> None:
         assert self._tap is not None
@@ -54,6 +58,16 @@ class LinkState:
             if speed != self.speed_mbps:
                 self.speed_mbps = speed
                 log.info("%s: link speed %d Mbit/s", self.ifname, speed)
+                self._set_speed_on_tap()
+
+    def _set_speed_on_tap(self) -> None:
+        """`ethtool IFNAME` shows the device's speed (tun would claim 10000 Mb/s full duplex otherwise)."""
+        if self._tap is None:
+            return
+        self.tap_speed_set = self._tap.set_link_speed(self.speed_mbps)
+        if not self.tap_speed_set and not self._speed_warned:
+            self._speed_warned = True
+            log.info("%s: the kernel does not take the link speed for ethtool (before Linux 4.20?)", self.ifname)
 
     def _set(self, up: bool) -> None:
         if up == self.up:

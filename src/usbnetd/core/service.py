@@ -146,6 +146,8 @@ class EthernetService:
 
     # ------------------------------------------------------------------ link events
     def _on_interrupt(self, view: memoryview, length: int) -> None:
+        if self.datapath.tracer is not None:
+            self.datapath.tracer.interrupt(view, length)
         self.stats.notifications += 1
         event = self.driver.status(view, length)
         if event is not None:
@@ -222,6 +224,7 @@ class EthernetService:
             "mac": mac_to_str(mac) if mac else None,
             "mtu": None,
             "datapath": self.datapath.path,
+            "tracing": self.datapath.tracer is not None,
         }
         if self.tap is not None:
             try:

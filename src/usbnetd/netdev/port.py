@@ -19,6 +19,11 @@ per transfer): `use_native(kind, limit)` attaches it, and then `rx_native(view, 
 `rx_native_end()` replace the driver's decode and this port's emit for a whole batch, with the same writes
 and the same counters (tests/unit/test_native_ncm_rx.py, fuzz/native_ncm.py). The Python path stays the
 reference and the fallback.
+
+Tracing (`set_tracer`, core/trace.py): while `usbnetd trace` watches, the C path is set aside (its RX writes
+happen in C, where nothing can see them) and `emit`, `deliver` and `read_into` become traced versions that
+record each frame and then do the untraced work; received frames then go to the TAP one by one (GRO in
+Python would cost more than it saves). Without a trace nothing here checks for one.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ class TapPort:
         self.read_errors = BurstLog("TAP read failing", logger=log)
         self.native = None  # a usbnetd.native NcmRx when the C path decodes RX (use_native)
         self.rx_native = None  # its decode or decode_frame, bound once
+        self.tracer = None  # a core.trace.Tracer while a trace is attached (set_tracer)
+        self._untraced: tuple | None = None  # (emit, rx_native) to put back when the trace ends
 
     # ------------------------------------------------------------------ the native RX path
     def use_native(self, kind: str, limit: int, rx_size: int = 0) -> bool:
@@ -98,6 +105,42 @@ class TapPort:
         if failed:
             self.write_errors.hit(os.strerror(n.last_errno), failed)
         return done
+
+    # ------------------------------------------------------------------ tracing
+    def set_tracer(self, tracer) -> None:
+        """Attach a tracer (or detach it with None) between batches: every frame through this port is then
+        recorded, and the C RX path is off until it is detached. The traced methods are instance attributes
+        shadowing the plain ones, so the untraced path has no check in it."""
+        if tracer is not None:
+            if self._untraced is None:
+                self._untraced = (self.emit, self.rx_native)
+            self.tracer = tracer
+            self.rx_native = None  # DataPath.process then decodes in Python, through emit below
+            self.emit = self._emit_traced
+            self.deliver = self._deliver_traced
+            self.read_into = self._read_into_traced
+            return
+        if self._untraced is not None:
+            self.emit, self.rx_native = self._untraced
+            self._untraced = None
+        for name in ("deliver", "read_into"):
+            vars(self).pop(name, None)
+        self.tracer = None
+
+    def _emit_traced(self, offset: int, length: int) -> None:
+        frame = self.view[offset : offset + length]
+        self.tracer.frame(frame, True)
+        self.write_frame(frame, length)
+
+    def _deliver_traced(self, view: memoryview, offset: int, length: int) -> None:
+        self.tracer.frame(view[offset : offset + length], True)
+        TapPort.deliver(self, view, offset, length)
+
+    def _read_into_traced(self, buf: memoryview) -> int:
+        n = TapPort.read_into(self, buf)
+        if n > 0:
+            self.tracer.frame(buf[:n], False)
+        return n
 
     # ------------------------------------------------------------------ RX: device -> host
     def rx_begin(self, view: memoryview) -> None:

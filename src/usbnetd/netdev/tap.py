@@ -1,17 +1,20 @@
 """The TAP interface: the host-facing half of usbnetd, one Ethernet frame per read or write.
 
 pytun creates the device (IFF_TAP | IFF_NO_PI: without NO_PI every frame carries a 4-byte prefix). Carrier is
-set with the TUNSETCARRIER ioctl on the TAP's own fd. Looking the interface up, MAC, MTU, up, and reading
+set with the TUNSETCARRIER ioctl on the TAP's own fd, the speed `ethtool IFNAME` reports with SIOCETHTOOL
+(`set_link_speed`). Looking the interface up, MAC, MTU, up, and reading
 the state back (the link reconciler, every two seconds) go through one rtnetlink socket of our own for the TAP's
 life (rtnl.py says why not pyroute2).
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
 import re
+import socket
 import struct
 
 import pytun
@@ -27,6 +30,15 @@ TUNSETOFFLOAD = 0x400454D0
 # _IOW('T', 216, int): the size of the virtio_net_hdr in front of every frame (IFF_VNET_HDR).
 TUNSETVNETHDRSZ = 0x400454D8
 IFNAMSIZ = 16
+# SIOCETHTOOL with the legacy ETHTOOL_GSET / ETHTOOL_SSET commands (include/uapi/linux/ethtool.h, struct
+# ethtool_cmd). tun keeps whatever link settings it is given (drivers/net/tun.c, tun_set_link_ksettings,
+# Linux >= 4.20) and reports them to `ethtool IFNAME`; left alone it claims 10000 Mb/s full duplex.
+SIOCETHTOOL = 0x8946
+ETHTOOL_GSET, ETHTOOL_SSET = 0x1, 0x2
+_ETHTOOL_CMD = struct.Struct("=IIIHBBBBBBIIHBBI8x")  # struct ethtool_cmd, 44 bytes
+SPEED_UNKNOWN = 0xFFFFFFFF  # (u32)-1, split over speed and speed_hi
+DUPLEX_UNKNOWN = 0xFF
+PORT_OTHER = 0xFF
 _IFNAME_OK = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
@@ -123,6 +135,30 @@ class Tap:
                 raise
             # Kernels before 5.0 lack TUNSETCARRIER; the interface then just stays "carrier on".
         self.carrier = on
+
+    def set_link_speed(self, mbps: int | None) -> bool:
+        """What `ethtool IFNAME` reports: the device's link speed (None: unknown) and duplex unknown (neither CDC
+        nor RNDIS reports one). False, and nothing else, when the kernel does not take it (before 4.20)."""
+        speed = SPEED_UNKNOWN if mbps is None else mbps & 0xFFFFFFFF
+        buf = ctypes.create_string_buffer(_ETHTOOL_CMD.size)
+        # struct ifreq: the name, then a pointer to the ethtool command (the rest of its 40 bytes unused).
+        ifreq = struct.pack("16sP", self.name.encode(), ctypes.addressof(buf)).ljust(40, b"\0")
+        try:
+            # An AF_UNIX socket: device ioctls work on any socket, and the unit allows only AF_UNIX/AF_NETLINK.
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                _ETHTOOL_CMD.pack_into(buf, 0, ETHTOOL_GSET, *([0] * 15))
+                fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifreq)
+                f = list(_ETHTOOL_CMD.unpack(buf.raw))
+                f[0] = ETHTOOL_SSET
+                f[3], f[12] = speed & 0xFFFF, speed >> 16  # speed, speed_hi
+                f[4] = DUPLEX_UNKNOWN
+                f[5] = PORT_OTHER  # not twisted pair, as tun claims: a USB function
+                f[10] = f[11] = 0  # maxtxpkt, maxrxpkt: deprecated, must be 0 for the kernel to convert
+                _ETHTOOL_CMD.pack_into(buf, 0, *f)
+                fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifreq)
+        except OSError:
+            return False
+        return True
 
     def state(self) -> dict:
         """MTU, MAC and flags as the kernel sees them now (the user may have changed them)."""

@@ -138,6 +138,11 @@ def match_cdc(config: Configuration, subclass: int, protocol: int | None = None)
     return None
 
 
+def bcd(value: int) -> str:
+    """A USB binary-coded decimal version (0x0110) as people write it ("1.10")."""
+    return f"{value >> 8 & 0xFF:x}.{value & 0xFF:02x}"
+
+
 class ProtocolDriver:
     """Base class; subclasses set `name` and override what their framing needs."""
 
@@ -169,6 +174,28 @@ class ProtocolDriver:
     def framing(self) -> str:
         """How frames travel, for logs and status (e.g. "NTB32, 32768 B in / 32769 B out")."""
         return "one frame per transfer"
+
+    def info(self) -> dict:
+        """Facts about the function for `usbnetd status` (ethtool -i's part): the class specification versions
+        its descriptors declare and what was negotiated. Subclasses add their own (RNDIS's version)."""
+        st: dict = {"protocol": self.name, "framing": self.framing,
+                    "interfaces": {"control": self.binding.control, "data": self.binding.data},
+                    "endpoints": {"in": f"0x{self.binding.ep_in.address:02x}",
+                                  "out": f"0x{self.binding.ep_out.address:02x}",
+                                  "interrupt": (f"0x{self.binding.ep_int.address:02x}"
+                                                if self.binding.ep_int is not None else None)},
+                    "max_frame": self.max_frame}
+        f = self.binding.functional
+        if f is not None:
+            if f.header_bcd is not None:
+                st["cdc_version"] = bcd(f.header_bcd)  # CDC 1.2 §5.2.3.1: bcdCDC
+            if f.ethernet is not None:
+                st["max_segment_size"] = f.ethernet.max_segment_size  # ECM 1.2 §5.4: wMaxSegmentSize
+                st["multicast_filters"] = f.ethernet.mc_filters & 0x7FFF
+            if f.ncm is not None:
+                st["ncm_version"] = bcd(f.ncm.bcd_version)  # NCM 1.0 §5.2.1: bcdNcmVersion
+                st["ncm_capabilities"] = f"0x{f.ncm.capabilities:02x}"  # bmNetworkCapabilities
+        return st
 
     # --- setup ---
     def claim(self) -> None:
@@ -203,6 +230,11 @@ class ProtocolDriver:
     def native_tx(self) -> tuple[tuple, int] | None:
         """For the C TX framer (usbnetd.native.NcmTx): the framing's layout fields and the next sequence
         number, so that it builds exactly what `tx_begin` ... `tx_finish` would; None when only those can."""
+        return None
+
+    def native_tx_returned(self, sequence: int) -> None:
+        """The C TX framer stops (a trace wants every frame in Python) and hands over the sequence number the
+        next transfer carries, so that `tx_begin` ... `tx_finish` go on where it stopped."""
         return None
 
     def native_frame_tx(self) -> tuple[int, int] | None:

@@ -152,5 +152,9 @@ class NcmDriver(ProtocolDriver):
     def native_tx(self) -> tuple[tuple, int] | None:
         return dataclasses.astuple(self.layout), self._builder.sequence
 
+    def native_tx_returned(self, sequence: int) -> None:
+        # NCM 1.0 §3.2.1: wSequence counts NTBs; the Python builder continues the C framer's count.
+        self._builder = NtbBuilder(self.layout, sequence)
+
     def rx_decode(self, view: memoryview, length: int, sink: RxSink) -> int:
         return self._decoder.decode(view, length, sink.emit)

@@ -95,12 +95,22 @@ class RndisDriver(ProtocolDriver):
         self._carry_sink: RxSink | None = None  # the sink of the rx_decode completing the carried message
         self.initial_link: bool | None = None
         self._initialized = False  # INITIALIZE completed: only then does the device expect a HALT
+        self.rndis_version: tuple[int, int] | None = None
+        self.physical_medium: str | None = None
         self._unresponsive = False  # a KEEPALIVE went unanswered: send nothing more
         self._keepalive_id: int | None = None
         # When the next KEEPALIVE goes out, or (one outstanding) its deadline; None: re-arm at the next poll.
         self._keepalive_due: float | None = None
         self._keepalive_fetch_at = 0.0
         self._fetches_left = 0
+
+    def info(self) -> dict:
+        st = super().info()
+        if self.rndis_version is not None:
+            st["rndis_version"] = "{}.{}".format(*self.rndis_version)  # INITIALIZE_CMPLT Major.MinorVersion
+        if self.physical_medium is not None:
+            st["physical_medium"] = self.physical_medium  # OID_GEN_PHYSICAL_MEDIUM, when the device answers
+        return st
 
     def _next_id(self) -> int:
         self._request_id = (self._request_id % 0xFFFFFFFE) + 1
@@ -160,13 +170,15 @@ class RndisDriver(ProtocolDriver):
         init = self._command(rc.initialize(rid, RX_TRANSFER), rid, rc.INITIALIZE_CMPLT)
         assert isinstance(init, rc.InitializeComplete)
         self._initialized = True
+        self.rndis_version = (init.major, init.minor)
         self._batch = rc.RndisBatch.from_init_complete(init, self.maxpacket, max_transfer_cap=65536)
         self.tx_size = self._batch.max_transfer_size + 1
         log.info("RNDIS %d.%d, device takes %d packets / %d bytes per transfer, alignment %d", init.major,
                  init.minor, self._batch.max_packets, self._batch.max_transfer_size, self._batch.alignment)
         try:
             medium = self._query(rc.OID_GEN_PHYSICAL_MEDIUM).u32()
-            log.info("RNDIS physical medium: %s", rc.physical_medium_name(medium))
+            self.physical_medium = rc.physical_medium_name(medium)
+            log.info("RNDIS physical medium: %s", self.physical_medium)
         except (TransportError, rc.RndisError):
             pass  # optional OID; most gadgets do not answer it
         try:

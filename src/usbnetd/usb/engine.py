@@ -443,6 +443,15 @@ class LibusbTransport(Transport):
             log.error("%d transfers could not be reaped within %.1fs", left, timeout)
         return left
 
+    def disarm_native_tx(self) -> bool:
+        pump = self._tx_pump
+        if pump is None:
+            return True
+        if pump.in_flight:
+            return False
+        self._disarm_tx()
+        return True
+
     def _disarm_tx(self) -> None:
         """The C TX pump gives the bulk OUT transfers back; only once none is in flight."""
         pump, self._tx_pump = self._tx_pump, None

@@ -152,6 +152,11 @@ class Transport(ABC):
         """What the transport adds to `usbnetd stats` (the simulated device: its own CPU time)."""
         return {}
 
+    def disarm_native_tx(self) -> bool:
+        """The C TX pump gives the bulk OUT transfers back at run time (a trace wants TX in Python): only once
+        none of its transfers is in flight, False until then. True when no pump is armed."""
+        return True
+
     def pending(self) -> bool:
         """True when completions are ready without any fd becoming readable (the sim uses this)."""
         return False
