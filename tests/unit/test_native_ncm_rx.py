@@ -73,8 +73,22 @@ def test_a_stale_build_is_refused() -> None:
     assert out.startswith("False usbnetd.native._fastpath is a stale build (API 0, this source wants"), out
 
 
+def test_python_completions_can_be_forced() -> None:
+    """USBNETD_NATIVE_COMPLETIONS=0: the libusb transport arms nothing (the C code still decodes)."""
+    code = ("import usbnetd.native as n; from usbnetd.usb.engine import LibusbTransport as T; "
+            "t = T.__new__(T); t._rx = object(); t._stopping = False; t._armed = None; "
+            "print(n.COMPLETIONS, t.arm_native_rx(None, 'ntb'))")
+    env = dict(os.environ, USBNETD_NATIVE_COMPLETIONS="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+    env["USBNETD_NATIVE_COMPLETIONS"] = "1"
+    code = "import usbnetd.native as n; print(n.COMPLETIONS)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True"
+
+
 WITHOUT_NATIVE = {"test_the_extension_is_built_in_ci", "test_pure_python_can_be_forced",
-                  "test_a_stale_build_is_refused"}
+                  "test_a_stale_build_is_refused", "test_python_completions_can_be_forced"}
 
 
 @pytest.fixture(autouse=True)
