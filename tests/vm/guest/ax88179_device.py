@@ -44,8 +44,10 @@ What the emulated chip has:
 Commands (JSON lines on stdin, one JSON line back, as in ffs_device.py): ``stats`` (counters and the
 registers that matter), ``cable_out`` / ``cable_in`` (the Ethernet cable: link follows), ``ep0_silent`` /
 ``ep0_answer`` (requests read but never answered), ``ep0_stall`` / ``ep0_normal`` (every vendor request
-stalls), ``garbage`` / ``sane`` (every vendor read answers one byte short, with 0xA5 filler).
-Options ``--no-cable``, ``--ep0-silent``, ``--ep0-stall``, ``--garbage`` set them from the start.
+stalls), ``garbage`` / ``sane`` (every vendor read answers one byte short, with 0xA5 filler), ``int_silent``
+/ ``int_talk`` (the interrupt endpoint never sends a status).
+Options ``--no-cable``, ``--ep0-silent``, ``--ep0-stall``, ``--garbage``, ``--int-silent`` set them from
+the start.
 """
 
 from __future__ import annotations
@@ -294,7 +296,7 @@ def descriptors() -> bytes:
 
 class Chip:
     def __init__(self, mount: Path, tap: str, mac: bytes, *, cable: bool, ep0_silent: bool, ep0_stall: bool,
-                 garbage: bool) -> None:
+                 garbage: bool, int_silent: bool = False) -> None:
         self.ep0 = os.open(mount / "ep0", os.O_RDWR)
         os.write(self.ep0, descriptors())
         os.write(self.ep0, ffs.strings())
@@ -321,6 +323,7 @@ class Chip:
             self.ep0_answer.set()
         self.ep0_stall = ep0_stall
         self.garbage = garbage
+        self.int_silent = int_silent
         self.link_changed = threading.Event()
         self.reported_link: bool | None = None
 
@@ -441,6 +444,10 @@ class Chip:
     # -- link notification ------------------------------------------------------------------------------
     def notify_loop(self) -> None:
         while True:
+            if self.int_silent:
+                self.link_changed.wait(1.0)
+                self.link_changed.clear()
+                continue
             with self.lock:
                 up = self.link
             note = struct.pack("<II", 0xA1 | (INT_LINK if up else 0), 0)
@@ -567,6 +574,8 @@ class Chip:
             "ep0_stall": lambda: setattr(self, "ep0_stall", True),
             "ep0_normal": lambda: setattr(self, "ep0_stall", False),
             "garbage": lambda: setattr(self, "garbage", True), "sane": lambda: setattr(self, "garbage", False),
+            "int_silent": lambda: setattr(self, "int_silent", True),
+            "int_talk": lambda: setattr(self, "int_silent", False),
         }
         if cmd in simple:
             with self.lock:
@@ -602,9 +611,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ep0-stall", action="store_true")
     ap.add_argument("--garbage", action="store_true")
     ap.add_argument("--no-cable", action="store_true")
+    ap.add_argument("--int-silent", action="store_true")
     args = ap.parse_args(argv)
     chip = Chip(args.mount, args.tap, bytes.fromhex(args.host_mac.replace(":", "")), cable=not args.no_cable,
-                ep0_silent=args.ep0_silent, ep0_stall=args.ep0_stall, garbage=args.garbage)
+                ep0_silent=args.ep0_silent, ep0_stall=args.ep0_stall, garbage=args.garbage, int_silent=args.int_silent)
     chip.start()
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
@@ -624,10 +634,10 @@ class Ax88179Gadget(ffs.FfsGadget):
     PRODUCT = "AX88179 (usbnetd emulator)"
 
     def __init__(self, index: int, tap: str, *, log_dir: Path, cable: bool = True, ep0_silent: bool = False,
-                 ep0_stall: bool = False, garbage: bool = False) -> None:
+                 ep0_stall: bool = False, garbage: bool = False, int_silent: bool = False) -> None:
         super().__init__("ax88179", index, tap, ep0_silent=ep0_silent, log_dir=log_dir)
         self.extra_args = [*(["--no-cable"] if not cable else []), *(["--ep0-stall"] if ep0_stall else []),
-                           *(["--garbage"] if garbage else [])]
+                           *(["--garbage"] if garbage else []), *(["--int-silent"] if int_silent else [])]
 
 
 if __name__ == "__main__":

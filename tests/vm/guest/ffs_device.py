@@ -488,6 +488,11 @@ class FfsGadget:
     def busid(self) -> str | None:
         return self.bench.find_usb_device(self.VID, self.PID, self.serial)
 
+    def unbind(self, timeout: float = 20) -> None:
+        """Unplug: take the gadget off its UDC and wait until the host has seen it go."""
+        self.bench._write(self.path / "UDC", "")
+        self.bench.wait_for(lambda: self.busid is None, timeout, f"{self.name} to disappear")
+
     def _remove_configfs(self) -> None:
         self.bench.Gadget._remove_tree(self.path)
 
