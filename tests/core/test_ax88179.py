@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 
+import fake
 import pytest
 from fake import FakeTap, ScriptedTransport, turn
 
@@ -100,8 +101,9 @@ def no_waits(monkeypatch):
 def start(t: ScriptedAx88179, **kw) -> tuple[EthernetService, FakeTap]:
     driver_cls, binding = choose(t.identity.configurations, 1, protocol="ax88179")
     driver = driver_cls(t, binding, Stats(), Options())
-    svc = EthernetService(t, driver, ifname="core0", gro=False, tap_factory=FakeTap, **kw)
+    svc = EthernetService(t, driver, ifname="core0", gro=False, tap_factory=FakeTap, native=fake.NATIVE, **kw)
     svc.start()
+    assert svc.datapath.rx_path == ("native" if fake.NATIVE else "python")
     return svc, svc.tap
 
 

@@ -49,16 +49,18 @@ class TapPort:
         self.write_errors = BurstLog("TAP write failing", logger=log)
         self.read_errors = BurstLog("TAP read failing", logger=log)
         self.native = None  # a usbnetd.native NcmRx when the C path decodes RX (use_native)
-        self.rx_native = None  # its decode or decode_frame, bound once
+        self.rx_native = None  # its decode, decode_frame or decode_ax88179, bound once
 
     # ------------------------------------------------------------------ the native RX path
     def use_native(self, kind: str, limit: int) -> bool:
-        """Let the C path decode and write RX ("ntb": NCM, "frame": one frame per transfer). False when it
-        is not available (not built, or USBNETD_PURE_PYTHON): the Python path goes on."""
-        if not native.AVAILABLE or kind not in ("ntb", "frame"):
+        """Let the C path decode and write RX ("ntb": NCM, "frame": one frame per transfer, "ax88179": ASIX
+        AX88179 aggregates). False when it is not available (not built, or USBNETD_PURE_PYTHON): the Python
+        path goes on."""
+        if not native.AVAILABLE or kind not in ("ntb", "frame", "ax88179"):
             return False
         self.native = native.NcmRx(self.fd, self.vnet, self.gro is not None, limit)
-        self.rx_native = self.native.decode if kind == "ntb" else self.native.decode_frame
+        self.rx_native = {"ntb": self.native.decode, "frame": self.native.decode_frame,
+                          "ax88179": self.native.decode_ax88179}[kind]
         return True
 
     def native_tx(self, max_frame: int, layout: tuple, sequence: int):

@@ -34,7 +34,8 @@ the 64-bit hash in MULFLTARY (0x16; bit = top 6 bits of the Ethernet CRC-32 of t
 groups, PRO for promiscuous. `unbind`: RX stopped, clocks off, PHY powered down, as Linux leaves the chip.
 
 Framing: `ax88179_codec` (RX aggregates with per-frame descriptors; one TX frame per transfer behind an
-8-byte header).
+8-byte header). RX runs in C (usbnetd.native's decode_ax88179, with GRO) when the extension is there, with
+`rx_decode` as its reference and fallback.
 """
 
 from __future__ import annotations
@@ -369,5 +370,8 @@ class Ax88179Driver(ProtocolDriver):
         return n, False
 
     # --- RX ---
+    def native_rx(self) -> tuple[str, int] | None:
+        return ("ax88179", self.max_frame)  # usbnetd.native's decode_ax88179 walks exactly as rx_decode does
+
     def rx_decode(self, view: memoryview, length: int, sink: RxSink) -> int:
         return self._decoder.decode(view, length, sink.emit)
