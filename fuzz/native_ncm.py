@@ -11,7 +11,8 @@ An input is a 5-byte header and the transfer bytes:
     byte 0   flags: 1 GRO on, 2 repair TCP/IPv4 checksums first (so mutated runs still reach the merge logic),
              4 two transfers in one batch (split at bytes 3-4), 8 shorten each transfer by bytes 1-2 (modulo
              its size + 1), 16 max_datagram 60 instead of 1514, 32 ECM (each transfer is one frame:
-             decode_frame against OneFramePerTransfer.rx_decode)
+             decode_frame against OneFramePerTransfer.rx_decode), 64 ASIX AX88179 aggregates (without 32:
+             decode_ax88179 against ax88179_codec.RxDecoder)
     1-2      the shortening (little endian)
     3-4      where the second transfer starts (little endian, modulo the size + 1)
     5-       the transfer bytes
@@ -46,7 +47,7 @@ HEADER = 5
 MAX_INPUT = 70000
 POISON_REF = b"\xa5" * 80
 POISON_NAT = b"\x5a" * 80
-GRO, REPAIR, SPLIT, SHORTEN, SMALL, ECM = 1, 2, 4, 8, 16, 32
+GRO, REPAIR, SPLIT, SHORTEN, SMALL, ECM, AX = 1, 2, 4, 8, 16, 32, 64
 
 
 def load_fastpath() -> types.ModuleType:
@@ -59,10 +60,12 @@ class Harness:
     def __init__(self) -> None:
         from usbnetd.core.stats import Stats
         from usbnetd.netdev.port import TapPort
+        from usbnetd.protocols import ax88179_codec as axc
         from usbnetd.protocols import ncm_codec as nc
         from usbnetd.protocols.driver import OneFramePerTransfer
 
         self.Stats, self.TapPort, self.nc, self.OneFramePerTransfer = Stats, TapPort, nc, OneFramePerTransfer
+        self.axc = axc
         self.fp = load_fastpath()
         self.ref_tap, self.nat_tap = Tap(), Tap()
         self.guarded = GuardedBuffers(2, MAX_INPUT)
@@ -83,16 +86,17 @@ class Harness:
             length = len(p) - cut % (len(p) + 1) if flags & SHORTEN else len(p)
             buf = bytearray(p)
             if flags & REPAIR and not flags & ECM:
-                self.repair(buf, length)
+                self.repair(buf, length, bool(flags & AX))
             elif flags & REPAIR:
                 repair_frame(buf, 0, length)
             out.append((buf, length))
         return flags, out
 
-    def repair(self, buf: bytearray, length: int) -> None:
+    def repair(self, buf: bytearray, length: int, ax: bool = False) -> None:
         spans: list[tuple[int, int]] = []
-        self.nc.NtbDecoder(self.Stats(), max_datagram=1 << 20).decode(bytes(buf), length,
-                                                                      lambda o, n: spans.append((o, n)))
+        dec = self.axc.RxDecoder(self.Stats(), 1 << 20) if ax else self.nc.NtbDecoder(self.Stats(),
+                                                                                        max_datagram=1 << 20)
+        dec.decode(bytes(buf), length, lambda o, n: spans.append((o, n)))
         for off, n in spans:
             repair_frame(buf, off, n)
 
@@ -100,7 +104,8 @@ class Harness:
     def reference(self, flags: int, transfers: list[tuple[bytearray, int]], max_dg: int):
         stats = self.Stats()
         port = self.TapPort(self.ref_tap.w.fileno(), stats, max_frame=max_dg, gro=bool(flags & GRO))
-        dec = self.nc.NtbDecoder(stats, max_datagram=max_dg)
+        ax = flags & AX and not flags & ECM
+        dec = self.axc.RxDecoder(stats, max_dg) if ax else self.nc.NtbDecoder(stats, max_datagram=max_dg)
         drv = types.SimpleNamespace(stats=stats, max_frame=max_dg)
         got, bufs = [], []
         for data, length in transfers:
@@ -123,7 +128,7 @@ class Harness:
     def native(self, flags: int, transfers: list[tuple[bytearray, int]], max_dg: int, exact: bool):
         gro = bool(flags & GRO)
         rx = self.fp.NcmRx(self.nat_tap.w.fileno(), 10 if gro else 0, gro, max_dg)
-        decode = rx.decode_frame if flags & ECM else rx.decode
+        decode = rx.decode_frame if flags & ECM else rx.decode_ax88179 if flags & AX else rx.decode
         got, bufs = [], []
         for i, (data, length) in enumerate(transfers):
             buf: bytearray | memoryview
@@ -219,6 +224,7 @@ def _run(n: int, size: int, seq: int = 1000, **kw) -> list[bytes]:
 
 
 def seeds() -> list[bytes]:
+    from usbnetd.protocols import ax88179_codec as axc
     from usbnetd.protocols import ncm_codec as nc
 
     ts = b"\x01\x01\x08\x0a" + struct.pack("!II", 5, 6)
@@ -246,6 +252,12 @@ def seeds() -> list[bytes]:
         out.append(bytes([GRO | ECM, 0, 0, 0, 0]) + f)
     f1, f2 = _run(2, 1400)
     out.append(bytes([GRO | ECM | SPLIT]) + struct.pack("<HH", 0, len(f1)) + f1 + f2)
+    for frames in sets[:4]:  # ASIX AX88179 aggregates of the same frames
+        agg = axc.build_rx(frames[:12])
+        out.append(bytes([GRO | REPAIR | AX, 0, 0, 0, 0]) + agg)
+        out.append(bytes([AX, 0, 0, 0, 0]) + agg)
+    a, b = axc.build_rx(_run(3, 1000)), axc.build_rx(_run(3, 1000, seq=4000), dummies=False)
+    out.append(bytes([GRO | SPLIT | AX]) + struct.pack("<HH", 0, len(a)) + a + b)
     return out
 
 
