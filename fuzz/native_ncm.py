@@ -13,7 +13,8 @@ An input is a 5-byte header and the transfer bytes:
              its size + 1), 16 max_datagram 60 instead of 1514, 32 ECM (each transfer is one frame:
              decode_frame against OneFramePerTransfer.rx_decode), 64 RNDIS (PACKET_MSGs: decode_rndis against
              RndisDriver.rx_decode, with the first transfer's length as the "full" transfer size, so a
-             message cut by the split is carried into the second transfer; ECM wins when both are set)
+             message cut by the split is carried into the second transfer), 128 ASIX AX88179 aggregates
+             (decode_ax88179 against ax88179_codec.RxDecoder); ECM wins over RNDIS, which wins over AX88179
     1-2      the shortening (little endian)
     3-4      where the second transfer starts (little endian, modulo the size + 1)
     5-       the transfer bytes
@@ -48,7 +49,7 @@ HEADER = 5
 MAX_INPUT = 70000
 POISON_REF = b"\xa5" * 80
 POISON_NAT = b"\x5a" * 80
-GRO, REPAIR, SPLIT, SHORTEN, SMALL, ECM, RNDIS = 1, 2, 4, 8, 16, 32, 64
+GRO, REPAIR, SPLIT, SHORTEN, SMALL, ECM, RNDIS, AX = 1, 2, 4, 8, 16, 32, 64, 128
 
 
 def load_fastpath() -> types.ModuleType:
@@ -61,6 +62,7 @@ class Harness:
     def __init__(self) -> None:
         from usbnetd.core.stats import Stats
         from usbnetd.netdev.port import TapPort
+        from usbnetd.protocols import ax88179_codec as axc
         from usbnetd.protocols import ncm_codec as nc
         from usbnetd.protocols import rndis_codec as rc
         from usbnetd.protocols.driver import OneFramePerTransfer
@@ -68,6 +70,7 @@ class Harness:
 
         self.Stats, self.TapPort, self.nc, self.OneFramePerTransfer = Stats, TapPort, nc, OneFramePerTransfer
         self.rc, self.RndisDriver = rc, RndisDriver
+        self.axc = axc
         self.fp = load_fastpath()
         self.ref_tap, self.nat_tap = Tap(), Tap()
         self.guarded = GuardedBuffers(2, MAX_INPUT)
@@ -90,16 +93,17 @@ class Harness:
             if flags & REPAIR and flags & RNDIS and not flags & ECM:
                 self.repair_rndis(buf, length)
             elif flags & REPAIR and not flags & ECM:
-                self.repair(buf, length)
+                self.repair(buf, length, bool(flags & AX))
             elif flags & REPAIR:
                 repair_frame(buf, 0, length)
             out.append((buf, length))
         return flags, out
 
-    def repair(self, buf: bytearray, length: int) -> None:
+    def repair(self, buf: bytearray, length: int, ax: bool = False) -> None:
         spans: list[tuple[int, int]] = []
-        self.nc.NtbDecoder(self.Stats(), max_datagram=1 << 20).decode(bytes(buf), length,
-                                                                      lambda o, n: spans.append((o, n)))
+        dec = self.axc.RxDecoder(self.Stats(), 1 << 20) if ax else self.nc.NtbDecoder(self.Stats(),
+                                                                                        max_datagram=1 << 20)
+        dec.decode(bytes(buf), length, lambda o, n: spans.append((o, n)))
         for off, n in spans:
             repair_frame(buf, off, n)
 
@@ -125,7 +129,8 @@ class Harness:
     def reference(self, flags: int, transfers: list[tuple[bytearray, int]], max_dg: int):
         stats = self.Stats()
         port = self.TapPort(self.ref_tap.w.fileno(), stats, max_frame=max_dg, gro=bool(flags & GRO))
-        dec = self.nc.NtbDecoder(stats, max_datagram=max_dg)
+        ax = flags & AX and not flags & (ECM | RNDIS)
+        dec = self.axc.RxDecoder(stats, max_dg) if ax else self.nc.NtbDecoder(stats, max_datagram=max_dg)
         drv = types.SimpleNamespace(stats=stats, max_frame=max_dg)
         rndis = self.rndis_driver(stats, transfers[0][1]) if flags & RNDIS and not flags & ECM else None
         got, bufs = [], []
@@ -156,7 +161,7 @@ class Harness:
             decode = rx.decode_rndis
         else:
             rx = self.fp.NcmRx(self.nat_tap.w.fileno(), 10 if gro else 0, gro, max_dg)
-            decode = rx.decode_frame if flags & ECM else rx.decode
+            decode = rx.decode_frame if flags & ECM else rx.decode_ax88179 if flags & AX else rx.decode
         got, bufs = [], []
         for i, (data, length) in enumerate(transfers):
             buf: bytearray | memoryview
@@ -252,6 +257,7 @@ def _run(n: int, size: int, seq: int = 1000, **kw) -> list[bytes]:
 
 
 def seeds() -> list[bytes]:
+    from usbnetd.protocols import ax88179_codec as axc
     from usbnetd.protocols import ncm_codec as nc
 
     ts = b"\x01\x01\x08\x0a" + struct.pack("!II", 5, 6)
@@ -286,6 +292,12 @@ def seeds() -> list[bytes]:
         out.append(bytes([GRO | REPAIR | RNDIS, 0, 0, 0, 0]) + t)
         for cut in (len(t) // 3, len(t) // 2 + 5, 2000):  # messages, and headers, split across the two
             out.append(bytes([GRO | REPAIR | RNDIS | SPLIT]) + struct.pack("<HH", 0, cut) + t)
+    for frames in sets[:4]:  # ASIX AX88179 aggregates of the same frames
+        agg = axc.build_rx(frames[:12])
+        out.append(bytes([GRO | REPAIR | AX, 0, 0, 0, 0]) + agg)
+        out.append(bytes([AX, 0, 0, 0, 0]) + agg)
+    a, b = axc.build_rx(_run(3, 1000)), axc.build_rx(_run(3, 1000, seq=4000), dummies=False)
+    out.append(bytes([GRO | SPLIT | AX]) + struct.pack("<HH", 0, len(a)) + a + b)
     return out
 
 

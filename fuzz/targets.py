@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 from usbnetd.core.stats import COUNTERS, Stats
 from usbnetd.protocols import NoDriver, cdc, choose
+from usbnetd.protocols import ax88179_codec as axc
 from usbnetd.protocols import eem_codec as ec
 from usbnetd.protocols import ncm_codec as nc
 from usbnetd.protocols import rndis_codec as rc
@@ -619,6 +620,63 @@ def seeds_notifications() -> list[bytes]:
 
 
 # ========================================================================================================
+# ASIX AX88179 RX aggregates
+# ========================================================================================================
+
+AX_MAX_FRAME = 1514
+
+
+def ref_ax88179(b: bytes, max_frame: int = AX_MAX_FRAME) -> tuple[list, dict]:
+    """ax88179_codec.RxDecoder's documented rules (with the 2-byte alignment header), independently."""
+    n = len(b)
+    if n == 0:
+        return [], {}
+    if n < 4:
+        return [], _errors(1, 0)
+    count, hdr_off = _u16(b, n - 4), _u16(b, n - 2)
+    if count == 0 or hdr_off + 4 * count > n - 4:
+        return [], _errors(1, 0)
+    words = [_u32(b, hdr_off + 4 * k) for k in range(count)]
+    spans: list[tuple[int, int]] = []
+    fe = le = 0
+    start = 0
+    for w in words:
+        size = (w >> 16) % 8192
+        if not size:
+            continue
+        if start + size > hdr_off:
+            le += 1
+            break
+        here, start = start, start + -(-size // 8) * 8
+        if w & 0xA0000000:
+            fe += 1
+        elif ETH <= size - 2 <= max_frame:
+            spans.append((here + 2, size - 2))
+        else:
+            le += 1
+    return spans, _errors(fe, le)
+
+
+def check_ax88179(data: bytes) -> None:
+    data = data[:MAX_INPUT]
+    got = _run_rx(lambda s: axc.RxDecoder(s, max_frame=AX_MAX_FRAME, ip_align=True), data)
+    _expect(got, ref_ax88179(data), "AX88179")
+
+
+def seeds_ax88179() -> list[bytes]:
+    out = []
+    for dummies in (True, False):
+        for padding2 in (True, False):
+            for sizes in ([60], [14, 1514], [98, 42, 60, 590], [64] * 5):
+                out.append(axc.build_rx(_frames(sizes, len(out)), dummies=dummies, padding2=padding2))
+    flagged = bytearray(axc.build_rx(_frames([60, 70]), dummies=False))
+    hdr_off = _u16(flagged, len(flagged) - 2)
+    flagged[hdr_off + 3] |= 0x20  # the first frame's CRC-error bit
+    out.append(bytes(flagged))
+    return out
+
+
+# ========================================================================================================
 
 TARGETS: dict[str, tuple[Callable[[bytes], None], Callable[[], list[bytes]]]] = {
     "ncm16": (check_ncm, lambda: seeds_ncm(False)),
@@ -629,5 +687,6 @@ TARGETS: dict[str, tuple[Callable[[bytes], None], Callable[[], list[bytes]]]] = 
     "cdc-functional": (check_cdc_functional, seeds_cdc_functional),
     "config": (check_config, seeds_config),
     "notifications": (check_notifications, seeds_notifications),
+    "ax88179": (check_ax88179, seeds_ax88179),
 }
 assert set(COUNTERS) >= {"rx_errors", "rx_frame_errors", "rx_length_errors", "notification_errors"}

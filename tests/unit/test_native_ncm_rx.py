@@ -37,6 +37,7 @@ from usbnetd import native
 from usbnetd.core.stats import COUNTERS, Stats
 from usbnetd.netdev import gro as pygro
 from usbnetd.netdev.port import TapPort
+from usbnetd.protocols import ax88179_codec as axc
 from usbnetd.protocols import ncm_codec as nc
 from usbnetd.protocols.driver import OneFramePerTransfer
 
@@ -183,10 +184,12 @@ class Side:
     """One path (reference or native) with its own TAP; `batch()` decodes a batch of transfers and returns
     what decode returned and the buffers afterwards."""
 
-    def __init__(self, gro: bool, max_dg: int = MAX_DG, ecm: bool = False, tap: Tap | None = None) -> None:
+    def __init__(self, gro: bool, max_dg: int = MAX_DG, ecm: bool = False, tap: Tap | None = None,
+                 ax: bool = False) -> None:
         self.tap = tap or Tap()
         self.gro = gro
         self.ecm = ecm
+        self.ax = ax  # ASIX AX88179 aggregates (decode_ax88179 against ax88179_codec.RxDecoder)
         self.stats = Stats()
 
     def close(self) -> None:
@@ -194,10 +197,11 @@ class Side:
 
 
 class Reference(Side):
-    def __init__(self, gro: bool, max_dg: int = MAX_DG, ecm: bool = False, tap: Tap | None = None) -> None:
-        super().__init__(gro, max_dg, ecm, tap)
+    def __init__(self, gro: bool, max_dg: int = MAX_DG, ecm: bool = False, tap: Tap | None = None,
+                 ax: bool = False) -> None:
+        super().__init__(gro, max_dg, ecm, tap, ax)
         self.port = TapPort(self.tap.w.fileno(), self.stats, max_frame=max_dg, gro=gro)
-        self.dec = nc.NtbDecoder(self.stats, max_datagram=max_dg)
+        self.dec = axc.RxDecoder(self.stats, max_dg) if ax else nc.NtbDecoder(self.stats, max_datagram=max_dg)
         self.drv = types.SimpleNamespace(stats=self.stats, max_frame=max_dg)
 
     def batch(self, transfers: Batch) -> tuple[list[int], list[bytearray]]:
@@ -237,8 +241,8 @@ class Native(Side):
     """exact=True: every transfer in a buffer of exactly `length` bytes followed by an inaccessible page."""
 
     def __init__(self, gro: bool, max_dg: int = MAX_DG, ecm: bool = False, tap: Tap | None = None,
-                 exact: bool = False) -> None:
-        super().__init__(gro, max_dg, ecm, tap)
+                 exact: bool = False, ax: bool = False) -> None:
+        super().__init__(gro, max_dg, ecm, tap, ax)
         self.rx = native.NcmRx(self.tap.w.fileno(), pygro.VNET_HDR_LEN if gro else 0, gro, max_dg)
         self.failed_writes = 0
         self.exact = exact
@@ -246,7 +250,7 @@ class Native(Side):
     def batch(self, transfers: Batch) -> tuple[list[int], list[bytearray]]:
         bufs: list[bytearray | memoryview] = []
         got, tails = [], []
-        decode = self.rx.decode_frame if self.ecm else self.rx.decode
+        decode = self.rx.decode_frame if self.ecm else self.rx.decode_ax88179 if self.ax else self.rx.decode
         for data, length in transfers:
             if self.exact:
                 keep = max(0, min(length, len(data)))
@@ -268,12 +272,13 @@ class Native(Side):
         return self.rx.superframes, self.rx.merged, self.rx.unverified
 
 
-def differential(batches: list[Batch], gro: bool, max_dg: int = MAX_DG, ecm: bool = False) -> list[bytes]:
+def differential(batches: list[Batch], gro: bool, max_dg: int = MAX_DG, ecm: bool = False,
+                 ax: bool = False) -> list[bytes]:
     """Run every batch through the reference and twice through the native path (copies of the transfers as
     given, poisoned tails included; then exact-size guarded buffers); assert everything observable is
     identical. Returns the reference's messages."""
-    ref = Reference(gro, max_dg, ecm)
-    nats = [Native(gro, max_dg, ecm), Native(gro, max_dg, ecm, exact=True)]
+    ref = Reference(gro, max_dg, ecm, ax=ax)
+    nats = [Native(gro, max_dg, ecm, ax=ax), Native(gro, max_dg, ecm, exact=True, ax=ax)]
     try:
         everything = []
         for i, b in enumerate(batches):
@@ -824,3 +829,41 @@ def test_no_memory_grows_per_batch() -> None:
         assert grown < 20_000
     finally:
         tap.close()
+
+
+# --- ASIX AX88179 aggregates (decode_ax88179 against ax88179_codec.RxDecoder) ------------------------------
+
+
+def _ax_inputs() -> list[bytes]:
+    frames = run(6, 1200) + [udp_frame(100)] + run(3, 500, seq=9000, sport=6000)
+    out = [axc.build_rx(frames), axc.build_rx(frames[:3], dummies=False, padding2=False),
+           axc.build_rx([udp_frame(1472)]), axc.build_rx(run(2, 1448) + run(2, 1448, seq=1000, bad_tcp=True))]
+    flagged = bytearray(axc.build_rx(frames[:4], dummies=False))
+    hdr_off = struct.unpack_from("<H", flagged, len(flagged) - 2)[0]
+    flagged[hdr_off + 7] |= 0x80  # the second frame's drop bit
+    out.append(bytes(flagged))
+    return out
+
+
+@pytest.mark.parametrize("gro", [False, True])
+def test_ax88179_aggregates(gro: bool) -> None:
+    msgs = differential([[(d, len(d))] for d in _ax_inputs()], gro, ax=True)
+    assert msgs, "the aggregates hold good frames"
+    if gro:  # the 6-segment run merges
+        assert any(len(m) > 6000 for m in msgs)
+
+
+@pytest.mark.parametrize("gro", [False, True])
+def test_ax88179_truncations_mutations_and_poisoned_tails(gro: bool) -> None:
+    rnd = random.Random(179)
+    batches: list[Batch] = []
+    for data in _ax_inputs():
+        for n in range(0, len(data) + 1, 7):
+            batches.append([(data + b"\xa5" * 32, n)])  # bytes past length poisoned
+        for _ in range(40):
+            m = bytearray(data)
+            for _ in range(rnd.randint(1, 6)):
+                m[rnd.randrange(len(m))] = rnd.randrange(256)
+            batches.append([(bytes(m), len(m))])
+    batches.append([(b"", 0), (b"\x01\x02", 2), (bytes(8), 8), (bytes(10), 99)])
+    differential(batches, gro, max_dg=4102, ax=True)

@@ -9,6 +9,7 @@
  *   netdev/gro.py           Coalescer, segment_verified   what merges, what is verified, the super-frame
  *   netdev/port.py          TapPort.write_frame / write_superframe / _emit_plain   writes and counters
  *   protocols/driver.py     OneFramePerTransfer.rx_decode   ECM's length checks (decode_frame)
+ *   protocols/ax88179_codec.py  RxDecoder.decode        the ASIX AX88179 aggregate walk (decode_ax88179)
  *
  * The Python code stays the readable reference and the fallback; where this file and it could ever differ,
  * the Python is right and tests/unit/test_native_ncm_rx.py plus fuzz/native_ncm.py (a differential fuzz
@@ -40,7 +41,7 @@
 #include "libusb_abi.h"
 
 /* Bumped whenever the Python-visible API changes; native/__init__.py refuses a stale in-place build. */
-#define API_VERSION 4
+#define API_VERSION 5
 
 /* ---- NCM 1.0 (USB CDC Subclass Specification for Network Control Model Devices, rev. 1.0) ---------------- */
 #define NTH16_SIGNATURE 0x484D434Eu       /* "NCMH", §3.2.1 */
@@ -789,6 +790,57 @@ static Py_ssize_t frame_walk(NcmRx *self, uint8_t *b, long long length)
     return 1;
 }
 
+/* ASIX AX88179 aggregates (ax88179_codec.RxDecoder.decode with ip_align): frames from offset 0, each padded
+ * to 8 bytes, then `count` 32-bit descriptors at hdr_off, the trailer (u16 count, u16 hdr_off) in the last
+ * 4 bytes. Every frame is checked to end at or before hdr_off, and the descriptors to end at or before the
+ * trailer, so nothing at or past `length` is read; each descriptor is read just before its frame is emitted,
+ * as the reference does (GRO rewrites only a frame's own headers, which lie before hdr_off). */
+#define AX_TRAILER 4
+#define AX_IP_ALIGN 2
+#define AX_DROP 0x80000000u
+#define AX_CRC_ERR 0x20000000u
+static Py_ssize_t ax88179_walk(NcmRx *self, uint8_t *b, long long length)
+{
+    if (length <= 0)
+        return 0; /* a zero-length transfer: the chip had nothing to send */
+    if (length < AX_TRAILER) {
+        FRAME_ERROR(self);
+        return 0;
+    }
+    uint64_t count = le16(b + length - 4), hdr_off = le16(b + length - 2);
+    if (count == 0 || hdr_off + count * 4 > (uint64_t)length - AX_TRAILER) {
+        FRAME_ERROR(self);
+        return 0;
+    }
+    uint64_t pos = 0, desc = hdr_off;
+    Py_ssize_t emitted = 0;
+    long long max_dg = self->max_dg;
+    for (uint64_t i = 0; i < count; i++, desc += 4) {
+        uint32_t w = le32(b + desc);
+        uint64_t n = (w >> 16) & 0x1FFF;
+        if (n == 0)
+            continue; /* the dummy descriptor after each frame's */
+        if (pos + n > hdr_off) {
+            LENGTH_ERROR(self); /* the frames after it cannot be located */
+            break;
+        }
+        uint64_t start = pos;
+        pos += (n + 7) & ~(uint64_t)7;
+        if (w & (AX_DROP | AX_CRC_ERR)) {
+            FRAME_ERROR(self);
+            continue;
+        }
+        long long size = (long long)n - AX_IP_ALIGN;
+        if (size < ETH_HLEN || size > max_dg) {
+            LENGTH_ERROR(self);
+            continue;
+        }
+        emit(self, b + start + AX_IP_ALIGN, (size_t)size);
+        emitted++;
+    }
+    return emitted;
+}
+
 static PyObject *run_decode(NcmRx *self, PyObject *const *args, Py_ssize_t nargs, const char *name, walker walk,
                             int clamp)
 {
@@ -838,6 +890,11 @@ static PyObject *NcmRx_decode_frame(NcmRx *self, PyObject *const *args, Py_ssize
 static PyObject *NcmRx_decode_rndis(NcmRx *self, PyObject *const *args, Py_ssize_t nargs)
 {
     return run_decode(self, args, nargs, "decode_rndis", rndis_walk, 1);
+}
+
+static PyObject *NcmRx_decode_ax88179(NcmRx *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return run_decode(self, args, nargs, "decode_ax88179", ax88179_walk, 1);
 }
 
 static PyObject *NcmRx_flush(NcmRx *self, PyObject *Py_UNUSED(ignored))
@@ -918,8 +975,10 @@ static PyObject *NcmRx_usb_arm(NcmRx *self, PyObject *args)
         walk = frame_walk;
     else if (strcmp(kind, "rndis") == 0)
         walk = rndis_walk;
+    else if (strcmp(kind, "ax88179") == 0)
+        walk = ax88179_walk;
     else {
-        PyErr_Format(PyExc_ValueError, "usb_arm: kind must be 'ntb', 'frame' or 'rndis', not '%s'", kind);
+        PyErr_Format(PyExc_ValueError, "usb_arm: kind must be 'ntb', 'frame', 'rndis' or 'ax88179', not '%s'", kind);
         return NULL;
     }
     if (!submit || !fallback) {
@@ -1163,6 +1222,8 @@ static PyMethodDef NcmRx_methods[] = {
      "decode_rndis(buf, length) -> int: RndisDriver.rx_decode (PACKET_MSGs, the split-message carry)."},
     {"decode_frame", (PyCFunction)(void (*)(void))NcmRx_decode_frame, METH_FASTCALL,
      "decode_frame(buf, length) -> int: the transfer is one frame (ECM, OneFramePerTransfer.rx_decode)."},
+    {"decode_ax88179", (PyCFunction)(void (*)(void))NcmRx_decode_ax88179, METH_FASTCALL,
+     "decode_ax88179(buf, length) -> int: one ASIX AX88179 RX aggregate (ax88179_codec.RxDecoder.decode)."},
     {"flush", (PyCFunction)NcmRx_flush, METH_NOARGS,
      "flush(): the batch is decoded: write what GRO holds and release the buffers (TapPort.rx_end)."},
     {"counters", (PyCFunction)NcmRx_counters, METH_NOARGS, "counters() -> dict: running totals."},
@@ -1265,6 +1326,9 @@ static const char MODULE_DOC[] =
     "rx.decode_frame(buf, length) -> int\n"
     "    One frame per transfer (ECM, CDC subset): OneFramePerTransfer.rx_decode's length checks, then the\n"
     "    frame as one datagram. A length past len(buf) counts as a length error (the reference would slice).\n"
+    "rx.decode_ax88179(buf, length) -> int\n"
+    "    One ASIX AX88179 RX aggregate (ax88179_codec.RxDecoder.decode, frames behind the 2-byte alignment\n"
+    "    header; length clamped to len(buf)): each good frame written or collected into the GRO run.\n"
     "rx.flush() -> None\n"
     "    The batch is decoded (TapPort.rx_end): write what GRO holds, release the buffers it held.\n"
     "rx.counters() -> dict[str, int]\n"

@@ -54,20 +54,21 @@ class TapPort:
         self.write_errors = BurstLog("TAP write failing", logger=log)
         self.read_errors = BurstLog("TAP read failing", logger=log)
         self.native = None  # a usbnetd.native NcmRx when the C path decodes RX (use_native)
-        self.rx_native = None  # its decode or decode_frame, bound once
+        self.rx_native = None  # its decode, decode_frame, decode_rndis or decode_ax88179, bound once
         self.tracer = None  # a core.trace.Tracer while a trace is attached (set_tracer)
         self._untraced: tuple | None = None  # (emit, rx_native) to put back when the trace ends
 
     # ------------------------------------------------------------------ the native RX path
     def use_native(self, kind: str, limit: int, rx_size: int = 0) -> bool:
         """Let the C path decode and write RX ("ntb": NCM, "frame": one frame per transfer, "rndis": RNDIS
-        PACKET_MSGs with the split-message carry, which needs the transfer size). False when it is not
-        available (not built, or USBNETD_PURE_PYTHON): the Python path goes on."""
-        if not native.AVAILABLE or kind not in ("ntb", "frame", "rndis"):
+        PACKET_MSGs with the split-message carry, which needs the transfer size, "ax88179": ASIX AX88179
+        aggregates). False when it is not available (not built, or USBNETD_PURE_PYTHON): the Python path
+        goes on."""
+        if not native.AVAILABLE or kind not in ("ntb", "frame", "rndis", "ax88179"):
             return False
         self.native = native.NcmRx(self.fd, self.vnet, self.gro is not None, limit, rx_size=rx_size)
         self.rx_native = {"ntb": self.native.decode, "frame": self.native.decode_frame,
-                          "rndis": self.native.decode_rndis}[kind]
+                          "rndis": self.native.decode_rndis, "ax88179": self.native.decode_ax88179}[kind]
         return True
 
     def native_tx(self, max_frame: int, layout: tuple, sequence: int):

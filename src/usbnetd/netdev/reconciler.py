@@ -23,6 +23,7 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
+from ..protocols.driver import DriverFlag
 from .tap import Tap, TapError
 
 if TYPE_CHECKING:
@@ -110,6 +111,8 @@ class LinkReconciler:
         if mac is not None and mac != self.mac:
             log.info("%s: MAC %s -> %s: %s", tap.name, self.mac.hex(":"), mac.hex(":"), driver.change_mac(mac))
             self.mac = tap.mac = mac
+            if driver.flags & DriverFlag.MAC_SETTABLE:
+                self.device_mac = mac  # the device filters for it now: no promiscuous fallback
         promisc = bool(st["promiscuity"]) or self.mac != self.device_mac
         allmulti = bool(st["allmulti"])
         mc = multicast_list(tap.index)

@@ -2,12 +2,14 @@
 
 `DRIVERS` lists them in order of preference — the protocol usbnetd drives best first: NCM batches many
 frames per transfer with a clean spec; ECM is simple and universal; RNDIS works but is chatty and
-Microsoft-defined; EEM and the subset carry no link state. `choose()` picks a configuration and driver.
+Microsoft-defined; EEM and the subset carry no link state. `VENDOR_DRIVERS` (the ASIX AX88179 family) are
+chosen only by name, from the device table. `choose()` picks a configuration and driver.
 """
 
 from __future__ import annotations
 
 from ..usb.descriptors import Configuration
+from .ax88179 import Ax88179Driver
 from .driver import Binding, ProtocolDriver
 from .ecm import EcmDriver
 from .eem import EemDriver
@@ -16,7 +18,10 @@ from .rndis import RndisDriver
 from .subset import SubsetDriver
 
 DRIVERS: tuple[type[ProtocolDriver], ...] = (NcmDriver, EcmDriver, RndisDriver, EemDriver, SubsetDriver)
-BY_NAME = {d.name: d for d in DRIVERS}
+# Vendor chips: chosen only when named (a device-table entry or --protocol), never by class matching, since
+# a vendor-specific interface class says nothing about what is behind it.
+VENDOR_DRIVERS: tuple[type[ProtocolDriver], ...] = (Ax88179Driver,)
+BY_NAME = {d.name: d for d in (*DRIVERS, *VENDOR_DRIVERS)}
 
 
 class NoDriver(Exception):

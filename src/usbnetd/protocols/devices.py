@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .driver import Quirk
 
-PROTOCOLS = ("ncm", "ecm", "rndis", "eem", "subset")
+PROTOCOLS = ("ncm", "ecm", "rndis", "eem", "subset", "ax88179")
 
 # Configuration name -> (quirk, what it does).
 QUIRKS: dict[str, tuple[Quirk, str]] = {
@@ -74,5 +74,22 @@ BUILTIN: tuple[DeviceEntry, ...] = (
     # Its ECM/NCM configuration; old firmware repeats NETWORK_CONNECTION every 32 ms, which needs nothing
     # (every device's link is acted on only when it changes).
     DeviceEntry(0x0BDA, 0x8156, note="Realtek RTL8156"),
+    # ASIX AX88179 / AX88178A and the adapters built on them: the ids Linux's ax88179_178a matches (each with
+    # interface FF/FF/00), driven by protocols/ax88179.py.
+    *(DeviceEntry(vid, pid, protocol="ax88179", note=note) for vid, pid, note in (
+        (0x0B95, 0x1790, "ASIX AX88179 USB 3.0 gigabit Ethernet"),
+        (0x0B95, 0x178A, "ASIX AX88178A USB 2.0 gigabit Ethernet"),
+        (0x04B4, 0x3610, "Cypress GX3 SuperSpeed to gigabit Ethernet (AX88179)"),
+        (0x2001, 0x4A00, "D-Link DUB-1312 (AX88179)"),
+        (0x0DF6, 0x0072, "Sitecom USB 3.0 gigabit adapter (AX88179)"),
+        (0x04E8, 0xA100, "Samsung USB Ethernet adapter (AX88179)"),
+        (0x17EF, 0x304B, "Lenovo OneLinkDock gigabit LAN (AX88179)"),
+        (0x050D, 0x0128, "Belkin B2B128 hub + gigabit Ethernet (AX88179)"),
+        (0x0930, 0x0A13, "Toshiba USB 3.0 gigabit adapter (AX88179)"),
+        (0x0711, 0x0179, "Magic Control Technology U3-A9003 (AX88179)"),
+        (0x07C9, 0x000E, "Allied Telesis AT-UMC2000 (AX88179)"),
+        (0x07C9, 0x000F, "Allied Telesis AT-UMC200 (AX88179)"),
+        (0x07C9, 0x0010, "Allied Telesis AT-UMC2000/SP (AX88179)"),
+    )),
 )
 

@@ -3,8 +3,8 @@
 A driver is small, like a Linux usbnet minidriver (`struct driver_info`): one class per protocol, one file,
 plus a row in the device table when class matching is not enough. What it declares:
 
-- `name`, `flags` (`DriverFlag`: what the protocol lacks, so the service need not ask by name) and
-  `tx_headroom`;
+- `name`, `flags` (`DriverFlag`: what the protocol lacks or can, so the service need not ask by name),
+  `tx_headroom` and `default_mtu`;
 - `match(config)` -> `Binding`: is this configuration its kind, and where does the function live;
 - `bind()` (claim the interfaces, class requests: MAC, framing), `activate()` (data alt setting on),
   `unbind()` (back to alt 0, RNDIS HALT), `poll(now)` (once a second: keepalives);
@@ -69,6 +69,9 @@ class DriverFlag(enum.Flag):
     NO_LINK_STATE = enum.auto()
     # No class requests, so no packet filter either (EEM, the subset): the device passes what it passes.
     NO_CONTROL = enum.auto()
+    # The device takes a new MAC while running and its filter follows it (vendor chips with a node-ID
+    # register): a changed address needs no promiscuous fallback.
+    MAC_SETTABLE = enum.auto()
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,9 @@ class ProtocolDriver:
         self.options = options
         self.mac: bytes | None = None
         self.max_frame = 1514  # largest Ethernet frame (without FCS) the device takes
+        # The MTU to start with when none is asked for; None: max_frame - 14 (vendor chips that take jumbo
+        # frames still start at 1500).
+        self.default_mtu: int | None = None
         self.rx_size = 2048  # bytes per bulk IN transfer
         self.tx_size = 2048  # bytes per bulk OUT transfer
         self.maxpacket = binding.ep_out.max_packet or 512

@@ -385,6 +385,8 @@ class FfsGadget:
     """One FunctionFS gadget and its device process; see the module docstring."""
 
     VID, PID = 0x1209, 0x0001  # pid.codes' test id: nothing in the guest claims it by id
+    SCRIPT = __file__  # the device process; a subclass names its own (ax88179_device.py)
+    PRODUCT = "usbnetd misbehaving {kind} device"
 
     def __init__(self, kind: str, index: int, tap: str, *, ep0_silent: bool = False, log_dir: Path) -> None:
         from . import bench
@@ -401,6 +403,7 @@ class FfsGadget:
         self.host_mac = f"02:00:18:{0xA0 + index:02x}:00:01"
         self.dev_mac = f"02:00:18:{0xA0 + index:02x}:00:02"
         self.ep0_silent = ep0_silent
+        self.extra_args: list[str] = []  # more options for the device process (a subclass's)
         self.log_path = log_dir / f"ffs-{kind}-{index}.log"
         self.proc: subprocess.Popen | None = None
         self._replies: queue.Queue[str] = queue.Queue()
@@ -422,7 +425,7 @@ class FfsGadget:
         (p / "strings/0x409").mkdir()
         b._write(p / "strings/0x409/serialnumber", self.serial)
         b._write(p / "strings/0x409/manufacturer", "usbnetd bench")
-        b._write(p / "strings/0x409/product", f"usbnetd misbehaving {self.kind} device")
+        b._write(p / "strings/0x409/product", self.PRODUCT.format(kind=self.kind))
         cfg = p / "configs/c.1"
         cfg.mkdir()
         b._write(cfg / "MaxPower", "100")
@@ -431,8 +434,8 @@ class FfsGadget:
         (cfg / fn.name).symlink_to(fn)
         self.mount.mkdir(parents=True, exist_ok=True)
         b.run("mount", "-t", "functionfs", self.instance, str(self.mount))
-        cmd = [sys.executable, __file__, "--mount", str(self.mount), "--kind", self.kind, "--tap", self.tap,
-               "--host-mac", self.host_mac, *(["--ep0-silent"] if self.ep0_silent else [])]
+        cmd = [sys.executable, self.SCRIPT, "--mount", str(self.mount), "--kind", self.kind, "--tap", self.tap,
+               "--host-mac", self.host_mac, *(["--ep0-silent"] if self.ep0_silent else []), *self.extra_args]
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in destroy()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
                                      text=True, bufsize=1)
@@ -484,6 +487,11 @@ class FfsGadget:
     @property
     def busid(self) -> str | None:
         return self.bench.find_usb_device(self.VID, self.PID, self.serial)
+
+    def unbind(self, timeout: float = 20) -> None:
+        """Unplug: take the gadget off its UDC and wait until the host has seen it go."""
+        self.bench._write(self.path / "UDC", "")
+        self.bench.wait_for(lambda: self.busid is None, timeout, f"{self.name} to disappear")
 
     def _remove_configfs(self) -> None:
         self.bench.Gadget._remove_tree(self.path)
