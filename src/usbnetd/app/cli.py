@@ -191,6 +191,10 @@ def _run_options(f):
     f = click.option("--gro/--no-gro", default=None,
                      help="Coalesce received TCP segments into one write to the interface (GRO). "
                           "Default: [queues] gro in the configuration (on).")(f)
+    f = click.option("--tso/--no-tso", default=None,
+                     help="NCM with the C fast path: let the kernel hand over TCP super-frames of up to 64 KiB and "
+                          "partial checksums (TSO, checksum offload), cut and completed in C. "
+                          "Default: [queues] tso in the configuration (on).")(f)
     f = click.option("--persistent/--no-persistent", default=None,
                      help="Keep the interface (addresses, routes) when the daemon stops; detach removes it. "
                           "Default: [interface] persistent in the configuration (off).")(f)
@@ -210,7 +214,7 @@ def _run_options(f):
              help="Drive DEVICE in the foreground until SIGINT or SIGTERM, then tear down cleanly.\n" + DEVICE_HELP)
 @click.argument("device")
 @_run_options
-def run(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, persistent, gro, pure_python,
+def run(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, persistent, tso, gro, pure_python,
         control_group, verbose) -> None:
     from .runner import StartError, run_device
 
@@ -226,7 +230,7 @@ def run(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, pers
     try:
         run_device(spec, control_path=path, ifname=ifname, sim_peer=sim_peer, mac=mac, mtu=mtu,
                    protocol=protocol, configuration=configuration, ntb32=ntb32, persistent=persistent, gro=gro,
-                   native=not pure_python,
+                   tso=tso, native=not pure_python,
                    control_group=control.resolve_group(control_group) if control_group else None,
                    on_ready=lambda _service: gate.started())
     except StartError as exc:
@@ -274,6 +278,8 @@ def attach(device, timeout, **opts) -> None:
         args.append("--persistent" if opts["persistent"] else "--no-persistent")
     if opts["gro"] is not None:
         args.append("--gro" if opts["gro"] else "--no-gro")
+    if opts["tso"] is not None:
+        args.append("--tso" if opts["tso"] else "--no-tso")
     if opts["pure_python"]:
         args.append("--pure-python")
     if opts["verbose"]:

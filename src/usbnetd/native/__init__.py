@@ -25,7 +25,7 @@ from types import ModuleType
 from typing import Any
 
 API_VERSION = 3  # must equal _fastpath.API_VERSION: an in-place build older than the C source is refused
-TX_API_VERSION = 1  # must equal _fasttx.API_VERSION
+TX_API_VERSION = 2  # must equal _fasttx.API_VERSION (2: offload, TSO)
 
 AVAILABLE: bool = False
 WHY_NOT: str | None = None
