@@ -576,7 +576,8 @@ _PROM_KEYS: dict[str, tuple[str, str, str]] = {
 # Keys that are not numbers to export: labels, text, and status()'s copies of pool.packets and pool.in_use
 # (exporting both made usbnetd_pool_in_use twice per device).
 _PROM_SKIP = {"busid", "ifname", "protocol", "protocol_detail", "datapath", "state", "link", "mac", "pool_packets",
-              "pool_in_use", "tx_flush", "pool", "queues", "in_flight", "rx_gro"}
+              "pool_in_use", "tx_flush", "pool", "queues", "in_flight", "rx_gro",
+              "tx_offload"}
 # Families made from the nested parts of a row (and link_up), in output order.
 _PROM_NESTED: dict[str, tuple[str, str]] = {
     "usbnetd_link_up": ("gauge", "1 when the device reports link up, else 0."),
@@ -593,6 +594,13 @@ _PROM_NESTED: dict[str, tuple[str, str]] = {
     "usbnetd_rx_gro_segments_total": ("counter", "TCP segments merged into coalesced frames."),
     "usbnetd_rx_gro_unverified_total": ("counter",
                                         "Segments that would have merged but failed checksum verification."),
+    "usbnetd_tx_offload_enabled": ("gauge", "1 when the interface hands over TCP super-frames and partial checksums "
+                                            "(TSO, checksum offload), else 0."),
+    "usbnetd_tx_offload_tso_superframes_total": ("counter", "TCP super-frames read from the interface and cut."),
+    "usbnetd_tx_offload_tso_segments_total": ("counter", "Frames those super-frames were cut into."),
+    "usbnetd_tx_offload_csum_completed_total": ("counter", "Frames whose partial checksum was completed."),
+    "usbnetd_tx_offload_dropped_total": ("counter",
+                                         "Frames dropped because their headers did not match their vnet header."),
 }
 PROM_FAMILIES: dict[str, tuple[str, str]] = {**{m: (k, h) for m, k, h in _PROM_KEYS.values()}, **_PROM_NESTED}
 _PROM_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -637,6 +645,8 @@ def _prometheus_samples(r: dict) -> Iterator[tuple[str, dict[str, object], objec
         yield "usbnetd_transfers_in_flight", {"direction": direction}, v
     for field, v in (r.get("rx_gro") or {}).items():
         yield (f"usbnetd_rx_gro_{field}" if field == "enabled" else f"usbnetd_rx_gro_{field}_total"), {}, v
+    for field, v in (r.get("tx_offload") or {}).items():
+        yield (f"usbnetd_tx_offload_{field}" if field == "enabled" else f"usbnetd_tx_offload_{field}_total"), {}, v
     for key, v in r.items():
         # A number the daemon reports that the tables above do not describe yet: still exported, untyped.
         if key not in _PROM_KEYS and key not in _PROM_SKIP:
@@ -710,6 +720,12 @@ def stats(target, as_json, prometheus, every) -> None:
         click.echo(f"  TX {r['tx_packets']} frames in {r['tx_transfers']} transfers "
                    f"({r['tx_frames_per_transfer']} per transfer), {r['tx_bytes']} bytes")
         click.echo("  TX flushes: " + ", ".join(f"{k} {v}" for k, v in r["tx_flush"].items()))
+        off = r.get("tx_offload") or {}
+        if off.get("enabled"):
+            click.echo(f"  TX offloads: {off['tso_superframes']} TCP super-frames cut into {off['tso_segments']} "
+                       f"frames, {off['csum_completed']} checksums completed, {off['dropped']} dropped")
+        else:
+            click.echo("  TX offloads: off")
         errors = {k: r[k] for k in ("rx_errors", "rx_length_errors", "rx_frame_errors", "rx_usb_errors",
                                     "rx_dropped", "tx_errors", "tx_aborted_errors", "tx_dropped",
                                     "notification_errors")}

@@ -8,6 +8,7 @@ StartError whose text is what the user reads.
 from __future__ import annotations
 
 import logging
+import os
 
 from ..core.service import EthernetService
 from ..core.stats import Stats
@@ -79,6 +80,8 @@ def run_device(spec: DeviceSpec, control_path: str | None, ifname: str | None = 
             rx_transfers=settings.rx_transfers, tx_transfers=settings.tx_transfers,
             gro=settings.gro if gro is None else gro,
             tso=settings.tso if tso is None else tso,
+            # the Python reference path with offloads too (tests, comparisons; service.py says why not by default)
+            tso_python=os.environ.get("USBNETD_TSO_PYTHON", "") not in ("", "0"),
             native=native,
         )
         daemon = Daemon(service, control_path,

@@ -60,8 +60,9 @@ class TapPort:
         self.offload_dropped = 0
         self.gro: Coalescer | None = Coalescer(self) if gro else None
         self.view: memoryview | None = None  # the RX transfer being decoded (emit's offsets are into it)
-        # The decoders' emit: through the coalescer, or straight to the TAP.
-        self.emit = self.gro.emit if self.gro is not None else self._emit_plain
+        # The decoders' emit: through the coalescer, or straight to the TAP (behind a zero vnet header when the
+        # TAP has one for TX offloads without GRO).
+        self.emit = self.gro.emit if self.gro is not None else self._emit_vnet if self.vnet else self._emit_plain
         self.write_errors = BurstLog("TAP write failing", logger=log)
         self.read_errors = BurstLog("TAP read failing", logger=log)
         self.native = None  # a usbnetd.native NcmRx when the C path decodes RX (use_native)
@@ -130,6 +131,9 @@ class TapPort:
         stats = self.stats
         stats.rx_packets += 1
         stats.rx_bytes += length
+
+    def _emit_vnet(self, offset: int, length: int) -> None:
+        self.write_frame(self.view[offset : offset + length], length)
 
     def deliver(self, view: memoryview, offset: int, length: int) -> None:
         """One frame from a buffer other than the transfer being decoded; whatever GRO holds goes first."""
