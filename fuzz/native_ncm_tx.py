@@ -114,8 +114,8 @@ def offload_message(x: int, p: bytes, mf: int, n: int) -> bytes:
         ihl = iph // 4
         ip = struct.pack("!BBHHHBBH", 0x40 | ihl, 0, iph + thl + len(data), n & 0xFFFF, 0x4000, 64, 6,
                          0) + bytes(range(8)) + ip_opts
-    th = struct.pack("!HHIIBBHHH", 40000, 5201, 0xFFFF0000 + n * 977, 1, (thl // 4) << 4, p[0], 500, 0x1234,
-                     0) + tcp_opts
+    seq = (0xFFFF0000 + n * 977) & 0xFFFFFFFF  # wraps within a few super-frames
+    th = struct.pack("!HHIIBBHHH", 40000, 5201, seq, 1, (thl // 4) << 4, p[0], 500, 0x1234, 0) + tcp_opts
     if p[3] & 0x80:
         mss = max(1, mf - hdrs - p[2] % 3 + 1)
     else:
