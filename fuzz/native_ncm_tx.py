@@ -12,6 +12,7 @@ An input is a 20-byte header, then operations:
                layout fields (may be invalid: then both sides must refuse it), 64 the fd fails every read
                (EISDIR), 128 a pool of one buffer (else two)
     1          divisor: 1 << (b % 10)                      (raw: bytes 1-2, little endian)
+    2          bit 0: TX offloads (with flag 2, not raw): NcmTx(offload=True) against TapPort(offload=True)
     3-4        remainder, modulo the divisor                (raw: as is)
     5          NDP alignment: 1 << (2 + b % 6)             (raw: bytes 5-6)
     7-8        max_datagrams: 1 + v % 64, or 40 when v >= 0xFF00 (raw: as is)
@@ -25,6 +26,12 @@ An input is a 20-byte header, then operations:
                0xC0-0xDF: a wake-up, the pipe idle, budget (b & 0x1F) + 1 (0xDF: 64);  0xE0-0xEF: a wake-up,
                the pipe busy, budget (b & 0x0F) + 1;  0xF0-0xF7: the flush timer;  0xF8-0xFF n: a frame of
                16384 + 256 * n bytes (cut to 70000)
+               With offloads, 0xA0-0xBF x p0 p1 p2 p3 [pos val]*: an offload message instead of a raw one (then
+               0x80-0x9F are the raw messages): x bit 4 IPv6, bit 3 a UDP datagram with NEEDS_CSUM (else a TCP
+               super-frame, gso_type TCPV4/TCPV6), bit 2 a VLAN tag, bits 0-1 how many (pos, val) byte
+               mutations follow (pos % 96 into the message, vnet header included); payload p0p1 % 65,536 bytes
+               (cut to what the IP length allows), MSS 1 + p2p3 % 1,600 (p3 bit 7: max_frame - headers - (p2 % 3)
+               + 1, the edge), TCP flags from p0, IP and TCP options from p1 bits 0-1; at most MAX_OFFLOAD per input.
     then 3 wake-ups (idle, budget 64), EOF and one more if flag 16, and a final flush.
 
 Frames are numbered and filled from a fixed random pattern, so a misplaced or mixed-up frame shows. Every frame
@@ -58,6 +65,7 @@ TARGET = "native-ncm-tx"
 HEADER = 20
 MAX_INPUT = 4096
 MAX_FRAMES = 600  # per input, so every input stays cheap
+MAX_OFFLOAD = 24  # offload messages per input (each up to 64 KiB)
 MAX_MSG = 70000
 MAX32 = 256 << 10  # the largest NTB32 max_size generated (buffers are preallocated for it)
 VNET = 10
@@ -76,6 +84,46 @@ def frame(n: int, i: int) -> bytes:
     return PATTERN[start : start + n]
 
 
+def offload_message(x: int, p: bytes, mf: int, n: int) -> bytes:
+    """The vnet header and frame of offload op `x` with parameter bytes `p` (the docstring's 0xA0-0xBF)."""
+    v6, udp, vlan = bool(x & 0x10), bool(x & 0x08), bool(x & 0x04)
+    length = p[0] | p[1] << 8
+    eth = bytes.fromhex("020000000002020000000001") + (b"\x81\x00\x00\x05" if vlan else b"")
+    eth += b"\x86\xdd" if v6 else b"\x08\x00"
+    ip_opts = bytes([1]) * (4 * (p[1] & 1)) + bytes([7, 7, 4, 0, 0, 0, 0, 1]) * ((p[1] >> 1) & 1) if not v6 else b""
+    l3 = len(eth)
+    iph = 40 if v6 else 20 + len(ip_opts)
+    l4 = l3 + iph
+    if udp:
+        data = PATTERN[n % 4096 : n % 4096 + min(length, 1600)]
+        ulen = 8 + len(data)
+        if v6:
+            ip = struct.pack("!IHBB", 6 << 28, ulen, 17, 64) + bytes(range(32))
+        else:
+            ip = struct.pack("!BBHHHBBH", 0x45, 0, 20 + ulen, n & 0xFFFF, 0, 64, 17, 0) + bytes(range(8))
+        hdr = struct.pack("=BBHHHH", 1, 0, 0, 0, l4, 6)
+        return hdr + eth + ip + struct.pack("!HHHH", 53, 53, ulen, p[2] | p[3] << 8) + data
+    tcp_opts = (b"\x01\x01\x08\x0a" + bytes(8)) * ((p[1] >> 2) & 1) + b"\x01" * (28 * ((p[1] >> 3) & 1))
+    thl = 20 + len(tcp_opts)
+    hdrs = l4 + thl
+    data_len = min(length, 0xFFFF - iph - thl)
+    data = PATTERN[n % 4096 : n % 4096 + data_len]
+    if v6:
+        ip = struct.pack("!IHBB", 6 << 28, thl + len(data), 6, 64) + bytes(range(32))
+    else:
+        ihl = iph // 4
+        ip = struct.pack("!BBHHHBBH", 0x40 | ihl, 0, iph + thl + len(data), n & 0xFFFF, 0x4000, 64, 6,
+                         0) + bytes(range(8)) + ip_opts
+    seq = (0xFFFF0000 + n * 977) & 0xFFFFFFFF  # wraps within a few super-frames
+    th = struct.pack("!HHIIBBHHH", 40000, 5201, seq, 1, (thl // 4) << 4, p[0], 500, 0x1234, 0) + tcp_opts
+    if p[3] & 0x80:
+        mss = max(1, mf - hdrs - p[2] % 3 + 1)
+    else:
+        mss = 1 + (p[2] | (p[3] & 0x7F) << 8) % 1600
+    hdr = struct.pack("=BBHHHH", 1, 4 if v6 else 1, hdrs, mss & 0xFFFF, l4, 16)
+    return hdr + eth + ip + th + data
+
+
 @dataclasses.dataclass
 class Plan:
     flags: int
@@ -85,6 +133,7 @@ class Plan:
     blen: int  # the NTB buffers' size
     pool: int
     steps: list  # ("msg", bytes) | ("wake", budget, idle) | ("flush",) | ("eof",)
+    offload: bool = False
 
 
 def parse(data: bytes) -> Plan:
@@ -110,8 +159,9 @@ def parse(data: bytes) -> Plan:
                   maxpacket=mp, pad_to_max=bool(flags & PAD))
     blen = size - (u16(18) % size if flags & SHORT and size > 0 else 0)
     vnet = VNET if flags & VNET_ON else 0
+    offload = bool(vnet and not flags & RAW and h[2] & 1)
     steps: list = []
-    body, i, n = data[HEADER:], 0, 0
+    body, i, n, n_off = data[HEADER:], 0, 0, 0
     while i < len(body) and n < MAX_FRAMES:
         b = body[i]
         i += 1
@@ -120,8 +170,21 @@ def parse(data: bytes) -> Plan:
             i += 1
         elif b < 0x80:
             length = max(0, mf - 32 + (b & 0x3F))
+        elif offload and 0xA0 <= b < 0xC0:
+            p = body[i : i + 4].ljust(4, b"\0")
+            i += 4
+            m = bytearray(offload_message(b & 0x1F, p, mf, n))
+            for _ in range(b & 3):
+                if i + 1 < len(body):
+                    m[body[i] % min(96, len(m))] = body[i + 1]
+                i += 2
+            if n_off < MAX_OFFLOAD:
+                steps.append(("msg", bytes(m)))
+                n_off += 1
+            n += 1
+            continue
         elif b < 0xC0:
-            steps.append(("msg", PATTERN[n : n + (b & 0x3F) % 12]))
+            steps.append(("msg", PATTERN[n : n + (b & (0x1F if offload else 0x3F)) % 12]))
             n += 1
             continue
         elif b < 0xE0:
@@ -142,7 +205,7 @@ def parse(data: bytes) -> Plan:
     if flags & EOF:
         steps += [("eof",), ("wake", 64, True)]
     steps.append(("flush",))
-    return Plan(flags, fields, mf, u16(16), blen, 1 if flags & ONE_BUF else 2, steps)
+    return Plan(flags, fields, mf, u16(16), blen, 1 if flags & ONE_BUF else 2, steps, offload)
 
 
 def extra_refusal(fields: dict, max_frame: int) -> str | None:
@@ -200,7 +263,7 @@ class Harness:
 
         if side == "ref":
             stats = self.Stats()
-            port = self.TapPort(fd, stats, mf, gro=bool(vnet))
+            port = self.TapPort(fd, stats, mf, gro=bool(vnet) and not plan.offload, offload=plan.offload)
 
             class Errors:
                 def hit(self, detail: object = "", n: int = 1) -> None:
@@ -221,7 +284,8 @@ class Harness:
                 d0 = stats.tx_dropped
                 drained = False
                 read_into = port.read_into
-                while budget:
+                pending = port.pending
+                while budget or pending:  # a super-frame's segments go first, using no budget
                     if not st["open"]:
                         st["view"] = views[st["next"] % plan.pool]
                         b.begin(st["view"])
@@ -230,14 +294,17 @@ class Harness:
                     if room < mf:
                         finish()
                         continue
-                    n = read_into(st["view"][offset : offset + room])
-                    if n < 0:
-                        drained = True
-                        break
-                    budget -= 1
-                    reads += 1
-                    if n == 0:
-                        continue
+                    if pending:
+                        n = port.next_segment(st["view"][offset : offset + room])
+                    else:
+                        n = read_into(st["view"][offset : offset + room])
+                        if n < 0:
+                            drained = True
+                            break
+                        budget -= 1
+                        reads += 1
+                        if n == 0:
+                            continue
                     frames += 1
                     nbytes += n
                     b.commit(n)
@@ -248,9 +315,10 @@ class Harness:
                 wakes.append((reads, frames, nbytes, stats.tx_dropped - d0, drained))
 
             def state() -> tuple:
-                return (st["open"], b.count if st["open"] else 0, b.sequence, stats.tx_dropped)
+                return (st["open"], b.count if st["open"] else 0, b.sequence, stats.tx_dropped, len(port.pending),
+                        port.tso_superframes, port.tso_segments, port.csum_completed, port.offload_dropped)
         else:
-            tx = self.NcmTx(fd, vnet, mf, *dataclasses.astuple(layout), sequence=plan.sequence)
+            tx = self.NcmTx(fd, vnet, mf, *dataclasses.astuple(layout), sequence=plan.sequence, offload=plan.offload)
 
             def finish() -> None:
                 if st["open"]:
@@ -267,12 +335,13 @@ class Harness:
             def wake(budget: int, idle: bool) -> None:
                 reads = frames = nbytes = dropped = 0
                 drained = False
-                while budget:
+                while budget or tx.pending:
                     if not st["open"]:
                         tx.begin(views[st["next"] % plan.pool])
                         st["open"] = True
                     r, c, nb, d, dr, full, err = tx.fill(budget)
-                    if not (0 <= r <= budget and c + d == r and not (full and dr) and (not err or dr)):
+                    if not (0 <= r <= budget and (c + d == r or plan.offload and d <= r) and not (full and dr)
+                            and (not err or dr)):
                         raise Difference(f"fill({budget}) returned {(r, c, nb, d, dr, full, err)}")
                     budget -= r
                     reads += r
@@ -295,7 +364,8 @@ class Harness:
                 wakes.append((reads, frames, nbytes, dropped, drained))
 
             def state() -> tuple:
-                return (st["open"], tx.count, tx.sequence, st["dropped"])
+                return (st["open"], tx.count, tx.sequence, st["dropped"], tx.pending, tx.tso_superframes,
+                        tx.tso_segments, tx.csum_completed, tx.offload_dropped)
 
         trace = []
         for step in plan.steps:
@@ -364,7 +434,8 @@ class Harness:
                 raise Difference(f"{side}: read errors {n_errors[:4]}, reference {r_errors[:4]}")
             if n_trace != r_trace:
                 k = next(i for i, (a, b) in enumerate(zip(n_trace, r_trace, strict=True)) if a != b)
-                raise Difference(f"{side}: after step {k}: (open, count, sequence, dropped) {n_trace[k]}, "
+                raise Difference(f"{side}: after step {k}: (open, count, sequence, dropped, pending, superframes, "
+                                 f"segments, csum, offload dropped) {n_trace[k]}, "
                                  f"reference {r_trace[k]}")
             for k, (nb, rb) in enumerate(zip(n_bufs, r_bufs, strict=True)):
                 if nb[: plan.blen] != rb[: plan.blen]:
@@ -377,7 +448,7 @@ class Harness:
 
 
 def header(flags: int = 0, div_exp: int = 2, rem: int = 0, align_exp: int = 0, max_dg: int = 0xFF00, mp: int = 2,
-           size: int = 16384, mf: int | None = 1514, seq: int = 0, short: int = 0) -> bytes:
+           size: int = 16384, mf: int | None = 1514, seq: int = 0, short: int = 0, offload: bool = False) -> bytes:
     """The 20 header bytes for a valid (non-raw) layout; size is max_size (NTB16: 256..0xFFFF)."""
     ntb32 = flags & NTB32
     span = (MAX32 if ntb32 else 0xFFFF) - 255
@@ -385,6 +456,7 @@ def header(flags: int = 0, div_exp: int = 2, rem: int = 0, align_exp: int = 0, m
     h = bytearray(HEADER)
     h[0] = flags
     h[1] = div_exp
+    h[2] = int(offload)
     struct.pack_into("<H", h, 3, rem)
     h[5] = align_exp
     struct.pack_into("<H", h, 7, max_dg)
@@ -435,6 +507,24 @@ def seeds() -> list[bytes]:
     raw = bytearray(header(RAW))
     struct.pack_into("<HHHHH", raw, 1, 3, 0, 4, 40, 512)
     out.append(bytes(raw) + full)
+    # TX offloads: super-frames (IPv4, IPv6, options, a VLAN tag, MSS at the max_frame edge), NEEDS_CSUM
+    # datagrams, mutated vnet headers and headers, among plain frames and wake-ups
+    v4 = b"\xa0\xc8\xf0\xa8\x05"  # 61,640 bytes (p1 bits 0-3 clear: no options), MSS 1449 (p2p3 % 1600 + 1)
+    v6 = b"\xb0\x10\x20\x9f\x05"  # 8,208 bytes, MSS 1440: segments of exactly 1514
+    opts = b"\xa0\x18\x7f\x00\x05" + b"\xb0\x10\x2c\x00\x85"  # options; IPv6 at the max_frame edge
+    edge = b"\xa0\x00\x40\x00\x80\xa0\x00\x40\x01\x80\xa0\x00\x40\x02\x80"
+    udp = b"\xa8\x90\x01\x00\x00\xb8\x00\x00\x00\x00\xac\x40\x00\x00\x00"
+    vlan = b"\xa4\x00\x30\x00\x04\xb4\x00\x30\x00\x04"
+    mutated = b"\xa1\x00\x20\x00\x04\x01\x03" + b"\xa2\x00\x20\x00\x04\x06\x00\x07\x00" + \
+        b"\xa1\x00\x20\x00\x04\x2f\xff" + b"\xb1\x00\x20\x00\x04\x14\x2b" + b"\xa9\x10\x00\x00\x00\x08\xff"
+    for flags in (VNET_ON, VNET_ON | NTB32, VNET_ON | ONE_BUF, VNET_ON | PAD):
+        out.append(header(flags, offload=True) + v4 + full[:8] + v6 + b"\xe0" + opts + edge + b"\xdf" + udp + vlan)
+        out.append(header(flags, offload=True) + mutated + mixed + v4 + b"\xe1\xe1\xf0" + v6 + b"\x85\x8a")
+    out.append(header(VNET_ON, 2, 2, 0, 31, size=16384, offload=True) + v4 * 3 + b"\xc0" * 8 + v6 * 3)
+    out.append(header(VNET_ON | NTB32, 2, 2, 0, 31, size=65536, offload=True) + v4 * 4 + udp + v6)
+    out.append(header(VNET_ON, 0, 0, 1, 2, 3, 2048, offload=True) + v4 + edge + full[:10])
+    out.append(header(VNET_ON, 2, 0, 0, 0xFF00, 2, 30000, mf=9014, offload=True) + v4 + b"\xa0\x00\x90\x00\x80")
+    out.append(header(VNET_ON | SHORT, 2, 0, 0, 0xFF00, 2, 4096, short=1000, offload=True) + v4 + mutated)
     return out
 
 
@@ -444,6 +534,7 @@ check = nc_.checker(lambda: Harness())
 def _instrument(atheris) -> None:
     with atheris.instrument_imports(include=["usbnetd"]):
         import usbnetd.core.stats  # noqa: F401
+        import usbnetd.netdev.gso  # noqa: F401
         import usbnetd.netdev.port  # noqa: F401
         import usbnetd.protocols.ncm_codec  # noqa: F401
     atheris.instrument_func(parse)

@@ -324,6 +324,7 @@ class FakeTap:
         self.mac = mac
         self.mtu = mtu
         self.vnet_hdr = vnet_hdr
+        self.offload = 0  # TUN_F_* given to set_offload
         self.reused = False
         self.index = 0  # matches nothing in /proc/net/dev_mcast
         self.carrier: bool | None = None
@@ -354,6 +355,10 @@ class FakeTap:
 
     def set_mtu(self, mtu: int) -> None:
         self.mtu = mtu
+
+    def set_offload(self, flags: int) -> None:
+        assert self.vnet_hdr, "TUNSETOFFLOAD without a vnet header"
+        self.offload = flags
 
     def close(self, remove: bool = True) -> None:
         self.closed = True

@@ -1,4 +1,5 @@
-"""A tiny TCP stream tool for tests (no iperf3 needed natively): `serve PORT` / `send HOST PORT BYTES`.
+"""A tiny TCP stream tool for tests (no iperf3 needed natively): `serve PORT` (`serve6 PORT`: IPv6) /
+`send HOST PORT BYTES`.
 
 The server prints how many bytes it received and a SHA-256 of them; the sender prints the same for what it
 sent, so a test can compare byte counts and content end to end.
@@ -9,10 +10,10 @@ import socket
 import sys
 
 
-def serve(port: int) -> None:
-    s = socket.socket()
+def serve(port: int, v6: bool = False) -> None:
+    s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port))
+    s.bind(("::" if v6 else "0.0.0.0", port))
     s.listen(1)
     print("listening", flush=True)
     s.settimeout(60)
@@ -44,7 +45,7 @@ def send(host: str, port: int, total: int) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "serve":
-        serve(int(sys.argv[2]))
+    if sys.argv[1] in ("serve", "serve6"):
+        serve(int(sys.argv[2]), sys.argv[1] == "serve6")
     else:
         send(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))

@@ -40,6 +40,7 @@ import time
 from typing import Any
 
 import pytest
+import tso_frames as tf
 
 from usbnetd import native
 from usbnetd.core.stats import Stats
@@ -92,7 +93,7 @@ def test_a_stale_or_missing_tx_build_disables_both(replace: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "USBNETD_PURE_PYTHON"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     if not out.startswith("False True True usbnetd.native._fastpath"):  # else _fastpath itself is not there
-        want = ("is a stale build (API 0, this source wants 1)" if replace == "stale" else "is not built")
+        want = ("is a stale build (API 0, this source wants 2)" if replace == "stale" else "is not built")
         assert out.startswith(f"False True True usbnetd.native._fasttx {want}"), out
 
 
@@ -160,6 +161,7 @@ class Case:
     buf_len: int = 0  # 0: max_size + 64 (the 64 past max_size must stay untouched)
     pool: int = 3  # buffers reused round robin, as the packet pool does
     guarded: bool = False  # the native side's buffers end at an inaccessible page (buf_len exactly)
+    offload: bool = False  # TX offloads: super-frames cut, partial checksums completed (vnet must be 10)
 
     @property
     def blen(self) -> int:
@@ -202,7 +204,8 @@ class Reference(Side):
     def __init__(self, case: Case, tap: Tap, bufs: list[Any]) -> None:
         super().__init__(case, tap, bufs)
         self.stats = Stats()
-        self.port = TapPort(tap.r.fileno(), self.stats, case.max_frame, gro=bool(case.vnet))
+        self.port = TapPort(tap.r.fileno(), self.stats, case.max_frame, gro=bool(case.vnet) and not case.offload,
+                            offload=case.offload)
         self.port.read_errors = self  # type: ignore[assignment]  (hit() records)
         self.builder = nc.NtbBuilder(case.layout, case.sequence)
 
@@ -225,21 +228,24 @@ class Reference(Side):
         reads = frames = nbytes = 0
         dropped0 = self.stats.tx_dropped
         drained = False
-        while budget:
+        while budget or port.pending:  # a super-frame's segments go first, using no budget
             if not self.open:
                 b.begin(memoryview(self._take()))
             offset, room = b.next_slot()
             if room < max_frame:
                 self.finish()
                 continue
-            n = port.read_into(memoryview(self.buf)[offset : offset + room])
-            if n < 0:
-                drained = True
-                break
-            budget -= 1
-            reads += 1
-            if n == 0:
-                continue
+            if port.pending:
+                n = port.next_segment(memoryview(self.buf)[offset : offset + room])
+            else:
+                n = port.read_into(memoryview(self.buf)[offset : offset + room])
+                if n < 0:
+                    drained = True
+                    break
+                budget -= 1
+                reads += 1
+                if n == 0:
+                    continue
             frames += 1
             nbytes += n
             b.commit(n)
@@ -258,6 +264,11 @@ class Reference(Side):
         return self.builder.sequence
 
     @property
+    def offload(self) -> tuple:
+        p = self.port
+        return (len(p.pending), p.tso_superframes, p.tso_segments, p.csum_completed, p.offload_dropped)
+
+    @property
     def dropped(self) -> int:
         return self.stats.tx_dropped
 
@@ -266,7 +277,7 @@ class Native(Side):
     def __init__(self, case: Case, tap: Tap, bufs: list[Any]) -> None:
         super().__init__(case, tap, bufs)
         self.tx = NcmTx(tap.r.fileno(), case.vnet, case.max_frame, *dataclasses.astuple(case.layout),
-                        sequence=case.sequence)
+                        sequence=case.sequence, offload=case.offload)
         self.dropped = 0
 
     def finish(self) -> None:
@@ -285,11 +296,12 @@ class Native(Side):
         tx = self.tx
         reads = frames = nbytes = dropped = 0
         drained = False
-        while budget:
+        while budget or tx.pending:
             if not self.open:
                 tx.begin(self._take())
             r, c, nb, d, dr, full, err = tx.fill(budget)
-            assert 0 <= r <= budget and c + d == r and (c == 0) == (nb == 0)
+            assert 0 <= r <= budget and (c == 0) == (nb == 0)
+            assert c + d == r if not self.case.offload else d <= r  # offloads: segments commit without a read
             assert not (full and dr), "full and drained at once"
             budget -= r
             reads += r
@@ -318,6 +330,11 @@ class Native(Side):
     @property
     def sequence(self) -> int:
         return self.tx.sequence
+
+    @property
+    def offload(self) -> tuple:
+        t = self.tx
+        return (t.pending, t.tso_superframes, t.tso_segments, t.csum_completed, t.offload_dropped)
 
 
 # A scenario: ("send", [messages]), ("wake", budget, idle), ("flush",) (the flush timer), ("eof",) (the writer
@@ -358,7 +375,9 @@ def differential(case: Case, steps: list[Step]) -> Reference:
                 assert not ref.open and not nat.open
                 ref.port.fd = bad
                 nat.tx = NcmTx(bad, case.vnet, case.max_frame, *dataclasses.astuple(case.layout),
-                               sequence=nat.tx.sequence)
+                               sequence=nat.tx.sequence, offload=case.offload)
+                ref.port.tso_superframes = ref.port.tso_segments = ref.port.csum_completed = 0
+                ref.port.offload_dropped = 0  # the new object's counters start at 0
             compare(ref, nat, f"after step {i} {step[0]}")
         ref.finish()
         nat.finish()
@@ -389,6 +408,8 @@ def compare(ref: Reference, nat: Native, when: str) -> None:
     assert nat.errors == ref.errors, f"{when}: read errors {nat.errors}, reference {ref.errors}"
     assert nat.open == ref.open and nat.count == ref.count, when
     assert nat.sequence == ref.sequence, f"{when}: sequence {nat.sequence}, reference {ref.sequence}"
+    assert nat.offload == ref.offload, f"{when}: (pending, superframes, segments, csum, dropped) {nat.offload}, " \
+        f"reference {ref.offload}"
     for i in range(len(ref.bufs)):
         assert bytes(nat.bufs[i]) == bytes(ref.bufs[i]), f"{when}: pool buffer {i} differs"
 
@@ -802,3 +823,209 @@ def test_the_gil_is_released_while_reading_and_a_second_caller_is_refused() -> N
     finally:
         a.close()
         b.close()
+
+
+# --- TX offloads: TSO super-frames and partial checksums (netdev/gso.py is the reference) -------------------------
+
+OFF16 = nc.TxLayout(False, 16384)
+
+
+def tso(n: int, mss: int = 1448, v6: bool = False, **kw: Any) -> bytes:
+    """One TAP message: the vnet header and a TSO super-frame of n payload bytes."""
+    hdr, f = tf.superframe(n, mss, v6, **kw)
+    return hdr + f
+
+
+def csum(n: int, v6: bool = False, tag: int = 0) -> bytes:
+    hdr, f = tf.udp_partial(n, v6, tag)
+    return hdr + f
+
+
+def offload_case(layout: nc.TxLayout = OFF16, max_frame: int = 1514, **kw: Any) -> Case:
+    return Case(layout, max_frame, VNET, offload=True, **kw)
+
+
+def test_offload_needs_the_vnet_header() -> None:
+    with pytest.raises(ValueError, match="vnet"):
+        make(offload=True)
+    tx = make(vnet_hdr_len=VNET, offload=True)
+    assert tx.offload == 1 and tx.pending == 0 and tx.tso_superframes == tx.tso_segments == 0
+    assert make(vnet_hdr_len=VNET).offload == 0
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("name", ["ntb16", "ntb32", "sim_out16", "sim_out32", "div64_rem63_align32", "max_dg_3",
+                                  "max_65535", "ntb32_big", "small_2048", "pad_to_max"])
+def test_super_frames_are_cut_like_the_reference(name: str, v6: bool) -> None:
+    """Super-frames of every size up to 64 KiB among plain frames, in NTBs that fill up in the middle of one:
+    the rest goes on in the next NTB (and the next wake-up's first NTB) before the TAP is read again."""
+    mss = 1440 if v6 else 1460
+    big = 65535 - 60 if v6 else 65535 - 40
+    messages = [tso(big, mss, v6, tag=1), bytes(VNET) + frame(60, 2), tso(1, mss, v6, tag=3),
+                tso(mss, mss, v6, tag=4), tso(mss + 1, mss, v6, tag=5), csum(500, v6, 6), tso(0, mss, v6, tag=7),
+                tso(20000, 536, v6, tag=8, flags=tf.ACK | tf.FIN | tf.PSH | tf.CWR)] * 2
+    ref = differential(offload_case(LAYOUTS[name]), fill_all([], VNET) + [("send", messages)] +
+                       [("wake", 64, True)] * 3)
+    segs = 2 * (-(-big // mss) + 1 + 1 + 1 + 2 + 1 + 1 + -(-20000 // 536))
+    assert ref.offload == (0, 12, segs - 4, 2, 0)  # 12 super-frames, 2 checksums completed
+    assert sum(w[1] for w in ref.wakes) == segs  # every segment, the plain frames and the UDP datagrams
+    assert len(ref.ntbs) >= 2 * 65535 // LAYOUTS[name].max_size  # NTBs filled up in the middle of one
+
+
+def test_what_the_ntbs_carry_decodes_to_valid_segments_that_join_up() -> None:
+    """An oracle besides the reference: NtbDecoder reads the NTBs back, tso_frames checks every frame."""
+    messages = [tso(30000, 1448, tag=1), tso(30000, 1440, True, tag=2), csum(777, tag=3), csum(64, True, tag=4)]
+    ref = differential(offload_case(SIM_OUT16), [("send", messages)] + [("wake", 64, True)] * 2)
+    got: list[bytes] = []
+    dec = nc.NtbDecoder(Stats(), max_datagram=1514)
+    for length, count, buf in ref.ntbs:
+        spans: list[tuple[int, int]] = []
+        assert dec.decode(buf, length, lambda o, n: spans.append((o, n))) == count  # noqa: B023
+        got += [bytes(buf[o : o + n]) for o, n in spans]
+    fields = [tf.check_frame(f) for f in got]
+    assert b"".join(f["payload"] for f in fields[:21]) == tf.payload(30000, 1)
+    assert b"".join(f["payload"] for f in fields[21:42]) == tf.payload(30000, 2)
+    assert fields[42]["payload"] == tf.payload(777, 3) and fields[43]["payload"] == tf.payload(64, 4)
+    assert len(got) == 44
+
+
+@pytest.mark.parametrize("budget", [1, 2, 5, 64])
+def test_a_super_frame_goes_on_across_ntbs_and_wake_ups(budget: int) -> None:
+    """The budget counts reads, not segments: with a busy pipe partial NTBs stay open between wake-ups, and a
+    super-frame's segments never wait for a read."""
+    messages = [tso(60000, 1448, tag=i) for i in range(4)] + [bytes(VNET) + frame(100, 9)]
+    steps: list[Step] = [("send", messages)] + [("wake", budget, False)] * (5 // budget + 2)
+    steps += [("flush",), ("wake", budget, True)]
+    ref = differential(offload_case(L16), steps)
+    assert ref.offload[:3] == (0, 4, 4 * 42)
+
+
+@pytest.mark.parametrize("mss", [1, 2, 7, 536, 1459, 1460, 1461])
+def test_mss_edge_cases(mss: int) -> None:
+    """A segment of exactly max_frame goes; one byte more and the whole super-frame is dropped (but a payload
+    that fits in one segment of max_frame goes, whatever the MSS)."""
+    messages = [tso(3000, mss, tag=1), tso(1460, mss, tag=2), tso(1461, mss, tag=3)]
+    ref = differential(offload_case(), [("send", messages)] + [("wake", 64, True)] * 2)
+    dropped = 2 if mss > 1460 else 0
+    assert ref.offload[4] == dropped and ref.dropped == dropped
+
+
+@pytest.mark.parametrize("max_frame", [1514, 1518, 9014])
+def test_options_vlans_and_max_frames(max_frame: int) -> None:
+    messages = [tso(20000, 1300, ip_opts=b"\x01" * 40, tcp_opts=b"\x01" * 40, tag=1),
+                tso(20000, 1400, True, tcp_opts=b"\x01\x01\x08\x0a" + bytes(8), tag=2),
+                tso(20000, 1400, vlans=(0x8100,), tag=3), tso(20000, 1400, True, vlans=(0x88A8, 0x8100), tag=4),
+                tso(20000, 1400, vlans=(0x8100,) * 3, tag=5),  # one tag too many: dropped
+                tso(30000, 8900, tag=6)]  # a jumbo MSS: only with max_frame 9014
+    layout = nc.TxLayout(False, 32768, 4, 0, 4, 64, 512)
+    ref = differential(offload_case(layout, max_frame), [("send", messages)] + [("wake", 64, True)] * 2)
+    assert ref.offload[4] == (1 if max_frame == 9014 else 2)
+
+
+def _hdr(flags: int = 1, gso_type: int = 1, hdr_len: int = 54, gso_size: int = 1000, start: int = 34,
+         offset: int = 16) -> bytes:
+    return tf.vnet(flags, gso_type, hdr_len, gso_size, start, offset)
+
+
+V4, _, _ = tf.tcp_frame(3000)
+V6, _, _ = tf.tcp_frame(3000, v6=True)
+UDP4 = tf.udp_partial(300)[1]
+MALFORMED_VNET = [
+    _hdr(gso_type=3) + V4, _hdr(gso_type=5) + V4, _hdr(gso_type=0x81) + V4, _hdr(gso_type=0x84) + V6,
+    _hdr(gso_type=2) + V4, _hdr(gso_type=0xFF) + V4, _hdr(flags=0) + V4, _hdr(flags=2) + V4, _hdr(gso_size=0) + V4,
+    _hdr(start=14) + V4, _hdr(start=0xFFFF) + V4, _hdr(offset=6) + V4, _hdr(offset=0xFFFF) + V4,
+    _hdr(hdr_len=0xFFFF) + V4, _hdr(hdr_len=len(V4) + 1) + V4, _hdr(gso_type=4) + V4, _hdr(hdr_len=74) + V6,
+    _hdr() + V4[:-1], _hdr() + V4 + b"\0", _hdr() + V4[:14], _hdr() + V4[:33], _hdr() + V4[:53],
+    _hdr() + V4[:12] + b"\x08\x06" + V4[14:], _hdr() + V4[:12] + b"\x81\x00", _hdr() + V4[:12] + b"\x81\x00\x00",
+    _hdr() + V4[:14] + b"\x46" + V4[15:], _hdr() + V4[:23] + b"\x11" + V4[24:],
+    _hdr() + V4[:20] + b"\x20\x00" + V4[22:], _hdr() + V4[:46] + b"\x40" + V4[47:],
+    _hdr() + V4[:46] + b"\xf0" + V4[47:84],
+    _hdr(gso_type=4, hdr_len=74, start=54) + V6[:20] + b"\x2b" + V6[21:],
+    _hdr(1, 0, 0, 0, 0xFFFF, 0xFFFF) + UDP4, _hdr(1, 0, 0, 0, 341, 0) + UDP4,
+    _hdr(1, 0, 0, 0, 0, 341) + UDP4, _hdr(1, 0, 0, 0, 34, 6) + UDP4[:39], b"\x01\x01",
+    bytes(VNET) + frame(1515, 1), _hdr(1, 0, 0, 0, 34, 6) + UDP4 + bytes(1200),  # too long, not cut
+]
+
+
+def test_odd_but_valid_vnet_headers() -> None:
+    """A frame without NEEDS_CSUM is left as it is; a checksum field that ends exactly at the frame's end is
+    completed; a GSO frame whose payload fits one segment goes as one."""
+    messages = [_hdr(0, 0, 0, 0, 34, 7) + UDP4[:40], _hdr(1, 0, 0, 0, 340, 0) + UDP4,
+                _hdr(gso_size=5000) + tf.tcp_frame(1000)[0]]
+    ref = differential(offload_case(), [("send", messages), ("wake", 64, True)])
+    assert ref.dropped == 0 and ref.offload == (0, 1, 1, 1, 0)
+
+
+def test_malformed_vnet_headers_are_dropped_and_counted_never_raised() -> None:
+    """Every field of the vnet header that does not fit the frame, unknown GSO types and the ECN bit, frames that
+    are not TCP over IPv4/IPv6 as announced, cut or padded frames, checksum fields past the end; good ones
+    between them go through untouched."""
+    good = [tso(5000, 1000, tag=1), csum(100), bytes(VNET) + frame(60, 3)]
+    messages = []
+    for m in MALFORMED_VNET:
+        messages += [m] + good
+    ref = differential(offload_case(), [("send", messages)] + [("wake", 64, True)] * 6)
+    # what its vnet header made a drop (the others are plain drops: shorter than Ethernet, longer than max_frame)
+    bad_hdr = sum(1 for m in MALFORMED_VNET if len(m) >= VNET + 14 and (m[1] or m[0] & 1 and len(m) <= 1524))
+    assert ref.dropped == len(MALFORMED_VNET) and ref.offload[4] == bad_hdr == len(MALFORMED_VNET) - 3
+    assert ref.offload[1] == ref.offload[3] == len(MALFORMED_VNET)  # the good ones: all cut, all completed
+    assert ref.offload[2] == 5 * len(MALFORMED_VNET)
+
+
+def test_a_plain_frame_longer_than_max_frame_is_dropped_not_cut() -> None:
+    """Without offloads a frame longer than a slot of exactly max_frame is cut and sent (the reference's slice);
+    with offloads the read goes on past max_frame into the scratch buffer, so it is seen as too long."""
+    layout = nc.TxLayout(False, 3000, 4, 2, 4, 40, 512)
+    ref = differential(offload_case(layout), [("send", [bytes(VNET) + frame(1452, 0), bytes(VNET) + frame(1600, 1)]),
+                                              ("wake", 64, True)])
+    assert ref.wakes[0] == (2, 1, 1452, 1, True)
+
+
+@pytest.mark.parametrize("seed", range(150))
+def test_random_offload_scenarios(seed: int) -> None:
+    rnd = random.Random(1000 + seed)
+    layout, mf = random_layout(rnd)
+    if mf < 200:
+        mf = 1514
+        b = nc.NtbBuilder(layout)
+        b.begin(memoryview(bytearray(layout.max_size)))
+        if b.next_slot()[1] < mf:
+            layout, mf = L32, 1514
+    case = offload_case(layout, mf, sequence=rnd.randrange(0x10000), pool=rnd.randint(1, 3),
+                        guarded=rnd.random() < 0.2, buf_len=layout.max_size if rnd.random() < 0.2 else 0)
+    steps: list[Step] = []
+    for _ in range(rnd.randint(1, 6)):
+        k = rnd.random()
+        if k < 0.5:
+            msgs_: list[bytes] = []
+            for _ in range(rnd.randint(0, 12)):
+                v6 = rnd.random() < 0.5
+                hl = 74 if v6 else 54
+                mss = rnd.choice([1, 7, 100, 536, mf - hl, mf - hl + 1, 1448])
+                kind = rnd.random()
+                if kind < 0.45:
+                    m = bytearray(tso(rnd.choice([0, 1, mss, 3000, 20000, 65000 - hl]), max(1, mss), v6,
+                                      tag=rnd.randrange(256), flags=rnd.randrange(256),
+                                      vlans=rnd.choice([(), (), (0x8100,)])))
+                elif kind < 0.65:
+                    m = bytearray(csum(rnd.randint(0, mf - 60), v6, rnd.randrange(256)))
+                else:
+                    m = bytearray(bytes(VNET) + frame(rnd.randint(0, mf + 3), rnd.randrange(256)))
+                for _ in range(rnd.choice([0, 0, 0, 1, 2])):  # mutate: header fields or frame bytes
+                    if rnd.random() < 0.5 or len(m) <= VNET:
+                        m[rnd.randrange(min(VNET, len(m)))] = rnd.randrange(256)
+                    else:
+                        m[VNET + rnd.randrange(min(80, len(m) - VNET))] = rnd.randrange(256)
+                if rnd.random() < 0.05:
+                    m = m[: rnd.randrange(len(m) + 1)]
+                msgs_.append(bytes(m))
+            steps.append(("send", msgs_))
+        elif k < 0.9:
+            steps.append(("wake", rnd.choice([1, 2, 3, 7, 64, 1000]), rnd.random() < 0.7))
+        else:
+            steps.append(("flush",))
+    steps += [("wake", 64, True)] * 4
+    try:
+        differential(case, steps)
+    except AssertionError as exc:
+        raise AssertionError(f"seed {seed}: {case}: {exc}") from None

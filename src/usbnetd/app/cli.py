@@ -191,6 +191,10 @@ def _run_options(f):
     f = click.option("--gro/--no-gro", default=None,
                      help="Coalesce received TCP segments into one write to the interface (GRO). "
                           "Default: [queues] gro in the configuration (on).")(f)
+    f = click.option("--tso/--no-tso", default=None,
+                     help="NCM with the C fast path: let the kernel hand over TCP super-frames of up to 64 KiB and "
+                          "partial checksums (TSO, checksum offload), cut and completed in C. "
+                          "Default: [queues] tso in the configuration (on).")(f)
     f = click.option("--persistent/--no-persistent", default=None,
                      help="Keep the interface (addresses, routes) when the daemon stops; detach removes it. "
                           "Default: [interface] persistent in the configuration (off).")(f)
@@ -210,7 +214,7 @@ def _run_options(f):
              help="Drive DEVICE in the foreground until SIGINT or SIGTERM, then tear down cleanly.\n" + DEVICE_HELP)
 @click.argument("device")
 @_run_options
-def run(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, persistent, gro, pure_python,
+def run(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, persistent, tso, gro, pure_python,
         control_group, verbose) -> None:
     from .runner import StartError, run_device
 
@@ -226,7 +230,7 @@ def run(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, pers
     try:
         run_device(spec, control_path=path, ifname=ifname, sim_peer=sim_peer, mac=mac, mtu=mtu,
                    protocol=protocol, configuration=configuration, ntb32=ntb32, persistent=persistent, gro=gro,
-                   native=not pure_python,
+                   tso=tso, native=not pure_python,
                    control_group=control.resolve_group(control_group) if control_group else None,
                    on_ready=lambda _service: gate.started())
     except StartError as exc:
@@ -274,6 +278,8 @@ def attach(device, timeout, **opts) -> None:
         args.append("--persistent" if opts["persistent"] else "--no-persistent")
     if opts["gro"] is not None:
         args.append("--gro" if opts["gro"] else "--no-gro")
+    if opts["tso"] is not None:
+        args.append("--tso" if opts["tso"] else "--no-tso")
     if opts["pure_python"]:
         args.append("--pure-python")
     if opts["verbose"]:
@@ -591,7 +597,8 @@ _PROM_KEYS: dict[str, tuple[str, str, str]] = {
 # Keys that are not numbers to export: labels, text, and status()'s copies of pool.packets and pool.in_use
 # (exporting both made usbnetd_pool_in_use twice per device).
 _PROM_SKIP = {"busid", "ifname", "protocol", "protocol_detail", "datapath", "state", "link", "mac", "pool_packets",
-              "pool_in_use", "tx_flush", "pool", "queues", "in_flight", "rx_gro", "device"}
+              "pool_in_use", "tx_flush", "pool", "queues", "in_flight", "rx_gro", "device",
+              "tx_offload"}
 # Families made from the nested parts of a row (and link_up), in output order.
 _PROM_NESTED: dict[str, tuple[str, str]] = {
     "usbnetd_link_up": ("gauge", "1 when the device reports link up, else 0."),
@@ -609,6 +616,13 @@ _PROM_NESTED: dict[str, tuple[str, str]] = {
     "usbnetd_rx_gro_segments_total": ("counter", "TCP segments merged into coalesced frames."),
     "usbnetd_rx_gro_unverified_total": ("counter",
                                         "Segments that would have merged but failed checksum verification."),
+    "usbnetd_tx_offload_enabled": ("gauge", "1 when the interface hands over TCP super-frames and partial checksums "
+                                            "(TSO, checksum offload), else 0."),
+    "usbnetd_tx_offload_tso_superframes_total": ("counter", "TCP super-frames read from the interface and cut."),
+    "usbnetd_tx_offload_tso_segments_total": ("counter", "Frames those super-frames were cut into."),
+    "usbnetd_tx_offload_csum_completed_total": ("counter", "Frames whose partial checksum was completed."),
+    "usbnetd_tx_offload_dropped_total": ("counter",
+                                         "Frames dropped because their headers did not match their vnet header."),
 }
 # The device facts (app/facts.py) that label usbnetd_device_info.
 _DEVICE_LABELS = ("driver_version", "bus_info", "vendor_id", "product_id", "firmware_version", "usb_speed_mbps",
@@ -659,6 +673,8 @@ def _prometheus_samples(r: dict) -> Iterator[tuple[str, dict[str, object], objec
         yield "usbnetd_transfers_in_flight", {"direction": direction}, v
     for field, v in (r.get("rx_gro") or {}).items():
         yield (f"usbnetd_rx_gro_{field}" if field == "enabled" else f"usbnetd_rx_gro_{field}_total"), {}, v
+    for field, v in (r.get("tx_offload") or {}).items():
+        yield (f"usbnetd_tx_offload_{field}" if field == "enabled" else f"usbnetd_tx_offload_{field}_total"), {}, v
     for key, v in r.items():
         # A number the daemon reports that the tables above do not describe yet: still exported, untyped.
         if key not in _PROM_KEYS and key not in _PROM_SKIP:
@@ -735,6 +751,12 @@ def stats(target, as_json, prometheus, every) -> None:
         click.echo(f"  TX {r['tx_packets']} frames in {r['tx_transfers']} transfers "
                    f"({r['tx_frames_per_transfer']} per transfer), {r['tx_bytes']} bytes")
         click.echo("  TX flushes: " + ", ".join(f"{k} {v}" for k, v in r["tx_flush"].items()))
+        off = r.get("tx_offload") or {}
+        if off.get("enabled"):
+            click.echo(f"  TX offloads: {off['tso_superframes']} TCP super-frames cut into {off['tso_segments']} "
+                       f"frames, {off['csum_completed']} checksums completed, {off['dropped']} dropped")
+        else:
+            click.echo("  TX offloads: off")
         errors = {k: r[k] for k in ("rx_errors", "rx_length_errors", "rx_frame_errors", "rx_usb_errors",
                                     "rx_dropped", "tx_errors", "tx_aborted_errors", "tx_dropped",
                                     "notification_errors")}

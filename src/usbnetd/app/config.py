@@ -14,6 +14,7 @@ override the files. USBNETD_CONFIG_DIR points somewhere else (tests, trying a co
     rx_transfers = 0          # bulk IN transfers in flight (0: automatic, usbnet's rule)
     tx_transfers = 0          # bulk OUT transfers in flight (0: automatic)
     gro = true                # coalesce received TCP segments into one TAP write (docs/performance.md)
+    tso = true                # NCM with the C fast path: take TCP super-frames and partial checksums from the TAP
 
     [control]
     group = "usbnetd"         # members of this group may use the control socket too (status, stats, detach)
@@ -62,6 +63,7 @@ class Settings:
     rx_transfers: int = 0
     tx_transfers: int = 0
     gro: bool = True
+    tso: bool = True
     rx_ntb_size: int | None = None
     tx_ntb_size: int | None = None
     ntb32: bool | None = None
@@ -218,10 +220,10 @@ def load(directory: str | None = None) -> Settings:
                         mtu=r.int_in("mtu", *MTU_RANGE, default=s.mtu))
         if "queues" in data:
             r = _Reader(path, "queues", data["queues"])
-            r.check_keys({"rx_transfers", "tx_transfers", "gro"})
+            r.check_keys({"rx_transfers", "tx_transfers", "gro", "tso"})
             s = replace(s, rx_transfers=r.int_in("rx_transfers", 0, 256, s.rx_transfers),
                         tx_transfers=r.int_in("tx_transfers", 0, 256, s.tx_transfers),
-                        gro=r.get("gro", bool, s.gro))
+                        gro=r.get("gro", bool, s.gro), tso=r.get("tso", bool, s.tso))
         if "ncm" in data:
             r = _Reader(path, "ncm", data["ncm"])
             r.check_keys({"rx_ntb_size", "tx_ntb_size", "ntb32"})

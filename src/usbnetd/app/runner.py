@@ -8,6 +8,7 @@ StartError whose text is what the user reads.
 from __future__ import annotations
 
 import logging
+import os
 
 from ..core.service import EthernetService
 from ..core.stats import Stats
@@ -33,7 +34,7 @@ def run_device(spec: DeviceSpec, control_path: str | None, ifname: str | None = 
                sim_peer: str = "usbnetsim0", mac: bytes | None = None, mtu: int | None = None,
                protocol: str | None = None, configuration: int | None = None, ntb32: bool | None = None,
                persistent: bool | None = None, on_ready=None, control_group: int | None = None,
-               gro: bool | None = None, native: bool = True) -> None:
+               gro: bool | None = None, native: bool = True, tso: bool | None = None) -> None:
     """Command-line values win over the device's [[device]] entry, which wins over the global settings."""
     context = None
     transport = None
@@ -88,6 +89,9 @@ def run_device(spec: DeviceSpec, control_path: str | None, ifname: str | None = 
             persistent=settings.persistent if persistent is None else persistent,
             rx_transfers=settings.rx_transfers, tx_transfers=settings.tx_transfers,
             gro=settings.gro if gro is None else gro,
+            tso=settings.tso if tso is None else tso,
+            # the Python reference path with offloads too (tests, comparisons; service.py says why not by default)
+            tso_python=os.environ.get("USBNETD_TSO_PYTHON", "") not in ("", "0"),
             native=native,
             tap_factory=tap_factory,
         )

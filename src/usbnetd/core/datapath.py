@@ -148,7 +148,7 @@ class DataPath:
         self.rx_usb = self.rx_path == "native" and self.transport.arm_native_rx(port.native, fast[0])
         tx = self.driver.native_tx() if native else None
         if tx is not None:
-            self.tx_fast = port.native_tx(self.driver.max_frame, *tx)
+            self.tx_fast = port.native_tx(self.driver.max_frame, *tx, offload=port.offload)
         frame_tx = self.driver.native_frame_tx() if native and self.rx_path == "native" else None
         if frame_tx is not None:
             # One frame per transfer: the C pump reads the TAP, submits and counts completions itself.
@@ -246,7 +246,8 @@ class DataPath:
             self._submit_tx()
         if native:
             tx = self.driver.native_tx()
-            self.tx_fast = self.port.native_tx(self.driver.max_frame, *tx) if tx is not None else None
+            self.tx_fast = (self.port.native_tx(self.driver.max_frame, *tx, offload=self.port.offload)
+                            if tx is not None else None)
         else:
             self.driver.native_tx_returned(self.tx_fast.sequence)
             self.tx_fast = None
@@ -326,21 +327,24 @@ class DataPath:
         self.tx_completion.enqueue(packet)
 
     # ------------------------------------------------------------------ TX: the TAP into transfers
-    def on_tap_readable(self) -> None:
+    def on_tap_readable(self, budget: int = TAP_READ_BUDGET) -> None:
+        """Frame what the TAP has, reading at most `budget` frames. With TX offloads the segments of a
+        super-frame read earlier go first and use no budget (budget 0: only those, process() after a TX
+        completion made room for them)."""
         if self.tx_pump is not None:
-            self.tx_pump.fill(TAP_READ_BUDGET)
+            self.tx_pump.fill(budget)
             self._tx_pump_events()
             self._tap_wants_read = self.tx_pump.free > 0
             return
         if self.tx_fast is not None:
-            self._tap_readable_native()
+            self._tap_readable_native(budget)
             return
         d, port = self.driver, self.port
         read_into = port.read_into
+        pending = port.pending  # segments of a super-frame not yet framed (offloads on), else always empty
         max_frame = d.max_frame
-        budget = TAP_READ_BUDGET
         drained = False
-        while budget:
+        while budget or pending:
             p = self._tx_packet or self._open_tx()
             if p is None:
                 break
@@ -350,25 +354,30 @@ class DataPath:
                     break  # cannot happen (drivers size max_frame to an empty transfer); never spin on it
                 self._finish_tx(FLUSH_FULL)
                 continue
-            n = read_into(p.view[offset : offset + room])
-            if n < 0:
-                drained = True
-                break
-            budget -= 1
-            if n == 0:
-                continue  # read and dropped (counted by the port)
+            if pending:
+                n = port.next_segment(p.view[offset : offset + room])
+            else:
+                if not budget:
+                    break
+                n = read_into(p.view[offset : offset + room])
+                if n < 0:
+                    drained = True
+                    break
+                budget -= 1
+                if n == 0:
+                    continue  # read and dropped (counted by the port)
             self._tx_frames[p.index] += 1
             self._tx_bytes[p.index] += n
             if d.tx_commit(n):
                 self._finish_tx(FLUSH_FULL)
         self._after_tap_read(drained)
 
-    def _tap_readable_native(self) -> None:
-        """on_tap_readable with the C framer: one call reads as many frames as fit, up to the budget."""
+    def _tap_readable_native(self, budget: int) -> None:
+        """on_tap_readable with the C framer: one call reads as many frames as fit, up to the budget (and
+        writes the segments of a super-frame still pending first)."""
         tx, port = self.tx_fast, self.port
-        budget = TAP_READ_BUDGET
         drained = False
-        while budget:
+        while budget or tx.pending:
             p = self._tx_packet or self._open_tx()
             if p is None:
                 break
@@ -397,6 +406,10 @@ class DataPath:
             elif self._flush_at is None:
                 self._flush_at = time.monotonic() + TX_FLUSH_DELAY
         self._tap_wants_read = bool(self.tx_submission.space and self.pool.free_count)
+
+    def _tx_pending(self) -> int:
+        """Segments of a TSO super-frame read but not yet framed (TX offloads only)."""
+        return self.tx_fast.pending if self.tx_fast is not None else len(self.port.pending) if self.port else 0
 
     def _tx_count(self) -> int:
         return self.tx_fast.count if self.tx_fast is not None else self.driver.tx_count
@@ -520,6 +533,10 @@ class DataPath:
             batch.clear()
             if self._tx_packet is not None and self._tx_count():
                 self._finish_tx(FLUSH_COMPLETION)
+            if self._tx_pending():
+                # A super-frame's segments were waiting for room (the pool or the queue ran out while they were
+                # framed); the TAP may have nothing more to say, so poll() would never bring us back for them.
+                self.on_tap_readable(0)
         if self._flush_at is not None and now >= self._flush_at:
             self._finish_tx(FLUSH_TIMER)
         if self.driver.own_tx_pending:
@@ -593,7 +610,19 @@ class DataPath:
         else:
             st["in_flight"] = {}
         st["rx_throttled"] = self.rx_throttled
+        st["tx_offload"] = self.offload_stats()
         return st
+
+    def offload_stats(self) -> dict:
+        """TX offloads (TSO, checksum completion): on or off, and what they did."""
+        port, tx = self.port, self.tx_fast
+        src = tx if tx is not None else port
+        on = port is not None and port.offload
+        return {"enabled": on,
+                "tso_superframes": src.tso_superframes if on else 0,
+                "tso_segments": src.tso_segments if on else 0,
+                "csum_completed": src.csum_completed if on else 0,
+                "dropped": src.offload_dropped if on else 0}
 
     def teardown(self) -> int:
         """Cancel and reap every transfer, then return every packet to the pool. Returns how many transfers
@@ -617,6 +646,9 @@ class DataPath:
                 self.tx_fast.abandon()
             batch.append(self._tx_packet)
             self._tx_packet = None
+        if self.port is not None:  # segments of a super-frame never framed
+            dropped = self.tx_fast.drop_pending() if self.tx_fast is not None else self.port.drop_pending()
+            self.stats.tx_dropped += dropped
         pool.deallocate_batch(batch)
         batch.clear()
         if pool.in_use:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from .. import native as native_module
 from ..netdev.gro import VNET_HDR_LEN
+from ..netdev.gso import OFFLOADS
 from ..netdev.port import TapPort
 from ..netdev.tap import Tap, TapError, mac_to_str
 from ..protocols import cdc
@@ -57,13 +58,19 @@ class EthernetService:
                  mac: bytes | None = None, mtu: int | None = None,
                  name_for: Callable[[bytes], str] | None = None, persistent: bool = False,
                  rx_transfers: int = 0, tx_transfers: int = 0, gro: bool = True,
-                 tap_factory: TapFactory = Tap, native: bool = True) -> None:
+                 tap_factory: TapFactory = Tap, native: bool = True, tso: bool = True,
+                 tso_python: bool = False) -> None:
         self.transport = transport
         self.driver = driver
         self.stats = driver.stats if driver.stats is not None else Stats()
         self.name_for = name_for or default_ifname  # interface name from the MAC when none was given
         self.persistent = persistent
         self.gro = gro
+        # TX offloads from the TAP (TSO, checksum completion; netdev/gso.py): with the C NCM framer only, unless
+        # tso_python (the Python reference path with offloads: tests, comparisons). In Python, cutting a
+        # super-frame costs 3-4x the reads it saves (bench/micro/tso_segment.py, docs/performance.md).
+        self.tso = tso
+        self.tso_python = tso_python
         self.requested_ifname = ifname
         self.requested_mac = mac
         self.requested_mtu = mtu
@@ -119,14 +126,24 @@ class EthernetService:
         if self.gro and not native_rx:
             log.info("GRO is off: it runs only in the C fast path (%s)", self._why_python())
             self.gro = False
-        vnet = self.gro
+        offload = self.tso and d.native_tx() is not None and (
+            self.tso_python or (self.native and native_module.AVAILABLE))
+        vnet = self.gro or offload
         self.tap = self.tap_factory(self.requested_ifname or self.name_for(mac), mac, mtu,
                                     persistent=self.persistent, vnet_hdr=VNET_HDR_LEN if vnet else 0)
         self.ifname = self.tap.name
         if self.tap.reused:
             log.info("%s taken over from an earlier run (its addresses and routes are kept)", self.ifname)
-        self.port = TapPort(self.tap.fd, self.stats, d.max_frame, gro=vnet)
+        self.port = TapPort(self.tap.fd, self.stats, d.max_frame, gro=self.gro, offload=offload)
         self.datapath.attach(self.port, self.ifname, native=self.native)
+        if offload and self.datapath.tx_fast is None and not self.tso_python:
+            self.port.offload = False  # the C framer did not take the layout: no offloads for Python to do
+        if self.port.offload:
+            try:
+                self.tap.set_offload(OFFLOADS)
+            except TapError as exc:  # the framer still reads plain frames with a vnet header correctly
+                log.warning("%s: TX offloads stay off: %s", self.ifname, exc)
+                self.port.offload = False
         if self.datapath.path != "native" and d.native_rx() is not None:
             log.info("%s: the pure-Python data path (%s)", self.ifname, self._why_python())
         self.link.attach(self.tap)

@@ -27,7 +27,7 @@ from types import ModuleType
 from typing import Any
 
 API_VERSION = 5  # must equal _fastpath.API_VERSION: an in-place build older than the C source is refused
-TX_API_VERSION = 1  # must equal _fasttx.API_VERSION
+TX_API_VERSION = 2  # must equal _fasttx.API_VERSION (2: offload, TSO)
 FRAME_TX_API_VERSION = 1  # must equal _frametx.API_VERSION
 
 AVAILABLE: bool = False

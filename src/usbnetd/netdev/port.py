@@ -11,8 +11,14 @@ TX: `read_into(buf)` reads one frame from the TAP straight into the slot a drive
 next datagram position, RNDIS's payload after its header), dropping and counting what is not Ethernet or is
 larger than the device takes.
 
-With a vnet header (GRO on) every read and write starts with a `struct virtio_net_hdr`; reads get it into a
-scratch buffer and ignore it (no offloads were asked for: the kernel hands over whole, checksummed frames).
+With a vnet header (GRO or TX offloads on) every read and write starts with a `struct virtio_net_hdr`. Without
+offloads reads get it into a scratch buffer and ignore it (the kernel hands over whole, checksummed frames).
+With `offload` (the TAP has TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6, tap.py) the header is parsed (gso.py): a
+TCP super-frame is read into the slot and on into a spill buffer past max_frame, cut into segments, the
+first returned in the slot and the rest kept in `pending` for `next_segment` to hand out, slot by slot,
+before the TAP is read again; a frame with NEEDS_CSUM gets its checksum completed in place. What does not
+match its header is dropped and counted (`tx_dropped`, `offload_dropped`). This is the reference for the C
+framer's offload mode; the daemon turns offloads on only with the C framer (service.py says why).
 
 The native fast path (usbnetd.native, C) does the same RX work for the framings it knows (an NTB, one frame
 per transfer): `use_native(kind, limit)` attaches it, and then `rx_native(view, length)` /
@@ -30,9 +36,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 
 from .. import native
 from ..core.stats import BurstLog, Stats
+from . import gso
 from .gro import VNET_HDR_LEN, ZERO_HDR, Coalescer
 
 log = logging.getLogger(__name__)
@@ -41,16 +49,25 @@ ETH_HLEN = 14
 
 
 class TapPort:
-    def __init__(self, fd: int, stats: Stats, max_frame: int, gro: bool) -> None:
+    def __init__(self, fd: int, stats: Stats, max_frame: int, gro: bool, offload: bool = False) -> None:
         self.fd = fd
         self.stats = stats
         self.max_frame = max_frame  # the largest frame the device takes (TX); longer reads are dropped
-        self.vnet = VNET_HDR_LEN if gro else 0
+        self.vnet = VNET_HDR_LEN if gro or offload else 0
         self._vnet_in = bytearray(VNET_HDR_LEN)
+        # TX offloads (gso.py): TSO super-frames cut into segments, partial checksums completed
+        self.offload = offload
+        self._spill = bytearray(gso.SPILL if offload else 0)
+        self.pending: deque[bytes] = deque()  # segments of a super-frame not yet handed out
+        self.tso_superframes = 0
+        self.tso_segments = 0
+        self.csum_completed = 0
+        self.offload_dropped = 0
         self.gro: Coalescer | None = Coalescer(self) if gro else None
         self.view: memoryview | None = None  # the RX transfer being decoded (emit's offsets are into it)
-        # The decoders' emit: through the coalescer, or straight to the TAP.
-        self.emit = self.gro.emit if self.gro is not None else self._emit_plain
+        # The decoders' emit: through the coalescer, or straight to the TAP (behind a zero vnet header when the
+        # TAP has one for TX offloads without GRO).
+        self.emit = self.gro.emit if self.gro is not None else self._emit_vnet if self.vnet else self._emit_plain
         self.write_errors = BurstLog("TAP write failing", logger=log)
         self.read_errors = BurstLog("TAP read failing", logger=log)
         self.native = None  # a usbnetd.native NcmRx when the C path decodes RX (use_native)
@@ -71,13 +88,14 @@ class TapPort:
                           "rndis": self.native.decode_rndis, "ax88179": self.native.decode_ax88179}[kind]
         return True
 
-    def native_tx(self, max_frame: int, layout: tuple, sequence: int):
+    def native_tx(self, max_frame: int, layout: tuple, sequence: int, offload: bool = False):
         """The C TX framer for an NTB layout (usbnetd.native.NcmTx), or None when it is not available or does
-        not take this layout (then the driver frames in Python)."""
+        not take this layout (then the driver frames in Python). `offload`: it parses the vnet header (TSO,
+        checksum completion), which needs the port opened with a vnet header."""
         if not native.AVAILABLE:
             return None
         try:
-            return native.NcmTx(self.fd, self.vnet, max_frame, *layout, sequence=sequence)
+            return native.NcmTx(self.fd, self.vnet, max_frame, *layout, sequence=sequence, offload=offload)
         except ValueError as exc:
             log.info("the C TX framer does not take this NTB layout (%s): framing in Python", exc)
             return None
@@ -167,6 +185,9 @@ class TapPort:
         stats.rx_packets += 1
         stats.rx_bytes += length
 
+    def _emit_vnet(self, offset: int, length: int) -> None:
+        self.write_frame(self.view[offset : offset + length], length)
+
     def deliver(self, view: memoryview, offset: int, length: int) -> None:
         """One frame from a buffer other than the transfer being decoded; whatever GRO holds goes first."""
         if self.gro is not None:
@@ -208,7 +229,10 @@ class TapPort:
     # ------------------------------------------------------------------ TX: host -> device
     def read_into(self, buf: memoryview) -> int:
         """Read one frame into `buf`. Returns its length; 0 when a frame was read and dropped (not Ethernet,
-        or longer than the device takes); -1 when the TAP is empty (or failing: logged once per burst)."""
+        or longer than the device takes); -1 when the TAP is empty (or failing: logged once per burst).
+        With offloads a super-frame gives its first segment here and leaves the rest in `pending`."""
+        if self.offload:
+            return self._read_offload(buf)
         try:
             if self.vnet:
                 n = os.readv(self.fd, (self._vnet_in, buf)) - VNET_HDR_LEN
@@ -224,6 +248,58 @@ class TapPort:
             # not Ethernet at all.
             self.stats.tx_dropped += 1
             return 0
+        return n
+
+    def _read_offload(self, buf: memoryview) -> int:
+        """read_into with TX offloads: the vnet header parsed (gso.py), the frame read into the slot's first
+        max_frame bytes and on into the spill buffer."""
+        mf = self.max_frame
+        try:
+            n = os.readv(self.fd, (self._vnet_in, buf[:mf], self._spill)) - VNET_HDR_LEN
+        except BlockingIOError:
+            return -1
+        except OSError as exc:
+            self.read_errors.hit(exc.strerror)
+            return -1
+        stats = self.stats
+        if n < ETH_HLEN:
+            stats.tx_dropped += 1
+            return 0
+        flags, gso_type, _, _, csum_start, csum_offset = gso.VNET.unpack_from(self._vnet_in)
+        if gso_type != gso.GSO_NONE:
+            frame = bytes(buf[: min(n, mf)]) + bytes(self._spill[: max(0, n - mf)])
+            segments = gso.segment(self._vnet_in, frame, mf)
+            if segments is None:
+                stats.tx_dropped += 1
+                self.offload_dropped += 1
+                return 0
+            self.tso_superframes += 1
+            self.tso_segments += len(segments)
+            first = segments[0]
+            buf[: len(first)] = first
+            self.pending.extend(segments[1:])
+            return len(first)
+        if n > mf:
+            stats.tx_dropped += 1
+            return 0
+        if flags & gso.F_NEEDS_CSUM:
+            if not gso.complete_csum(buf, n, csum_start, csum_offset):
+                stats.tx_dropped += 1
+                self.offload_dropped += 1
+                return 0
+            self.csum_completed += 1
+        return n
+
+    def next_segment(self, buf: memoryview) -> int:
+        """The next segment of a super-frame (`pending` must not be empty) into `buf`; returns its length."""
+        seg = self.pending.popleft()
+        buf[: len(seg)] = seg
+        return len(seg)
+
+    def drop_pending(self) -> int:
+        """Forget the segments not yet handed out (teardown); returns how many."""
+        n = len(self.pending)
+        self.pending.clear()
         return n
 
     @property

@@ -1,6 +1,8 @@
 """The TAP interface: the host-facing half of usbnetd, one Ethernet frame per read or write.
 
-pytun creates the device (IFF_TAP | IFF_NO_PI: without NO_PI every frame carries a 4-byte prefix). Carrier is
+pytun creates the device (IFF_TAP | IFF_NO_PI: without NO_PI every frame carries a 4-byte prefix; IFF_VNET_HDR
+when GRO or TX offloads need the virtio_net_hdr in front of each frame). `set_offload` is TUNSETOFFLOAD: which
+work the kernel may leave to us (include/uapi/linux/if_tun.h TUN_F_*; netdev/gso.py does it). Carrier is
 set with the TUNSETCARRIER ioctl on the TAP's own fd, the speed `ethtool IFNAME` reports with SIOCETHTOOL
 (`set_link_speed`). Looking the interface up, MAC, MTU, up, and reading
 the state back (the link reconciler, every two seconds) go through one rtnetlink socket of our own for the TAP's
@@ -25,7 +27,8 @@ from .rtnl import LinkSocket
 TUNSETCARRIER = 0x400454E2
 # _IOW('T', 203, int): keep the device when its last fd closes (addresses and routes survive a restart).
 TUNSETPERSIST = 0x400454CB
-# _IOW('T', 208, unsigned int): which offloads the kernel may hand us. 0: whole frames with final checksums.
+# _IOW('T', 208, unsigned int): which offloads the kernel may hand us. 0: whole frames with final checksums;
+# TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 (gso.OFFLOADS): partial checksums and TCP super-frames too.
 TUNSETOFFLOAD = 0x400454D0
 # _IOW('T', 216, int): the size of the virtio_net_hdr in front of every frame (IFF_VNET_HDR).
 TUNSETVNETHDRSZ = 0x400454D8
@@ -121,6 +124,15 @@ class Tap:
             self._links.set(self.index, **change)
         except OSError as exc:
             raise TapError(f"cannot {what} on {self.name}: {exc.strerror or exc}") from None
+
+    def set_offload(self, flags: int) -> None:
+        """TUNSETOFFLOAD: the TUN_F_* work the kernel may leave to us (needs the vnet header)."""
+        if not self.vnet_hdr and flags:
+            raise TapError(f"offloads on {self.name} need the vnet header")
+        try:
+            fcntl.ioctl(self.fd, TUNSETOFFLOAD, flags)
+        except OSError as exc:
+            raise TapError(f"cannot set offloads {flags:#x} on {self.name}: {exc.strerror}") from None
 
     def up(self) -> None:
         self._set("bring up", up=True)
