@@ -3,8 +3,10 @@
 The bench has no AX88179 (this machine has no USB at all), so the chip is emulated closely enough that
 the kernel's own driver (ax88179_178a) binds it, reads its MAC, gets link and carries traffic; usbnetd's
 vendor driver is then tested against the same device. Written from the register and framing facts the
-kernel driver (drivers/net/usb/ax88179_178a.c, as a reference for facts only) and ASIX's AX88179 datasheet
-give; nothing here is taken from either's code.
+kernel driver (drivers/net/usb/ax88179_178a.c, a reference for facts only) relies on; nothing here is taken
+from its code. ASIX's datasheet was not at hand, so "reset values" are the ones the kernel driver expects
+(GENERAL_STATUS says second-generation silicon, the EEPROM's check byte is right, the USB FIFO is empty),
+and whatever the driver never reads starts at 0.
 
 What the emulated chip has:
 
