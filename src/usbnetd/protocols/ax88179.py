@@ -26,9 +26,10 @@ hand). Bring-up (`bind`), in the chip's order:
 
 Link: bit 16 of the interrupt transfer's first word. On a change to "up", PHYSR (PHY register 0x11) is read
 asynchronously for speed and duplex, and MEDIUM_STATUS_MODE is written to match (jumbo when the MTU is
-above 1500), as the chip needs; the speed goes to `usbnetd status`. The chip answers every poll of its
-interrupt endpoint with its status, link or not; one whose interrupt endpoint says nothing at all for
-`INTERRUPT_SILENCE` seconds is not working, and stops the instance with one line (`poll`).
+above 1500), as the chip needs; the speed goes to `usbnetd status`. A chip reports its status on the
+interrupt endpoint, link or not (the bench's emulator: on every change and once a second; whether every
+real chip repeats it unchanged is not verified here); one whose interrupt endpoint says nothing at all for
+`INTERRUPT_SILENCE` seconds is taken as not working and stops the instance with one line (`poll`).
 
 MTU up to 4088 (the kernel driver's limit; MEDIUM_JUMBO_EN above 1500). MAC changes go to NODE_ID, so the
 chip's own filter follows (`DriverFlag.MAC_SETTABLE`: no promiscuous fallback). Multicast: RX_CTL AM with
