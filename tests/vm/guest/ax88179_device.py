@@ -57,6 +57,7 @@ from __future__ import annotations
 import argparse
 import collections
 import errno
+import importlib.util
 import json
 import os
 import select
@@ -67,11 +68,12 @@ import time
 from array import array
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script (the device process): ffs_device sits next to this file
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import ffs_device as ffs  # type: ignore[no-redef]
-else:
+if __package__:
     from . import ffs_device as ffs
+else:  # run as a script (the device process) or loaded by path: ffs_device.py sits next to this file
+    _spec = importlib.util.spec_from_file_location("ffs_device", Path(__file__).resolve().with_name("ffs_device.py"))
+    ffs = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
+    _spec.loader.exec_module(ffs)  # type: ignore[union-attr]
 
 # -- the chip's facts ---------------------------------------------------------------------------------------
 
