@@ -6,8 +6,9 @@ reads/writes MAC registers (wValue the register, wIndex and wLength the byte cou
 the PHY address 3, wIndex the PHY register, 2 bytes). Chosen only through the device table
 (`devices.py`: the VID:PIDs Linux's ax88179_178a lists), never by class matching: FF/FF/00 says nothing.
 
-Register addresses and bit meanings are from ASIX's AX88179 datasheet and Linux's ax88179_178a driver
-(drivers/net/usb/ax88179_178a.c), facts only. Bring-up (`bind`), in the chip's order:
+Register addresses, bit meanings and the bring-up order are the facts Linux's ax88179_178a driver
+(drivers/net/usb/ax88179_178a.c) uses, carried over as facts; the code is ours (ASIX's datasheet was not at
+hand). Bring-up (`bind`), in the chip's order:
 
 1. read PHYSICAL_LINK_STATUS (0x02): the USB speed, and proof that the chip answers register reads with
    exactly the bytes asked for (anything else is a one-line error: garbage is not a chip we can drive);
@@ -25,8 +26,10 @@ Register addresses and bit meanings are from ASIX's AX88179 datasheet and Linux'
 
 Link: bit 16 of the interrupt transfer's first word. On a change to "up", PHYSR (PHY register 0x11) is read
 asynchronously for speed and duplex, and MEDIUM_STATUS_MODE is written to match (jumbo when the MTU is
-above 1500), as the chip needs; the speed goes to `usbnetd status`. A chip whose interrupt endpoint says
-nothing at all for `INTERRUPT_SILENCE` seconds stops the instance with one line (`poll`).
+above 1500), as the chip needs; the speed goes to `usbnetd status`. A chip reports its status on the
+interrupt endpoint, link or not (the bench's emulator: on every change and once a second; whether every
+real chip repeats it unchanged is not verified here); one whose interrupt endpoint says nothing at all for
+`INTERRUPT_SILENCE` seconds is taken as not working and stops the instance with one line (`poll`).
 
 MTU up to 4088 (the kernel driver's limit; MEDIUM_JUMBO_EN above 1500). MAC changes go to NODE_ID, so the
 chip's own filter follows (`DriverFlag.MAC_SETTABLE`: no promiscuous fallback). Multicast: RX_CTL AM with

@@ -1,7 +1,8 @@
 """ASIX AX88179 / AX88178A bulk framing: the RX aggregate decoder and the TX frame header.
 
-Layouts from ASIX's AX88179 datasheet and, where it is silent, from what Linux's ax88179_178a driver
-(drivers/net/usb/ax88179_178a.c) does with the chip (facts only; the code is ours). Little endian.
+Layouts as Linux's ax88179_178a driver (drivers/net/usb/ax88179_178a.c) uses them with the chip: facts
+only, the code is ours. ASIX's datasheet was not at hand; where the driver says nothing (several frames in
+one TX transfer), we do what it does (one). Little endian.
 
 RX, one bulk IN transfer of `length` bytes::
 

@@ -3,8 +3,10 @@
 The bench has no AX88179 (this machine has no USB at all), so the chip is emulated closely enough that
 the kernel's own driver (ax88179_178a) binds it, reads its MAC, gets link and carries traffic; usbnetd's
 vendor driver is then tested against the same device. Written from the register and framing facts the
-kernel driver (drivers/net/usb/ax88179_178a.c, as a reference for facts only) and ASIX's AX88179 datasheet
-give; nothing here is taken from either's code.
+kernel driver (drivers/net/usb/ax88179_178a.c, a reference for facts only) relies on; nothing here is taken
+from its code. ASIX's datasheet was not at hand, so "reset values" are the ones the kernel driver expects
+(GENERAL_STATUS says second-generation silicon, the EEPROM's check byte is right, the USB FIFO is empty),
+and whatever the driver never reads starts at 0.
 
 What the emulated chip has:
 
@@ -55,6 +57,7 @@ from __future__ import annotations
 import argparse
 import collections
 import errno
+import importlib.util
 import json
 import os
 import select
@@ -65,11 +68,12 @@ import time
 from array import array
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script (the device process): ffs_device sits next to this file
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import ffs_device as ffs  # type: ignore[no-redef]
-else:
+if __package__:
     from . import ffs_device as ffs
+else:  # run as a script (the device process) or loaded by path: ffs_device.py sits next to this file
+    _spec = importlib.util.spec_from_file_location("ffs_device", Path(__file__).resolve().with_name("ffs_device.py"))
+    ffs = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
+    _spec.loader.exec_module(ffs)  # type: ignore[union-attr]
 
 # -- the chip's facts ---------------------------------------------------------------------------------------
 
