@@ -11,13 +11,15 @@ each service runs here as a plain process with its state on tmpfs, and only for 
 * ``start_unit_instance``: what systemd does for ``usbnetd@<busid>.service`` (the unit's ExecStart= with a
   NOTIFY_SOCKET), and the same default run directory, /run/usbnetd, whose ``<ifname>.udev`` udev reads.
 
-None of these may ever run on the host itself: the guest test files import this module only in the guest
-(``tests/vm/guest/conftest.py`` refuses to run them anywhere else).
+None of these may ever run on the host itself: ``tests/vm/guest/conftest.py`` skips every guest test
+outside the guest, and each helper here refuses to start anything unless USBNETD_VM_GUEST=1 (set only by
+the harness for the guest's command).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -28,6 +30,12 @@ from pathlib import Path
 from . import bench
 
 TMP = Path("/run/tmp")
+
+
+def guest_only(what: str) -> None:
+    """Refuse to start a network service anywhere but in the VM guest."""
+    if os.environ.get("USBNETD_VM_GUEST") != "1":
+        raise bench.BenchError(f"{what} runs only inside the VM guest (USBNETD_VM_GUEST=1), never on the host")
 
 
 def require(*paths: str) -> None:
@@ -63,6 +71,7 @@ class SystemBus:
         self.log = log_file("dbus-daemon.log")
 
     def start(self) -> SystemBus:
+        guest_only("dbus-daemon")
         require("dbus-daemon")
         Path("/run/dbus").mkdir(parents=True, exist_ok=True)
         self.SOCKET.unlink(missing_ok=True)
@@ -98,6 +107,7 @@ class Dnsmasq:
         self.log = log_file(f"dnsmasq-{n}.log")
 
     def start(self) -> Dnsmasq:
+        guest_only("dnsmasq")
         require("/usr/sbin/dnsmasq")
         ifname, n = self.peer.ifname, self.peer.subnet
         assert ifname, "take the device's netdev into the namespace first"
@@ -139,6 +149,7 @@ class Writable:
         self.mounted = False
 
     def make(self) -> Writable:
+        guest_only(f"a tmpfs over {self.path}")
         if not self.path.is_dir():
             raise bench.BenchError(f"{self.path} does not exist on the host (is its package installed?)")
         bench.run("mount", "-t", "tmpfs", "-o", "mode=755", "tmpfs", str(self.path))
@@ -157,8 +168,6 @@ def start_unit_instance(busid: str, notify_path: str, log_path: Path, unit: Path
     The unit expects /usr/local/bin/usbnetd; the guest runs this checkout's venv instead (the host's link may
     point at another checkout). The run directory is the default, /run/usbnetd, as under the unit.
     """
-    import re
-
     exec_start = re.search(r"^ExecStart=(.*)$", unit.read_text(), re.M).group(1).strip()
     argv = exec_start.replace("%i", busid).split()
     assert argv[0] == "/usr/local/bin/usbnetd", argv

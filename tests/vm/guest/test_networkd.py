@@ -61,6 +61,7 @@ def system_bus() -> Iterator[pnp.SystemBus]:
 @pytest.fixture
 def networkd(udevd: Path, system_bus: pnp.SystemBus) -> Iterator[subprocess.Popen]:
     """The host's systemd-networkd, run in the guest with the shipped .network and .link files."""
+    pnp.guest_only("systemd-networkd")
     pnp.require(NETWORKD, "networkctl")
     NETWORK_DIR.mkdir(parents=True, exist_ok=True)
     installed = []
@@ -167,6 +168,7 @@ def test_networkd_configures_a_usbnetd_interface_by_dhcp_and_slaac(gadgets, peer
         assert any(f == 10 and plen == 0 and gw is not None and gw.is_link_local and src == "NDisc"
                    for f, _d, plen, gw, src in routes), routes
 
+        print("DNS as networkctl --json=pretty prints it:\n" + json.dumps(desc.get("DNS"), indent=8))
         dns = [(_addr(d["Family"], d["Address"]), d.get("ConfigSource")) for d in desc.get("DNS", [])]
         print("DNS:", dns)
         assert (ipaddress.ip_address(dnsmasq.dns4), "DHCPv4") in dns, dns

@@ -109,6 +109,7 @@ def nm_rule(udevd: Path) -> Path:
 @pytest.fixture(params=["with-conf"])
 def networkmanager(request, udevd: Path, system_bus: pnp.SystemBus) -> Iterator[subprocess.Popen]:
     """The host's NetworkManager in the guest, with the shipped conf.d snippet (param "without-conf": none)."""
+    pnp.guest_only("NetworkManager")
     pnp.require(NM, "nmcli", "/usr/bin/timeout")
     shutil.rmtree(BASE, ignore_errors=True)
     for d in ("conf.d", "system-conf.d", "system-connections"):
