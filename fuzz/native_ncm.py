@@ -11,7 +11,9 @@ An input is a 5-byte header and the transfer bytes:
     byte 0   flags: 1 GRO on, 2 repair TCP/IPv4 checksums first (so mutated runs still reach the merge logic),
              4 two transfers in one batch (split at bytes 3-4), 8 shorten each transfer by bytes 1-2 (modulo
              its size + 1), 16 max_datagram 60 instead of 1514, 32 ECM (each transfer is one frame:
-             decode_frame against OneFramePerTransfer.rx_decode)
+             decode_frame against OneFramePerTransfer.rx_decode), 64 RNDIS (PACKET_MSGs: decode_rndis against
+             RndisDriver.rx_decode, with the first transfer's length as the "full" transfer size, so a
+             message cut by the split is carried into the second transfer; ECM wins when both are set)
     1-2      the shortening (little endian)
     3-4      where the second transfer starts (little endian, modulo the size + 1)
     5-       the transfer bytes
@@ -46,7 +48,7 @@ HEADER = 5
 MAX_INPUT = 70000
 POISON_REF = b"\xa5" * 80
 POISON_NAT = b"\x5a" * 80
-GRO, REPAIR, SPLIT, SHORTEN, SMALL, ECM = 1, 2, 4, 8, 16, 32
+GRO, REPAIR, SPLIT, SHORTEN, SMALL, ECM, RNDIS = 1, 2, 4, 8, 16, 32, 64
 
 
 def load_fastpath() -> types.ModuleType:
@@ -60,9 +62,12 @@ class Harness:
         from usbnetd.core.stats import Stats
         from usbnetd.netdev.port import TapPort
         from usbnetd.protocols import ncm_codec as nc
+        from usbnetd.protocols import rndis_codec as rc
         from usbnetd.protocols.driver import OneFramePerTransfer
+        from usbnetd.protocols.rndis import RndisDriver
 
         self.Stats, self.TapPort, self.nc, self.OneFramePerTransfer = Stats, TapPort, nc, OneFramePerTransfer
+        self.rc, self.RndisDriver = rc, RndisDriver
         self.fp = load_fastpath()
         self.ref_tap, self.nat_tap = Tap(), Tap()
         self.guarded = GuardedBuffers(2, MAX_INPUT)
@@ -82,7 +87,9 @@ class Harness:
         for p in parts:
             length = len(p) - cut % (len(p) + 1) if flags & SHORTEN else len(p)
             buf = bytearray(p)
-            if flags & REPAIR and not flags & ECM:
+            if flags & REPAIR and flags & RNDIS and not flags & ECM:
+                self.repair_rndis(buf, length)
+            elif flags & REPAIR and not flags & ECM:
                 self.repair(buf, length)
             elif flags & REPAIR:
                 repair_frame(buf, 0, length)
@@ -96,12 +103,31 @@ class Harness:
         for off, n in spans:
             repair_frame(buf, off, n)
 
+    def repair_rndis(self, buf: bytearray, length: int) -> None:
+        spans: list[tuple[int, int]] = []
+        self.rc.RndisDecoder(self.Stats(), max_frame=1 << 20).decode(bytes(buf), length,
+                                                                     lambda o, n: spans.append((o, n)))
+        for off, n in spans:
+            repair_frame(buf, off, n)
+
+    def rndis_driver(self, stats, rx_size: int):
+        """An RndisDriver with only what rx_decode uses (the reference; no transport)."""
+        d = self.RndisDriver.__new__(self.RndisDriver)
+        d.stats, d.rx_size = stats, rx_size
+        d._decoder = self.rc.RndisDecoder(stats, max_frame=self.rc.DEFAULT_MAX_FRAME)
+        d._carry = bytearray(self.rc.PACKET_HEADER_LEN + self.rc.DEFAULT_MAX_FRAME + 64)
+        d._carry_view = memoryview(d._carry)
+        d._carry_len = 0
+        d._carry_sink = None
+        return d
+
     # -- the three runs -----------------------------------------------------------------------------------
     def reference(self, flags: int, transfers: list[tuple[bytearray, int]], max_dg: int):
         stats = self.Stats()
         port = self.TapPort(self.ref_tap.w.fileno(), stats, max_frame=max_dg, gro=bool(flags & GRO))
         dec = self.nc.NtbDecoder(stats, max_datagram=max_dg)
         drv = types.SimpleNamespace(stats=stats, max_frame=max_dg)
+        rndis = self.rndis_driver(stats, transfers[0][1]) if flags & RNDIS and not flags & ECM else None
         got, bufs = [], []
         for data, length in transfers:
             buf = bytearray(data) + POISON_REF
@@ -112,6 +138,8 @@ class Harness:
                 if length > len(data):  # never from the transport; decode_frame counts it, the reference slices
                     length = len(data)
                 got.append(self.OneFramePerTransfer.rx_decode(drv, view, length, port))  # type: ignore[arg-type]
+            elif rndis is not None:
+                got.append(rndis.rx_decode(view, length, port))
             else:
                 got.append(dec.decode(view, length, port.emit))
         port.rx_end()
@@ -122,8 +150,13 @@ class Harness:
 
     def native(self, flags: int, transfers: list[tuple[bytearray, int]], max_dg: int, exact: bool):
         gro = bool(flags & GRO)
-        rx = self.fp.NcmRx(self.nat_tap.w.fileno(), 10 if gro else 0, gro, max_dg)
-        decode = rx.decode_frame if flags & ECM else rx.decode
+        if flags & RNDIS and not flags & ECM:
+            rx = self.fp.NcmRx(self.nat_tap.w.fileno(), 10 if gro else 0, gro, self.rc.DEFAULT_MAX_FRAME,
+                               rx_size=transfers[0][1])
+            decode = rx.decode_rndis
+        else:
+            rx = self.fp.NcmRx(self.nat_tap.w.fileno(), 10 if gro else 0, gro, max_dg)
+            decode = rx.decode_frame if flags & ECM else rx.decode
         got, bufs = [], []
         for i, (data, length) in enumerate(transfers):
             buf: bytearray | memoryview
@@ -246,6 +279,13 @@ def seeds() -> list[bytes]:
         out.append(bytes([GRO | ECM, 0, 0, 0, 0]) + f)
     f1, f2 = _run(2, 1400)
     out.append(bytes([GRO | ECM | SPLIT]) + struct.pack("<HH", 0, len(f1)) + f1 + f2)
+    from usbnetd.protocols import rndis_codec as rc
+
+    for frames in sets[:4]:
+        t = b"".join(rc.build_transfer([f]) for f in frames)
+        out.append(bytes([GRO | REPAIR | RNDIS, 0, 0, 0, 0]) + t)
+        for cut in (len(t) // 3, len(t) // 2 + 5, 2000):  # messages, and headers, split across the two
+            out.append(bytes([GRO | REPAIR | RNDIS | SPLIT]) + struct.pack("<HH", 0, cut) + t)
     return out
 
 
@@ -259,6 +299,8 @@ def _instrument(atheris) -> None:
         import usbnetd.netdev.port  # noqa: F401
         import usbnetd.protocols.driver  # noqa: F401
         import usbnetd.protocols.ncm_codec  # noqa: F401
+        import usbnetd.protocols.rndis  # noqa: F401
+        import usbnetd.protocols.rndis_codec  # noqa: F401
 
 
 def main(argv: list[str]) -> int:

@@ -26,7 +26,7 @@ import os
 from types import ModuleType
 from typing import Any
 
-API_VERSION = 3  # must equal _fastpath.API_VERSION: an in-place build older than the C source is refused
+API_VERSION = 4  # must equal _fastpath.API_VERSION: an in-place build older than the C source is refused
 TX_API_VERSION = 1  # must equal _fasttx.API_VERSION
 FRAME_TX_API_VERSION = 1  # must equal _frametx.API_VERSION
 

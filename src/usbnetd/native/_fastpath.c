@@ -40,7 +40,7 @@
 #include "libusb_abi.h"
 
 /* Bumped whenever the Python-visible API changes; native/__init__.py refuses a stale in-place build. */
-#define API_VERSION 3
+#define API_VERSION 4
 
 /* ---- NCM 1.0 (USB CDC Subclass Specification for Network Control Model Devices, rev. 1.0) ---------------- */
 #define NTH16_SIGNATURE 0x484D434Eu       /* "NCMH", §3.2.1 */
@@ -60,6 +60,8 @@
 #define CRC_LEN 4
 #define MAX_NDPS 50 /* NDPs followed per NTB (ncm_codec.MAX_NDPS) */
 #define ETH_HLEN 14
+/* RNDIS: the carry buffer, as RndisDriver._carry: PACKET_HEADER_LEN + DEFAULT_MAX_FRAME (1522) + 64 */
+#define RNDIS_CARRY_CAP (44 + 1522 + 64)
 
 /* ---- GRO (netdev/gro.py) ----------------------------------------------------------------------------- */
 #define VNET_HDR_LEN 10 /* sizeof(struct virtio_net_hdr) without num_buffers */
@@ -113,6 +115,9 @@ typedef struct NcmRx_ {
     int busy;
     int ready; /* __init__ ran: tp_new alone leaves fd 0, which must never be written to */
     long long max_dg;
+    long long rx_size;   /* RNDIS: the transfer size; a transfer this long may end inside a message */
+    long long carry_len; /* RNDIS: bytes of a split message carried to the next transfer */
+    uint8_t carry[RNDIS_CARRY_CAP];
     unsigned long long stat[N_STATS];
     unsigned long long reported[N_STATS]; /* what add_to has already added */
     unsigned long long superframes, merged, unverified;
@@ -647,6 +652,132 @@ static int as_length(PyObject *o, long long *out)
     return 0;
 }
 
+/* ---- RNDIS (protocols/rndis_codec.py RndisDecoder.decode, protocols/rndis.py RndisDriver.rx_decode) --------
+ * [MS-RNDIS] §2.2.14 REMOTE_NDIS_PACKET_MSG: MessageType 1, MessageLength, DataOffset (from byte 8),
+ * DataLength, then OOB and per-packet-info fields this walk ignores; messages back to back in a transfer. */
+#define RNDIS_PACKET_MSG 1u
+#define RNDIS_HEADER_LEN 44      /* the PACKET_MSG header before the frame */
+#define RNDIS_MSG_HEADER_LEN 8   /* MessageType + MessageLength: DataOffset counts from here */
+#define RNDIS_DATA_OFFSET 36     /* DataOffset when the frame follows the header */
+
+/* RndisDecoder.decode over b[0:length]; `carried` delivers (TapPort.deliver: GRO flushed, the frame written
+ * unmarked) instead of emitting, for the message completed in the carry buffer. */
+static Py_ssize_t rndis_messages(NcmRx *self, uint8_t *b, long long length, int carried)
+{
+    long long pos = 0;
+    Py_ssize_t emitted = 0;
+    while (pos < length) {
+        long long left = length - pos;
+        if (left < RNDIS_HEADER_LEN) {
+            /* trailing padding: all zero ends the walk silently, anything else is a truncated header */
+            long long i = pos;
+            while (i < length && b[i] == 0)
+                i++;
+            if (i < length)
+                FRAME_ERROR(self);
+            break;
+        }
+        uint32_t type = le32(b + pos), mlen = le32(b + pos + 4);
+        uint64_t doff = le32(b + pos + 8), dlen = le32(b + pos + 12);
+        if (type != RNDIS_PACKET_MSG || mlen < RNDIS_HEADER_LEN || mlen > (uint64_t)left) {
+            FRAME_ERROR(self);
+            break;
+        }
+        if (doff < RNDIS_DATA_OFFSET || RNDIS_MSG_HEADER_LEN + doff + dlen > mlen)
+            FRAME_ERROR(self);
+        else if (dlen < ETH_HLEN || (long long)dlen > self->max_dg)
+            LENGTH_ERROR(self);
+        else {
+            uint8_t *f = b + pos + RNDIS_MSG_HEADER_LEN + doff; /* inside the message: checked just above */
+            if (carried) {
+                if (self->gro)
+                    flush_run(self);
+                write_frame(self, f, (size_t)dlen, dlen);
+            } else
+                emit(self, f, (size_t)dlen);
+            emitted++;
+        }
+        pos += mlen;
+    }
+    return emitted;
+}
+
+/* RndisDriver._split_point: where the last message that does not fit in this transfer starts (length when
+ * all fit, or when what is there is not a message the carry could hold: the walk then judges and counts it). */
+static long long rndis_split_point(const uint8_t *b, long long pos, long long length)
+{
+    while (length - pos >= 8) {
+        uint32_t type = le32(b + pos), mlen = le32(b + pos + 4);
+        if (type != RNDIS_PACKET_MSG || mlen < RNDIS_HEADER_LEN || mlen > RNDIS_CARRY_CAP)
+            return length;
+        if (pos + (long long)mlen > length)
+            return pos;
+        pos += mlen;
+    }
+    if (pos < length)
+        for (long long i = pos; i < length; i++)
+            if (b[i])
+                return pos;
+    return length;
+}
+
+/* RndisDriver._complete_carry: fill the carried message from the start of b; *frames gets what it delivered.
+ * Returns the bytes of b used. */
+static long long rndis_complete_carry(NcmRx *self, const uint8_t *b, long long length, Py_ssize_t *frames)
+{
+    uint8_t *carry = self->carry;
+    long long have = self->carry_len, used = 0;
+    *frames = 0;
+    if (have < 8) { /* even the header was split: take just enough of it to learn the length */
+        long long take = 8 - have < length ? 8 - have : length;
+        memcpy(carry + have, b, (size_t)take);
+        have += take;
+        self->carry_len = have;
+        if (have < 8)
+            return take;
+        used = take;
+    }
+    long long need = le32(carry + 4);
+    if (need < RNDIS_HEADER_LEN || need > RNDIS_CARRY_CAP || need < have) {
+        self->carry_len = 0;
+        FRAME_ERROR(self);
+        return used;
+    }
+    long long take = need - have < length - used ? need - have : length - used;
+    memcpy(carry + have, b + used, (size_t)take);
+    have += take;
+    used += take;
+    if (have < need) {
+        self->carry_len = have;
+        return used;
+    }
+    self->carry_len = 0;
+    *frames = rndis_messages(self, carry, need, 1);
+    return used;
+}
+
+/* RndisDriver.rx_decode: a transfer that came back exactly full (rx_size) may end inside a message, which is
+ * carried over and completed from the next transfer (devices that neither pad nor send a ZLP). */
+static Py_ssize_t rndis_walk(NcmRx *self, uint8_t *b, long long length)
+{
+    Py_ssize_t frames = 0;
+    long long start = 0;
+    if (self->carry_len) {
+        start = rndis_complete_carry(self, b, length, &frames);
+        if (start >= length)
+            return frames;
+    }
+    long long end = length;
+    if (length == self->rx_size) {
+        end = rndis_split_point(b, start, length);
+        if (end < length) {
+            memcpy(self->carry, b + end, (size_t)(length - end)); /* < RNDIS_CARRY_CAP: checked by the split */
+            self->carry_len = length - end;
+        }
+    }
+    return frames + rndis_messages(self, b + start, end - start, 0);
+}
+
 /* ECM / CDC subset (OneFramePerTransfer.rx_decode): the transfer is the frame. */
 static Py_ssize_t frame_walk(NcmRx *self, uint8_t *b, long long length)
 {
@@ -702,6 +833,11 @@ static PyObject *NcmRx_decode(NcmRx *self, PyObject *const *args, Py_ssize_t nar
 static PyObject *NcmRx_decode_frame(NcmRx *self, PyObject *const *args, Py_ssize_t nargs)
 {
     return run_decode(self, args, nargs, "decode_frame", frame_walk, 0);
+}
+
+static PyObject *NcmRx_decode_rndis(NcmRx *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return run_decode(self, args, nargs, "decode_rndis", rndis_walk, 1);
 }
 
 static PyObject *NcmRx_flush(NcmRx *self, PyObject *Py_UNUSED(ignored))
@@ -780,8 +916,10 @@ static PyObject *NcmRx_usb_arm(NcmRx *self, PyObject *args)
         walk = ntb_walk;
     else if (strcmp(kind, "frame") == 0)
         walk = frame_walk;
+    else if (strcmp(kind, "rndis") == 0)
+        walk = rndis_walk;
     else {
-        PyErr_Format(PyExc_ValueError, "usb_arm: kind must be 'ntb' or 'frame', not '%s'", kind);
+        PyErr_Format(PyExc_ValueError, "usb_arm: kind must be 'ntb', 'frame' or 'rndis', not '%s'", kind);
         return NULL;
     }
     if (!submit || !fallback) {
@@ -972,10 +1110,10 @@ static PyObject *NcmRx_add_to(NcmRx *self, PyObject *stats)
 
 static int NcmRx_init(NcmRx *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"fd", "vnet_hdr_len", "gro", "max_datagram", NULL};
+    static char *kwlist[] = {"fd", "vnet_hdr_len", "gro", "max_datagram", "rx_size", NULL};
     int fd, vnet, gro;
-    long long max_dg;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iipL:NcmRx", kwlist, &fd, &vnet, &gro, &max_dg))
+    long long max_dg, rx_size = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iipL|L:NcmRx", kwlist, &fd, &vnet, &gro, &max_dg, &rx_size))
         return -1;
     if (self->busy || self->run.n || self->nheld) {
         PyErr_SetString(PyExc_RuntimeError, "NcmRx cannot be initialised twice while in use");
@@ -997,6 +1135,8 @@ static int NcmRx_init(NcmRx *self, PyObject *args, PyObject *kwds)
     self->vnet = vnet;
     self->gro = (char)(gro != 0);
     self->max_dg = max_dg;
+    self->rx_size = rx_size;
+    self->carry_len = 0;
     self->ready = 1;
     return 0;
 }
@@ -1019,6 +1159,8 @@ static PyMethodDef NcmRx_methods[] = {
     {"decode", (PyCFunction)(void (*)(void))NcmRx_decode, METH_FASTCALL,
      "decode(buf, length) -> int: walk one NTB in buf[:length], write or collect its datagrams; returns how "
      "many were good (NtbDecoder.decode)."},
+    {"decode_rndis", (PyCFunction)(void (*)(void))NcmRx_decode_rndis, METH_FASTCALL,
+     "decode_rndis(buf, length) -> int: RndisDriver.rx_decode (PACKET_MSGs, the split-message carry)."},
     {"decode_frame", (PyCFunction)(void (*)(void))NcmRx_decode_frame, METH_FASTCALL,
      "decode_frame(buf, length) -> int: the transfer is one frame (ECM, OneFramePerTransfer.rx_decode)."},
     {"flush", (PyCFunction)NcmRx_flush, METH_NOARGS,
@@ -1049,6 +1191,8 @@ static PyMemberDef NcmRx_members[] = {
     {"vnet_hdr_len", T_INT, offsetof(NcmRx, vnet), READONLY, "0, or 10: a virtio_net_hdr before every frame"},
     {"gro", T_BOOL, offsetof(NcmRx, gro), READONLY, "whether TCP/IPv4 runs are coalesced"},
     {"max_datagram", T_LONGLONG, offsetof(NcmRx, max_dg), READONLY, "the largest datagram (frame) accepted"},
+    {"rx_size", T_LONGLONG, offsetof(NcmRx, rx_size), READONLY, "RNDIS: a transfer this long may continue"},
+    {"carry_len", T_LONGLONG, offsetof(NcmRx, carry_len), READONLY, "RNDIS: bytes carried to the next transfer"},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -1112,6 +1256,12 @@ static const char MODULE_DOC[] =
     "    write each datagram, or collect it into the open GRO run; returns how many datagrams were good.\n"
     "    buf: a contiguous buffer, writable when gro is on (a super-frame's first segment has its headers\n"
     "    rewritten in place, as the reference does). Never raises on device bytes: every rejection is counted.\n"
+    "rx.decode_rndis(buf, length) -> int\n"
+    "    RNDIS PACKET_MSGs (RndisDriver.rx_decode): messages back to back; a transfer of exactly rx_size bytes\n"
+    "    (NcmRx(..., rx_size=)) may end inside one, which is carried over and completed from the next call and\n"
+    "    then written unmarked after GRO is flushed (TapPort.deliver). length is clamped to len(buf).\n"
+    "rx.usb_arm(submit, fallback, transfers, kind) / rx.usb_end() -> int / rx.usb_disarm()\n"
+    "    Take the bulk IN completions in C (kind 'ntb', 'frame' or 'rndis'): see the USB completions section.\n"
     "rx.decode_frame(buf, length) -> int\n"
     "    One frame per transfer (ECM, CDC subset): OneFramePerTransfer.rx_decode's length checks, then the\n"
     "    frame as one datagram. A length past len(buf) counts as a length error (the reference would slice).\n"

@@ -59,13 +59,15 @@ class TapPort:
         self._untraced: tuple | None = None  # (emit, rx_native) to put back when the trace ends
 
     # ------------------------------------------------------------------ the native RX path
-    def use_native(self, kind: str, limit: int) -> bool:
-        """Let the C path decode and write RX ("ntb": NCM, "frame": one frame per transfer). False when it
-        is not available (not built, or USBNETD_PURE_PYTHON): the Python path goes on."""
-        if not native.AVAILABLE or kind not in ("ntb", "frame"):
+    def use_native(self, kind: str, limit: int, rx_size: int = 0) -> bool:
+        """Let the C path decode and write RX ("ntb": NCM, "frame": one frame per transfer, "rndis": RNDIS
+        PACKET_MSGs with the split-message carry, which needs the transfer size). False when it is not
+        available (not built, or USBNETD_PURE_PYTHON): the Python path goes on."""
+        if not native.AVAILABLE or kind not in ("ntb", "frame", "rndis"):
             return False
-        self.native = native.NcmRx(self.fd, self.vnet, self.gro is not None, limit)
-        self.rx_native = self.native.decode if kind == "ntb" else self.native.decode_frame
+        self.native = native.NcmRx(self.fd, self.vnet, self.gro is not None, limit, rx_size=rx_size)
+        self.rx_native = {"ntb": self.native.decode, "frame": self.native.decode_frame,
+                          "rndis": self.native.decode_rndis}[kind]
         return True
 
     def native_tx(self, max_frame: int, layout: tuple, sequence: int):

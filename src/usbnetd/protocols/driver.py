@@ -221,9 +221,10 @@ class ProtocolDriver:
         if self.binding.data_alt != 0:
             self.transport.set_alt(self.binding.data, self.binding.data_alt)
 
-    def native_rx(self) -> tuple[str, int] | None:
+    def native_rx(self) -> tuple[str, int] | tuple[str, int, int] | None:
         """The C fast path (usbnetd.native) that decodes this driver's transfers exactly as `rx_decode` does:
-        ("ntb", largest datagram) or ("frame", largest frame); None when only `rx_decode` can."""
+        ("ntb", largest datagram), ("frame", largest frame) or ("rndis", largest frame, transfer size); None
+        when only `rx_decode` can."""
         return None
 
     def native_tx(self) -> tuple[tuple, int] | None:

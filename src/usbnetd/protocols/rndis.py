@@ -340,6 +340,11 @@ class RndisDriver(ProtocolDriver):
             log.warning("RNDIS %s failed: %s", msg.name, rc.status_name(msg.status))  # type: ignore[attr-defined]
 
     # --- data ---
+    def native_rx(self) -> tuple[str, int, int] | None:
+        # The C walk mirrors rx_decode below: the decoder's frame limit, and the transfer size that makes a
+        # transfer "full" (one that may end inside a message, whose tail is carried).
+        return ("rndis", rc.DEFAULT_MAX_FRAME, self.rx_size)
+
     def tx_begin(self, packet: Packet) -> None:
         packet.offset = 0
         self._batch.begin(packet.view)
