@@ -41,11 +41,15 @@ RUN_DIR = "/run/usbnetd-bench"
 
 # Variants of usbnetd measured in the same boot, to show what one optimisation buys: extra `attach` options,
 # or another source tree (`baseline`: an older commit checked out by bench/vm.py --baseline).
-VARIANTS = {"usbnetd": (), "no-gro": ("--no-gro",), "pure-python": ("--pure-python",), "baseline": ()}
+VARIANTS = {"usbnetd": (), "no-gro": ("--no-gro",), "pure-python": ("--pure-python",), "baseline": (),
+            "python-completions": ()}
+# Variants that differ by the environment `usbnetd run` gets instead of an option.
+VARIANT_ENV = {"python-completions": {"USBNETD_NATIVE_COMPLETIONS": "0"}}
 
 
-def usbnetd_cli(*args: str, timeout: float = ATTACH_TIMEOUT + 30, check: bool = True, src: str | None = None):
-    env = dict(os.environ, USBNETD_RUN_DIR=RUN_DIR)
+def usbnetd_cli(*args: str, timeout: float = ATTACH_TIMEOUT + 30, check: bool = True, src: str | None = None,
+                extra_env: dict[str, str] | None = None):
+    env = dict(os.environ, USBNETD_RUN_DIR=RUN_DIR, **(extra_env or {}))
     if src:
         env["PYTHONPATH"] = src  # ahead of the venv's editable install of this tree
     return c.run([sys.executable, "-m", "usbnetd", *args], env=env, timeout=timeout, check=check)
@@ -92,9 +96,11 @@ def measure_link(peer: vb.PeerNamespace, seconds: float, port: int, pid: int | N
     return res
 
 
-def attach(busid: str, ifname: str, extra: tuple = (), src: str | None = None) -> None:
+def attach(busid: str, ifname: str, extra: tuple = (), src: str | None = None,
+           extra_env: dict[str, str] | None = None) -> None:
     """`usbnetd attach` the gadget as `ifname`; BenchBroken unless it prints that name."""
-    r = usbnetd_cli("attach", busid, "--ifname", ifname, "--timeout", str(ATTACH_TIMEOUT), *extra, src=src)
+    r = usbnetd_cli("attach", busid, "--ifname", ifname, "--timeout", str(ATTACH_TIMEOUT), *extra, src=src,
+                    extra_env=extra_env)
     if r.stdout.strip() != ifname:
         raise c.BenchBroken(f"usbnetd attach printed {r.stdout!r}, expected {ifname}")
 
@@ -106,10 +112,10 @@ def address_and_wait(peer: vb.PeerNamespace, host_if: str) -> None:
 
 
 def run_usbnetd(g: vb.Gadget, busid: str, peer: vb.PeerNamespace, seconds: float, extra: tuple = (),
-                src: str | None = None) -> dict:
+                src: str | None = None, extra_env: dict[str, str] | None = None) -> dict:
     ifname = f"ubench{g.function}0"
     t0 = time.monotonic()
-    attach(busid, ifname, extra, src)
+    attach(busid, ifname, extra, src, extra_env)
     out: dict = {"ifname": ifname, "attach_seconds": round(time.monotonic() - t0, 1)}
     try:
         address_and_wait(peer, ifname)
@@ -231,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                                 src = ns.baseline_src if side == "baseline" else None
                                 if side == "baseline" and not src:
                                     raise c.BenchBroken("the baseline variant needs --baseline-src")
-                                rounds[side].append(run_usbnetd(g, busid, peer, ns.seconds, VARIANTS[side], src))
+                                rounds[side].append(run_usbnetd(g, busid, peer, ns.seconds, VARIANTS[side], src,
+                                                                VARIANT_ENV.get(side)))
                         except (c.BenchBroken, vb.BenchError) as e:
                             traceback.print_exc()
                             case[f"{side}_error"] = f"{type(e).__name__}: {e}"

@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", help="host directory the guest writes to (default: a new temporary one)")
     ap.add_argument("--quiet", action="store_true", help="do not echo the guest console")
     ap.add_argument("--variants", default="usbnetd",
-                    help="usbnetd variants to measure in the same boot: usbnetd (as shipped), no-gro, baseline")
+                    help="usbnetd variants to measure in the same boot: usbnetd (as shipped), no-gro, "
+                         "pure-python, python-completions (USBNETD_NATIVE_COMPLETIONS=0), baseline")
     ap.add_argument("--baseline", metavar="COMMIT", help="the commit the 'baseline' variant runs (a git worktree)")
     ns = ap.parse_args(argv)
     variants = [v for v in ns.variants.split(",") if v]

@@ -1,7 +1,9 @@
 # Shared by scripts/install.sh, scripts/run.sh and scripts/test.sh (sourced, not run; bash). It owns the
 # set-up steps the three must do alike:
 #   usbnetd_python                  the Python that builds the venv (both scripts used to choose differently)
-#   usbnetd_apt_install WHO PKG...  install the Debian packages that are missing, never upgrading one that is there
+#   usbnetd_apt_install WHO PKG...  install the Debian packages that are missing, never upgrading one that is there,
+#                                   and starting no service (policy-rc.d)
+#   usbnetd_keep_disabled WHO MISSING PKG UNIT...  disable the units of a package this run installed
 #   usbnetd_venv WHO VENV [EXTRAS]  create the venv when it is missing or broken; pip install -e when needed
 #   usbnetd_link WHO VENV           put `usbnetd` on PATH (/usr/local/bin/usbnetd -> the venv's)
 #   usbnetd_unpack_deb WHO PKG DIR  a Debian package's files under DIR, without installing it
@@ -81,14 +83,38 @@ usbnetd_apt_install() {
     done
   fi
   if ((${#ok[@]})); then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-upgrade --no-install-recommends "${ok[@]}" >&2 ||
-      return 1
+    # No service may start on this machine because of this install: NetworkManager, for one, is installed only
+    # for the VM guest to run. invoke-rc.d and deb-systemd-invoke ask /usr/sbin/policy-rc.d first, and exit
+    # 101 means "action forbidden" (Debian's invoke-rc.d(8), README.policy-rc.d). One that is there already
+    # (Docker images have one) is left as it is; ours goes once apt-get is done.
+    local policy=${USBNETD_POLICY_RC_D:-/usr/sbin/policy-rc.d} own_policy="" rc=0
+    if [[ ! -e $policy ]] && printf '#!/bin/sh\n# written by usbnetd %s for one apt-get install\nexit 101\n' "$who" \
+      >"$policy" 2>/dev/null && chmod 755 "$policy"; then
+      own_policy=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-upgrade --no-install-recommends "${ok[@]}" >&2 || rc=$?
+    if [[ -n $own_policy ]]; then rm -f "$policy"; fi
+    ((rc == 0)) || return 1
   fi
   local r
   for r in "${refused[@]}"; do
     echo "$who: not installed: $r" >&2
   done
   ((${#refused[@]} == 0))
+}
+
+# Services of PKG that this run installed (it was missing before: MISSING is usbnetd_missing_packages' output
+# from before the install) are disabled, so they do not start at the next boot either; they are there only for
+# the VM guest. A package that was installed before is left as the administrator set it up.
+usbnetd_keep_disabled() {
+  local who=$1 missing=$2 pkg=$3
+  shift 3
+  [[ " $(tr '\n' ' ' <<<"$missing") " == *" $pkg "* ]] || return 0
+  [[ -z $(usbnetd_missing_packages "$pkg") ]] || return 0
+  command -v systemctl >/dev/null || return 0
+  if systemctl disable --quiet "$@" >/dev/null 2>&1; then
+    echo "$who: $pkg was installed for the VM guest only: disabled $*" >&2
+  fi
 }
 
 # What a pip install -e depends on: when none of it changed since the last one into this venv, it is skipped.

@@ -22,14 +22,21 @@ venv="${USBNETD_VENV:-$repo/.venv}"
 # VM layer (tests/vm/harness.py checks again and installs what is missing, for runs without this script);
 # systemd (systemd-analyze, systemd-escape) and udev (udevadm, systemd-udevd) for the unit and rules tests;
 # ethtool for the offload checks; gcc and python3-dev so that pip builds the C extension (usbnetd.native),
-# which CI requires (tests/unit/test_native_ncm_rx.py); tshark reads `usbnetd trace` output back
-# (tests/integration/test_trace.py). README.md and docs/testing.md list the same packages.
+# which CI requires (tests/unit/test_native_ncm_rx.py); network-manager and dnsmasq-base (systemd has
+# systemd-networkd) for the plug-and-play tests, which run NetworkManager, networkd, dnsmasq and a D-Bus
+# system bus inside the VM guest only (tests/vm/guest/test_networkmanager.py, test_networkd.py): the install
+# starts no service here (policy-rc.d, scripts/lib.sh) and NetworkManager is disabled after it; tshark reads
+# `usbnetd trace` output back (tests/integration/test_trace.py). README.md and docs/testing.md list the same
+# packages.
 apt_packages=(python3 python3-venv iproute2 iputils-ping iperf3 qemu-system-x86 busybox-static cpio kmod
-  libusb-1.0-0 xz-utils zstd usbutils systemd udev ethtool gcc python3-dev tshark)
+  libusb-1.0-0 xz-utils zstd usbutils systemd udev ethtool gcc python3-dev network-manager dnsmasq-base tshark)
 
+missing_before=$(usbnetd_missing_packages "${apt_packages[@]}")
 if ! usbnetd_apt_install test.sh "${apt_packages[@]}"; then
   echo "test.sh: WARNING: continuing without: $(usbnetd_missing_packages "${apt_packages[@]}" | tr '\n' ' ')" >&2
 fi
+usbnetd_keep_disabled test.sh "$missing_before" network-manager NetworkManager.service \
+  NetworkManager-wait-online.service NetworkManager-dispatcher.service
 
 # The VM guest runs this venv's python through a read-only view of the host's /, so the venv must not
 # live on a path the guest replaces (it does not mount anything over /tmp, /root or the repo).

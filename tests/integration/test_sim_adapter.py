@@ -62,6 +62,8 @@ def test_sim_adapter_end_to_end(netns_pair, tmp_path, kind, extra):
         (d,) = json.loads(u.cli("stats", "--json").stdout)
         assert d["tx_transfers"] == sum(d["tx_flush"].values()) > 0
         assert d["pool"]["exhausted"] == 0 and d["pool"]["in_use"] <= d["pool"]["packets"]
+        # The simulated device's own CPU time, apart from the driver's (what bench/native.py subtracts).
+        assert 0 < d["sim_device_cpu_seconds"] < 120, d
         assert all(0 < q["high_water"] <= q["capacity"] for n, q in d["queues"].items() if n != "rx_completion")
         if kind == "ncm":
             # Under a TCP stream NCM must carry several frames per transfer in both directions.
@@ -109,3 +111,31 @@ def test_second_instance_for_same_device_is_refused(netns_pair, tmp_path):
         assert a.has_link("usbs0"), "the first instance must survive"
     finally:
         assert u.stop() == 0
+
+
+def test_the_simulated_device_can_frame_in_c_for_benchmarks(netns_pair, tmp_path):
+    """sim:ncm?native=1 (what bench/native.py runs): the device side builds and reads its NTBs with
+    usbnetd.native; the driver side is unchanged. Byte-exact TCP both ways, and its own CPU time reported."""
+    if not native.AVAILABLE:
+        pytest.skip(f"the C fast path is not available: {native.WHY_NOT}")
+    a, b = netns_pair
+    u = Usbnetd(a, b, "sim:ncm?native=1", str(tmp_path))
+    try:
+        host_ip, peer_ip = wire_up(u, 44)
+        deadline = time.monotonic() + 10
+        while "LOWER_UP" not in a.run("ip", "link", "show", u.ifname).stdout:
+            assert time.monotonic() < deadline, u.output()
+            time.sleep(0.05)
+        a.run("ping", "-c", "3", "-i", "0.2", "-W", "2", peer_ip, timeout=30)
+        sent, got = tcp_stream(b, a, peer_ip, 5211)
+        assert sent == got and sent.startswith(str(STREAM_BYTES))
+        sent, got = tcp_stream(a, b, host_ip, 5212)
+        assert sent == got and sent.startswith(str(STREAM_BYTES))
+        (d,) = json.loads(u.cli("stats", "--json").stdout)
+        assert d["rx_frames_per_transfer"] > 1.0 and d["tx_frames_per_transfer"] > 1.0, d
+        assert 0 < d["sim_device_cpu_seconds"] < 120, d
+        assert d["rx_errors"] == 0 and d["tx_errors"] == 0, d
+    finally:
+        rc = u.stop()
+    assert rc == 0, u.output()
+    assert "simulated device: NCM framing in C" in u.output()

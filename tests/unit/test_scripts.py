@@ -53,6 +53,10 @@ exit 0
     "apt-get": r"""#!/bin/bash
 echo "apt-get $*" >>"$FAKE_LOG"
 [[ $1 == update ]] && exit 0
+if [[ $1 == install && " $* " != *" -s "* ]]; then  # what a maintainer script's invoke-rc.d would be told
+  if [[ -x $USBNETD_POLICY_RC_D ]]; then "$USBNETD_POLICY_RC_D"; echo "POLICY exit $?" >>"$FAKE_LOG"
+  else echo "POLICY none" >>"$FAKE_LOG"; fi
+fi
 if [[ $1 == download ]]; then echo deb >"$2_1.0_amd64.deb"; exit 0; fi
 sim=0; pkgs=()
 if [[ " $* " == *" nosuch "* ]]; then echo "E: Unable to locate package nosuch" >&2; exit 100; fi
@@ -100,7 +104,8 @@ def machine(tmp_path):
     log = tmp_path / "log"
     log.write_text("")
     env = dict(os.environ, PATH=f"{fake_bin}:/usr/bin:/bin", FAKE_LOG=str(log), FAKE_DIR=str(tmp_path),
-               USBNETD_VENV=str(venv), USBNETD_LINK="", XDG_CACHE_HOME=str(tmp_path / "cache"))
+               USBNETD_VENV=str(venv), USBNETD_LINK="", XDG_CACHE_HOME=str(tmp_path / "cache"),
+               USBNETD_POLICY_RC_D=str(tmp_path / "policy-rc.d"))
     return tmp_path, env, log
 
 
@@ -144,6 +149,26 @@ def test_a_package_apt_does_not_know_is_named_and_the_others_installed(machine):
     assert "t: not installed: nosuch: E: Unable to locate package nosuch" in r.stderr, r.stderr
     installs = [c for c in calls(log, "apt-get install") if " -s " not in f" {c} "]
     assert installs == ["apt-get install -y -q --no-upgrade --no-install-recommends ethtool"], installs
+
+
+def test_no_service_starts_while_packages_install(machine):
+    """policy-rc.d forbids every start (exit 101) for the length of apt-get install, and goes after it."""
+    tmp, env, log = machine
+    r = subprocess.run(["bash", "-c", f'source "{SCRIPTS}/lib.sh" && usbnetd_apt_install t ethtool'],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert calls(log, "POLICY") == ["POLICY exit 101"], log.read_text()
+    assert not (tmp / "policy-rc.d").exists()
+
+
+def test_a_policy_rc_d_that_is_there_is_left_alone(machine):
+    tmp, env, log = machine
+    executable(tmp / "policy-rc.d", "#!/bin/sh\nexit 104\n")
+    r = subprocess.run(["bash", "-c", f'source "{SCRIPTS}/lib.sh" && usbnetd_apt_install t ethtool'],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert calls(log, "POLICY") == ["POLICY exit 104"], log.read_text()
+    assert (tmp / "policy-rc.d").read_text() == "#!/bin/sh\nexit 104\n"
 
 
 def test_nothing_missing_means_no_apt_at_all(machine):

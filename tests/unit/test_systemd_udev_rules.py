@@ -22,7 +22,8 @@ import pytest
 from usbnetd.protocols.devices import BUILTIN
 
 REPO = Path(__file__).resolve().parents[2]
-RULES = sorted((REPO / "udev").glob("*.rules"))
+# udev/ and what contrib/ ships for udev (contrib/NetworkManager/75-usbnetd-nm.rules)
+RULES = sorted((REPO / "udev").glob("*.rules")) + sorted((REPO / "contrib").rglob("*.rules"))
 MAIN_RULES = REPO / "udev" / "70-usbnetd.rules"
 
 MATCH = {"==", "!="}

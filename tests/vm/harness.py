@@ -50,7 +50,17 @@ HOST_PACKAGES: dict[str, str] = {
     "xz-utils": "/usr/bin/xz",
     "zstd": "/usr/bin/zstd",
     "usbutils": "/usr/bin/lsusb",
+    # The plug-and-play tests run these inside the guest only, never here (tests/vm/guest/pnp.py);
+    # systemd-networkd comes with systemd, dbus-daemon with network-manager.
+    "network-manager": "/usr/sbin/NetworkManager",
+    "dnsmasq-base": "/usr/sbin/dnsmasq",
 }
+# Installed for the guest only: no service of theirs may start on this machine, now or at the next boot.
+GUEST_ONLY_UNITS = {
+    "network-manager": ("NetworkManager.service", "NetworkManager-wait-online.service",
+                        "NetworkManager-dispatcher.service"),
+}
+POLICY_RC_D = "/usr/sbin/policy-rc.d"
 
 # Modules the initramfs itself needs to reach the 9p shares; everything else is loaded later from the
 # unpacked kernel package with kmod's modprobe inside the chroot.
@@ -137,7 +147,22 @@ def ensure_host_packages() -> None:
     log(f"installing {' '.join(missing)}")
     apt_update_once()
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    _run(["apt-get", "install", "-y", "--no-install-recommends", *missing], APT_TIMEOUT, env=env)
+    # invoke-rc.d and deb-systemd-invoke ask policy-rc.d; exit 101 forbids starting anything (Debian's
+    # invoke-rc.d(8)). One that is there already is left alone; ours goes when apt-get is done.
+    policy = Path(os.environ.get("USBNETD_POLICY_RC_D", POLICY_RC_D))
+    own_policy = not policy.exists()
+    if own_policy:
+        policy.write_text("#!/bin/sh\n# written by usbnetd's VM harness for one apt-get install\nexit 101\n")
+        policy.chmod(0o755)
+    try:
+        _run(["apt-get", "install", "-y", "--no-install-recommends", *missing], APT_TIMEOUT, env=env)
+    finally:
+        if own_policy:
+            policy.unlink(missing_ok=True)
+    for pkg, units in GUEST_ONLY_UNITS.items():
+        if pkg in missing and _dpkg_installed(pkg) and shutil.which("systemctl"):
+            subprocess.run(["systemctl", "disable", "--quiet", *units], capture_output=True, timeout=60)
+            log(f"{pkg} is for the guest only: disabled {' '.join(units)}")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,12 +11,13 @@ import logging
 
 from ..core.service import EthernetService
 from ..core.stats import Stats
-from ..netdev.tap import TapError
+from ..netdev import announce
+from ..netdev.tap import Tap, TapError
 from ..protocols import NoDriver, choose
 from ..protocols.devices import ConfigError
 from ..protocols.driver import Options, Quirk
 from ..usb.transport import TransportError
-from . import config
+from . import config, control
 from .control import AlreadyRunning
 from .daemon import Daemon
 from .discovery import BadDevice, DeviceSpec, open_usb
@@ -36,6 +37,7 @@ def run_device(spec: DeviceSpec, control_path: str | None, ifname: str | None = 
     """Command-line values win over the device's [[device]] entry, which wins over the global settings."""
     context = None
     transport = None
+    announced: list[tuple[str, str]] = []  # (file, ifname): what udev was told (netdev/announce.py)
     try:
         settings = config.load()  # first: a bad configuration must stop us before anything is touched
         if spec.kind == "sim":
@@ -69,6 +71,14 @@ def run_device(spec: DeviceSpec, control_path: str | None, ifname: str | None = 
         def name_for(device_mac: bytes) -> str:
             return settings.ifname_for(device_mac, ident.busid, ident.serial, driver_cls.name)
 
+        def tap_factory(name: str, *args, **kwargs) -> Tap:
+            # The file udev imports must be there before the TAP's "add" uevent, i.e. before TUNSETIFF.
+            path = announce.write(control.RUN_DIR, name,
+                                  announce.properties(ident.busid, ident.vendor, ident.product, driver_cls.name))
+            if path is not None:
+                announced.append((path, name))
+            return Tap(name, *args, **kwargs)
+
         service = EthernetService(
             transport, driver,
             ifname=ifname or (entry.ifname if entry else None),
@@ -79,6 +89,7 @@ def run_device(spec: DeviceSpec, control_path: str | None, ifname: str | None = 
             rx_transfers=settings.rx_transfers, tx_transfers=settings.tx_transfers,
             gro=settings.gro if gro is None else gro,
             native=native,
+            tap_factory=tap_factory,
         )
         daemon = Daemon(service, control_path,
                         control_group if control_group is not None else settings.control_gid)
@@ -93,6 +104,8 @@ def run_device(spec: DeviceSpec, control_path: str | None, ifname: str | None = 
     except OSError as exc:
         raise StartError(f"{exc.strerror or exc}") from None
     finally:
+        for path, name in announced:
+            announce.retract(path, name)
         if transport is not None and spec.kind == "sim":
             transport.close()
         if context is not None:

@@ -77,6 +77,10 @@ def usb_layout_matches(have: dict[str, int]) -> bool:
     return all(have.get(k) == v for m in (fastpath, frametx) for k, v in m.usb_layout().items())
 
 
+# USBNETD_NATIVE_COMPLETIONS=0 keeps the USB completions in Python (the C code still decodes and frames):
+# for comparing the two in one benchmark run, or ruling the C completions out.
+COMPLETIONS = os.environ.get("USBNETD_NATIVE_COMPLETIONS", "") != "0"
+
 _mods, WHY_NOT = _load()
 if _mods is not None:
     fastpath, fasttx, frametx = _mods

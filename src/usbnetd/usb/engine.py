@@ -337,7 +337,7 @@ class LibusbTransport(Transport):
     def arm_native_rx(self, rx, kind: str) -> bool:
         if self._rx is None or self._stopping or self._armed is not None:
             return False
-        if not self._layout_ok():
+        if not native.COMPLETIONS or not self._layout_ok():
             return False
         rx.usb_arm(submit_function_address(), self._rx.callback_address, self._rx.transfer_addresses(), kind)
         self._armed = rx
@@ -360,7 +360,7 @@ class LibusbTransport(Transport):
     def arm_native_tx(self, pump) -> bool:
         if self._tx is None or self._stopping or self._tx_pump is not None or self._tx.in_flight:
             return False
-        if not self._layout_ok():
+        if not native.COMPLETIONS or not self._layout_ok():
             return False
         pump.arm(submit_function_address(), cancel_function_address(), self._tx.transfer_addresses())
         self._tx_pump = pump

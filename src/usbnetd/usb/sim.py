@@ -13,13 +13,16 @@ the next `handle_events()`, and a submitted IN waits until the peer TAP has fram
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import select
 import struct
+import time
 
 import pytun
 
+from .. import native
 from ..core.pool import Packet
 from ..core.stats import Stats
 from ..protocols import cdc
@@ -117,6 +120,10 @@ class SimTransport(Transport):
         self.peer_fd = self.peer.fileno()
         os.set_blocking(self.peer_fd, False)
         self.device_stats = Stats()  # what the device side counts (frames it could not decode, etc.)
+        # CPU time (this thread's) the device side spent: building bulk IN transfers from the wire and putting
+        # bulk OUT transfers on it. It runs in usbnetd's own thread, so a benchmark subtracts it from the
+        # process's CPU to get the driver's (docs/performance.md).
+        self.device_cpu_ns = 0
         self._claimed: set[int] = set()
         self._alt = 0
         self._ntb32 = False
@@ -134,6 +141,14 @@ class SimTransport(Transport):
         self._decoder = NtbDecoder(self.device_stats, max_datagram=1514)
         self._frame = bytearray(2048)
         self._frame_view = memoryview(self._frame)
+        faults = dict(faults or {})
+        # sim:ncm?native=1: the device's NCM framing in C (simfaults.py), for benchmarks.
+        self._native = bool(faults.pop("native", 0)) and kind == "ncm" and native.AVAILABLE
+        self._native_tx = None  # a usbnetd.native.NcmTx building bulk IN NTBs from the wire, per layout
+        self._native_tx_layout: TxLayout | None = None
+        self._native_rx = native.NcmRx(self.peer_fd, 0, False, 1514) if self._native else None
+        if self._native:
+            log.info("simulated device: NCM framing in C (usbnetd.native), no packet filter")
         self._faults = SimFaults(**faults) if faults else None  # sim:KIND?rx_errors=...: see simfaults.py
 
     # --- setup ---
@@ -240,7 +255,9 @@ class SimTransport(Transport):
             return False
         self._tx_in_flight += 1
         if self._alt == 1:
+            t0 = time.thread_time_ns()
             self._device_receive(packet.view[packet.offset : packet.offset + length], length)
+            self.device_cpu_ns += time.thread_time_ns() - t0
         self._done.append((1, packet, STATUS_OK, length))
         return True
 
@@ -248,6 +265,10 @@ class SimTransport(Transport):
         """The device takes a bulk OUT transfer and puts its frames on the wire."""
         if self.kind == "ecm":
             self._wire_write(data, 0, length)
+            return
+        if self._native_rx is not None:
+            self._native_rx.decode(data, length)  # each datagram written to the wire in C
+            self._native_rx.add_to(self.device_stats)
             return
         self._wire_data = data
         self._decoder.decode(data, length, self._wire_emit)
@@ -301,6 +322,8 @@ class SimTransport(Transport):
         layout = TxLayout(ntb32=self._ntb32, max_size=min(size, self._in_size), divisor=SIM_NTB.ndp_in_divisor,
                           remainder=SIM_NTB.ndp_in_payload_remainder, alignment=SIM_NTB.ndp_in_alignment,
                           max_datagrams=40, maxpacket=MAXPACKET)
+        if self._native:
+            return self._fill_ncm_native(packet, layout)
         b = self._in_builder
         if b is None or b.layout != layout:
             b = self._in_builder = NtbBuilder(layout)
@@ -320,6 +343,24 @@ class SimTransport(Transport):
         if b.count == 0:
             return 0
         return b.finish()
+
+    def _fill_ncm_native(self, packet: Packet, layout: TxLayout) -> int:
+        """_fill_ncm with the C framer: frames read from the wire straight into the NTB (no packet filter)."""
+        tx = self._native_tx
+        if tx is None or self._native_tx_layout != layout:
+            seq = tx.sequence if tx is not None else 0
+            tx = self._native_tx = native.NcmTx(self.peer_fd, 0, 1514, *dataclasses.astuple(layout), sequence=seq)
+            self._native_tx_layout = layout
+        tx.begin(packet.view)
+        while True:
+            _read, _committed, _nbytes, dropped, drained, full, _err = tx.fill(64)
+            self.device_stats.rx_dropped += dropped
+            if drained or full:
+                break
+        return tx.finish()
+
+    def detail(self) -> dict:
+        return {"sim_device_cpu_seconds": round(self.device_cpu_ns / 1e9, 6)}
 
     @property
     def tx_free(self) -> int:
@@ -346,7 +387,9 @@ class SimTransport(Transport):
         if self._faults is not None and self._alt == 1 and not self._stopping:
             self._faults.fail(self._in_q, self._done)
         if self._alt == 1 and self._in_q and not self._stopping:
+            t0 = time.thread_time_ns()
             self._device_send()
+            self.device_cpu_ns += time.thread_time_ns() - t0
         while self._int_pending:
             msg = self._int_pending.popleft()
             self._int_buf[: len(msg)] = msg

@@ -11,6 +11,9 @@ adapter takes options in its device string, in the style of pyserial's URLs:
                                                       until the host clears the halt
 
 Options (non-negative integers):
+  native           1: the NCM device frames with usbnetd.native (NcmTx builds its bulk IN NTBs from the wire,
+                   NcmRx puts its bulk OUT NTBs on it) instead of Python, and has no packet filter: for
+                   benchmarks, where the device must not be what limits the driver (bench/native.py)
   rx_errors        transfers failed per error burst (0: none)
   rx_error_after   good bulk IN completions before each burst (default 100)
   rx_error_bursts  how many bursts (default 1)
@@ -36,13 +39,17 @@ OPTIONS = {
 }
 
 
+DEVICE_OPTIONS = {"native": 0}  # how the device works, not a fault (taken by SimTransport itself)
+
+
 def parse_options(query: str) -> tuple[tuple[str, int], ...]:
     """`a=1&b=2` -> (("a", 1), ("b", 2)). Raises ValueError with a one-line reason."""
     out: dict[str, int] = {}
+    known = {**DEVICE_OPTIONS, **OPTIONS}
     for item in query.split("&") if query else ():
         name, eq, value = item.partition("=")
-        if name not in OPTIONS:
-            raise ValueError(f"unknown simulated adapter option {name!r} (known: {', '.join(OPTIONS)})")
+        if name not in known:
+            raise ValueError(f"unknown simulated adapter option {name!r} (known: {', '.join(known)})")
         if not eq or not value.isdigit() or len(value) > 9:
             raise ValueError(f"option {name} needs a non-negative integer, got {value!r}")
         out[name] = int(value)

@@ -148,6 +148,10 @@ class Transport(ABC):
         through submit_tx and on_tx as always). stop() cancels and reaps its transfers too, then disarms it."""
         return False
 
+    def detail(self) -> dict:
+        """What the transport adds to `usbnetd stats` (the simulated device: its own CPU time)."""
+        return {}
+
     def disarm_native_tx(self) -> bool:
         """The C TX pump gives the bulk OUT transfers back at run time (a trace wants TX in Python): only once
         none of its transfers is in flight, False until then. True when no pump is armed."""
