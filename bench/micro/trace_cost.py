@@ -15,7 +15,11 @@ cycle by cycle on separate services, in a shuffled order, so that drift and posi
 - `traced`: a Tracer attached (the Python path), the records taken and sent to a socket pair as the daemon's
   TraceSession does, inside the timed part;
 - `traced, reader stalled`: a Tracer whose queue is full: every record is dropped and counted;
-- `python`: the pure-Python path untraced, for reference (what tracing switches to).
+- `python`: the pure-Python path untraced, for reference (what tracing switches to);
+- `untraced, C completions` / `traced, C completions`: the C path taking the bulk IN completions itself, as
+  on a real device (the core tier's native-usb transport: real libusb transfer structs, a stand-in submit);
+  untraced, no Python runs per received transfer at all, so the hook is not run; traced, set_tracer has
+  handed the completions back to Python.
 Prints the median and mean per cycle in µs. No root needed.
 
     .venv/bin/python bench/micro/trace_cost.py [--rounds N]
@@ -67,7 +71,7 @@ def _on_tx_no_hook(self, packet, status):
 
 class Variant:
     def __init__(self, name: str, native_path: bool, hook: bool = True, tracer: Tracer | None = None,
-                 same_service_as: Variant | None = None) -> None:
+                 same_service_as: Variant | None = None, usb_c: bool = False) -> None:
         self.name = name
         if same_service_as is not None:
             # The same service, memory and all: two services built alike differ by about a microsecond per
@@ -75,8 +79,9 @@ class Variant:
             self.svc, self.t, self.tap = same_service_as.svc, same_service_as.t, same_service_as.tap
         else:
             fake.NATIVE = native_path
+            fake.USB_C = usb_c
             self.svc, self.t, self.tap = fake.make_service("ncm")
-            fake.NATIVE = False
+            fake.NATIVE = fake.USB_C = False
             self.tap.peer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
         dp = self.svc.datapath
         if hook:
@@ -151,7 +156,8 @@ def main() -> int:
     untraced = Variant("untraced", True)
     variants = [untraced, Variant("untraced, no hook", True, hook=False, same_service_as=untraced),
                 Variant("traced", True, tracer=Tracer()), Variant("traced, reader stalled", True, tracer=stalled),
-                Variant("python (untraced)", False)]
+                Variant("python (untraced)", False), Variant("untraced, C completions", True, usb_c=True),
+                Variant("traced, C completions", True, tracer=Tracer(), usb_c=True)]
     clock = time.perf_counter_ns
     rng = random.Random(1)
     for i in range(args.rounds + 100):  # the first 100 warm up

@@ -81,6 +81,11 @@ def test_trace_to_a_file_while_pinging_is_what_tshark_shows(traced):
     st = wait_tracing(u, True)
     assert st["tracing"] is True and st["datapath"] == "python"
     u.ns.run("ping", "-c", "5", "-i", "0.2", "-W", "2", peer_ip)
+    # a control request while running: promiscuous mode reaches the device as SET_ETHERNET_PACKET_FILTER
+    u.ns.run("ip", "link", "set", u.ifname, "promisc", "on")
+    deadline = time.monotonic() + 10
+    while "packet filter 0x0f" not in u.output() and time.monotonic() < deadline:
+        time.sleep(0.1)
     p.send_signal(signal.SIGINT)
     stdout, stderr = p.communicate(timeout=20)
     err = stderr.decode()
@@ -115,6 +120,13 @@ def test_trace_to_a_file_while_pinging_is_what_tshark_shows(traced):
     assert sum(r[2] == "8" for r in out_s) == 5 and sum(r[2] == "0" for r in in_c) == 5
     seq = [int(r[11]) for r in out_s]
     assert seq == list(range(seq[0], seq[0] + len(seq))), f"NTB sequence numbers not consecutive: {seq}"
+    # the control transfer: tshark decodes its setup packet (CDC SET_ETHERNET_PACKET_FILTER, 0x43, with
+    # wValue the filter bits: promiscuous|all-multicast|directed|broadcast, CDC 1.2 §6.2.4) and its completion
+    ctrl = tshark_fields(out, "usb.transfer_type", "usb.urb_type", "usb.bmRequestType",
+                         "usb.setup.bRequest", "usb.setup.wValue", "usb.urb_status")
+    ctrl = [r for r in ctrl if r[0] == "0x02"]
+    assert ["0x02", "'S'", "0x21", "67", "0x000f", "-115"] in ctrl, ctrl
+    assert any(r[1] == "'C'" and r[5] == "0" for r in ctrl), ctrl
 
     cap = pcapng.parse(open(out, "rb").read())
     assert [i["linktype"] for i in cap.interfaces] == [1, 220]

@@ -111,6 +111,8 @@ class _Range(click.ParamType):
         return number
 
     def _span(self) -> str:
+        if self.kind is int:
+            return f"{self.low} to {self.high}"  # :g would write 2**62 as 4.61169e+18
         return f"{self.low:g} to {self.high:g}"
 
 
@@ -772,7 +774,7 @@ def stats(target, as_json, prometheus, every) -> None:
 @click.argument("target", metavar="DEVICE|IFNAME")
 @click.option("-w", "--write", "path", metavar="FILE",
               help="Write the pcapng to FILE (default: standard output, for `| tshark -r -`).")
-@click.option("-c", "--count", type=_Range(1, 2**62), default=None, help="Stop after N records (frames and USB).")
+@click.option("-c", "--count", type=_Range(1, 10**12), default=None, help="Stop after N records (frames and USB).")
 @click.option("-s", "--snaplen", type=_Range(78, 262144), default=262144, show_default=True,
               help="Bytes kept of each record (a USB record's 64-byte usbmon header counts).")
 @click.option("-B", "--buffer-size", "buffer_kib", type=_Range(64, 262144, metavar="KIB"), default=8192,
