@@ -14,20 +14,21 @@ setup(
         Extension(
             "usbnetd.native._fastpath",
             sources=["src/usbnetd/native/_fastpath.c"],
-            depends=["src/usbnetd/native/libusb_abi.h"],
+            depends=["src/usbnetd/native/libusb_abi.h", "src/usbnetd/native/pyglue.h"],
             extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
             optional=True,
         ),
         Extension(
             "usbnetd.native._fasttx",
             sources=["src/usbnetd/native/_fasttx.c"],
+            depends=["src/usbnetd/native/pyglue.h"],
             extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
             optional=True,
         ),
         Extension(
             "usbnetd.native._frametx",
             sources=["src/usbnetd/native/_frametx.c"],
-            depends=["src/usbnetd/native/libusb_abi.h"],
+            depends=["src/usbnetd/native/libusb_abi.h", "src/usbnetd/native/pyglue.h"],
             extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
             optional=True,
         ),

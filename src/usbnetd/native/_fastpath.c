@@ -39,6 +39,7 @@
 #include <unistd.h>
 
 #include "libusb_abi.h"
+#include "pyglue.h"
 
 /* Bumped whenever the Python-visible API changes; native/__init__.py refuses a stale in-place build. */
 #define API_VERSION 5
@@ -626,15 +627,7 @@ static void settle(NcmRx *self, Py_buffer *view)
 
 static int check_idle(NcmRx *self)
 {
-    if (!self->ready) {
-        PyErr_SetString(PyExc_RuntimeError, "NcmRx.__init__ was not called");
-        return -1;
-    }
-    if (self->busy) {
-        PyErr_SetString(PyExc_RuntimeError, "NcmRx is in use by another thread");
-        return -1;
-    }
-    return 0;
+    return glue_check_idle(self->ready, self->busy, "NcmRx");
 }
 
 /* A Python int as a transfer length, any size: what does not fit saturates (the reference clamps to the
@@ -1139,29 +1132,8 @@ static PyObject *NcmRx_add_to(NcmRx *self, PyObject *stats)
 {
     if (check_idle(self) < 0)
         return NULL;
-    for (int i = 0; i < N_STATS; i++) {
-        unsigned long long delta = self->stat[i] - self->reported[i];
-        if (!delta)
-            continue;
-        PyObject *cur = PyObject_GetAttr(stats, stat_names[i]);
-        if (!cur)
-            return NULL;
-        PyObject *d = PyLong_FromUnsignedLongLong(delta);
-        if (!d) {
-            Py_DECREF(cur);
-            return NULL;
-        }
-        PyObject *sum = PyNumber_Add(cur, d);
-        Py_DECREF(cur);
-        Py_DECREF(d);
-        if (!sum)
-            return NULL;
-        int r = PyObject_SetAttr(stats, stat_names[i], sum);
-        Py_DECREF(sum);
-        if (r < 0)
-            return NULL;
-        self->reported[i] = self->stat[i];
-    }
+    if (glue_add_counters(stats, stat_names, self->stat, self->reported, N_STATS) < 0)
+        return NULL;
     unsigned long long failed = self->write_failures - self->failures_reported;
     self->failures_reported = self->write_failures;
     return PyLong_FromUnsignedLongLong(failed);
@@ -1355,22 +1327,12 @@ static struct PyModuleDef fastpath_module = {
 
 PyMODINIT_FUNC PyInit__fastpath(void)
 {
-    for (int i = 0; i < N_STATS; i++)
-        if (!stat_names[i] && !(stat_names[i] = PyUnicode_InternFromString(STAT_NAMES[i])))
-            return NULL;
-    if (PyType_Ready(&NcmRxType) < 0)
+    if (glue_intern(stat_names, STAT_NAMES, N_STATS) < 0)
         return NULL;
-    PyObject *m = PyModule_Create(&fastpath_module);
+    PyObject *m = glue_module(&fastpath_module, &NcmRxType, "NcmRx", API_VERSION);
     if (!m)
         return NULL;
-    Py_INCREF(&NcmRxType);
-    if (PyModule_AddObject(m, "NcmRx", (PyObject *)&NcmRxType) < 0) {
-        Py_DECREF(&NcmRxType);
-        Py_DECREF(m);
-        return NULL;
-    }
-    if (PyModule_AddIntConstant(m, "API_VERSION", API_VERSION) < 0 ||
-        PyModule_AddIntConstant(m, "VNET_HDR_LEN", VNET_HDR_LEN) < 0 ||
+    if (PyModule_AddIntConstant(m, "VNET_HDR_LEN", VNET_HDR_LEN) < 0 ||
         PyModule_AddIntConstant(m, "MAX_SEGMENTS", MAX_SEGMENTS) < 0 ||
         PyModule_AddIntConstant(m, "MIN_CANDIDATE", MIN_CANDIDATE) < 0 ||
         PyModule_AddIntConstant(m, "MAX_IP_LEN", MAX_IP_LEN) < 0 ||

@@ -43,6 +43,8 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "pyglue.h"
+
 /* Bumped whenever the Python-visible API changes; native/__init__.py refuses a stale in-place build. */
 #define API_VERSION 2
 
@@ -493,15 +495,7 @@ static void fill_loop(NcmTx *s, Py_ssize_t budget, struct fill_result *r)
 
 static int check_idle(NcmTx *self)
 {
-    if (!self->ready) {
-        PyErr_SetString(PyExc_RuntimeError, "NcmTx.__init__ was not called");
-        return -1;
-    }
-    if (self->busy) {
-        PyErr_SetString(PyExc_RuntimeError, "NcmTx is in use by another thread");
-        return -1;
-    }
-    return 0;
+    return glue_check_idle(self->ready, self->busy, "NcmTx");
 }
 
 static void release(NcmTx *self)
@@ -934,19 +928,8 @@ static struct PyModuleDef fasttx_module = {
 
 PyMODINIT_FUNC PyInit__fasttx(void)
 {
-    if (PyType_Ready(&NcmTxType) < 0)
-        return NULL;
-    PyObject *m = PyModule_Create(&fasttx_module);
-    if (!m)
-        return NULL;
-    Py_INCREF(&NcmTxType);
-    if (PyModule_AddObject(m, "NcmTx", (PyObject *)&NcmTxType) < 0) {
-        Py_DECREF(&NcmTxType);
-        Py_DECREF(m);
-        return NULL;
-    }
-    if (PyModule_AddIntConstant(m, "API_VERSION", API_VERSION) < 0 ||
-        PyModule_AddIntConstant(m, "VNET_HDR_LEN", VNET_HDR_LEN) < 0) {
+    PyObject *m = glue_module(&fasttx_module, &NcmTxType, "NcmTx", API_VERSION);
+    if (m && PyModule_AddIntConstant(m, "VNET_HDR_LEN", VNET_HDR_LEN) < 0) {
         Py_DECREF(m);
         return NULL;
     }

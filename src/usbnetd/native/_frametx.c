@@ -38,6 +38,7 @@
 #include <unistd.h>
 
 #include "libusb_abi.h"
+#include "pyglue.h"
 
 /* Bumped whenever the Python-visible API changes; native/__init__.py refuses a stale in-place build. */
 #define API_VERSION 1
@@ -82,15 +83,7 @@ typedef struct {
 
 static int check_idle(FrameTx *self)
 {
-    if (!self->ready) {
-        PyErr_SetString(PyExc_RuntimeError, "FrameTx.__init__ was not called");
-        return -1;
-    }
-    if (self->busy) {
-        PyErr_SetString(PyExc_RuntimeError, "FrameTx is in use by another thread");
-        return -1;
-    }
-    return 0;
+    return glue_check_idle(self->ready, self->busy, "FrameTx");
 }
 
 /* libusb's completion, GIL released (see the top of the file). */
@@ -301,25 +294,8 @@ static PyObject *FrameTx_add_to(FrameTx *self, PyObject *stats)
 {
     if (check_idle(self) < 0)
         return NULL;
-    for (int i = 0; i < N_STATS; i++) {
-        unsigned long long delta = self->stat[i] - self->reported[i];
-        if (!delta)
-            continue;
-        PyObject *cur = PyObject_GetAttr(stats, stat_names[i]);
-        if (!cur)
-            return NULL;
-        PyObject *d = PyLong_FromUnsignedLongLong(delta);
-        PyObject *sum = d ? PyNumber_Add(cur, d) : NULL;
-        Py_DECREF(cur);
-        Py_XDECREF(d);
-        if (!sum)
-            return NULL;
-        int r = PyObject_SetAttr(stats, stat_names[i], sum);
-        Py_DECREF(sum);
-        if (r < 0)
-            return NULL;
-        self->reported[i] = self->stat[i];
-    }
+    if (glue_add_counters(stats, stat_names, self->stat, self->reported, N_STATS) < 0)
+        return NULL;
     unsigned long long submitted = self->submitted - self->submitted_reported;
     self->submitted_reported = self->submitted;
     unsigned long long transfers = self->transfers - self->transfers_reported;
@@ -508,23 +484,7 @@ static struct PyModuleDef frametx_module = {
 
 PyMODINIT_FUNC PyInit__frametx(void)
 {
-    for (int i = 0; i < N_STATS; i++)
-        if (!stat_names[i] && !(stat_names[i] = PyUnicode_InternFromString(STAT_NAMES[i])))
-            return NULL;
-    if (PyType_Ready(&FrameTxType) < 0)
+    if (glue_intern(stat_names, STAT_NAMES, N_STATS) < 0)
         return NULL;
-    PyObject *m = PyModule_Create(&frametx_module);
-    if (!m)
-        return NULL;
-    Py_INCREF(&FrameTxType);
-    if (PyModule_AddObject(m, "FrameTx", (PyObject *)&FrameTxType) < 0) {
-        Py_DECREF(&FrameTxType);
-        Py_DECREF(m);
-        return NULL;
-    }
-    if (PyModule_AddIntConstant(m, "API_VERSION", API_VERSION) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
-    return m;
+    return glue_module(&frametx_module, &FrameTxType, "FrameTx", API_VERSION);
 }
