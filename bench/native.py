@@ -45,7 +45,7 @@ SUBNETS = {"veth": 230, "sim:ncm": 231, "sim:ecm": 232}
 # A case may carry a variant after a slash (sim:ncm/no-gro): the same device with usbnetd started with these
 # options, measured in the same run as the shipped defaults so that what an option costs or buys is not
 # confused with the machine's load at another hour.
-VARIANTS = {"no-gro": ["--no-gro"]}
+VARIANTS = {"no-gro": ["--no-gro"], "no-tso": ["--no-tso"]}
 
 
 def parse_case(case: str) -> tuple[str, list[str]]:
@@ -437,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=5, help="length of each iperf3 run (default 5)")
     ap.add_argument("--cases", default="veth,sim:ncm,sim:ecm",
-                    help="comma list of veth, sim:ncm, sim:ecm; a sim case may end in /no-gro (usbnetd --no-gro)")
+                    help="comma list of veth, sim:ncm, sim:ecm; a sim case may end in /no-gro or /no-tso "
+                         "(usbnetd --no-gro, --no-tso)")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
     ap.add_argument("--profile", type=float, metavar="SECONDS",

@@ -26,12 +26,13 @@ An input is a 20-byte header, then operations:
                0xC0-0xDF: a wake-up, the pipe idle, budget (b & 0x1F) + 1 (0xDF: 64);  0xE0-0xEF: a wake-up,
                the pipe busy, budget (b & 0x0F) + 1;  0xF0-0xF7: the flush timer;  0xF8-0xFF n: a frame of
                16384 + 256 * n bytes (cut to 70000)
-               With offloads, 0xA0-0xBF x p0 p1 p2 p3 [pos val]*: an offload message instead of a raw one (then
-               0x80-0x9F are the raw messages): x bit 4 IPv6, bit 3 a UDP datagram with NEEDS_CSUM (else a TCP
-               super-frame, gso_type TCPV4/TCPV6), bit 2 a VLAN tag, bits 0-1 how many (pos, val) byte
-               mutations follow (pos % 96 into the message, vnet header included); payload p0p1 % 65,536 bytes
-               (cut to what the IP length allows), MSS 1 + p2p3 % 1,600 (p3 bit 7: max_frame - headers - (p2 % 3)
-               + 1, the edge), TCP flags from p0, IP and TCP options from p1 bits 0-1; at most MAX_OFFLOAD per input.
+               With offloads, 0xA0-0xBF p0 p1 p2 p3 [pos val]*: an offload message instead of a raw one (then
+               0x80-0x9F are the raw messages); with x = b & 0x1F: bit 4 IPv6, bit 3 a UDP datagram with
+               NEEDS_CSUM (else a TCP super-frame, gso_type TCPV4/TCPV6), bit 2 a VLAN tag, bits 0-1 how many
+               (pos, val) byte mutations follow (pos % 96 into the message, vnet header included); payload
+               p0p1 % 65,536 bytes (cut to what the IP length allows and to MSS * MAX_SEGMENTS), MSS
+               1 + p2p3 % 1,600 (p3 bit 7: max_frame - headers - (p2 % 3) + 1, the edge), TCP flags p0, IPv4
+               options from p1 bits 0-1, TCP options from bits 2-3; at most MAX_OFFLOAD per input.
     then 3 wake-ups (idle, budget 64), EOF and one more if flag 16, and a final flush.
 
 Frames are numbered and filled from a fixed random pattern, so a misplaced or mixed-up frame shows. Every frame
@@ -67,6 +68,7 @@ HEADER = 20
 MAX_INPUT = 4096
 MAX_FRAMES = 600  # per input, so every input stays cheap
 MAX_OFFLOAD = 24  # offload messages per input (each up to 64 KiB)
+MAX_SEGMENTS = 128  # segments per generated super-frame (the payload is cut to MSS * 128)
 MAX_MSG = 70000
 MAX32 = 256 << 10  # the largest NTB32 max_size generated (buffers are preallocated for it)
 VNET = 10
@@ -107,7 +109,13 @@ def offload_message(x: int, p: bytes, mf: int, n: int) -> bytes:
     tcp_opts = (b"\x01\x01\x08\x0a" + bytes(8)) * ((p[1] >> 2) & 1) + b"\x01" * (28 * ((p[1] >> 3) & 1))
     thl = 20 + len(tcp_opts)
     hdrs = l4 + thl
-    data_len = min(length, 0xFFFF - iph - thl)
+    if p[3] & 0x80:
+        mss = max(1, mf - hdrs - p[2] % 3 + 1)
+    else:
+        mss = 1 + (p[2] | (p[3] & 0x7F) << 8) % 1600
+    # at most MAX_SEGMENTS segments: a 64 KiB super-frame of MSS 1 is 65,535 frames, which costs the harness
+    # minutes (every NTB is kept whole) and says nothing 128 segments do not
+    data_len = min(length, 0xFFFF - iph - thl, mss * MAX_SEGMENTS)
     data = PATTERN[n % 4096 : n % 4096 + data_len]
     if v6:
         ip = struct.pack("!IHBB", 6 << 28, thl + len(data), 6, 64) + bytes(range(32))
@@ -117,10 +125,6 @@ def offload_message(x: int, p: bytes, mf: int, n: int) -> bytes:
                          0) + bytes(range(8)) + ip_opts
     seq = (0xFFFF0000 + n * 977) & 0xFFFFFFFF  # wraps within a few super-frames
     th = struct.pack("!HHIIBBHHH", 40000, 5201, seq, 1, (thl // 4) << 4, p[0], 500, 0x1234, 0) + tcp_opts
-    if p[3] & 0x80:
-        mss = max(1, mf - hdrs - p[2] % 3 + 1)
-    else:
-        mss = 1 + (p[2] | (p[3] & 0x7F) << 8) % 1600
     hdr = struct.pack("=BBHHHH", 1, 4 if v6 else 1, hdrs, mss & 0xFFFF, l4, 16)
     return hdr + eth + ip + th + data
 

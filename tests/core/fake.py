@@ -382,14 +382,16 @@ class FakeTap:
 
 
 def make_service(kind: str = "ecm", *, gro: bool = False, rx_transfers: int = 0, tx_transfers: int = 0,
-                 quirks=None, options: Options | None = None) -> tuple[EthernetService, ScriptedTransport, FakeTap]:
+                 quirks=None, options: Options | None = None, tso: bool = True,
+                 tso_python: bool = False) -> tuple[EthernetService, ScriptedTransport, FakeTap]:
     """A started service over a scripted transport and a fake TAP."""
     t = ScriptedTransport(kind)
     driver_cls, binding = choose(t.identity.configurations, 1)
     opts = options or (Options() if quirks is None else Options(quirks=quirks))
     driver = driver_cls(t, binding, Stats(), opts)
     svc = EthernetService(t, driver, ifname="core0", gro=gro, rx_transfers=rx_transfers,
-                          tx_transfers=tx_transfers, tap_factory=FakeTap, native=NATIVE)
+                          tx_transfers=tx_transfers, tap_factory=FakeTap, native=NATIVE, tso=tso,
+                          tso_python=tso_python)
     svc.start()
     want = "native" if NATIVE and driver.native_rx() is not None else "python"
     assert svc.datapath.rx_path == want and svc.status()["datapath"] == want

@@ -559,6 +559,32 @@ def test_the_c_tx_pump_flags_a_gone_device(datapath):
     everything_back(svc)
 
 
+# ---------------------------------------------------------------------------- TX offloads (TSO, checksums)
+def _tso_frames():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
+    import tso_frames
+
+    return tso_frames
+
+
+@pytest.mark.parametrize("kind,tso,tso_python", [("ncm", True, False), ("ncm", False, False), ("ecm", True, False),
+                                                 ("ncm", True, True)])
+def test_tx_offloads_are_offered_with_the_c_framer_or_when_python_is_asked_to(datapath, kind, tso, tso_python):
+    from usbnetd.netdev.gso import OFFLOADS
+
+    svc, t, tap = make_service(kind, tso=tso, tso_python=tso_python)
+    want = kind == "ncm" and tso and (datapath != "python" or tso_python)
+    assert tap.offload == (OFFLOADS if want else 0)
+    assert bool(tap.vnet_hdr) == want
+    assert svc.detailed_stats()["tx_offload"]["enabled"] == want
+    assert (svc.datapath.tx_fast is not None and svc.datapath.tx_fast.offload) == (want and datapath != "python")
+    svc.stop()
+    everything_back(svc)
+
+
 def test_the_c_tx_pump_watchdog_times_out_a_transfer_left_hanging(datapath):
     _only_c_completions(datapath)
     svc, t, tap = make_service("ecm")
@@ -572,3 +598,70 @@ def test_the_c_tx_pump_watchdog_times_out_a_transfer_left_hanging(datapath):
     assert svc.datapath._tx_errors.count == 1, "a timeout is a failure, unlike teardown's cancellation"
     svc.stop()
     everything_back(svc)
+
+
+def test_super_frames_are_cut_into_transfers_and_finish_when_room_comes_back_without_the_tap(datapath):
+    """Three super-frames are more segments than the transfers the data path may hold (one in flight, the bus
+    takes nothing): what is left of the super-frame being cut waits, and goes out once completions make room,
+    with no TAP read (poll() would not call on_tap_readable for a super-frame already read). Every frame arrives
+    valid and in order; the stats count super-frames and segments."""
+    tf = _tso_frames()
+    svc, t, tap = make_service("ncm", tx_transfers=1, tso_python=True)
+    t.refuse_tx = True
+    n, mss = 40000, 1440  # 74 + 1440: the IPv6 segments are exactly 1514 bytes
+    for i in range(3):
+        h, f = tf.superframe(n, mss, v6=i == 1, tag=i, seq=1000 * i)
+        tap.peer.send(h + f)
+    hdr, udp = tf.udp_partial(300, tag=9)
+    tap.peer.send(hdr + udp)
+    svc.on_tap_readable()
+    turn(svc)
+    q, d = svc.datapath.tx_submission, svc.datapath
+    assert len(q) == q.capacity and d._tx_pending() > 0, "the super-frame did not have to wait"
+    read = d.offload_stats()["tso_superframes"]
+    assert 1 <= read < 3, "the TAP must still hold a super-frame (the test's premise)"
+    t.refuse_tx = False
+    frames: list[bytes] = []
+
+    def drain() -> None:
+        for _ in range(200):
+            turn(svc)
+            while t.tx:
+                frames.extend(ncm_datagrams(t.complete_tx()))
+            if not d._tx_pending() and not len(q) and not t.tx and d._tx_packet is None:
+                turn(svc)  # the last completions are counted
+                return
+        raise AssertionError("the data path did not go quiet")
+
+    drain()
+    assert d.offload_stats()["tso_superframes"] == read  # nothing more was read
+    svc.on_tap_readable()  # now the rest
+    drain()
+    fields = [tf.check_frame(f) for f in frames]
+    segs = -(-n // mss)
+    assert len(frames) == 3 * segs + 1
+    for i in range(3):
+        assert b"".join(f["payload"] for f in fields[i * segs : (i + 1) * segs]) == tf.payload(n, i)
+    assert fields[-1]["payload"] == tf.payload(300, 9)
+    off = svc.detailed_stats()["tx_offload"]
+    assert off == {"enabled": True, "tso_superframes": 3, "tso_segments": 3 * segs, "csum_completed": 1,
+                   "dropped": 0}
+    assert svc.stats.tx_packets == 3 * segs + 1 and svc.stats.tx_dropped == 0
+    svc.stop()
+    everything_back(svc)
+
+
+def test_segments_left_at_teardown_are_counted_as_dropped(datapath):
+    tf = _tso_frames()
+    svc, t, tap = make_service("ncm", tx_transfers=1, tso_python=True)
+    t.refuse_tx = True
+    for i in range(3):
+        h, f = tf.superframe(40000, 1448, tag=i)
+        tap.peer.send(h + f)
+    svc.on_tap_readable()
+    turn(svc)
+    left = svc.datapath._tx_pending()
+    assert left > 0
+    svc.stop()
+    everything_back(svc)
+    assert svc.stats.tx_dropped == left

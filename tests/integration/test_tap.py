@@ -86,3 +86,45 @@ def test_mac_mtu_up_and_refusals(netns_pair):
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+OFFLOAD_SCRIPT = r"""
+import json, subprocess, sys
+from usbnetd.netdev.gso import OFFLOADS
+from usbnetd.netdev.tap import Tap, TapError
+
+def features():
+    out = subprocess.run(["ethtool", "-k", "usbt2"], capture_output=True, text=True, check=True).stdout
+    return {k: v.split()[0] for k, v in (line.strip().split(": ", 1) for line in out.splitlines()[1:] if ": " in line)}
+
+res = {}
+t = Tap("usbt2", bytes.fromhex("020018000004"), 1500, persistent=True, vnet_hdr=10)
+t.set_offload(OFFLOADS)
+res["set"] = features()
+t.close(remove=False)  # a persistent TAP stays, with the offloads of the run that set them
+t = Tap("usbt2", bytes.fromhex("020018000004"), 1500, persistent=True, vnet_hdr=0)
+res["reopened"] = features()
+try:
+    t.set_offload(OFFLOADS)
+    res["without_vnet"] = None
+except TapError as exc:
+    res["without_vnet"] = str(exc)
+t.close()
+json.dump(res, sys.stdout)
+"""
+
+
+def test_offloads_set_and_cleared_when_a_persistent_tap_is_opened_again(netns_pair):
+    """TUNSETOFFLOAD(CSUM | TSO4 | TSO6) shows in ethtool; a later run that opens the same persistent TAP starts
+    with none (it kept the earlier run's: a reader without the vnet header got super-frames it could not
+    tell), and offloads without the vnet header are refused."""
+    ns, _ = netns_pair
+    if subprocess.run(["which", "ethtool"], capture_output=True).returncode:
+        import pytest
+
+        pytest.fail("ethtool is missing; scripts/test.sh installs it")
+    r = ns.run(sys.executable, "-c", OFFLOAD_SCRIPT, timeout=30)
+    res = json.loads(r.stdout)
+    for k in ("tx-checksumming", "tcp-segmentation-offload"):
+        assert res["set"][k] == "on" and res["reopened"][k] == "off", (k, res)
+    assert "need the vnet header" in res["without_vnet"]

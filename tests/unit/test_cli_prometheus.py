@@ -34,6 +34,8 @@ def stats_row(ifname: str = "usb0", busid: str = "sim:ncm", n: int = 1) -> dict:
                    "tx_completion": {"capacity": 4, "high_water": 1}},
         "in_flight": {"rx": 4, "tx": 4}, "rx_throttled": 0,
         "rx_gro": {"enabled": True, "superframes": 1, "segments": 4, "unverified": 0},
+        "tx_offload": {"enabled": True, "tso_superframes": 2, "tso_segments": 90, "csum_completed": 7,
+                       "dropped": 1},
     }
 
 
@@ -63,6 +65,10 @@ def test_one_valid_exposition_for_any_number_of_devices(devices):
         assert sample(fams, "usbnetd_link_up", "usbnetd_link_up", ifname=f"usb{i}", busid="sim:ncm",
                       protocol="ncm") == 1
         assert sample(fams, "usbnetd_rx_gro_enabled", "usbnetd_rx_gro_enabled", ifname=f"usb{i}") == 1
+        assert sample(fams, "usbnetd_tx_offload_enabled", "usbnetd_tx_offload_enabled", ifname=f"usb{i}") == 1
+        assert sample(fams, "usbnetd_tx_offload_tso_segments", "usbnetd_tx_offload_tso_segments_total",
+                      ifname=f"usb{i}") == 90
+    assert fams["usbnetd_tx_offload_tso_superframes"].type == "counter"
 
 
 def test_every_number_of_the_stats_row_is_described():

@@ -12,11 +12,13 @@ all:
 - `fastpath`, `fasttx`: the modules themselves when AVAILABLE, else None; `NcmRx` the RX class (see
   `_fastpath.c`'s docstring for the API: NTB walk, GRO and TAP writes, one call per transfer and one per
   batch), `NcmTx` the TX class (`_fasttx.c`'s docstring: TAP reads straight into the NTB being built, one call
-  per wake-up). All None unless AVAILABLE: a half-built or half-stale extension is not half used.
+  per wake-up; with `offload`, TCP super-frames cut into it and partial checksums completed, netdev/gso.py's
+  rules). All None unless AVAILABLE: a half-built or half-stale extension is not half used.
 
 `USBNETD_PURE_PYTHON=1` (any value but empty or "0") forces the pure-Python path, e.g. to compare the two or
-to rule the C code out. The pure-Python modules (protocols/ncm_codec.py, netdev/gro.py, netdev/port.py) stay
-the reference: the C code must write the same bytes and count the same way (tests/unit/test_native_*.py).
+to rule the C code out. The pure-Python modules (protocols/ncm_codec.py, netdev/gro.py, netdev/gso.py,
+netdev/port.py) stay the reference: the C code must write the same bytes and count the same way
+(tests/unit/test_native_*.py).
 """
 
 from __future__ import annotations

@@ -8,6 +8,22 @@
  *   netdev/port.py          TapPort.read_into      one readv per frame, the vnet header, what is dropped
  *   core/datapath.py        DataPath.on_tap_readable   the per-transfer loop: full when the room left is below
  *                                                  max_frame (NcmDriver.tx_commit), the read budget, EAGAIN
+ *   netdev/gso.py           segment, complete_csum with offload=True (the TAP has TUN_F_CSUM | TUN_F_TSO4 |
+ *                           TUN_F_TSO6): TCP super-frames cut into MSS-sized frames, partial checksums completed
+ *
+ * TX offloads (offload=True; API 2). The virtio_net_hdr in front of each frame (include/uapi/linux/virtio_net.h,
+ * virtio-v1.2 §5.1.6) is parsed. Each read goes into the slot (max_frame bytes) and on into a scratch buffer of
+ * max_frame + SPILL bytes allocated once, so a super-frame of up to 64 KiB is read whole with one readv. A
+ * super-frame (gso_type TCPV4/TCPV6) is made contiguous in the scratch buffer, its headers checked against the
+ * frame (tso_setup: every offset against the read's length, hdr_len only a hint), and cut: segment k is written
+ * straight into the next datagram slot with a copy of the headers, the IP length, IPv4 id + k and header
+ * checksum, TCP sequence + k * MSS, FIN/PSH only on the last, CWR only on the first (Linux's tcp_gso_segment),
+ * and the full TCP checksum (tso_emit). When the NTB fills in the middle, the rest stays in the object
+ * (`pending`) and the next fill() (the next NTB) writes it before reading the TAP again; those segments use no
+ * budget. A frame with NEEDS_CSUM gets its checksum completed at csum_start + csum_offset (RFC 1071 from
+ * csum_start to the end; 0 sent as 0xFFFF). What does not match its header is read, dropped and counted
+ * (dropped, offload_dropped). A frame longer than max_frame that is no super-frame is dropped, not cut (the
+ * read went on into the scratch buffer), which the reference does the same way.
  *
  * The Python code stays the readable reference and the fallback; where this file and it could ever differ,
  * the Python is right, and tests/unit/test_native_ncm_tx.py plus fuzz/native_ncm_tx.py (a differential fuzz
@@ -870,8 +886,8 @@ static PyTypeObject NcmTxType = {
     .tp_dealloc = (destructor)NcmTx_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "NcmTx(fd, vnet_hdr_len, max_frame, ntb32, max_size, divisor=4, remainder=0, alignment=4, "
-              "max_datagrams=40, maxpacket=512, pad_to_max=False, *, sequence=0): CDC-NCM TX (TAP reads into "
-              "the NTB) in C.",
+              "max_datagrams=40, maxpacket=512, pad_to_max=False, *, sequence=0, offload=False): CDC-NCM TX "
+              "(TAP reads into the NTB, TSO and checksum offload) in C.",
     .tp_methods = NcmTx_methods,
     .tp_members = NcmTx_members,
     .tp_getset = NcmTx_getset,
@@ -886,15 +902,19 @@ static const char MODULE_DOC[] =
     "TapPort.read_into, as DataPath.on_tap_readable drives them for NCM); one call per wake-up, nothing per frame.\n"
     "\n"
     "tx = NcmTx(fd, vnet_hdr_len, max_frame, ntb32, max_size, divisor=4, remainder=0, alignment=4,\n"
-    "           max_datagrams=40, maxpacket=512, pad_to_max=False, *, sequence=0)\n"
+    "           max_datagrams=40, maxpacket=512, pad_to_max=False, *, sequence=0, offload=False)\n"
     "    fd: the TAP (non-blocking; any fd giving one frame per read); vnet_hdr_len: 0 or 10 (a struct\n"
     "    virtio_net_hdr in front of every frame, read and ignored, as TapPort does); max_frame: the largest frame\n"
     "    taken (TapPort.max_frame, which is NcmDriver.max_frame); then TxLayout's fields in TxLayout's order,\n"
     "    so NcmTx(fd, vnet, max_frame, *dataclasses.astuple(layout)) builds what NtbBuilder(layout) builds;\n"
     "    sequence: the first NTB's wSequence (NtbBuilder's `sequence`; hand over builder.sequence to continue).\n"
+    "    offload: TX offloads (needs vnet_hdr_len 10): the vnet header is parsed as TapPort(offload=True) does\n"
+    "    (netdev/gso.py): TCP super-frames are cut into the NTB's slots, NEEDS_CSUM checksums completed.\n"
     "    ValueError where TxLayout raises, and also for a max_frame below 14 or larger than an empty NTB's room,\n"
     "    an NTB32 NDP that could outgrow its 16-bit wLength, a maxpacket past 32 bits.\n"
-    "    Read-only attributes: fd, vnet_hdr_len, max_frame, the layout's fields, count, sequence, open.\n"
+    "    Read-only attributes: fd, vnet_hdr_len, max_frame, the layout's fields, count, sequence, open, offload;\n"
+    "    pending (segments of a super-frame still to be written), tso_superframes, tso_segments, csum_completed,\n"
+    "    offload_dropped (cumulative).\n"
     "tx.begin(buf) -> None\n"
     "    Start an NTB in buf (writable, contiguous), which is held until finish() or abandon(). The NTB never\n"
     "    grows past min(max_size, len(buf)). An NTB still open is dropped unfinished (NtbBuilder.begin).\n"
@@ -906,6 +926,9 @@ static const char MODULE_DOC[] =
     "    budget frames were read. frames_read counts every frame read (what uses the budget); a frame below 14 or\n"
     "    above max_frame bytes is read and dropped (dropped: add it to stats.tx_dropped); the others are\n"
     "    committed (frames_committed, bytes_committed: the Ethernet bytes). EINTR is retried. budget >= 0.\n"
+    "    With offload, a super-frame's segments still pending are written first, and each read frame may give\n"
+    "    several committed ones: frames_committed counts frames in the NTB, frames_read the reads (the budget).\n"
+    "    Call it again with budget 0 while `pending` to finish a super-frame without reading.\n"
     "    The GIL is released for the whole loop.\n"
     "tx.finish() -> int\n"
     "    Write the NDP (NCM0/ncm0 after the last datagram, aligned) and the NTH, apply the end-of-NTB rule\n"
@@ -913,6 +936,8 @@ static const char MODULE_DOC[] =
     "    (0, and no sequence number used, when the NTB holds no datagram or none is open) (NtbBuilder.finish).\n"
     "tx.abandon() -> None\n"
     "    Release the buffer without finishing (teardown); nothing when none is held.\n"
+    "tx.drop_pending() -> int\n"
+    "    Forget the segments of a super-frame not yet written (teardown); returns how many.\n"
     "tx.next_slot() -> (offset, room)\n"
     "    NtbBuilder.next_slot's answer for the open NTB (room 0: full or none open), for tests.\n"
     "tx.count: datagrams in the open NTB. tx.sequence: wSequence of the next finished NTB. tx.open: one is open.\n"

@@ -27,14 +27,16 @@ wrong (virtio-v1.0 §5.1.6.2 note: "not useful as a guarantee of the transport h
 with skb_headlen). So the headers are found by parsing them; hdr_len must only not exceed the frame.
 
 Everything that does not parse as what was announced is dropped and counted, never raised, never read or
-written past the frame: an unknown gso_type (UDP, USO, or the ECN bit: we do not offer TUN_F_TSO_ECN, so the
-kernel segments those itself), a GSO frame without NEEDS_CSUM or whose csum_start/csum_offset are not the
-TCP check field, gso_size 0, hdr_len past the frame, a frame that is not TCP over IPv4/IPv6 matching the
-gso_type (IPv6 extension headers included: not segmented here), an IPv4 fragment, IP lengths that do not
-match the frame's (a frame cut by the read), a TCP header shorter than 20 bytes or past the frame, a first
-segment longer than the device takes, a NEEDS_CSUM field past the frame. Up to two VLAN tags (802.1Q,
-802.1ad) may precede the IP header: tun writes a hardware-accelerated tag into the frame and counts it in
-csum_start (drivers/net/tun.c tun_put_user), and VLAN interfaces on the TAP inherit its offloads.
+written past the frame: an unknown gso_type (UDP, USO, or the ECN bit VIRTIO_NET_HDR_GSO_ECN: we do not offer
+TUN_F_TSO_ECN, so the kernel segments TCP with CWR set itself, virtio-v1.2 §5.1.6.2.1; a CWR that still comes
+in a TCPV4/TCPV6 super-frame is kept on the first segment only, as tcp_gso_segment would), a GSO frame without
+NEEDS_CSUM or whose csum_start/csum_offset are not the TCP check field, gso_size 0, hdr_len past the frame, a
+frame that is not TCP over IPv4/IPv6 matching the gso_type (IPv6 extension headers included: not segmented
+here), an IPv4 fragment, IP lengths that do not match the frame's (a frame cut by the read), a TCP header
+shorter than 20 bytes or past the frame, a first segment longer than the device takes, a NEEDS_CSUM field past
+the frame. Up to two VLAN tags (802.1Q, 802.1ad) may precede the IP header: tun writes a hardware-accelerated
+tag into the frame and counts it in csum_start (drivers/net/tun.c tun_put_user), and VLAN interfaces on the
+TAP inherit its offloads.
 
 This module is the reference: the C framer (native/_fasttx.c, NcmTx with offload) must produce the same
 frames byte for byte (tests/unit/test_native_ncm_tx.py, fuzz/native_ncm_tx.py). Checksums are computed with

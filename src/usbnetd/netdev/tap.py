@@ -96,16 +96,18 @@ class Tap:
         self.fd = self._dev.fileno()
         os.set_blocking(self.fd, False)
         # With a vnet header every read and write starts with `vnet_hdr` bytes of struct virtio_net_hdr (gro.py
-        # writes coalesced TCP that way). No offloads: what we read is always a whole frame, checksums done.
-        if vnet_hdr:
-            try:
+        # writes coalesced TCP that way). No offloads until set_offload: what we read is a whole frame,
+        # checksums done. Cleared even without a vnet header: a persistent TAP keeps the offloads an earlier run
+        # set, and a reader without the header would get super-frames and partial checksums it cannot tell.
+        try:
+            if vnet_hdr:
                 fcntl.ioctl(self.fd, TUNSETVNETHDRSZ, struct.pack("i", vnet_hdr))
-                fcntl.ioctl(self.fd, TUNSETOFFLOAD, 0)
-            except OSError as exc:
-                dev, self._dev = self._dev, None
-                dev.close()
-                self._close_links()
-                raise TapError(f"cannot set up the vnet header on {name}: {exc.strerror}") from exc
+            fcntl.ioctl(self.fd, TUNSETOFFLOAD, 0)
+        except OSError as exc:
+            dev, self._dev = self._dev, None
+            dev.close()
+            self._close_links()
+            raise TapError(f"cannot set up the vnet header and offloads on {name}: {exc.strerror}") from exc
         try:
             index = self._links.index_of(self.name)
             if index is None:
