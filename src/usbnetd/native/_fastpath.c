@@ -1150,14 +1150,8 @@ static int NcmRx_init(NcmRx *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_RuntimeError, "NcmRx cannot be initialised twice while in use");
         return -1;
     }
-    if (fd < 0) {
-        PyErr_SetString(PyExc_ValueError, "fd must be >= 0");
+    if (glue_check_fd_vnet(fd, vnet, VNET_HDR_LEN) < 0)
         return -1;
-    }
-    if (vnet != 0 && vnet != VNET_HDR_LEN) {
-        PyErr_Format(PyExc_ValueError, "vnet_hdr_len must be 0 or %d", VNET_HDR_LEN);
-        return -1;
-    }
     if (gro && !vnet) {
         PyErr_SetString(PyExc_ValueError, "gro needs the vnet header (vnet_hdr_len 10)");
         return -1;

@@ -702,14 +702,8 @@ static int NcmTx_init(NcmTx *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_RuntimeError, "NcmTx cannot be initialised again while an NTB is open");
         return -1;
     }
-    if (fd < 0) {
-        PyErr_SetString(PyExc_ValueError, "fd must be >= 0");
+    if (glue_check_fd_vnet(fd, vnet, VNET_HDR_LEN) < 0)
         return -1;
-    }
-    if (vnet != 0 && vnet != VNET_HDR_LEN) {
-        PyErr_Format(PyExc_ValueError, "vnet_hdr_len must be 0 or %d", VNET_HDR_LEN);
-        return -1;
-    }
     if (offload && vnet != VNET_HDR_LEN) {
         PyErr_SetString(PyExc_ValueError, "offload needs the vnet header (vnet_hdr_len 10)");
         return -1;

@@ -390,14 +390,8 @@ static int FrameTx_init(FrameTx *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_RuntimeError, "FrameTx cannot be initialised again while armed");
         return -1;
     }
-    if (fd < 0) {
-        PyErr_SetString(PyExc_ValueError, "fd must be >= 0");
+    if (glue_check_fd_vnet(fd, vnet, VNET_HDR_LEN) < 0)
         return -1;
-    }
-    if (vnet != 0 && vnet != VNET_HDR_LEN) {
-        PyErr_Format(PyExc_ValueError, "vnet_hdr_len must be 0 or %d", VNET_HDR_LEN);
-        return -1;
-    }
     if (max_frame < ETH_HLEN || max_frame > 0x7FFFFFFE) {
         PyErr_SetString(PyExc_ValueError, "max_frame must be at least 14 and fit a transfer's int length");
         return -1;

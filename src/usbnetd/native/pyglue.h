@@ -1,6 +1,7 @@
 /*
  * The CPython glue the native modules share: the one-thread-at-a-time check every method starts with, the
- * running counters added into a core.stats.Stats, and a module's creation (its type, its API version).
+ * constructors' fd and vnet header checks, the running counters added into a core.stats.Stats, and a module's
+ * creation (its type, its API version).
  * Header-only (static inline functions), so each extension stays one translation unit built by setup.py.
  */
 #ifndef USBNETD_PYGLUE_H
@@ -17,6 +18,21 @@ static inline int glue_check_idle(int ready, int busy, const char *type)
     }
     if (busy) {
         PyErr_Format(PyExc_RuntimeError, "%s is in use by another thread", type);
+        return -1;
+    }
+    return 0;
+}
+
+/* The fd and vnet header length every constructor takes: fd >= 0, vnet_hdr_len 0 or `vnet_len` (a struct
+ * virtio_net_hdr without num_buffers). -1 with ValueError. */
+static inline int glue_check_fd_vnet(int fd, int vnet, int vnet_len)
+{
+    if (fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "fd must be >= 0");
+        return -1;
+    }
+    if (vnet != 0 && vnet != vnet_len) {
+        PyErr_Format(PyExc_ValueError, "vnet_hdr_len must be 0 or %d", vnet_len);
         return -1;
     }
     return 0;
