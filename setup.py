@@ -21,14 +21,14 @@ setup(
         Extension(
             "usbnetd.native._fasttx",
             sources=["src/usbnetd/native/_fasttx.c"],
-            depends=["src/usbnetd/native/pyglue.h"],
+            depends=[f"src/usbnetd/native/{h}" for h in ("libusb_abi.h", "pyglue.h", "txpump.h")],
             extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
             optional=True,
         ),
         Extension(
             "usbnetd.native._frametx",
             sources=["src/usbnetd/native/_frametx.c"],
-            depends=["src/usbnetd/native/libusb_abi.h", "src/usbnetd/native/pyglue.h"],
+            depends=[f"src/usbnetd/native/{h}" for h in ("libusb_abi.h", "pyglue.h", "txpump.h")],
             extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
             optional=True,
         ),
