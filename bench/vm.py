@@ -125,6 +125,20 @@ def extras(data: dict, markdown: bool = False) -> str:
     return c.table(headers, rows, markdown)
 
 
+def profile(ns: argparse.Namespace) -> int:
+    """bench/vm.py --profile: one boot running bench/guest_profile.py; its reports are printed as they come."""
+    results = ns.results or tempfile.mkdtemp(prefix="usbnetd-profile-vm-")
+    variant = ns.variants.split(",")[0]
+    guest_cmd = shlex.join([sys.executable, os.path.join(REPO, "bench", "guest_profile.py"),
+                            "--seconds", f"{ns.seconds:g}", "--functions", ns.functions, "--variant", variant])
+    cmd = [sys.executable, "-m", "tests.vm.harness", "run", "--results", results, "--timeout", f"{ns.timeout:g}",
+           *(["--quiet"] if ns.quiet else []), "--", guest_cmd]
+    c.log(f"vm: {shlex.join(cmd)}")
+    rc = subprocess.run(cmd, cwd=REPO).returncode
+    c.log(f"profile reports and perf data in {results} (profile-<function>-<direction>.*); harness exit {rc}")
+    return rc
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=5)
@@ -138,7 +152,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="usbnetd variants to measure in the same boot: usbnetd (as shipped), no-gro, "
                          "pure-python, python-completions (USBNETD_NATIVE_COMPLETIONS=0), baseline")
     ap.add_argument("--baseline", metavar="COMMIT", help="the commit the 'baseline' variant runs (a git worktree)")
+    ap.add_argument("--profile", action="store_true",
+                    help="instead of the benchmark, profile usbnetd (the first of --variants) in the guest with "
+                         "perf: per-frame CPU, system calls and wake-ups, top symbols (bench/guest_profile.py)")
     ns = ap.parse_args(argv)
+    if ns.profile:
+        return profile(ns)
     variants = [v for v in ns.variants.split(",") if v]
     if "baseline" in variants and not ns.baseline:
         ap.error("the baseline variant needs --baseline COMMIT")
