@@ -81,6 +81,7 @@ class ScriptedTransport(Transport):
         self._tx_addr: list[int] = []
         self._tx_pipe: BulkPipe | None = None
         self.pump = None
+        self.complete_tx_on_events = False  # a device that takes every pump transfer at the next handle_events
 
     # --- setup ---
     def set_configuration(self, value: int) -> None:
@@ -260,6 +261,9 @@ class ScriptedTransport(Transport):
         self._done.append(("int", data, 0, 0))
 
     def handle_events(self) -> None:
+        if self.complete_tx_on_events:
+            while self._tx_addr:  # the device takes the C pump's transfers as soon as events are handled
+                self.complete_tx()
         while self._done:
             kind, obj, status, n = self._done.popleft()
             if kind == "usb":
@@ -396,7 +400,9 @@ def make_service(kind: str = "ecm", *, gro: bool = False, rx_transfers: int = 0,
     want = "native" if NATIVE and driver.native_rx() is not None else "python"
     assert svc.datapath.rx_path == want and svc.status()["datapath"] == want
     assert svc.datapath.rx_usb == (USB_C and want == "native")
-    assert (svc.datapath.tx_pump is not None) == (USB_C and driver.native_frame_tx() is not None)
+    # The C TX pumps: FrameTx for one frame per transfer, NcmPump around the C NCM framer.
+    pumped = driver.native_frame_tx() is not None or (NATIVE and driver.native_tx() is not None)
+    assert (svc.datapath.tx_pump is not None) == (USB_C and pumped)
     assert (svc.datapath.tx_fast is not None) == (NATIVE and driver.native_tx() is not None)
     tap = svc.tap
     assert isinstance(tap, FakeTap)

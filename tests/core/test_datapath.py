@@ -617,7 +617,10 @@ def test_super_frames_are_cut_into_transfers_and_finish_when_room_comes_back_wit
     svc.on_tap_readable()
     turn(svc)
     q, d = svc.datapath.tx_submission, svc.datapath
-    assert len(q) == q.capacity and d._tx_pending() > 0, "the super-frame did not have to wait"
+    if d.tx_pump is not None:  # native-usb: the NcmPump's one transfer is in flight; the segments wait in C
+        assert d.tx_pump.free == 0 and d._tx_pending() > 0, "the super-frame did not have to wait"
+    else:
+        assert len(q) == q.capacity and d._tx_pending() > 0, "the super-frame did not have to wait"
     read = d.offload_stats()["tso_superframes"]
     assert 1 <= read < 3, "the TAP must still hold a super-frame (the test's premise)"
     t.refuse_tx = False
@@ -628,15 +631,19 @@ def test_super_frames_are_cut_into_transfers_and_finish_when_room_comes_back_wit
             turn(svc)
             while t.tx:
                 frames.extend(ncm_datagrams(t.complete_tx()))
-            if not d._tx_pending() and not len(q) and not t.tx and d._tx_packet is None:
-                turn(svc)  # the last completions are counted
-                return
+            open_ntb = (d._tx_packet is not None and d._tx_count()) or (d.tx_pump is not None and d.tx_pump.open_count)
+            if not d._tx_pending() and not len(q) and not t.tx:
+                if not open_ntb:
+                    turn(svc)  # the last completions are counted
+                    return
+                time.sleep(2 * dp.TX_FLUSH_DELAY)  # only a partial NTB is left: it goes when the flush timer says
         raise AssertionError("the data path did not go quiet")
 
     drain()
     assert d.offload_stats()["tso_superframes"] == read  # nothing more was read
-    svc.on_tap_readable()  # now the rest
-    drain()
+    for _ in range(4):  # now the rest: poll() says readable for as long as the TAP holds frames
+        svc.on_tap_readable()
+        drain()
     fields = [tf.check_frame(f) for f in frames]
     segs = -(-n // mss)
     assert len(frames) == 3 * segs + 1

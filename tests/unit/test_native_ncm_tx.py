@@ -93,7 +93,7 @@ def test_a_stale_or_missing_tx_build_disables_both(replace: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "USBNETD_PURE_PYTHON"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     if not out.startswith("False True True usbnetd.native._fastpath"):  # else _fastpath itself is not there
-        want = ("is a stale build (API 0, this source wants 2)" if replace == "stale" else "is not built")
+        want = ("is a stale build (API 0, this source wants 3)" if replace == "stale" else "is not built")
         assert out.startswith(f"False True True usbnetd.native._fasttx {want}"), out
 
 

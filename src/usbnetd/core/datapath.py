@@ -75,7 +75,8 @@ class DataPath:
         self.rx_path = "python"  # or "native": who decodes received transfers (attach decides)
         self.tx_fast = None  # a usbnetd.native NcmTx when the C path frames TX (attach decides)
         self.rx_usb = False  # the C path takes the bulk IN completions (transport.arm_native_rx)
-        self.tx_pump = None  # a usbnetd.native FrameTx owning the bulk OUT transfers (transport.arm_native_tx)
+        self.tx_pump = None  # a usbnetd.native FrameTx or NcmPump owning the bulk OUT transfers (arm_native_tx)
+        self._pump_flushes = None  # the NcmPump's take_flushes
         self.tracer = None  # a core.trace.Tracer while `usbnetd trace` watches (set_tracer)
         self._untrace = None  # undoes trace_transport's wrappers
         self._native_tx_wanted = False  # attach chose the C TX framer (set_tracer puts it back)
@@ -154,8 +155,18 @@ class DataPath:
             # One frame per transfer: the C pump reads the TAP, submits and counts completions itself.
             pump = port.native_frame_tx(*frame_tx)
             if pump is not None and self.transport.arm_native_tx(pump):
-                self.tx_pump = pump
+                self._set_pump(pump)
+        elif self.tx_fast is not None and self.rx_path == "native":
+            # NCM: the same, with the C framer building each NTB in the transfer's own buffer.
+            pump = port.native_ncm_pump(self.tx_fast)
+            if pump is not None and self.transport.arm_native_tx(pump):
+                self._set_pump(pump)
         self._native_tx_wanted = self.tx_fast is not None
+
+    def _set_pump(self, pump) -> None:
+        self.tx_pump = pump
+        # An NcmPump sends partial NTBs too, and says why it sent each (take_flushes); FrameTx's are all full.
+        self._pump_flushes = getattr(pump, "take_flushes", None)
 
     def set_tracer(self, tracer) -> None:
         """Start (a Tracer) or stop (None) recording this instance's frames and transfers, at run time.
@@ -211,6 +222,10 @@ class DataPath:
         pump = self.tx_pump
         if pump is None:
             return
+        if self._pump_flushes is not None:
+            pump.flush(FLUSH_TIMER)  # the partial NTB goes now, as the flush timer would send it
+            self._flush_at = None
+            self._count_pump_flushes()
 
         def idle() -> bool:
             self._tx_pump_events()
@@ -226,6 +241,11 @@ class DataPath:
         pump, self._tx_pump_wanted = self._tx_pump_wanted, None
         if pump is None:
             return
+        if self._pump_flushes is not None:
+            # NCM: _switch_tx made a new C framer (carrying on the driver's sequence number); pump with it.
+            pump = self.port.native_ncm_pump(self.tx_fast) if self.tx_fast is not None else None
+            if pump is None:
+                return
         if self._tx_packet is not None:
             self._finish_tx(FLUSH_TIMER)
         self._submit_tx()
@@ -234,7 +254,7 @@ class DataPath:
             log.info("%s: bulk OUT transfers still in flight: TX stays in Python until the next start",
                      self.ifname)
             return
-        self.tx_pump = pump
+        self._set_pump(pump)
         self._tap_wants_read = pump.free > 0
 
     def _switch_tx(self, native: bool) -> None:
@@ -334,6 +354,8 @@ class DataPath:
         if self.tx_pump is not None:
             self.tx_pump.fill(budget)
             self._tx_pump_events()
+            if self._pump_flushes is not None:
+                self._pump_flush_timer()
             self._tap_wants_read = self.tx_pump.free > 0
             return
         if self.tx_fast is not None:
@@ -481,8 +503,20 @@ class DataPath:
         """Move packets along every queue."""
         batch = self._batch
         pool = self.pool
-        if self.tx_pump is not None:
-            self._tx_pump_events()
+        pump = self.tx_pump
+        if pump is not None:
+            completed = self._tx_pump_events()
+            if self._pump_flushes is not None:
+                # NCM (the Python path's order below): a completion sends a waiting partial NTB; a super-frame's
+                # segments waiting for a free transfer go on; then the flush timer.
+                if completed and pump.open_count:
+                    pump.flush(FLUSH_COMPLETION)
+                if pump.pending and pump.free:
+                    pump.fill(0)
+                if self._flush_at is not None and now >= self._flush_at:
+                    pump.flush(FLUSH_TIMER)
+                self._pump_flush_timer()
+                self._count_pump_flushes()
         if self.rx_usb:
             # The C path decoded this wake-up's completions inside handle_events; write what GRO holds and
             # resubmit their transfers. What it left (errors, halts) came through _on_rx as always.
@@ -537,7 +571,7 @@ class DataPath:
                 # A super-frame's segments were waiting for room (the pool or the queue ran out while they were
                 # framed); the TAP may have nothing more to say, so poll() would never bring us back for them.
                 self.on_tap_readable(0)
-        if self._flush_at is not None and now >= self._flush_at:
+        if self._flush_at is not None and now >= self._flush_at and pump is None:
             self._finish_tx(FLUSH_TIMER)
         if self.driver.own_tx_pending:
             self._send_own()
@@ -547,11 +581,26 @@ class DataPath:
         else:
             self._tap_wants_read = bool(self.tx_submission.space and pool.free_count)
 
-    def _tx_pump_events(self) -> None:
+    def _count_pump_flushes(self) -> None:
+        for reason, n in enumerate(self._pump_flushes()):  # the NcmPump's FLUSH_FULL .. FLUSH_TIMER
+            self.tx_flush[reason] += n
+
+    def _pump_flush_timer(self) -> None:
+        """The NcmPump holds a partial NTB: send it within the flush delay (as _after_tap_read arms it)."""
+        if not self.tx_pump.open_count:
+            self._flush_at = None
+        elif self._flush_at is None:
+            self._flush_at = time.monotonic() + TX_FLUSH_DELAY
+
+    def _tx_pump_events(self) -> int:
         """What the C TX pump saw since the last wake-up: its counts into `stats`, errors into the burst log,
-        a halt for process() to clear (as _on_tx flags it), a gone device."""
-        submitted, _, failed, last_status, read_failed, read_errno, stalled, gone = self.tx_pump.add_to(self.stats)
-        self.tx_flush[FLUSH_FULL] += submitted  # every pump transfer is one whole frame, "full" as ECM's are
+        a halt for process() to clear (as _on_tx flags it), a gone device. Returns the transfers completed."""
+        submitted, completed, failed, last_status, read_failed, read_errno, stalled, gone = \
+            self.tx_pump.add_to(self.stats)
+        if self._pump_flushes is None:
+            self.tx_flush[FLUSH_FULL] += submitted  # every FrameTx transfer is one whole frame, "full" as ECM's are
+        else:
+            self._count_pump_flushes()
         if failed:
             self._tx_errors.hit(f"status {last_status}", failed)
         if read_failed:
@@ -560,6 +609,7 @@ class DataPath:
             self._stalled_out = True
         if gone:
             self.device_gone = True
+        return completed
 
     def _submit_rx(self) -> None:
         q = self.rx_submission

@@ -13,7 +13,9 @@ all:
   `_fastpath.c`'s docstring for the API: NTB walk, GRO and TAP writes, one call per transfer and one per
   batch), `NcmTx` the TX class (`_fasttx.c`'s docstring: TAP reads straight into the NTB being built, one call
   per wake-up; with `offload`, TCP super-frames cut into it and partial checksums completed, netdev/gso.py's
-  rules). All None unless AVAILABLE: a half-built or half-stale extension is not half used.
+  rules), `NcmPump` the NCM TX pump (an NcmTx framing straight into bulk OUT transfers it owns, submitted and
+  completed in C), `FrameTx` the one-frame-per-transfer TX pump. All None unless AVAILABLE: a half-built or
+  half-stale extension is not half used.
 
 `USBNETD_PURE_PYTHON=1` (any value but empty or "0") forces the pure-Python path, e.g. to compare the two or
 to rule the C code out. The pure-Python modules (protocols/ncm_codec.py, netdev/gro.py, netdev/gso.py,
@@ -29,7 +31,7 @@ from types import ModuleType
 from typing import Any
 
 API_VERSION = 5  # must equal _fastpath.API_VERSION: an in-place build older than the C source is refused
-TX_API_VERSION = 2  # must equal _fasttx.API_VERSION (2: offload, TSO)
+TX_API_VERSION = 3  # must equal _fasttx.API_VERSION (2: offload, TSO; 3: NcmPump)
 FRAME_TX_API_VERSION = 1  # must equal _frametx.API_VERSION
 
 AVAILABLE: bool = False
@@ -39,6 +41,7 @@ fasttx: ModuleType | None = None
 frametx: ModuleType | None = None
 NcmRx: Any = None
 NcmTx: Any = None
+NcmPump: Any = None
 FrameTx: Any = None
 
 
@@ -73,10 +76,10 @@ def _load() -> tuple[list[ModuleType] | None, str | None]:
 
 def usb_layout_matches(have: dict[str, int]) -> bool:
     """Whether python-libusb1's struct libusb_transfer (`have`: field -> offset, usb/bulk.transfer_layout) is
-    the one both C modules that take USB completions assume (libusb_abi.h)."""
-    if fastpath is None or frametx is None:
+    the one the three C modules that take USB completions assume (libusb_abi.h)."""
+    if fastpath is None or fasttx is None or frametx is None:
         return False
-    return all(have.get(k) == v for m in (fastpath, frametx) for k, v in m.usb_layout().items())
+    return all(have.get(k) == v for m in (fastpath, fasttx, frametx) for k, v in m.usb_layout().items())
 
 
 # USBNETD_NATIVE_COMPLETIONS=0 keeps the USB completions in Python (the C code still decodes and frames):
@@ -89,4 +92,5 @@ if _mods is not None:
     AVAILABLE = True
     NcmRx = fastpath.NcmRx
     NcmTx = fasttx.NcmTx
+    NcmPump = fasttx.NcmPump
     FrameTx = frametx.FrameTx

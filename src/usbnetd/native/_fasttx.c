@@ -60,9 +60,10 @@
 #include <unistd.h>
 
 #include "pyglue.h"
+#include "txpump.h"
 
 /* Bumped whenever the Python-visible API changes; native/__init__.py refuses a stale in-place build. */
-#define API_VERSION 2
+#define API_VERSION 3
 
 /* ---- NCM 1.0 (USB CDC Subclass Specification for Network Control Model Devices, rev. 1.0) ---------------- */
 #define NTH16_SIGNATURE 0x484D434Eu       /* "NCMH", §3.2.1 */
@@ -117,12 +118,16 @@ typedef struct {
     long long cap; /* datagrams an NTB can ever hold: min(max_datagrams, what max_size allows); table size */
     /* the NTB being built */
     char open;     /* a buffer is held (NtbBuilder._open) */
+    char has_view; /* the buffer is a Python object's (begin()), else an NcmPump transfer's */
     Py_buffer view;
+    uint8_t *buf;     /* the NTB's bytes: view.buf, or the pump's transfer buffer */
+    long long buflen; /* their length */
     long long limit; /* min(max_size, len(buffer)) */
     long long pos;   /* end of the last datagram (or of the NTH) */
     Py_ssize_t count;
     uint32_t *table; /* (offset, length) pairs, NtbBuilder._table */
     int seq;         /* wSequence of the next finished NTB */
+    int pumped;      /* an armed NcmPump frames with this object: begin/fill/finish/abandon refuse */
     /* TX offloads (offload=True): the TAP has TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 */
     int offload;
     uint8_t *scratch;       /* max_frame + SPILL bytes, allocated once: a super-frame, contiguous */
@@ -181,7 +186,7 @@ static inline long long slot_room(const NcmTx *s, long long off)
 /* NtbBuilder.commit: the caller read `length` bytes to `off` (which slot_room gave room >= length). */
 static inline void commit(NcmTx *s, long long off, long long length)
 {
-    uint8_t *b = (uint8_t *)s->view.buf;
+    uint8_t *b = s->buf;
     if (off > s->pos) /* zero the alignment gap: no stale bytes from an earlier NTB go out */
         memset(b + s->pos, 0, (size_t)(off - s->pos));
     s->table[2 * s->count] = (uint32_t)off;
@@ -379,7 +384,7 @@ static void fill_loop_offload(NcmTx *s, Py_ssize_t budget, struct fill_result *r
 {
     uint8_t hdr[VNET_HDR_LEN];
     struct iovec iov[3] = {{hdr, VNET_HDR_LEN}, {NULL, 0}, {s->scratch + s->max_frame, SPILL}};
-    uint8_t *b = (uint8_t *)s->view.buf;
+    uint8_t *b = s->buf;
     for (;;) {
         long long off = slot_offset(s);
         long long room = slot_room(s, off);
@@ -387,7 +392,7 @@ static void fill_loop_offload(NcmTx *s, Py_ssize_t budget, struct fill_result *r
             r->full = 1;
             return;
         }
-        if (off < s->pos || off + room > s->limit || s->limit > (long long)s->view.len ||
+        if (off < s->pos || off + room > s->limit || s->limit > s->buflen ||
             s->scratch_len < s->max_frame + SPILL) {
             r->broken = 1;
             return;
@@ -465,7 +470,7 @@ static void fill_loop(NcmTx *s, Py_ssize_t budget, struct fill_result *r)
     struct iovec iov[2] = {{hdr, VNET_HDR_LEN}, {NULL, 0}};
     struct iovec *frame_iov = s->vnet ? &iov[1] : &iov[0];
     int iovcnt = s->vnet ? 2 : 1;
-    uint8_t *b = (uint8_t *)s->view.buf;
+    uint8_t *b = s->buf;
     for (;;) {
         long long off = slot_offset(s);
         long long room = slot_room(s, off);
@@ -477,7 +482,7 @@ static void fill_loop(NcmTx *s, Py_ssize_t budget, struct fill_result *r)
         }
         if (r->read >= budget)
             return;
-        if (off < s->pos || off + room > s->limit || s->limit > (long long)s->view.len) {
+        if (off < s->pos || off + room > s->limit || s->limit > s->buflen) {
             r->broken = 1; /* cannot happen (room's arithmetic keeps the slot below the limit): never read */
             return;
         }
@@ -514,29 +519,54 @@ static int check_idle(NcmTx *self)
     return glue_check_idle(self->ready, self->busy, "NcmTx");
 }
 
+/* begin/fill/abandon/next_slot drive the NTB from Python: not while an armed NcmPump drives it. */
+static int check_direct(NcmTx *self, const char *what)
+{
+    if (check_idle(self) < 0)
+        return -1;
+    if (self->pumped) {
+        PyErr_Format(PyExc_RuntimeError, "%s: an armed NcmPump frames with this NcmTx", what);
+        return -1;
+    }
+    return 0;
+}
+
 static void release(NcmTx *self)
 {
     if (self->open) {
         self->open = 0;
-        PyBuffer_Release(&self->view);
+        if (self->has_view)
+            PyBuffer_Release(&self->view);
+        self->has_view = 0;
+        self->buf = NULL;
+        self->buflen = 0;
     }
     self->count = 0;
     self->pos = self->nth_len;
 }
 
+/* NtbBuilder.begin over `len` bytes at `buf` (the caller keeps them alive until finish or release). */
+static void begin_raw(NcmTx *self, uint8_t *buf, long long len)
+{
+    self->buf = buf;
+    self->buflen = len;
+    self->open = 1;
+    self->limit = self->max_size < len ? self->max_size : len;
+    self->count = 0;
+    self->pos = self->nth_len; /* the NTH's place (§3.2), written by finish */
+}
+
 static PyObject *NcmTx_begin(NcmTx *self, PyObject *buf)
 {
-    if (check_idle(self) < 0)
+    if (check_direct(self, "begin") < 0)
         return NULL;
     Py_buffer view;
     if (PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE) < 0) /* also C-contiguous (PyBUF_SIMPLE's rule) */
         return NULL;
     release(self); /* NtbBuilder.begin on an open NTB drops it unfinished */
     self->view = view;
-    self->open = 1;
-    self->limit = self->max_size < (long long)view.len ? self->max_size : (long long)view.len;
-    self->count = 0;
-    self->pos = self->nth_len; /* the NTH's place (§3.2), written by finish */
+    self->has_view = 1;
+    begin_raw(self, (uint8_t *)view.buf, (long long)view.len);
     Py_RETURN_NONE;
 }
 
@@ -549,7 +579,7 @@ static PyObject *NcmTx_fill(NcmTx *self, PyObject *arg)
         PyErr_SetString(PyExc_ValueError, "budget must be >= 0");
         return NULL;
     }
-    if (check_idle(self) < 0)
+    if (check_direct(self, "fill") < 0)
         return NULL;
     if (!self->open) {
         PyErr_SetString(PyExc_RuntimeError, "fill() without begin()");
@@ -573,26 +603,23 @@ static PyObject *NcmTx_fill(NcmTx *self, PyObject *arg)
 }
 
 /* NtbBuilder.finish: NDP after the last datagram, the end-of-NTB rule, NTH; returns the bytes to send. */
-static PyObject *NcmTx_finish(NcmTx *self, PyObject *Py_UNUSED(ignored))
+static long long finish_ntb(NcmTx *self)
 {
-    if (check_idle(self) < 0)
-        return NULL;
     if (!self->open)
-        return PyLong_FromLong(0);
+        return 0;
     if (self->count == 0) {
         release(self);
-        return PyLong_FromLong(0); /* nothing to send; the sequence stays */
+        return 0; /* nothing to send; the sequence stays */
     }
-    uint8_t *b = (uint8_t *)self->view.buf;
+    uint8_t *b = self->buf;
     long long pos = self->pos, count = self->count, limit = self->limit;
     long long ndp = (long long)(((uint64_t)pos + (uint64_t)self->alignment - 1) & ~(uint64_t)(self->alignment - 1));
     long long hdr = self->ntb32 ? NDP32_HEADER_LEN : NDP16_HEADER_LEN;
     long long ndp_len = hdr + (count + 1) * self->dpe_len; /* entries, then the (0, 0) terminator */
     long long total = ndp + ndp_len;
-    if (total > limit || limit > (long long)self->view.len || ndp_len > NDP_MAX_LEN) {
+    if (total > limit || limit > self->buflen || ndp_len > NDP_MAX_LEN) {
         release(self); /* cannot happen (every room reserved the NDP): never write */
-        PyErr_SetString(PyExc_SystemError, "NcmTx: the NDP does not fit (layout arithmetic broken)");
-        return NULL;
+        return -1;
     }
     if (ndp > pos)
         memset(b + pos, 0, (size_t)(ndp - pos));
@@ -651,12 +678,24 @@ static PyObject *NcmTx_finish(NcmTx *self, PyObject *Py_UNUSED(ignored))
     }
     self->seq = (self->seq + 1) & 0xFFFF;
     release(self);
+    return total;
+}
+
+static PyObject *NcmTx_finish(NcmTx *self, PyObject *Py_UNUSED(ignored))
+{
+    if (check_direct(self, "finish") < 0)
+        return NULL;
+    long long total = finish_ntb(self);
+    if (total < 0) {
+        PyErr_SetString(PyExc_SystemError, "NcmTx: the NDP does not fit (layout arithmetic broken)");
+        return NULL;
+    }
     return PyLong_FromLongLong(total);
 }
 
 static PyObject *NcmTx_abandon(NcmTx *self, PyObject *Py_UNUSED(ignored))
 {
-    if (check_idle(self) < 0)
+    if (check_direct(self, "abandon") < 0)
         return NULL;
     release(self);
     Py_RETURN_NONE;
@@ -679,7 +718,7 @@ static PyObject *NcmTx_get_pending(NcmTx *self, void *Py_UNUSED(closure))
 
 static PyObject *NcmTx_next_slot(NcmTx *self, PyObject *Py_UNUSED(ignored))
 {
-    if (check_idle(self) < 0)
+    if (check_direct(self, "next_slot") < 0)
         return NULL;
     long long off = slot_offset(self);
     return Py_BuildValue("(LL)", off, slot_room(self, off));
@@ -889,6 +928,368 @@ static PyTypeObject NcmTxType = {
     .tp_new = PyType_GenericNew,
 };
 
+
+/* ---- NcmPump: the C TX pump for NCM ------------------------------------------------------------------------
+ *
+ * The Python-driven way costs Python per NTB: DataPath opens a pool packet, NcmTx.fill frames into it,
+ * _finish_tx/_submit_tx submit it through python-libusb1 and _on_tx takes its completion. Armed, an NcmPump
+ * owns the bulk OUT transfers (txpump.h) and does DataPath.on_tap_readable's NCM loop in C: an NTB is begun in
+ * a free transfer's own buffer, NcmTx's fill loop reads the TAP into it, and it is finished and submitted
+ * here. The flush rules are the data path's (FLUSH_* in core/datapath.py), counted per reason:
+ *   full        the room left is below max_frame (fill)
+ *   pipe_idle   the TAP is drained and no transfer is in flight: waiting would only add latency (fill)
+ *   completion  a transfer completed while a partial NTB waited (flush(), called by process())
+ *   timer       the flush delay passed (flush(), called by process())
+ * A partial NTB stays open otherwise; `open_count` tells the data path to arm its flush timer. Segments of a
+ * super-frame left when no transfer is free are written by the next fill(0). Completions are txpump.h's:
+ * tx_packets/tx_bytes for the NTB's frames, or tx_errors for them and one tx_aborted_errors. No ZLP: the NTB
+ * layout keeps every NTB off a wMaxPacketSize multiple (NcmDriver.tx_finish).
+ */
+
+enum { NP_FULL, NP_IDLE, NP_COMPLETION, NP_TIMER, NP_REASONS }; /* FLUSH_FULL .. FLUSH_TIMER's order */
+
+typedef struct {
+    PyObject_HEAD
+    NcmTx *tx; /* the framer (a strong reference) */
+    int busy;
+    struct txpump pump;
+    Py_ssize_t open_slot; /* the transfer the open NTB is in; -1 when none */
+    unsigned long long open_frames, open_bytes;
+    unsigned long long flushes[NP_REASONS], flushes_reported[NP_REASONS];
+    unsigned long long broken; /* NcmTx's layout checks failed (cannot happen; the NTB was dropped) */
+} NcmPump;
+
+static PyObject *pump_stat_names[TXP_N_STATS];
+
+static int pump_check_idle(NcmPump *self)
+{
+    if (glue_check_idle(self->tx != NULL, self->busy, "NcmPump") < 0)
+        return -1;
+    return check_idle(self->tx); /* nobody else is inside the framer either */
+}
+
+static void pump_complete(struct usb_xfer *t)
+{
+    txp_complete(&((NcmPump *)t->user_data)->pump, t); /* GIL released: C fields only */
+}
+
+/* The open NTB, if it holds frames, finished and submitted (flush reason `why`); an empty one gives its
+ * transfer back. Runs without the GIL. */
+static void pump_send(NcmPump *self, int why)
+{
+    NcmTx *tx = self->tx;
+    Py_ssize_t slot = self->open_slot;
+    if (slot < 0)
+        return;
+    self->open_slot = -1;
+    if (!tx->count) {
+        release(tx);
+        txp_put_back(&self->pump, slot);
+        return;
+    }
+    long long total = finish_ntb(tx);
+    if (total <= 0 || total > (long long)self->pump.stride) {
+        self->broken++; /* cannot happen: finish_ntb never writes past the limit, which is the stride */
+        txp_put_back(&self->pump, slot);
+        return;
+    }
+    self->flushes[why]++;
+    txp_submit(&self->pump, slot, (int)total, 0, self->open_frames, self->open_bytes);
+}
+
+/* fill(budget) -> (read, empty): DataPath.on_tap_readable for NCM, transfers included (see above). */
+static PyObject *NcmPump_fill(NcmPump *self, PyObject *arg)
+{
+    Py_ssize_t budget = PyLong_AsSsize_t(arg);
+    if (budget == -1 && PyErr_Occurred())
+        return NULL;
+    if (budget < 0) {
+        PyErr_SetString(PyExc_ValueError, "budget must be >= 0");
+        return NULL;
+    }
+    if (pump_check_idle(self) < 0)
+        return NULL;
+    struct txpump *p = &self->pump;
+    if (!p->xfers) {
+        PyErr_SetString(PyExc_RuntimeError, "fill: not armed");
+        return NULL;
+    }
+    NcmTx *tx = self->tx;
+    Py_ssize_t read = 0;
+    int empty = 0;
+    self->busy = tx->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    for (;;) {
+        if (self->open_slot < 0) {
+            Py_ssize_t slot = txp_take(p);
+            if (slot < 0)
+                break;
+            self->open_slot = slot;
+            self->open_frames = self->open_bytes = 0;
+            begin_raw(tx, txp_buf(p, slot), (long long)p->stride);
+        }
+        struct fill_result r = {0};
+        if (tx->offload)
+            fill_loop_offload(tx, budget - read, &r);
+        else
+            fill_loop(tx, budget - read, &r);
+        read += r.read;
+        self->open_frames += (unsigned long long)r.committed;
+        self->open_bytes += r.bytes;
+        p->stat[TXP_DROPPED] += (unsigned long long)r.dropped;
+        if (r.err) {
+            p->read_failed++;
+            p->last_read_errno = r.err;
+        }
+        if (r.broken) {
+            self->broken++; /* cannot happen (the layout arithmetic keeps every slot below the limit) */
+            release(tx);
+            txp_put_back(p, self->open_slot);
+            self->open_slot = -1;
+            break;
+        }
+        if (r.full) {
+            if (!tx->count)
+                break; /* cannot happen (NcmTx refuses a max_frame an empty NTB cannot hold); never spin */
+            pump_send(self, NP_FULL);
+            continue;
+        }
+        if (r.drained) {
+            empty = 1;
+            if (tx->count && txp_in_flight(p) == 0)
+                pump_send(self, NP_IDLE);
+        }
+        break; /* drained, or the budget is used up */
+    }
+    if (self->open_slot >= 0 && !tx->count)
+        pump_send(self, NP_IDLE); /* nothing framed: the transfer goes back (pump_send sends nothing) */
+    Py_END_ALLOW_THREADS
+    self->busy = tx->busy = 0;
+    return Py_BuildValue("(ni)", read, empty);
+}
+
+/* flush(reason) -> bool: the open NTB goes now (FLUSH_COMPLETION or FLUSH_TIMER); False when none held frames. */
+static PyObject *NcmPump_flush(NcmPump *self, PyObject *arg)
+{
+    long why = PyLong_AsLong(arg);
+    if (why == -1 && PyErr_Occurred())
+        return NULL;
+    if (why < 0 || why >= NP_REASONS) {
+        PyErr_SetString(PyExc_ValueError, "flush: reason must be FLUSH_FULL .. FLUSH_TIMER (0-3)");
+        return NULL;
+    }
+    if (pump_check_idle(self) < 0)
+        return NULL;
+    if (self->open_slot < 0 || !self->tx->count)
+        Py_RETURN_FALSE;
+    self->busy = self->tx->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    pump_send(self, (int)why);
+    Py_END_ALLOW_THREADS
+    self->busy = self->tx->busy = 0;
+    Py_RETURN_TRUE;
+}
+
+static PyObject *NcmPump_arm(NcmPump *self, PyObject *args)
+{
+    if (pump_check_idle(self) < 0)
+        return NULL;
+    NcmTx *tx = self->tx;
+    if (tx->open || tx->pumped) {
+        PyErr_SetString(PyExc_RuntimeError, "arm: the NcmTx has an NTB open or another pump");
+        return NULL;
+    }
+    if (tx->max_size > 0x7FFFFFFF) {
+        PyErr_SetString(PyExc_ValueError, "arm: max_size does not fit a transfer's int length");
+        return NULL;
+    }
+    if (txp_arm(&self->pump, args, (size_t)tx->max_size, pump_complete, self) < 0)
+        return NULL;
+    tx->pumped = 1;
+    self->open_slot = -1;
+    Py_INCREF(self); /* the transfers point at this object until disarm */
+    Py_RETURN_NONE;
+}
+
+static PyObject *NcmPump_disarm(NcmPump *self, PyObject *Py_UNUSED(ignored))
+{
+    if (pump_check_idle(self) < 0)
+        return NULL;
+    if (!self->pump.xfers)
+        Py_RETURN_NONE;
+    if (txp_in_flight(&self->pump)) {
+        PyErr_Format(PyExc_RuntimeError, "disarm: %zd transfers still in flight", txp_in_flight(&self->pump));
+        return NULL;
+    }
+    if (self->open_slot >= 0) { /* teardown: what is framed and unsent goes, as DataPath._release_tx drops it */
+        release(self->tx);
+        txp_put_back(&self->pump, self->open_slot);
+        self->open_slot = -1;
+    }
+    if (txp_disarm(&self->pump) < 0)
+        return NULL;
+    self->tx->pumped = 0;
+    Py_DECREF(self); /* the reference arm took; the caller still holds one */
+    Py_RETURN_NONE;
+}
+
+static PyObject *NcmPump_add_to(NcmPump *self, PyObject *stats)
+{
+    if (pump_check_idle(self) < 0)
+        return NULL;
+    return txp_add_to(&self->pump, stats, pump_stat_names);
+}
+
+/* take_flushes() -> (full, pipe_idle, completion, timer): NTBs submitted per flush reason since the last call. */
+static PyObject *NcmPump_take_flushes(NcmPump *self, PyObject *Py_UNUSED(ignored))
+{
+    unsigned long long d[NP_REASONS];
+    for (int i = 0; i < NP_REASONS; i++) {
+        d[i] = self->flushes[i] - self->flushes_reported[i];
+        self->flushes_reported[i] = self->flushes[i];
+    }
+    return Py_BuildValue("(KKKK)", d[0], d[1], d[2], d[3]);
+}
+
+static PyObject *NcmPump_watchdog(NcmPump *self, PyObject *arg)
+{
+    long checks = PyLong_AsLong(arg);
+    if (checks == -1 && PyErr_Occurred())
+        return NULL;
+    if (pump_check_idle(self) < 0)
+        return NULL;
+    return PyLong_FromLong(txp_watchdog(&self->pump, checks));
+}
+
+static PyObject *NcmPump_cancel_all(NcmPump *self, PyObject *Py_UNUSED(ignored))
+{
+    if (pump_check_idle(self) < 0)
+        return NULL;
+    txp_cancel_all(&self->pump);
+    Py_RETURN_NONE;
+}
+
+static PyObject *NcmPump_get_in_flight(NcmPump *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromSsize_t(txp_in_flight(&self->pump));
+}
+
+static PyObject *NcmPump_get_free(NcmPump *self, void *Py_UNUSED(c))
+{
+    /* what a TAP read can go into: the free transfers and the open NTB */
+    return PyLong_FromSsize_t(self->pump.nfree + (self->open_slot >= 0));
+}
+
+static PyObject *NcmPump_get_armed(NcmPump *self, void *Py_UNUSED(c))
+{
+    return PyBool_FromLong(self->pump.xfers != NULL);
+}
+
+static PyObject *NcmPump_get_open_count(NcmPump *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromSsize_t(self->open_slot >= 0 ? self->tx->count : 0);
+}
+
+static PyObject *NcmPump_get_pending(NcmPump *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromLongLong(self->tx->seg_count - self->tx->seg_next);
+}
+
+static PyObject *NcmPump_get_framer(NcmPump *self, void *Py_UNUSED(c))
+{
+    return Py_NewRef((PyObject *)self->tx);
+}
+
+static int NcmPump_init(NcmPump *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"framer", NULL};
+    PyObject *tx;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!:NcmPump", kwlist, &NcmTxType, &tx))
+        return -1;
+    if (self->pump.xfers) {
+        PyErr_SetString(PyExc_RuntimeError, "NcmPump cannot be initialised again while armed");
+        return -1;
+    }
+    if (!((NcmTx *)tx)->ready) {
+        PyErr_SetString(PyExc_ValueError, "NcmPump: the NcmTx is not initialised");
+        return -1;
+    }
+    Py_XSETREF(self->tx, (NcmTx *)Py_NewRef(tx));
+    self->open_slot = -1;
+    return 0;
+}
+
+static void NcmPump_dealloc(NcmPump *self)
+{
+    /* arm holds a reference until disarm: an armed pump is never deallocated */
+    txp_free(&self->pump);
+    Py_XDECREF(self->tx);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef NcmPump_methods[] = {
+    {"arm", (PyCFunction)NcmPump_arm, METH_VARARGS,
+     "arm(submit, cancel, transfers): own these bulk OUT transfers (addresses), each with a max_size buffer."},
+    {"fill", (PyCFunction)NcmPump_fill, METH_O,
+     "fill(budget) -> (read, empty): frames from the TAP into NTBs, full ones (and, the TAP drained and the pipe "
+     "idle, a partial one) submitted."},
+    {"flush", (PyCFunction)NcmPump_flush, METH_O,
+     "flush(reason) -> bool: submit the partial NTB now (reason FLUSH_COMPLETION or FLUSH_TIMER)."},
+    {"add_to", (PyCFunction)NcmPump_add_to, METH_O,
+     "add_to(stats) -> (submitted, completed, failed, last_status, read_failed, last_read_errno, stalled, "
+     "gone)."},
+    {"take_flushes", (PyCFunction)NcmPump_take_flushes, METH_NOARGS,
+     "take_flushes() -> (full, pipe_idle, completion, timer): NTBs submitted per reason since the last call."},
+    {"watchdog", (PyCFunction)NcmPump_watchdog, METH_O, "watchdog(checks) -> int: BulkPipe.watchdog."},
+    {"cancel_all", (PyCFunction)NcmPump_cancel_all, METH_NOARGS, "cancel every transfer in flight."},
+    {"disarm", (PyCFunction)NcmPump_disarm, METH_NOARGS,
+     "give the transfers back (a partial NTB is dropped); only when none is in flight."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef NcmPump_getset[] = {
+    {"in_flight", (getter)NcmPump_get_in_flight, NULL, "transfers submitted and not completed", NULL},
+    {"free", (getter)NcmPump_get_free, NULL, "transfers a TAP read can go into (free ones and the open NTB)",
+     NULL},
+    {"armed", (getter)NcmPump_get_armed, NULL, "whether it owns transfers", NULL},
+    {"open_count", (getter)NcmPump_get_open_count, NULL, "frames in the partial NTB waiting to go", NULL},
+    {"pending", (getter)NcmPump_get_pending, NULL, "segments of a super-frame still to be written", NULL},
+    {"framer", (getter)NcmPump_get_framer, NULL, "the NcmTx it frames with", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef NcmPump_members[] = {
+    {"submit_failed", T_ULONGLONG, offsetof(NcmPump, pump.submit_failed), READONLY, "submissions libusb refused"},
+    {"broken", T_ULONGLONG, offsetof(NcmPump, broken), READONLY,
+     "NTBs dropped because a layout check failed (never expected)"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject NcmPumpType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "usbnetd.native._fasttx.NcmPump",
+    .tp_basicsize = sizeof(NcmPump),
+    .tp_dealloc = (destructor)NcmPump_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "NcmPump(framer): CDC-NCM TX from the TAP into bulk OUT transfers it owns, framed by an NcmTx, "
+              "submitted and completed in C.",
+    .tp_methods = NcmPump_methods,
+    .tp_getset = NcmPump_getset,
+    .tp_members = NcmPump_members,
+    .tp_init = (initproc)NcmPump_init,
+    .tp_new = PyType_GenericNew,
+};
+
+static PyObject *tx_usb_layout(PyObject *Py_UNUSED(mod), PyObject *Py_UNUSED(ignored))
+{
+    return USB_LAYOUT_BUILD();
+}
+
+static PyMethodDef fasttx_functions[] = {
+    {"usb_layout", tx_usb_layout, METH_NOARGS,
+     "usb_layout() -> dict: the struct libusb_transfer field offsets this module assumes."},
+    {NULL, NULL, 0, NULL},
+};
+
 static const char MODULE_DOC[] =
     "CDC-NCM TX in C: frames read from the TAP straight into the datagram slots of the NTB being built.\n"
     "\n"
@@ -943,12 +1344,19 @@ static struct PyModuleDef fasttx_module = {
     .m_name = "usbnetd.native._fasttx",
     .m_doc = MODULE_DOC,
     .m_size = -1,
+    .m_methods = fasttx_functions,
 };
 
 PyMODINIT_FUNC PyInit__fasttx(void)
 {
+    static const char *const names[TXP_N_STATS] = TXP_STAT_NAMES;
+    if (glue_intern(pump_stat_names, names, TXP_N_STATS) < 0)
+        return NULL;
     PyObject *m = glue_module(&fasttx_module, &NcmTxType, "NcmTx", API_VERSION);
-    if (m && PyModule_AddIntConstant(m, "VNET_HDR_LEN", VNET_HDR_LEN) < 0) {
+    if (!m)
+        return NULL;
+    if (PyModule_AddIntConstant(m, "VNET_HDR_LEN", VNET_HDR_LEN) < 0 || PyType_Ready(&NcmPumpType) < 0 ||
+        PyModule_AddObjectRef(m, "NcmPump", (PyObject *)&NcmPumpType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -107,6 +107,13 @@ class TapPort:
             return None
         return native.FrameTx(self.fd, self.vnet, max_frame, maxpacket)
 
+    def native_ncm_pump(self, framer):
+        """The C TX pump for NCM (usbnetd.native.NcmPump: `framer`, an NcmTx from native_tx, builds each NTB in
+        a bulk OUT transfer the pump owns), or None when it is not available."""
+        if not native.AVAILABLE or framer is None:
+            return None
+        return native.NcmPump(framer)
+
     def rx_native_end(self) -> None:
         """A batch is decoded by the C path: write what it holds, and bring its counts into `stats`."""
         n = self.native
