@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import os
+import select
 import socket
 import struct
 
@@ -39,6 +40,27 @@ NATIVE = False  # set by conftest's `datapath` fixture: services made here use t
 # libusb_submit_transfer), so that the C path can take the completions itself (arm_native_rx), as on a device.
 USB_C = False
 _SUBMIT = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)  # libusb_submit_transfer's C signature
+# libusb_handle_events_timeout(ctx, struct timeval *): the stand-in the C event loop (burst) calls
+_HANDLE_EVENTS = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+
+
+class _Events(collections.deque):
+    """The completions waiting for handle_events, with an eventfd that is readable while there are any: the fd
+    the C event loop polls as libusb's (poll_fds)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+    def append(self, item) -> None:
+        super().append(item)
+        os.eventfd_write(self.fd, 1)
+
+    def drain_fd(self) -> None:
+        try:
+            os.eventfd_read(self.fd)
+        except BlockingIOError:
+            pass
 
 
 def eem_config_descriptor() -> bytes:
@@ -64,7 +86,10 @@ class ScriptedTransport(Transport):
         self.controls: list[tuple[int, int, bytes]] = []  # (request, value, data) of every class request
         self.halts_cleared: list[int] = []
         self.n_rx = self.n_tx = 0
-        self._done: collections.deque = collections.deque()
+        self._done = _Events()
+        # With USB_C, for the C event loop: set by every completion handled in Python (as the engine's are)
+        self.py_events = ctypes.c_int(0)
+        self.handle_events_calls = 0  # how often the C event loop called the stand-in
         self.stopped = self.closed = False
         self.unreapable = 0  # transfers stop() must pretend it could not reap
         self.refuse_tx = False  # submit_tx says "all busy" (backpressure from the bus)
@@ -223,7 +248,25 @@ class ScriptedTransport(Transport):
         return len(self.rx) + len(self.tx)
 
     def poll_fds(self) -> list[tuple[int, int]]:
-        return []
+        return [(self._done.fd, select.POLLIN)]
+
+    def burst_handles(self) -> tuple[int, int, int] | None:
+        """With USB_C: the C event loop calls `_burst_events` (as libusb_handle_events_timeout) when the
+        completions' eventfd is readable; Python's completions set `py_events`, as the engine's do."""
+        if not self.usb_c or self.stopped:
+            return None
+        if getattr(self, "_handle_c", None) is None:
+            self._handle_c = _HANDLE_EVENTS(self._burst_events)
+        fn = ctypes.cast(self._handle_c, ctypes.c_void_p).value
+        return fn, 0, ctypes.addressof(self.py_events)
+
+    def _burst_events(self, ctx, tv) -> int:
+        self.handle_events_calls += 1
+        self.handle_events()
+        return 0
+
+    def _python_callbacks(self) -> tuple:
+        return tuple(p.callback_address for p in (self._pipe, self._tx_pipe) if p is not None)
 
     def pending(self) -> bool:
         return bool(self._done)
@@ -264,8 +307,15 @@ class ScriptedTransport(Transport):
         if self.complete_tx_on_events:
             while self._tx_addr:  # the device takes the C pump's transfers as soon as events are handled
                 self.complete_tx()
+        self._done.drain_fd()
         while self._done:
             kind, obj, status, n = self._done.popleft()
+            if kind != "usb":
+                self.py_events.value = 1  # a Python callback (BulkPipe's own is set apart below)
+            else:
+                cb = ctypes.cast(libusb1.libusb_transfer.from_address(obj).callback, ctypes.c_void_p).value
+                if cb in self._python_callbacks():
+                    self.py_events.value = 1
             if kind == "usb":
                 # As libusb does: the transfer's callback, whatever it is now (BulkPipe's, or the C path's),
                 # called from C with the GIL released.

@@ -152,21 +152,30 @@ class Daemon:
             trace = self.trace
             if trace is not None:
                 want[trace.fileno()] = trace.poll_events()
-            if want != registered:
-                for fd in registered.keys() - want.keys():
-                    poller.unregister(fd)
-                for fd, ev in want.items():
-                    if registered.get(fd) != ev:
-                        poller.register(fd, ev)
-                registered = want
             t = svc.timeout()
             timeout_ms = IDLE_TIMEOUT_MS if t is None else min(IDLE_TIMEOUT_MS, int(t * 1000 + 0.999))
             if next_ping is not None:
                 timeout_ms = max(0, min(timeout_ms, int((next_ping - time.monotonic()) * 1000 + 0.999)))
-            try:
-                events = poller.poll(timeout_ms)
-            except InterruptedError:
-                continue
+            # The C event loop takes the wake-ups that only move frames (USB completions, TAP reads into the C
+            # TX pump) and comes back when anything else is ready or due: this turn's work, below, as usual.
+            burst = trace is None and svc.can_burst()
+            if burst:
+                try:
+                    events = svc.burst(want, timeout_ms)
+                except InterruptedError:
+                    continue
+            else:
+                if want != registered:
+                    for fd in registered.keys() - want.keys():
+                        poller.unregister(fd)
+                    for fd, ev in want.items():
+                        if registered.get(fd) != ev:
+                            poller.register(fd, ev)
+                    registered = want
+                try:
+                    events = poller.poll(timeout_ms)
+                except InterruptedError:
+                    continue
             usb = False
             for fd, _ev in events:
                 if fd == tap_fd:
@@ -186,8 +195,8 @@ class Daemon:
                     trace.on_event(_ev)
                 else:
                     usb = True
-            if usb or not events or svc.transport.pending():
-                svc.on_usb()
+            if not burst and (usb or not events or svc.transport.pending()):
+                svc.on_usb()  # (burst handled libusb's events itself)
             svc.process()
             if self.trace is not None:
                 self.trace.pump()  # what this turn recorded goes out now, as far as the socket takes it

@@ -77,6 +77,7 @@ class DataPath:
         self.rx_usb = False  # the C path takes the bulk IN completions (transport.arm_native_rx)
         self.tx_pump = None  # a usbnetd.native FrameTx or NcmPump owning the bulk OUT transfers (arm_native_tx)
         self._pump_flushes = None  # the NcmPump's take_flushes
+        self.burst_tx = None  # the armed pump's burst_hooks() capsule
         self.tracer = None  # a core.trace.Tracer while `usbnetd trace` watches (set_tracer)
         self._untrace = None  # undoes trace_transport's wrappers
         self._native_tx_wanted = False  # attach chose the C TX framer (set_tracer puts it back)
@@ -165,6 +166,7 @@ class DataPath:
 
     def _set_pump(self, pump) -> None:
         self.tx_pump = pump
+        self.burst_tx = pump.burst_hooks()  # its entry points for the C event loop (EthernetService.burst)
         # An NcmPump sends partial NTBs too, and says why it sent each (take_flushes); FrameTx's are all full.
         self._pump_flushes = getattr(pump, "take_flushes", None)
 
@@ -235,6 +237,7 @@ class DataPath:
             raise TraceUnavailable("the device has not taken the bulk OUT transfers in flight, which the C TX "
                                    "pump must hand back first; try again")
         self.tx_pump = None
+        self.burst_tx = None
         self._tx_pump_wanted = pump
 
     def _rearm_tx_pump(self) -> None:

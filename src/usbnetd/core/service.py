@@ -216,6 +216,27 @@ class EthernetService:
                 return
         self.link.reconcile_if_due(now)
 
+    def can_burst(self) -> bool:
+        """Whether the C event loop (burst) can take this wake-up: the C path takes the bulk IN completions, the
+        transport gives libusb's event handling to C, nothing is traced (a trace wants Python to see it all)."""
+        dp = self.datapath
+        return (self.state is State.RUNNING and dp.rx_usb and dp.tracer is None and native_module.LOOP
+                and self.transport.burst_handles() is not None)
+
+    def burst(self, want: dict[int, int], timeout_ms: int) -> list[tuple[int, int]]:
+        """poll() for the event loop, with the data path's own wake-ups done in C (native _fastpath.burst):
+        returns the ready fds of `want` that are not USB's (handled) nor the TAP's when the C TX pump reads it,
+        once one is ready, a Python callback ran, or `timeout_ms` passed."""
+        dp = self.datapath
+        usb = self.transport.poll_fds()
+        usb_fds = {fd for fd, _ in usb}
+        tap_fd = self.tap.fd if dp.burst_tx is not None else -1
+        python = [(fd, ev) for fd, ev in want.items() if fd not in usb_fds and fd != tap_fd]
+        fn, ctx, flag = self.transport.burst_handles()
+        ready, _turns = native_module.fastpath.burst(usb, python, tap_fd, fn, ctx, flag, self.datapath.port.native,
+                                                      dp.burst_tx, timeout_ms)
+        return ready
+
     def wants_tap_read(self) -> bool:
         return self.state is State.RUNNING and self.datapath.wants_tap_read()
 

@@ -30,9 +30,9 @@ import os
 from types import ModuleType
 from typing import Any
 
-API_VERSION = 5  # must equal _fastpath.API_VERSION: an in-place build older than the C source is refused
+API_VERSION = 6  # must equal _fastpath.API_VERSION: an in-place build older than the C source is refused (6: burst)
 TX_API_VERSION = 3  # must equal _fasttx.API_VERSION (2: offload, TSO; 3: NcmPump)
-FRAME_TX_API_VERSION = 1  # must equal _frametx.API_VERSION
+FRAME_TX_API_VERSION = 2  # must equal _frametx.API_VERSION (2: burst_hooks)
 
 AVAILABLE: bool = False
 WHY_NOT: str | None = None
@@ -85,6 +85,8 @@ def usb_layout_matches(have: dict[str, int]) -> bool:
 # USBNETD_NATIVE_COMPLETIONS=0 keeps the USB completions in Python (the C code still decodes and frames):
 # for comparing the two in one benchmark run, or ruling the C completions out.
 COMPLETIONS = os.environ.get("USBNETD_NATIVE_COMPLETIONS", "") != "0"
+# USBNETD_NATIVE_LOOP=0 keeps every wake-up in the Python event loop (no _fastpath.burst), for the same reasons.
+LOOP = os.environ.get("USBNETD_NATIVE_LOOP", "") != "0"
 
 _mods, WHY_NOT = _load()
 if _mods is not None:

@@ -33,16 +33,20 @@
 #include <structmember.h>
 
 #include <errno.h>
+#include <poll.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/time.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "burst.h"
 #include "libusb_abi.h"
 #include "pyglue.h"
 
 /* Bumped whenever the Python-visible API changes; native/__init__.py refuses a stale in-place build. */
-#define API_VERSION 5
+#define API_VERSION 6
 
 /* ---- NCM 1.0 (USB CDC Subclass Specification for Network Control Model Devices, rev. 1.0) ---------------- */
 #define NTH16_SIGNATURE 0x484D434Eu       /* "NCMH", §3.2.1 */
@@ -1029,32 +1033,46 @@ fail:
     return NULL;
 }
 
+/* usb_end's work without the GIL: write what GRO holds, resubmit the pending transfers. Returns how many
+ * failed; those are at the front of `pending`, their status set, for usb_end_failed (GIL held). */
+static Py_ssize_t usb_end_nogil(NcmRx *self)
+{
+    Py_ssize_t n = self->npending, failed = 0;
+    flush_run(self); /* before any buffer it points into is submitted again */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        struct usb_xfer *t = self->pending[i];
+        int rc = self->usb_submit(t);
+        if (rc) {
+            t->status = rc == ERROR_NO_DEVICE ? XFER_NO_DEVICE : XFER_ERROR;
+            self->pending[failed++] = t; /* failed ones move to the front */
+        }
+    }
+    self->npending = 0;
+    return failed;
+}
+
+/* Python sees a failed resubmission as a failed transfer: counted, resubmitted or given up there. GIL held. */
+static void usb_end_failed(NcmRx *self, Py_ssize_t failed)
+{
+    self->usb_resubmit_failed += (unsigned long long)failed;
+    for (Py_ssize_t i = 0; i < failed; i++) {
+        int status = self->pending[i]->status;
+        usb_hand_back(self, self->pending + i, 1, status);
+    }
+}
+
 static PyObject *NcmRx_usb_end(NcmRx *self, PyObject *Py_UNUSED(ignored))
 {
     if (check_idle(self) < 0)
         return NULL;
-    Py_ssize_t n = self->npending, failed = 0;
-    if (n || self->run.n) {
+    if (self->npending || self->run.n) {
+        Py_ssize_t failed;
         self->busy = 1;
         Py_BEGIN_ALLOW_THREADS
-        flush_run(self); /* before any buffer it points into is submitted again */
-        for (Py_ssize_t i = 0; i < n; i++) {
-            struct usb_xfer *t = self->pending[i];
-            int rc = self->usb_submit(t);
-            if (rc) {
-                t->status = rc == ERROR_NO_DEVICE ? XFER_NO_DEVICE : XFER_ERROR;
-                self->pending[failed++] = t; /* failed ones move to the front */
-            }
-        }
+        failed = usb_end_nogil(self);
         Py_END_ALLOW_THREADS
         self->busy = 0;
-        self->npending = 0;
-        self->usb_resubmit_failed += (unsigned long long)failed;
-        /* Python sees a failed resubmission as a failed transfer: counted, resubmitted or given up there */
-        for (Py_ssize_t i = 0; i < failed; i++) {
-            int status = self->pending[i]->status;
-            usb_hand_back(self, self->pending + i, 1, status);
-        }
+        usb_end_failed(self, failed);
     }
     unsigned long long done = self->usb_done - self->usb_done_reported;
     self->usb_done_reported = self->usb_done;
@@ -1252,6 +1270,205 @@ static PyObject *fp_segment_verified(PyObject *Py_UNUSED(mod), PyObject *args)
     return PyBool_FromLong(ok);
 }
 
+
+/* ---- the C event loop ----------------------------------------------------------------------------------------
+ *
+ * burst(): the daemon loop's wake-ups while only the data path has work, without Python per wake-up. The
+ * Python loop (app/daemon.py) turns once per poll(): build the fd set, poll, handle_events through ctypes,
+ * process() (usb_end, the pump's counters, timers). Profiling in the guest (bench/vm.py --profile) showed the
+ * interpreter at 20-45 % of usbnetd's CPU with the C completions and pumps in place: that turn, per wake-up.
+ * burst() polls the same fds itself and, as long as nothing but USB and the TAP is ready, does per wake-up
+ * what the Python turn would: libusb_handle_events (the C completions decode, write and count), usb_end's
+ * flush and resubmission, the TX pump's tick (NCM's completion and timer flushes) and its TAP reads. It
+ * returns to Python, with the ready Python fds, as soon as
+ *   - any other fd is ready (the wake pipe, the control socket, netlink, the TAP when Python reads it),
+ *   - a Python callback ran inside handle_events (`flag`, which every one of them sets: errors, halts,
+ *     control and interrupt transfers, libusb's fd set changing),
+ *   - a resubmission failed, or the pump has something Python must see (burst.h's attention),
+ *   - poll() was interrupted (a signal: Python's handler must run), or
+ *   - `timeout_ms` passed (the Python loop's own timers: the driver's poll, the watchdog ping, the flush
+ *     timer it arms itself).
+ * The counters stay in C until Python's process() adds them up, as between any two wake-ups. The GIL is
+ * released for the whole loop; a Python callback called by libusb takes it itself (ctypes). NcmRx and the
+ * pump are held busy, so no Python method of theirs runs in between.
+ */
+typedef int (*handle_events_fn)(void *ctx, struct timeval *tv);
+
+static long long mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+#define BURST_MAX_FDS 256
+#define TAP_READ_BUDGET 64 /* core/datapath.py TAP_READ_BUDGET: frames per wake-up before USB again */
+
+static PyObject *fp_burst(PyObject *Py_UNUSED(mod), PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"usb_fds", "python_fds", "tap_fd", "handle_events", "context", "flag", "rx", "tx",
+                             "timeout_ms", NULL};
+    PyObject *usb_seq, *py_seq, *rx_obj, *tx_obj;
+    int tap_fd, timeout_ms;
+    unsigned long long handle_addr, ctx_addr, flag_addr;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOiKKKOOi:burst", kwlist, &usb_seq, &py_seq, &tap_fd,
+                                     &handle_addr, &ctx_addr, &flag_addr, &rx_obj, &tx_obj, &timeout_ms))
+        return NULL;
+    if (!handle_addr || !flag_addr) {
+        PyErr_SetString(PyExc_ValueError, "burst: the handle_events and flag addresses must be set");
+        return NULL;
+    }
+    NcmRx *rx = NULL;
+    if (rx_obj != Py_None) {
+        if (!PyObject_TypeCheck(rx_obj, &NcmRxType)) {
+            PyErr_SetString(PyExc_TypeError, "burst: rx must be an NcmRx or None");
+            return NULL;
+        }
+        rx = (NcmRx *)rx_obj;
+        if (check_idle(rx) < 0)
+            return NULL;
+        if (!rx->usb_xfers) {
+            PyErr_SetString(PyExc_RuntimeError, "burst: the NcmRx does not take the USB completions (usb_arm)");
+            return NULL;
+        }
+    }
+    struct burst_tx *tx = NULL;
+    if (tx_obj != Py_None) {
+        tx = PyCapsule_GetPointer(tx_obj, BURST_TX_CAPSULE);
+        if (!tx)
+            return NULL;
+    }
+    if ((tap_fd >= 0) != (tx != NULL)) {
+        PyErr_SetString(PyExc_ValueError, "burst: the TAP fd goes with a TX pump (tx), and only then");
+        return NULL;
+    }
+    struct pollfd pfds[BURST_MAX_FDS];
+    int n = 0, n_usb = 0, tap_at = -1;
+    PyObject *seqs[2] = {usb_seq, py_seq};
+    for (int k = 0; k < 2; k++) {
+        PyObject *fast = PySequence_Fast(seqs[k], "burst: fds must be a sequence of (fd, events)");
+        if (!fast)
+            return NULL;
+        Py_ssize_t m = PySequence_Fast_GET_SIZE(fast);
+        for (Py_ssize_t i = 0; i < m; i++) {
+            int fd, events;
+            if (n >= BURST_MAX_FDS - 1) {
+                Py_DECREF(fast);
+                PyErr_SetString(PyExc_ValueError, "burst: too many fds");
+                return NULL;
+            }
+            if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "ii:burst fd", &fd, &events)) {
+                Py_DECREF(fast);
+                return NULL;
+            }
+            pfds[n].fd = fd;
+            pfds[n].events = (short)events;
+            pfds[n].revents = 0;
+            n++;
+        }
+        Py_DECREF(fast);
+        if (k == 0)
+            n_usb = n;
+    }
+    if (tap_fd >= 0) {
+        tap_at = n;
+        pfds[n].fd = tap_fd;
+        pfds[n].events = 0;
+        pfds[n].revents = 0;
+        n++;
+    }
+    handle_events_fn handle_events = (handle_events_fn)(uintptr_t)handle_addr;
+    void *ctx = (void *)(uintptr_t)ctx_addr;
+    volatile int *flag = (volatile int *)(uintptr_t)flag_addr;
+    *flag = 0;
+    long long end = mono_ns() + (long long)(timeout_ms > 0 ? timeout_ms : 0) * 1000000LL;
+    int err = 0;
+    unsigned long long turns = 0;
+    if (rx)
+        rx->busy = 1;
+    if (tx)
+        tx->set_busy(tx->obj, 1);
+    Py_BEGIN_ALLOW_THREADS
+    for (;;) {
+        long long now = mono_ns(), until = end;
+        if (tx) {
+            long long d = tx->deadline(tx->obj);
+            if (d >= 0 && d < until)
+                until = d;
+            pfds[tap_at].events = tx->room(tx->obj) > 0 ? POLLIN : 0;
+        }
+        int wait_ms = until <= now ? 0 : (int)((until - now + 999999) / 1000000);
+        int rc = poll(pfds, (nfds_t)n, wait_ms);
+        if (rc < 0) {
+            if (errno != EINTR)
+                err = errno;
+            break; /* EINTR: a signal, whose Python handler runs once we are back */
+        }
+        turns++;
+        int usb = 0, python = 0, stop = 0;
+        for (int i = 0; i < n_usb; i++)
+            usb |= pfds[i].revents != 0;
+        for (int i = n_usb; i < n; i++)
+            if (i != tap_at && pfds[i].revents)
+                python = 1;
+        if (usb) {
+            struct timeval zero = {0, 0};
+            if (handle_events(ctx, &zero) < 0)
+                stop = 1; /* Python's handle_events sees the error again and decides */
+            if (rx && (rx->npending || rx->run.n)) {
+                Py_ssize_t failed = usb_end_nogil(rx);
+                if (failed) {
+                    Py_BLOCK_THREADS
+                    usb_end_failed(rx, failed);
+                    Py_UNBLOCK_THREADS
+                    stop = 1;
+                }
+            }
+            if (*flag)
+                stop = 1;
+        }
+        if (tx) {
+            now = mono_ns();
+            tx->tick(tx->obj, now);
+            if (pfds[tap_at].revents & (POLLIN | POLLERR | POLLHUP)) {
+                if (tx->room(tx->obj) > 0)
+                    tx->fill(tx->obj, TAP_READ_BUDGET);
+                if (pfds[tap_at].revents & (POLLERR | POLLHUP | POLLNVAL))
+                    stop = 1; /* the TAP is gone or broken: Python finds out */
+            }
+            if (tx->attention(tx->obj))
+                stop = 1;
+        }
+        if (python || stop || mono_ns() >= end)
+            break;
+    }
+    Py_END_ALLOW_THREADS
+    if (rx)
+        rx->busy = 0;
+    if (tx)
+        tx->set_busy(tx->obj, 0);
+    if (err) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    PyObject *ready = PyList_New(0);
+    if (!ready)
+        return NULL;
+    for (int i = n_usb; i < n; i++) {
+        if (i == tap_at || !pfds[i].revents)
+            continue;
+        PyObject *item = Py_BuildValue("(ii)", pfds[i].fd, (int)pfds[i].revents);
+        if (!item || PyList_Append(ready, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(ready);
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
+    PyObject *out = Py_BuildValue("(NK)", ready, turns);
+    return out;
+}
+
 static PyObject *fp_usb_layout(PyObject *Py_UNUSED(mod), PyObject *Py_UNUSED(ignored))
 {
     /* The offsets and size this file assumes for struct libusb_transfer, for native/__init__.py to compare
@@ -1260,6 +1477,9 @@ static PyObject *fp_usb_layout(PyObject *Py_UNUSED(mod), PyObject *Py_UNUSED(ign
 }
 
 static PyMethodDef module_methods[] = {
+    {"burst", (PyCFunction)(void (*)(void))fp_burst, METH_VARARGS | METH_KEYWORDS,
+     "burst(usb_fds, python_fds, tap_fd, handle_events, context, flag, rx, tx, timeout_ms) -> (ready, turns): "
+     "the data path's wake-ups in C until Python has something to do (see _fastpath.c, 'the C event loop')."},
     {"usb_layout", fp_usb_layout, METH_NOARGS,
      "usb_layout() -> dict: the struct libusb_transfer field offsets the C completions assume."},
     {"segment_verified", fp_segment_verified, METH_VARARGS,

@@ -57,8 +57,10 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "burst.h"
 #include "pyglue.h"
 #include "txpump.h"
 
@@ -947,6 +949,7 @@ static PyTypeObject NcmTxType = {
  */
 
 enum { NP_FULL, NP_IDLE, NP_COMPLETION, NP_TIMER, NP_REASONS }; /* FLUSH_FULL .. FLUSH_TIMER's order */
+#define TX_FLUSH_DELAY_NS 1000000LL /* core/datapath.py TX_FLUSH_DELAY: 1 ms */
 
 typedef struct {
     PyObject_HEAD
@@ -957,6 +960,9 @@ typedef struct {
     unsigned long long open_frames, open_bytes;
     unsigned long long flushes[NP_REASONS], flushes_reported[NP_REASONS];
     unsigned long long broken; /* NcmTx's layout checks failed (cannot happen; the NTB was dropped) */
+    long long flush_at_ns;     /* the flush timer for the C event loop (CLOCK_MONOTONIC), -1 when off */
+    unsigned long long tick_transfers; /* completions tick() has seen */
+    struct burst_tx hooks;     /* what burst_hooks() hands the C event loop */
 } NcmPump;
 
 static PyObject *pump_stat_names[TXP_N_STATS];
@@ -994,31 +1000,26 @@ static void pump_send(NcmPump *self, int why)
         return;
     }
     self->flushes[why]++;
+    self->flush_at_ns = -1;
     txp_submit(&self->pump, slot, (int)total, 0, self->open_frames, self->open_bytes);
 }
 
-/* fill(budget) -> (read, empty): DataPath.on_tap_readable for NCM, transfers included (see above). */
-static PyObject *NcmPump_fill(NcmPump *self, PyObject *arg)
+static long long mono_ns(void)
 {
-    Py_ssize_t budget = PyLong_AsSsize_t(arg);
-    if (budget == -1 && PyErr_Occurred())
-        return NULL;
-    if (budget < 0) {
-        PyErr_SetString(PyExc_ValueError, "budget must be >= 0");
-        return NULL;
-    }
-    if (pump_check_idle(self) < 0)
-        return NULL;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* DataPath.on_tap_readable for NCM, transfers included (see above): frames read, *empty when the TAP said
+ * EAGAIN. Leaves the flush timer armed (flush_at_ns) when a partial NTB waits, as _after_tap_read does. Runs
+ * without the GIL. */
+static Py_ssize_t pump_fill_nogil(NcmPump *self, Py_ssize_t budget, int *empty)
+{
     struct txpump *p = &self->pump;
-    if (!p->xfers) {
-        PyErr_SetString(PyExc_RuntimeError, "fill: not armed");
-        return NULL;
-    }
     NcmTx *tx = self->tx;
     Py_ssize_t read = 0;
-    int empty = 0;
-    self->busy = tx->busy = 1;
-    Py_BEGIN_ALLOW_THREADS
+    *empty = 0;
     for (;;) {
         if (self->open_slot < 0) {
             Py_ssize_t slot = txp_take(p);
@@ -1055,7 +1056,7 @@ static PyObject *NcmPump_fill(NcmPump *self, PyObject *arg)
             continue;
         }
         if (r.drained) {
-            empty = 1;
+            *empty = 1;
             if (tx->count && txp_in_flight(p) == 0)
                 pump_send(self, NP_IDLE);
         }
@@ -1063,9 +1064,99 @@ static PyObject *NcmPump_fill(NcmPump *self, PyObject *arg)
     }
     if (self->open_slot >= 0 && !tx->count)
         pump_send(self, NP_IDLE); /* nothing framed: the transfer goes back (pump_send sends nothing) */
+    if (self->open_slot >= 0 && self->flush_at_ns < 0)
+        self->flush_at_ns = mono_ns() + TX_FLUSH_DELAY_NS;
+    return read;
+}
+
+/* fill(budget) -> (read, empty): pump_fill_nogil. */
+static PyObject *NcmPump_fill(NcmPump *self, PyObject *arg)
+{
+    Py_ssize_t budget = PyLong_AsSsize_t(arg);
+    if (budget == -1 && PyErr_Occurred())
+        return NULL;
+    if (budget < 0) {
+        PyErr_SetString(PyExc_ValueError, "budget must be >= 0");
+        return NULL;
+    }
+    if (pump_check_idle(self) < 0)
+        return NULL;
+    if (!self->pump.xfers) {
+        PyErr_SetString(PyExc_RuntimeError, "fill: not armed");
+        return NULL;
+    }
+    Py_ssize_t read;
+    int empty;
+    self->busy = self->tx->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    read = pump_fill_nogil(self, budget, &empty);
     Py_END_ALLOW_THREADS
-    self->busy = tx->busy = 0;
+    self->busy = self->tx->busy = 0;
     return Py_BuildValue("(ni)", read, empty);
+}
+
+/* ---- the C event loop's entry points (burst.h) ---- */
+static long pump_hook_room(void *o)
+{
+    NcmPump *self = o;
+    return (long)(self->pump.nfree + (self->open_slot >= 0));
+}
+
+static void pump_hook_fill(void *o, long budget)
+{
+    int empty;
+    pump_fill_nogil((NcmPump *)o, budget, &empty);
+}
+
+/* process()'s NCM part: a completion sends the partial NTB waiting for it, a super-frame's segments waiting
+ * for a transfer go on, the flush timer sends what is left. */
+static void pump_hook_tick(void *o, long long now_ns)
+{
+    NcmPump *self = o;
+    struct txpump *p = &self->pump;
+    if (p->transfers != self->tick_transfers) {
+        self->tick_transfers = p->transfers;
+        if (self->open_slot >= 0 && self->tx->count)
+            pump_send(self, NP_COMPLETION);
+    }
+    if (self->tx->seg_next < self->tx->seg_count && pump_hook_room(self) > 0) {
+        int empty;
+        pump_fill_nogil(self, 0, &empty);
+    }
+    if (self->flush_at_ns >= 0 && now_ns >= self->flush_at_ns) {
+        if (self->open_slot >= 0 && self->tx->count)
+            pump_send(self, NP_TIMER);
+        self->flush_at_ns = -1;
+    }
+}
+
+static long long pump_hook_deadline(void *o)
+{
+    return ((NcmPump *)o)->flush_at_ns;
+}
+
+static int pump_hook_attention(void *o)
+{
+    return txp_attention(&((NcmPump *)o)->pump);
+}
+
+static void pump_hook_set_busy(void *o, int on)
+{
+    NcmPump *self = o;
+    self->busy = self->tx->busy = on;
+}
+
+static PyObject *NcmPump_burst_hooks(NcmPump *self, PyObject *Py_UNUSED(ignored))
+{
+    if (pump_check_idle(self) < 0)
+        return NULL;
+    if (!self->pump.xfers) {
+        PyErr_SetString(PyExc_RuntimeError, "burst_hooks: not armed");
+        return NULL;
+    }
+    self->hooks = (struct burst_tx){self, pump_hook_room, pump_hook_fill, pump_hook_tick, pump_hook_deadline,
+                                    pump_hook_attention, pump_hook_set_busy};
+    return glue_hooks_capsule(&self->hooks, BURST_TX_CAPSULE, (PyObject *)self);
 }
 
 /* flush(reason) -> bool: the open NTB goes now (FLUSH_COMPLETION or FLUSH_TIMER); False when none held frames. */
@@ -1216,6 +1307,7 @@ static int NcmPump_init(NcmPump *self, PyObject *args, PyObject *kwds)
     }
     Py_XSETREF(self->tx, (NcmTx *)Py_NewRef(tx));
     self->open_slot = -1;
+    self->flush_at_ns = -1;
     return 0;
 }
 
@@ -1241,6 +1333,8 @@ static PyMethodDef NcmPump_methods[] = {
     {"take_flushes", (PyCFunction)NcmPump_take_flushes, METH_NOARGS,
      "take_flushes() -> (full, pipe_idle, completion, timer): NTBs submitted per reason since the last call."},
     {"watchdog", (PyCFunction)NcmPump_watchdog, METH_O, "watchdog(checks) -> int: BulkPipe.watchdog."},
+    {"burst_hooks", (PyCFunction)NcmPump_burst_hooks, METH_NOARGS,
+     "burst_hooks() -> capsule: this armed pump's entry points for the C event loop (_fastpath.burst)."},
     {"cancel_all", (PyCFunction)NcmPump_cancel_all, METH_NOARGS, "cancel every transfer in flight."},
     {"disarm", (PyCFunction)NcmPump_disarm, METH_NOARGS,
      "give the transfers back (a partial NTB is dropped); only when none is in flight."},

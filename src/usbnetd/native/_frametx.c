@@ -40,11 +40,12 @@
 #include <unistd.h>
 
 #include "libusb_abi.h"
+#include "burst.h"
 #include "pyglue.h"
 #include "txpump.h"
 
 /* Bumped whenever the Python-visible API changes; native/__init__.py refuses a stale in-place build. */
-#define API_VERSION 1
+#define API_VERSION 2
 #define ETH_HLEN 14
 #define VNET_HDR_LEN 10 /* sizeof(struct virtio_net_hdr) without num_buffers */
 
@@ -58,6 +59,7 @@ typedef struct {
     long long max_frame;
     unsigned int maxpacket;
     struct txpump pump; /* armed: the transfers, their buffers (max_frame + 1 bytes each) and the counters */
+    struct burst_tx hooks; /* what burst_hooks() hands the C event loop */
     uint8_t scratch[VNET_HDR_LEN];
 } FrameTx;
 
@@ -83,25 +85,14 @@ static PyObject *FrameTx_arm(FrameTx *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* fill(budget) -> (read, empty): read frames from the TAP into free transfers and submit them, until the
- * budget, the free transfers or the TAP run out. `read` counts every frame read, dropped ones too (the
- * budget's unit, as on_tap_readable counts it); `empty`: the TAP said EAGAIN (or failed: read_failed). */
-static PyObject *FrameTx_fill(FrameTx *self, PyObject *arg)
+/* read frames from the TAP into free transfers and submit them, until the budget, the free transfers or the
+ * TAP run out; returns the frames read (dropped ones too) and sets *empty when the TAP said EAGAIN (or
+ * failed: read_failed). Runs without the GIL. */
+static long fill_nogil(FrameTx *self, long budget, int *empty)
 {
-    long budget = PyLong_AsLong(arg);
-    if (budget == -1 && PyErr_Occurred())
-        return NULL;
-    if (check_idle(self) < 0)
-        return NULL;
     struct txpump *p = &self->pump;
-    if (!p->xfers) {
-        PyErr_SetString(PyExc_RuntimeError, "fill: not armed");
-        return NULL;
-    }
     long read = 0;
-    int empty = 0;
-    self->busy = 1;
-    Py_BEGIN_ALLOW_THREADS
+    *empty = 0;
     while (read < budget && p->nfree > 0) {
         Py_ssize_t slot = p->freelist[p->nfree - 1]; /* taken only once the frame is good */
         uint8_t *buf = txp_buf(p, slot);
@@ -116,7 +107,7 @@ static PyObject *FrameTx_fill(FrameTx *self, PyObject *arg)
                 p->read_failed++;
                 p->last_read_errno = errno;
             }
-            empty = 1;
+            *empty = 1;
             break;
         }
         read++;
@@ -132,9 +123,77 @@ static PyObject *FrameTx_fill(FrameTx *self, PyObject *arg)
         if (txp_submit(p, slot, (int)len, flags, 1, (unsigned long long)len))
             break; /* the frame is lost, counted as a TX error (one frame, one aborted transfer) */
     }
+    return read;
+}
+
+/* fill(budget) -> (read, empty): fill_nogil. `read` counts every frame read, dropped ones too (the budget's
+ * unit, as on_tap_readable counts it); `empty`: the TAP said EAGAIN (or failed: read_failed). */
+static PyObject *FrameTx_fill(FrameTx *self, PyObject *arg)
+{
+    long budget = PyLong_AsLong(arg);
+    if (budget == -1 && PyErr_Occurred())
+        return NULL;
+    if (check_idle(self) < 0)
+        return NULL;
+    if (!self->pump.xfers) {
+        PyErr_SetString(PyExc_RuntimeError, "fill: not armed");
+        return NULL;
+    }
+    long read;
+    int empty;
+    self->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    read = fill_nogil(self, budget, &empty);
     Py_END_ALLOW_THREADS
     self->busy = 0;
     return Py_BuildValue("(li)", read, empty);
+}
+
+/* ---- the C event loop's entry points (burst.h) ---- */
+static long hook_room(void *o)
+{
+    return (long)((FrameTx *)o)->pump.nfree;
+}
+
+static void hook_fill(void *o, long budget)
+{
+    int empty;
+    fill_nogil((FrameTx *)o, budget, &empty);
+}
+
+static void hook_tick(void *o, long long now_ns)
+{
+    (void)o;
+    (void)now_ns; /* one frame per transfer: nothing waits for a completion or a timer */
+}
+
+static long long hook_deadline(void *o)
+{
+    (void)o;
+    return -1;
+}
+
+static int hook_attention(void *o)
+{
+    return txp_attention(&((FrameTx *)o)->pump);
+}
+
+static void hook_set_busy(void *o, int on)
+{
+    ((FrameTx *)o)->busy = on;
+}
+
+static PyObject *FrameTx_burst_hooks(FrameTx *self, PyObject *Py_UNUSED(ignored))
+{
+    if (check_idle(self) < 0)
+        return NULL;
+    if (!self->pump.xfers) {
+        PyErr_SetString(PyExc_RuntimeError, "burst_hooks: not armed");
+        return NULL;
+    }
+    self->hooks = (struct burst_tx){self, hook_room, hook_fill, hook_tick, hook_deadline, hook_attention,
+                                    hook_set_busy};
+    return glue_hooks_capsule(&self->hooks, BURST_TX_CAPSULE, (PyObject *)self);
 }
 
 /* add_to(stats) -> (submitted, completed, failed, last_status, read_failed, last_read_errno, stalled, gone):
@@ -238,6 +297,8 @@ static PyMethodDef FrameTx_methods[] = {
      "add_to(stats) -> (submitted, completed, failed, last_status, read_failed, last_read_errno, stalled, "
      "gone)."},
     {"watchdog", (PyCFunction)FrameTx_watchdog, METH_O, "watchdog(checks) -> int: BulkPipe.watchdog."},
+    {"burst_hooks", (PyCFunction)FrameTx_burst_hooks, METH_NOARGS,
+     "burst_hooks() -> capsule: this armed pump's entry points for the C event loop (_fastpath.burst)."},
     {"cancel_all", (PyCFunction)FrameTx_cancel_all, METH_NOARGS, "cancel every transfer in flight."},
     {"disarm", (PyCFunction)FrameTx_disarm, METH_NOARGS,
      "give the transfers back (callbacks, user data); only when none is in flight."},

@@ -95,4 +95,23 @@ static inline PyObject *glue_module(PyModuleDef *def, PyTypeObject *type, const 
     return m;
 }
 
+static inline void glue_hooks_release(PyObject *capsule)
+{
+    Py_XDECREF((PyObject *)PyCapsule_GetContext(capsule));
+}
+
+/* A capsule named `name` pointing at `hooks` (a struct inside `owner`), which keeps `owner` alive. */
+static inline PyObject *glue_hooks_capsule(void *hooks, const char *name, PyObject *owner)
+{
+    PyObject *cap = PyCapsule_New(hooks, name, glue_hooks_release);
+    if (!cap)
+        return NULL;
+    if (PyCapsule_SetContext(cap, Py_NewRef(owner)) < 0) {
+        Py_DECREF(owner);
+        Py_DECREF(cap);
+        return NULL;
+    }
+    return cap;
+}
+
 #endif

@@ -261,6 +261,13 @@ static inline PyObject *txp_add_to(struct txpump *p, PyObject *stats, PyObject *
                          stalled, gone);
 }
 
+/* Something Python must see now (the C event loop returns for it): a failed transfer (the burst log), a halt,
+ * a gone device, a failed TAP read. */
+static inline int txp_attention(const struct txpump *p)
+{
+    return p->stalled || p->gone || p->read_failed || p->failed != p->failed_reported;
+}
+
 /* BulkPipe.watchdog for these transfers: how many it cancelled. */
 static inline long txp_watchdog(struct txpump *p, long checks)
 {

@@ -12,11 +12,13 @@ we detached, and only then close the handle.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import time
 
 import usb1
+from usb1 import libusb1
 
 from .. import native
 from ..core.pool import Packet
@@ -137,6 +139,9 @@ class LibusbTransport(Transport):
         self._stopping = False
         self._ep_in = self._ep_out = 0
         self._pollfds: list[tuple[int, int]] | None = None
+        # Set by every Python callback libusb calls (completions the C code leaves, control and interrupt
+        # transfers, the fd set changing): the C event loop (native burst) returns to Python when it is set.
+        self._py_events = ctypes.c_int(0)
         context.setPollFDNotifiers(self._pollfds_changed, self._pollfds_changed)
 
     @staticmethod
@@ -249,7 +254,7 @@ class LibusbTransport(Transport):
         self._ep_in, self._ep_out = ep_in, ep_out
         self._on_rx, self._on_tx, self._on_int = on_rx, on_tx, on_int
         handle_p = self._handle._USBDeviceHandle__handle  # the libusb_device_handle* the bulk pipes need
-        self._rx = BulkPipe(handle_p, ep_in, n_rx, 0, on_rx)
+        self._rx = BulkPipe(handle_p, ep_in, n_rx, 0, self._rx_done)
         # No libusb timeout on bulk OUT: `watchdog()` gives usbnet's 5 s TX timeout instead, without the timerfd
         # system calls libusb makes per submission and completion of a transfer that has a timeout.
         self._tx = BulkPipe(handle_p, ep_out, n_tx, 0, self._tx_done)
@@ -266,10 +271,16 @@ class LibusbTransport(Transport):
             self._int_transfer = t
             self._all.append(t)
 
+    def _rx_done(self, packet: Packet, status: int, actual: int) -> None:
+        self._py_events.value = 1
+        self._on_rx(packet, status, actual)
+
     def _tx_done(self, packet: Packet, status: int, actual: int) -> None:
+        self._py_events.value = 1
         self._on_tx(packet, status)
 
     def _int_done(self, transfer: usb1.USBTransfer) -> None:
+        self._py_events.value = 1
         status = transfer.getStatus()
         if status == usb1.TRANSFER_COMPLETED:
             self._on_int(memoryview(self._int_buffer), transfer.getActualLength())
@@ -296,6 +307,7 @@ class LibusbTransport(Transport):
         return True
 
     def _ctrl_done(self, transfer: usb1.USBTransfer) -> None:
+        self._py_events.value = 1
         callback = transfer.getUserData()
         status = _STATUS.get(transfer.getStatus(), STATUS_ERROR)
         data = bytes(transfer.getBuffer()[: transfer.getActualLength()]) if status == STATUS_OK else b""
@@ -406,6 +418,16 @@ class LibusbTransport(Transport):
 
     def _pollfds_changed(self, *args) -> None:
         self._pollfds = None
+        self._py_events.value = 1
+
+    def burst_handles(self) -> tuple[int, int, int] | None:
+        """For the C event loop (native burst): libusb_handle_events_timeout's address, the libusb context's,
+        and the address of the int every Python callback sets; None while stopping."""
+        if self._stopping:
+            return None
+        ctx = ctypes.cast(self._context._USBContext__context_p, ctypes.c_void_p).value or 0
+        fn = ctypes.cast(libusb1.libusb_handle_events_timeout, ctypes.c_void_p).value or 0
+        return fn, ctx, ctypes.addressof(self._py_events)
 
     def handle_events(self) -> None:
         try:

@@ -161,6 +161,12 @@ class Transport(ABC):
         """True when completions are ready without any fd becoming readable (the sim uses this)."""
         return False
 
+    def burst_handles(self) -> tuple[int, int, int] | None:
+        """For the C event loop (usbnetd.native burst): (the address of a C function with
+        libusb_handle_events_timeout's signature, its context argument, the address of a C int that every
+        Python-side completion sets), or None where the loop cannot run (the simulated adapter)."""
+        return None
+
     # --- teardown ---
     @abstractmethod
     def stop(self, timeout: float = 2.0) -> int:
