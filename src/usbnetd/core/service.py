@@ -286,6 +286,7 @@ class EthernetService:
         st = self.status()
         st["protocol_detail"] = self.driver.framing
         st.update(self.datapath.detail())
+        st["event_loop"] = "native" if self.can_burst() else "python"  # who takes the frame-only wake-ups
         st.update(self.transport.detail())
         st["rx_gro"] = (self.port.gro_stats if self.port is not None else
                         {"enabled": self.gro, "superframes": 0, "segments": 0, "unverified": 0})
