@@ -125,6 +125,10 @@ def run_usbnetd(g: vb.Gadget, busid: str, peer: vb.PeerNamespace, seconds: float
             out["memory_kib"] = c.memory_kib(pid)
         st = json.loads(usbnetd_cli("status", ifname, "--json").stdout)
         out["status"] = st[0] if st else None
+        # Which paths ran: the C decode, the C completions each way, the C event loop.
+        st = json.loads(usbnetd_cli("stats", ifname, "--json").stdout)
+        row = (st[0] if isinstance(st, list) and st else st) or {}
+        out["paths"] = {k: row.get(k) for k in ("datapath", "rx_completions", "tx_completions", "event_loop")}
     finally:
         usbnetd_cli("detach", ifname, check=False, timeout=60)
     return out
