@@ -508,16 +508,12 @@ class DataPath:
         pool = self.pool
         pump = self.tx_pump
         if pump is not None:
-            completed = self._tx_pump_events()
+            self._tx_pump_events()
             if self._pump_flushes is not None:
-                # NCM (the Python path's order below): a completion sends a waiting partial NTB; a super-frame's
-                # segments waiting for a free transfer go on; then the flush timer.
-                if completed and pump.open_count:
-                    pump.flush(FLUSH_COMPLETION)
-                if pump.pending and pump.free:
-                    pump.fill(0)
-                if self._flush_at is not None and now >= self._flush_at:
-                    pump.flush(FLUSH_TIMER)
+                # NCM, in the Python path's order below: a completion sends a waiting partial NTB, a super-frame's
+                # segments waiting for a transfer go on, then the flush timer. The C event loop does the same
+                # with the same state after its own wake-ups, so nothing is done twice.
+                pump.tick()
                 self._pump_flush_timer()
                 self._count_pump_flushes()
         if self.rx_usb:
@@ -589,16 +585,14 @@ class DataPath:
             self.tx_flush[reason] += n
 
     def _pump_flush_timer(self) -> None:
-        """The NcmPump holds a partial NTB: send it within the flush delay (as _after_tap_read arms it)."""
-        if not self.tx_pump.open_count:
-            self._flush_at = None
-        elif self._flush_at is None:
-            self._flush_at = time.monotonic() + TX_FLUSH_DELAY
+        """The NcmPump's flush timer (armed as _after_tap_read arms it: TX_FLUSH_DELAY after the fill that left a
+        partial NTB), for due() to wake the loop."""
+        self._flush_at = self.tx_pump.flush_deadline
 
-    def _tx_pump_events(self) -> int:
+    def _tx_pump_events(self) -> None:
         """What the C TX pump saw since the last wake-up: its counts into `stats`, errors into the burst log,
-        a halt for process() to clear (as _on_tx flags it), a gone device. Returns the transfers completed."""
-        submitted, completed, failed, last_status, read_failed, read_errno, stalled, gone = \
+        a halt for process() to clear (as _on_tx flags it), a gone device."""
+        submitted, _, failed, last_status, read_failed, read_errno, stalled, gone = \
             self.tx_pump.add_to(self.stats)
         if self._pump_flushes is None:
             self.tx_flush[FLUSH_FULL] += submitted  # every FrameTx transfer is one whole frame, "full" as ECM's are
@@ -612,7 +606,6 @@ class DataPath:
             self._stalled_out = True
         if gone:
             self.device_gone = True
-        return completed
 
     def _submit_rx(self) -> None:
         q = self.rx_submission

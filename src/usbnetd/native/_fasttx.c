@@ -1130,6 +1130,29 @@ static void pump_hook_tick(void *o, long long now_ns)
     }
 }
 
+/* tick() -> None: pump_hook_tick, for the Python event loop's process() (the same state as the C loop's). */
+static PyObject *NcmPump_tick(NcmPump *self, PyObject *Py_UNUSED(ignored))
+{
+    if (pump_check_idle(self) < 0)
+        return NULL;
+    if (!self->pump.xfers)
+        Py_RETURN_NONE;
+    long long now = mono_ns();
+    self->busy = self->tx->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    pump_hook_tick(self, now);
+    Py_END_ALLOW_THREADS
+    self->busy = self->tx->busy = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *NcmPump_get_flush_deadline(NcmPump *self, void *Py_UNUSED(c))
+{
+    if (self->flush_at_ns < 0)
+        Py_RETURN_NONE;
+    return PyFloat_FromDouble((double)self->flush_at_ns / 1e9);
+}
+
 static long long pump_hook_deadline(void *o)
 {
     return ((NcmPump *)o)->flush_at_ns;
@@ -1220,6 +1243,7 @@ static PyObject *NcmPump_disarm(NcmPump *self, PyObject *Py_UNUSED(ignored))
     if (txp_disarm(&self->pump) < 0)
         return NULL;
     self->tx->pumped = 0;
+    self->flush_at_ns = -1;
     Py_DECREF(self); /* the reference arm took; the caller still holds one */
     Py_RETURN_NONE;
 }
@@ -1335,6 +1359,9 @@ static PyMethodDef NcmPump_methods[] = {
     {"watchdog", (PyCFunction)NcmPump_watchdog, METH_O, "watchdog(checks) -> int: BulkPipe.watchdog."},
     {"burst_hooks", (PyCFunction)NcmPump_burst_hooks, METH_NOARGS,
      "burst_hooks() -> capsule: this armed pump's entry points for the C event loop (_fastpath.burst)."},
+    {"tick", (PyCFunction)NcmPump_tick, METH_NOARGS,
+     "tick(): after a wake-up: a completion sends the partial NTB waiting for it, a super-frame's waiting "
+     "segments go on, the flush timer (flush_deadline) sends what is left."},
     {"cancel_all", (PyCFunction)NcmPump_cancel_all, METH_NOARGS, "cancel every transfer in flight."},
     {"disarm", (PyCFunction)NcmPump_disarm, METH_NOARGS,
      "give the transfers back (a partial NTB is dropped); only when none is in flight."},
@@ -1349,6 +1376,8 @@ static PyGetSetDef NcmPump_getset[] = {
     {"open_count", (getter)NcmPump_get_open_count, NULL, "frames in the partial NTB waiting to go", NULL},
     {"pending", (getter)NcmPump_get_pending, NULL, "segments of a super-frame still to be written", NULL},
     {"framer", (getter)NcmPump_get_framer, NULL, "the NcmTx it frames with", NULL},
+    {"flush_deadline", (getter)NcmPump_get_flush_deadline, NULL,
+     "when the partial NTB goes if nothing else sends it (time.monotonic() seconds), or None", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
