@@ -53,8 +53,10 @@ What the emulated chip has:
 Commands (JSON lines on stdin, one JSON line back, as in ffs_device.py): ``stats`` (counters and the
 registers that matter), ``cable_out`` / ``cable_in``, ``ep0_silent`` / ``ep0_answer``, ``ep0_stall`` /
 ``ep0_normal``, ``garbage`` / ``sane`` (every register read answers one byte short, 0xA5 filler),
-``int_silent`` / ``int_talk``. Options ``--no-cable``, ``--ep0-silent``, ``--ep0-stall``, ``--garbage``,
-``--int-silent`` set them from the start.
+``int_silent`` / ``int_talk``, and the one-shot ``stall_next`` / ``garbage_next`` (only the next version read,
+a driver's first request, stalls / answers short: the driver that comes after is served sanely).
+Options ``--no-cable``, ``--ep0-silent``, ``--ep0-stall``, ``--garbage``, ``--int-silent`` set them from
+the start.
 """
 
 from __future__ import annotations
@@ -440,6 +442,10 @@ class Chip:
         self.ep0_stall = ep0_stall
         self.garbage = garbage
         self.int_silent = int_silent
+        # One-shot faults: the next vendor request stalls / the next register read answers short, then the
+        # chip is sane again (so that a driver started after it, the kernel's, finds a working chip).
+        self.stall_next = False
+        self.garbage_next = False
         self.reported_link: bool | None = None
         self.tx = TxStream()
 
@@ -480,16 +486,27 @@ class Chip:
             pass
 
     def setup(self, rt: int, req: int, value: int, index: int, length: int) -> None:
+        # The one-shot faults wait for a driver's first request, the version read (PLA_TCR0 as a whole dword):
+        # a driver on its way out (the kernel's, closing its interface) reads TCR0 only as a word.
+        version_read = rt == 0xC0 and value == PLA_TCR0 and index == MCU_PLA
+        once_stall = self.stall_next and version_read
         ok = rt & 0x60 == 0x40 and req == REQ_REGS and self.regs.valid(index, value, length) \
-            and not self.ep0_stall and not (rt & 0x80 and length > 64)
+            and not self.ep0_stall and not once_stall and not (rt & 0x80 and length > 64)
         if not ok:
+            if once_stall:
+                self.stall_next = False
+                self.events.append("stall once")
             self.stall(rt)
             return
         if rt & 0x80:
             with self.lock:
                 data = self.regs.read(index, value, length)
             self.counts["vendor_reads"] += 1
-            if self.garbage:
+            once_garbage = self.garbage_next and version_read
+            if self.garbage or once_garbage:
+                if once_garbage:
+                    self.garbage_next = False
+                    self.events.append("garbage once")
                 data = b"\xa5" * (len(data) - 1)
             os.write(self.ep0, data)
         else:
@@ -596,6 +613,8 @@ class Chip:
             "garbage": lambda: setattr(self, "garbage", True), "sane": lambda: setattr(self, "garbage", False),
             "int_silent": lambda: setattr(self, "int_silent", True),
             "int_talk": lambda: setattr(self, "int_silent", False),
+            "stall_next": lambda: setattr(self, "stall_next", True),
+            "garbage_next": lambda: setattr(self, "garbage_next", True),
         }
         if cmd in simple:
             with self.lock:
