@@ -686,8 +686,10 @@ RTL_MAX_FRAME = 1514
 
 def ref_r8152(b: bytes, max_frame: int = RTL_MAX_FRAME) -> tuple[list, dict]:
     """r8152_codec.RxDecoder's documented rules, independently: descriptors of 24 bytes, a 15-bit length
-    that includes a 4-byte FCS, the next descriptor at the following multiple of 8."""
+    that includes a 4-byte FCS and a CRC-error flag above it, the next descriptor at the following multiple
+    of 8."""
     spans: list[tuple[int, int]] = []
+    crc = 0
     at = 0
     while len(b) - at >= 24:
         n = _u16(b, at) % 32768
@@ -695,10 +697,13 @@ def ref_r8152(b: bytes, max_frame: int = RTL_MAX_FRAME) -> tuple[list, dict]:
             break
         frame_len, data_at = n - 4, at + 24
         if not ETH <= frame_len <= max_frame or data_at + n > len(b):
-            return spans, _errors(0, 1)
-        spans.append((data_at, frame_len))
+            return spans, _errors(crc, 1)
+        if b[at + 1] & 0x80:
+            crc += 1
+        else:
+            spans.append((data_at, frame_len))
         at = -(-(data_at + n) // 8) * 8
-    return spans, {}
+    return spans, _errors(crc, 0)
 
 
 def check_r8152(data: bytes) -> None:
@@ -712,6 +717,9 @@ def seeds_r8152() -> list[bytes]:
                                                                        [64] * 5, [1500, 1500, 1500]))]
     out.append(rtc.build_rx(_frames([60, 70])) + bytes(8))  # the short tail after a wMaxPacketSize multiple
     out.append(rtc.build_rx(_frames([80])) + bytes(24) + rtc.build_rx(_frames([90])))  # a zero-length stop
+    flagged = bytearray(rtc.build_rx(_frames([60, 70])))
+    flagged[1] |= 0x80  # the first frame's CRC-error bit
+    out.append(bytes(flagged))
     return out
 
 

@@ -105,6 +105,15 @@ def test_bad_lengths_stop_the_walk_and_count_once(length, why):
     assert errors(stats) == {"rx_length_errors": 1, "rx_errors": 1}
 
 
+def test_a_crc_error_drops_that_frame_only():
+    data = bytearray(codec.build_rx([frame(64), frame(100, 1), frame(70, 2)]))
+    second = (24 + 68 + 7) & ~7
+    data[second + 1] |= 0x80  # opts1 bit 15 of the second descriptor
+    got, stats = decode(bytes(data))
+    assert got == [frame(64), frame(70, 2)]
+    assert errors(stats) == {"rx_frame_errors": 1, "rx_errors": 1}
+
+
 def test_a_frame_running_past_the_transfer_is_not_read():
     data = codec.build_rx([frame(64), frame(1000, 2)])
     cut = len(data) - 100
@@ -123,7 +132,7 @@ def test_max_frame_is_the_drivers():
 @given(st.binary(max_size=3000))
 def test_garbage_never_raises_and_never_reads_past_length(data):
     got, stats = decode(data, tail=b"\xff" * 64)
-    assert stats.rx_errors == stats.rx_length_errors <= 1
+    assert stats.rx_length_errors <= 1 and stats.rx_errors == stats.rx_length_errors + stats.rx_frame_errors
 
 
 @settings(max_examples=200, deadline=None)

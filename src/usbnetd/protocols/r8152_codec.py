@@ -7,7 +7,8 @@ RX, one bulk IN transfer of `length` bytes, frames back to back from offset 0::
 
     [rx_desc 24 bytes][frame + 4-byte FCS][pad to 8] [rx_desc][frame + FCS][pad to 8] ...
 
-rx_desc word 0 (opts1) bits 0-14: the frame's length including the FCS; word 1 (opts2): the chip's
+rx_desc word 0 (opts1) bits 0-14: the frame's length including the FCS, bit 15: CRC error (Realtek's own
+out-of-tree driver names it RD_CRC; the kernel's masks it off); word 1 (opts2): the chip's
 checksum results (bits 19-23) and, when RX VLAN stripping is on, a stripped tag (bit 16 + the TCI
 byte-swapped); word 2 (opts3): checksum failures; words 3-5 unused here. usbnetd turns stripping off at
 bring-up, so tags stay in the frame, and does not use the checksum results (the TAP has no way to pass
@@ -20,7 +21,9 @@ nothing at or past `length` is read:
 
 * a length shorter than an Ethernet header plus the FCS (18), or whose frame is longer than `max_frame`:
   `rx_length_errors`, and the rest of the transfer (the next descriptor cannot be located);
-* a frame that runs past the end of the transfer: `rx_length_errors`, the rest of the transfer.
+* a frame that runs past the end of the transfer: `rx_length_errors`, the rest of the transfer;
+* a frame whose descriptor has the CRC-error bit: that frame, `rx_frame_errors` (its length still locates
+  the next descriptor).
 
 Each of those also counts once in `rx_errors`.
 
@@ -48,6 +51,7 @@ FCS_LEN = 4
 RX_DESC_LEN = 24
 RX_ALIGN = 8
 RX_LEN_MASK = 0x7FFF
+RX_CRC_ERR = 1 << 15
 RX_VLAN_TAG = 1 << 16
 
 TX_DESC_LEN = 8
@@ -79,7 +83,8 @@ class RxDecoder:
         pos = 0
         frames = 0
         while pos + RX_DESC_LEN <= length:
-            n = unpack(view, pos)[0] & RX_LEN_MASK
+            opts1 = unpack(view, pos)[0]
+            n = opts1 & RX_LEN_MASK
             if n == 0:
                 break  # padding after the last frame
             start = pos + RX_DESC_LEN
@@ -88,8 +93,12 @@ class RxDecoder:
                 stats.rx_length_errors += 1
                 stats.rx_errors += 1
                 break
-            emit(start, size)
-            frames += 1
+            if opts1 & RX_CRC_ERR:
+                stats.rx_frame_errors += 1
+                stats.rx_errors += 1
+            else:
+                emit(start, size)
+                frames += 1
             pos = (start + n + RX_ALIGN - 1) & ~(RX_ALIGN - 1)
         return frames
 
