@@ -28,6 +28,7 @@ from usbnetd.protocols import NoDriver, cdc, choose
 from usbnetd.protocols import ax88179_codec as axc
 from usbnetd.protocols import eem_codec as ec
 from usbnetd.protocols import ncm_codec as nc
+from usbnetd.protocols import r8152_codec as rtc
 from usbnetd.protocols import rndis_codec as rc
 from usbnetd.protocols.driver import Binding, Options
 from usbnetd.protocols.rndis import RndisDriver
@@ -677,6 +678,52 @@ def seeds_ax88179() -> list[bytes]:
 
 
 # ========================================================================================================
+# Realtek RTL8153 RX aggregates
+# ========================================================================================================
+
+RTL_MAX_FRAME = 1514
+
+
+def ref_r8152(b: bytes, max_frame: int = RTL_MAX_FRAME) -> tuple[list, dict]:
+    """r8152_codec.RxDecoder's documented rules, independently: descriptors of 24 bytes, a 15-bit length
+    that includes a 4-byte FCS and a CRC-error flag above it, the next descriptor at the following multiple
+    of 8."""
+    spans: list[tuple[int, int]] = []
+    crc = 0
+    at = 0
+    while len(b) - at >= 24:
+        n = _u16(b, at) % 32768
+        if n == 0:
+            break
+        frame_len, data_at = n - 4, at + 24
+        if not ETH <= frame_len <= max_frame or data_at + n > len(b):
+            return spans, _errors(crc, 1)
+        if b[at + 1] & 0x80:
+            crc += 1
+        else:
+            spans.append((data_at, frame_len))
+        at = -(-(data_at + n) // 8) * 8
+    return spans, _errors(crc, 0)
+
+
+def check_r8152(data: bytes) -> None:
+    data = data[:MAX_INPUT]
+    got = _run_rx(lambda s: rtc.RxDecoder(s, max_frame=RTL_MAX_FRAME), data)
+    _expect(got, ref_r8152(data), "RTL8153")
+
+
+def seeds_r8152() -> list[bytes]:
+    out = [rtc.build_rx(_frames(sizes, i)) for i, sizes in enumerate(([60], [14, 1514], [98, 42, 60, 590],
+                                                                       [64] * 5, [1500, 1500, 1500]))]
+    out.append(rtc.build_rx(_frames([60, 70])) + bytes(8))  # the short tail after a wMaxPacketSize multiple
+    out.append(rtc.build_rx(_frames([80])) + bytes(24) + rtc.build_rx(_frames([90])))  # a zero-length stop
+    flagged = bytearray(rtc.build_rx(_frames([60, 70])))
+    flagged[1] |= 0x80  # the first frame's CRC-error bit
+    out.append(bytes(flagged))
+    return out
+
+
+# ========================================================================================================
 
 TARGETS: dict[str, tuple[Callable[[bytes], None], Callable[[], list[bytes]]]] = {
     "ncm16": (check_ncm, lambda: seeds_ncm(False)),
@@ -688,5 +735,6 @@ TARGETS: dict[str, tuple[Callable[[bytes], None], Callable[[], list[bytes]]]] = 
     "config": (check_config, seeds_config),
     "notifications": (check_notifications, seeds_notifications),
     "ax88179": (check_ax88179, seeds_ax88179),
+    "r8152": (check_r8152, seeds_r8152),
 }
 assert set(COUNTERS) >= {"rx_errors", "rx_frame_errors", "rx_length_errors", "notification_errors"}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .driver import Quirk
 
-PROTOCOLS = ("ncm", "ecm", "rndis", "eem", "subset", "ax88179")
+PROTOCOLS = ("ncm", "ecm", "rndis", "eem", "subset", "ax88179", "r8152")
 
 # Configuration name -> (quirk, what it does).
 QUIRKS: dict[str, tuple[Quirk, str]] = {
@@ -72,8 +72,40 @@ class DeviceEntry:
 # Built-in entries. Only facts verified against a device or its driver belong here.
 BUILTIN: tuple[DeviceEntry, ...] = (
     # Its ECM/NCM configuration; old firmware repeats NETWORK_CONNECTION every 32 ms, which needs nothing
-    # (every device's link is acted on only when it changes).
+    # (every device's link is acted on only when it changes). Linux's r8152 lists it too, but protocols/r8152.py
+    # does not drive the RTL8156's vendor mode, so it stays on class matching.
     DeviceEntry(0x0BDA, 0x8156, note="Realtek RTL8156"),
+    # Realtek RTL8152/RTL8153 family and the adapters built on it: the ids Linux's r8152 matches (vendor
+    # interface FF/FF/00), driven by protocols/r8152.py, which takes RTL8153 versions 3-6 and refuses the
+    # others in one line (those keep their ECM configuration: --protocol ecm).
+    *(DeviceEntry(vid, pid, protocol="r8152", note=note) for vid, pid, note in (
+        (0x0BDA, 0x8050, "Realtek RTL8152 family (8050)"),
+        (0x0BDA, 0x8053, "Realtek RTL8153 family (8053)"),
+        (0x0BDA, 0x8152, "Realtek RTL8152 Fast Ethernet"),
+        (0x0BDA, 0x8153, "Realtek RTL8153 gigabit Ethernet"),
+        (0x0BDA, 0x8155, "Realtek RTL8152 family (8155)"),
+        (0x045E, 0x07AB, "Microsoft Surface Ethernet adapter (RTL8153)"),
+        (0x045E, 0x07C6, "Microsoft Surface Dock Ethernet (RTL8153)"),
+        (0x045E, 0x0927, "Microsoft Surface Ethernet adapter (RTL8153)"),
+        (0x045E, 0x0C5E, "Microsoft Surface Ethernet adapter (RTL8152 family)"),
+        (0x04E8, 0xA101, "Samsung USB Ethernet adapter (RTL8152 family)"),
+        (0x17EF, 0x304F, "Lenovo ThinkPad OneLink+ dock (RTL8153)"),
+        (0x17EF, 0x3054, "Lenovo ThinkPad OneLink Plus dock (RTL8153)"),
+        (0x17EF, 0x3062, "Lenovo ThinkPad USB-C Dock Gen 3 (RTL8153)"),
+        (0x17EF, 0x3069, "Lenovo ThinkPad TBT3 dock (RTL8153)"),
+        (0x17EF, 0x3082, "Lenovo ThinkPad Thunderbolt 3 Dock Gen 2 (RTL8153)"),
+        (0x17EF, 0x3098, "Lenovo ThinkPad dock (RTL8153)"),
+        (0x17EF, 0x7205, "Lenovo USB-C to Ethernet adapter (RTL8153)"),
+        (0x17EF, 0x720C, "Lenovo ThinkPad USB-C dongle (RTL8153)"),
+        (0x17EF, 0x7214, "Lenovo ThinkPad USB-C Dock Gen 2 (RTL8153)"),
+        (0x17EF, 0x721E, "Lenovo USB-C Travel Hub (RTL8153)"),
+        (0x17EF, 0xA387, "Lenovo ThinkPad USB-C Dock Gen 2 (RTL8153)"),
+        (0x13B1, 0x0041, "Linksys USB3GIGV1 (RTL8153)"),
+        (0x0955, 0x09FF, "Nvidia SHIELD / Tegra Ethernet adapter (RTL8153)"),
+        (0x2357, 0x0601, "TP-Link UE300 (RTL8153)"),
+        (0x2001, 0xB301, "D-Link DUB-E250 (RTL8152 family)"),
+        (0x0B05, 0x1976, "ASUS USB-C2500 (RTL8152 family)"),
+    )),
     # ASIX AX88179 / AX88178A and the adapters built on them: the ids Linux's ax88179_178a matches (each with
     # interface FF/FF/00), driven by protocols/ax88179.py.
     *(DeviceEntry(vid, pid, protocol="ax88179", note=note) for vid, pid, note in (

@@ -51,7 +51,8 @@ DEFAULT_IDS = {
     "rndis": (0x1D6B, 0x0104),
     "subset": (0x0525, 0xA4A2),
 }
-ALL_HOST_DRIVERS = ("cdc_ncm", "cdc_eem", "rndis_host", "cdc_subset", "cdc_ether", "zaurus", "ax88179_178a")
+ALL_HOST_DRIVERS = ("cdc_ncm", "cdc_eem", "rndis_host", "cdc_subset", "cdc_ether", "zaurus", "ax88179_178a",
+                    "r8152")
 
 
 class BenchError(RuntimeError):
