@@ -5,6 +5,7 @@ reference (NtbDecoder + TapPort, GRO on or off), on the same device bytes.
     python fuzz/native_ncm.py --engine=random -runs=N [-seed=S] [CORPUS_DIR ...]   # fuzz.py's mutation engine,
                                                                          # parents: our seeds + those corpora
     fuzz/native_asan.sh [options]                                        # the same against an ASan/UBSan build
+    --mode=ntb|ecm|rndis|ax88179 (either engine): every input in that mode (byte 0's mode bits rewritten)
 
 An input is a 5-byte header and the transfer bytes:
 
@@ -221,11 +222,14 @@ def repair_frame(buf: bytearray, off: int, n: int) -> None:
 
 
 def _csum(data: bytes) -> int:
+    """The Internet checksum of `data`. The one's-complement sum of 16-bit big-endian words is the whole
+    number mod 0xFFFF (2**16 = 1 mod 0xFFFF), except that a non-zero sum is 0xFFFF, never 0."""
     if len(data) % 2:
         data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
+    x = int.from_bytes(data, "big")
+    s = x % 0xFFFF
+    if s == 0 and x:
+        s = 0xFFFF
     return ~s & 0xFFFF
 
 
@@ -315,8 +319,32 @@ def _instrument(atheris) -> None:
         import usbnetd.protocols.rndis_codec  # noqa: F401
 
 
+MODES = {"ntb": 0, "ecm": ECM, "rndis": RNDIS, "ax88179": AX}
+
+
+def force_mode(check_input, mode: str):
+    """`check_input` on every input with byte 0's mode bits replaced by `mode`'s: one C entry point per run
+    (decode, decode_frame, decode_rndis or decode_ax88179), so each one's input count is exact. The input
+    written to $USBNETD_FUZZ_LAST_INPUT is the rewritten one, which replays without --mode."""
+    bit = MODES[mode]
+
+    def check_mode(data: bytes) -> None:
+        head = (data[0] if data else 0) & ~(ECM | RNDIS | AX) | bit
+        check_input(bytes([head]) + data[1:])
+
+    return check_mode
+
+
 def main(argv: list[str]) -> int:
-    return nc_.main(argv, TARGET, check, seeds, load_fastpath, _instrument, 20000)
+    """`--mode=ntb|ecm|rndis|ax88179` (any engine): only that entry point's inputs."""
+    target_check = check
+    rest = []
+    for a in argv:
+        if a.startswith("--mode="):
+            target_check = force_mode(check, a.split("=", 1)[1])
+        else:
+            rest.append(a)
+    return nc_.main(rest, TARGET, target_check, seeds, load_fastpath, _instrument, 20000)
 
 
 if __name__ == "__main__":
