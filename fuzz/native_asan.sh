@@ -24,14 +24,26 @@
 #   fuzz/native_asan.sh --tx [the same options]                   the native-ncm-tx target instead
 #     (fuzz/native_ncm_tx.py against an ASan+UBSan build of _fasttx.c; corpus fuzz/corpus/native-ncm-tx/,
 #     input being checked in build/native-asan/last-input-tx, differences in fuzz/artifacts/native-ncm-tx/)
+#   fuzz/native_asan.sh --usb [the same options]                  the native-usb-rx target (fuzz/native_usb.py:
+#     NcmRx's C completions usb_arm/usb_end/usb_disarm on libusb transfer structs; last-input-usb)
+#   fuzz/native_asan.sh --frametx [the same options]              the native-frame-tx target (fuzz/native_frame_tx.py:
+#     the FrameTx pump of _frametx.c, ECM/subset TX; last-input-frametx)
 # Environment: USBNETD_VENV (default <repo>/.venv), CC (default gcc).
 set -euo pipefail
 
 target=native-ncm-rx source=_fastpath script=native_ncm.py so_env=USBNETD_NATIVE_SO last=last-input
-if [[ ${1:-} == --tx ]]; then
-  shift
-  target=native-ncm-tx source=_fasttx script=native_ncm_tx.py so_env=USBNETD_NATIVE_TX_SO last=last-input-tx
-fi
+case ${1:-} in
+  --tx)
+    shift
+    target=native-ncm-tx source=_fasttx script=native_ncm_tx.py so_env=USBNETD_NATIVE_TX_SO last=last-input-tx ;;
+  --usb)
+    shift
+    target=native-usb-rx source=_fastpath script=native_usb.py so_env=USBNETD_NATIVE_SO last=last-input-usb ;;
+  --frametx)
+    shift
+    target=native-frame-tx source=_frametx script=native_frame_tx.py so_env=USBNETD_NATIVE_FRAMETX_SO \
+      last=last-input-frametx ;;
+esac
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
