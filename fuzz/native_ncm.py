@@ -16,7 +16,9 @@ An input is a 5-byte header and the transfer bytes:
              RndisDriver.rx_decode, with the first transfer's length as the "full" transfer size, so a
              message cut by the split is carried into the second transfer), 128 ASIX AX88179 aggregates
              (decode_ax88179 against ax88179_codec.RxDecoder); ECM wins over RNDIS, which wins over AX88179
-    1-2      the shortening (little endian)
+    1-2      the shortening (little endian); 0xFFF0-0xFFFF: the last transfer's length is -16..-1 instead, the
+             others' whole (both sides must take it as an empty transfer; with an RNDIS message carried over,
+             the C walk once took it as a memcpy size)
     3-4      where the second transfer starts (little endian, modulo the size + 1)
     5-       the transfer bytes
 
@@ -88,8 +90,12 @@ class Harness:
             k = split % (len(body) + 1)
             parts = [body[:k], body[k:]]
         out = []
-        for p in parts:
+        for k, p in enumerate(parts):
             length = len(p) - cut % (len(p) + 1) if flags & SHORTEN else len(p)
+            if flags & SHORTEN and cut >= 0xFFF0:
+                # a negative length (0xFFFF: -1; never from the transport) for the last transfer, the others
+                # whole: after a full first transfer, with an RNDIS message carried over
+                length = 0xFFEF - cut if k == len(parts) - 1 else len(p)
             buf = bytearray(p)
             if flags & REPAIR and flags & RNDIS and not flags & ECM:
                 self.repair_rndis(buf, length)
