@@ -399,9 +399,16 @@ def header(flags: int, kind: str, n: int, size: int) -> bytes:
     return bytes([flags | KINDS.index(kind) << 3, n - 1]) + struct.pack("<H", size - 1) + b"\0\0"
 
 
-def complete(data: bytes, k: int = 0, status: int | None = None, actual: int | None = None) -> bytes:
+def complete(data: bytes, k: int = 0, status: int | None = None, actual: int | None = None,
+             size: int | None = None) -> bytes:
+    """A completion op; with `size` (the transfer length) the bytes are cut or zero-filled to what parse()
+    takes for that actual_length, so the operations after it stay where they were meant to be."""
+    v = len(data) if actual is None else actual
+    if size is not None:
+        got = max(0, min(actual_of(v, size), size))
+        data = data[:got].ljust(got, b"\0")
     op = bytes([k & 7]) if status is None else bytes([0x40 | (k & 7), STATUSES.index(status)])
-    return op + struct.pack("<H", len(data) if actual is None else actual) + data
+    return op + struct.pack("<H", v) + data
 
 
 def seeds() -> list[bytes]:
@@ -420,15 +427,15 @@ def seeds() -> list[bytes]:
         out.append(header(GRO | REPAIR, "ntb", 4, size) + complete(a) + complete(b) + b"\x80" + complete(c))
         out.append(header(GRO, "ntb", 2, size) + complete(a) + complete(b) + complete(c) + b"\x81" +
                    complete(c, 1, status=4, actual=0) + b"\xc0" + complete(a))
-        out.append(header(0, "ntb", 8, size) + complete(a, 3) + complete(b, 5, actual=0xFFF1) + b"\x87" +
+        out.append(header(0, "ntb", 8, size) + complete(a, 3) + complete(b, 5, actual=0xFFF1, size=size) + b"\x87" +
                    complete(c, 2, status=3) + complete(c) + b"\x8e")
         out.append(header(GRO | REPAIR, "ntb", 3, len(a)) + complete(a, actual=0xFFF0) + complete(b[: len(a)]) +
-                   b"\x80" + complete(a[:100], actual=0xFFF2))
+                   b"\x80" + complete(a[:100], actual=0xFFF2, size=len(a)))
     frames = run(4, 1400) + [rx_._udp(50)]
     out.append(header(GRO | REPAIR, "frame", 4, 1536) + b"".join(complete(f, i) for i, f in enumerate(frames)) +
                b"\x80" + complete(frames[0], 0, status=2) + complete(frames[1]) + b"\x83")
-    out.append(header(GRO, "frame", 8, 1514) + complete(frames[0], actual=0xFFF1) + complete(frames[1][:20]) +
-               complete(b"", actual=0) + b"\xc1" + complete(frames[2]))
+    out.append(header(GRO, "frame", 8, 1514) + complete(frames[0], actual=0xFFF1, size=1514) +
+               complete(frames[1][:20]) + complete(b"", actual=0) + b"\xc1" + complete(frames[2]))
     for frames_ in (run(6, 1000), run(3, 800) + run(1, 300, seq=3400)):
         t = b"".join(rc.build_transfer([f]) for f in frames_)
         size = 2048
