@@ -19,17 +19,31 @@
 #
 #   fuzz/native_asan.sh -runs=1000000 [-seed=S] [-max_total_time=S] [CORPUS_DIR ...]
 #   fuzz/native_asan.sh fuzz/artifacts/native-ncm-rx/crash-…     replay inputs under the sanitizers
+#   fuzz/native_asan.sh -workers=2 -runs=N -seed=S [...]          N inputs in all, split over 2 processes
+#     (seeds S, S+1, ...; last inputs in last-input.0, .1, ...; a failing worker fails the run)
 #   fuzz/native_asan.sh --tx [the same options]                   the native-ncm-tx target instead
 #     (fuzz/native_ncm_tx.py against an ASan+UBSan build of _fasttx.c; corpus fuzz/corpus/native-ncm-tx/,
 #     input being checked in build/native-asan/last-input-tx, differences in fuzz/artifacts/native-ncm-tx/)
+#   fuzz/native_asan.sh --usb [the same options]                  the native-usb-rx target (fuzz/native_usb.py:
+#     NcmRx's C completions usb_arm/usb_end/usb_disarm on libusb transfer structs; last-input-usb)
+#   fuzz/native_asan.sh --frametx [the same options]              the native-frame-tx target (fuzz/native_frame_tx.py:
+#     the FrameTx pump of _frametx.c, ECM/subset TX; last-input-frametx)
 # Environment: USBNETD_VENV (default <repo>/.venv), CC (default gcc).
 set -euo pipefail
 
 target=native-ncm-rx source=_fastpath script=native_ncm.py so_env=USBNETD_NATIVE_SO last=last-input
-if [[ ${1:-} == --tx ]]; then
-  shift
-  target=native-ncm-tx source=_fasttx script=native_ncm_tx.py so_env=USBNETD_NATIVE_TX_SO last=last-input-tx
-fi
+case ${1:-} in
+  --tx)
+    shift
+    target=native-ncm-tx source=_fasttx script=native_ncm_tx.py so_env=USBNETD_NATIVE_TX_SO last=last-input-tx ;;
+  --usb)
+    shift
+    target=native-usb-rx source=_fastpath script=native_usb.py so_env=USBNETD_NATIVE_SO last=last-input-usb ;;
+  --frametx)
+    shift
+    target=native-frame-tx source=_frametx script=native_frame_tx.py so_env=USBNETD_NATIVE_FRAMETX_SO \
+      last=last-input-frametx ;;
+esac
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
@@ -43,9 +57,11 @@ include=$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["include"]
 suffix=$("$python" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
 so="$build/$source$suffix"
 mkdir -p "$build"
+# built to a temporary name and renamed: a run already using the .so keeps its copy (two runs at once)
 "$cc" -fsanitize=address,undefined -fno-sanitize-recover=all -g -O1 -fno-omit-frame-pointer \
   -std=c11 -Wall -Wextra -Wno-missing-field-initializers -fPIC -shared -I"$include" \
-  "$repo/src/usbnetd/native/$source.c" -o "$so"
+  "$repo/src/usbnetd/native/$source.c" -o "$so.$$.tmp"
+mv -f "$so.$$.tmp" "$so"
 
 asan=$("$cc" -print-file-name=libasan.so)
 ubsan=$("$cc" -print-file-name=libubsan.so)
@@ -59,16 +75,45 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:${UBSAN_OPTIONS:-}"
 export PYTHONMALLOC=malloc
 export "$so_env=$so"
 echo "native_asan.sh: $so (ASan+UBSan), LD_PRELOAD=$LD_PRELOAD" >&2
-args=("$@")
+args=()
+workers=1 runs=100000 seed=1
+for a in "$@"; do
+  case $a in
+    -workers=*) workers=${a#-workers=} ;;
+    -runs=*) runs=${a#-runs=} ;;
+    -seed=*) seed=${a#-seed=} ;;
+    *) args+=("$a") ;;
+  esac
+done
 have_path=0
 for a in "${args[@]}"; do [[ $a == -* ]] || have_path=1; done
 if (( ! have_path )) && [[ -d $here/corpus/$target ]]; then
   args+=("$here/corpus/$target")
 fi
-export USBNETD_FUZZ_LAST_INPUT="$build/$last"
-status=0
-"$python" "$here/$script" --engine=random "${args[@]}" || status=$?
-if (( status != 0 )); then
-  echo "native_asan.sh: exit $status; the input being checked is in $USBNETD_FUZZ_LAST_INPUT" >&2
+if (( workers <= 1 )); then
+  export USBNETD_FUZZ_LAST_INPUT="$build/$last"
+  status=0
+  "$python" "$here/$script" --engine=random "-runs=$runs" "-seed=$seed" "${args[@]}" || status=$?
+  if (( status != 0 )); then
+    echo "native_asan.sh: exit $status; the input being checked is in $USBNETD_FUZZ_LAST_INPUT" >&2
+  fi
+  exit $status
 fi
+# N processes with seeds S..S+N-1, the runs split between them (the machine's cores, not more)
+pids=()
+for ((k = 0; k < workers; k++)); do
+  share=$(( runs / workers + (k < runs % workers ? 1 : 0) ))
+  USBNETD_FUZZ_LAST_INPUT="$build/$last.$k" \
+    "$python" "$here/$script" --engine=random "-runs=$share" "-seed=$((seed + k))" "${args[@]}" &
+  pids+=($!)
+done
+status=0
+for ((k = 0; k < workers; k++)); do
+  s=0
+  wait "${pids[k]}" || s=$?
+  if (( s != 0 )); then
+    echo "native_asan.sh: worker $k exit $s; the input being checked is in $build/$last.$k" >&2
+    status=$s
+  fi
+done
 exit $status

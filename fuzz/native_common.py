@@ -54,21 +54,28 @@ class Tap:
         self.w, self.r = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.w.setblocking(False)
         self.r.setblocking(False)
+        self._buf = bytearray(1 << 18)
+        self._view = memoryview(self._buf)
         try:
             self.w.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_SNDBUFFORCE", 32), 64 << 20)
         except OSError:
             self.w.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 20)
 
     def drain(self) -> list[bytes]:
+        # recv_into one preallocated buffer: recvmsg(256 KiB) allocates and frees 256 KiB per call, which under
+        # ASan (PYTHONMALLOC=malloc, large blocks mmapped, poisoned and quarantined) cost about 55 us a call
+        # and was the harness's largest cost. MSG_TRUNC makes the kernel return a message's real length, so
+        # an oversized message is still caught.
         out = []
+        buf, view, recv_into = self._buf, self._view, self.r.recv_into
         while True:
             try:
-                m, _, flags, _ = self.r.recvmsg(1 << 18)
+                n = recv_into(buf, 0, socket.MSG_TRUNC)
             except BlockingIOError:
                 return out
-            if flags & socket.MSG_TRUNC:
+            if n > len(buf):
                 raise Difference("a message longer than 256 KiB")
-            out.append(m)
+            out.append(bytes(view[:n]))
 
     def close(self) -> None:
         self.w.close()
@@ -113,17 +120,23 @@ def corpus(dirs: list[str]) -> list[bytes]:
 
 def checker(make_harness: Callable[[], Any]) -> Callable[[bytes], None]:
     """The per-input callback: one harness, built on first use; every input written first to
-    $USBNETD_FUZZ_LAST_INPUT when set (native_asan.sh: a sanitizer abort keeps no input otherwise)."""
+    $USBNETD_FUZZ_LAST_INPUT when set (native_asan.sh: a sanitizer abort keeps no input otherwise).
+
+    The file is opened once and rewritten in place (pwrite, then ftruncate to the input's length): the same
+    bytes on disk before the input runs as an open/write/close per input gave, at 3 us instead of 120 us."""
     last_input = os.environ.get("USBNETD_FUZZ_LAST_INPUT")
     harness = None
+    fd = -1
 
     def check(data: bytes) -> None:
-        nonlocal harness
+        nonlocal harness, fd
         if harness is None:
             harness = make_harness()
         if last_input:
-            with open(last_input, "wb") as f:
-                f.write(data)
+            if fd < 0:
+                fd = os.open(last_input, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
         harness.check(data)
 
     return check

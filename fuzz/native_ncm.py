@@ -5,6 +5,7 @@ reference (NtbDecoder + TapPort, GRO on or off), on the same device bytes.
     python fuzz/native_ncm.py --engine=random -runs=N [-seed=S] [CORPUS_DIR ...]   # fuzz.py's mutation engine,
                                                                          # parents: our seeds + those corpora
     fuzz/native_asan.sh [options]                                        # the same against an ASan/UBSan build
+    --mode=ntb|ecm|rndis|ax88179 (either engine): every input in that mode (byte 0's mode bits rewritten)
 
 An input is a 5-byte header and the transfer bytes:
 
@@ -15,7 +16,9 @@ An input is a 5-byte header and the transfer bytes:
              RndisDriver.rx_decode, with the first transfer's length as the "full" transfer size, so a
              message cut by the split is carried into the second transfer), 128 ASIX AX88179 aggregates
              (decode_ax88179 against ax88179_codec.RxDecoder); ECM wins over RNDIS, which wins over AX88179
-    1-2      the shortening (little endian)
+    1-2      the shortening (little endian); 0xFFF0-0xFFFF: the last transfer's length is -16..-1 instead, the
+             others' whole (both sides must take it as an empty transfer; with an RNDIS message carried over,
+             the C walk once took it as a memcpy size)
     3-4      where the second transfer starts (little endian, modulo the size + 1)
     5-       the transfer bytes
 
@@ -87,8 +90,12 @@ class Harness:
             k = split % (len(body) + 1)
             parts = [body[:k], body[k:]]
         out = []
-        for p in parts:
+        for k, p in enumerate(parts):
             length = len(p) - cut % (len(p) + 1) if flags & SHORTEN else len(p)
+            if flags & SHORTEN and cut >= 0xFFF0:
+                # a negative length (0xFFFF: -1; never from the transport) for the last transfer, the others
+                # whole: after a full first transfer, with an RNDIS message carried over
+                length = 0xFFEF - cut if k == len(parts) - 1 else len(p)
             buf = bytearray(p)
             if flags & REPAIR and flags & RNDIS and not flags & ECM:
                 self.repair_rndis(buf, length)
@@ -221,11 +228,14 @@ def repair_frame(buf: bytearray, off: int, n: int) -> None:
 
 
 def _csum(data: bytes) -> int:
+    """The Internet checksum of `data`. The one's-complement sum of 16-bit big-endian words is the whole
+    number mod 0xFFFF (2**16 = 1 mod 0xFFFF), except that a non-zero sum is 0xFFFF, never 0."""
     if len(data) % 2:
         data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
+    x = int.from_bytes(data, "big")
+    s = x % 0xFFFF
+    if s == 0 and x:
+        s = 0xFFFF
     return ~s & 0xFFFF
 
 
@@ -315,8 +325,32 @@ def _instrument(atheris) -> None:
         import usbnetd.protocols.rndis_codec  # noqa: F401
 
 
+MODES = {"ntb": 0, "ecm": ECM, "rndis": RNDIS, "ax88179": AX}
+
+
+def force_mode(check_input, mode: str):
+    """`check_input` on every input with byte 0's mode bits replaced by `mode`'s: one C entry point per run
+    (decode, decode_frame, decode_rndis or decode_ax88179), so each one's input count is exact. The input
+    written to $USBNETD_FUZZ_LAST_INPUT is the rewritten one, which replays without --mode."""
+    bit = MODES[mode]
+
+    def check_mode(data: bytes) -> None:
+        head = (data[0] if data else 0) & ~(ECM | RNDIS | AX) | bit
+        check_input(bytes([head]) + data[1:])
+
+    return check_mode
+
+
 def main(argv: list[str]) -> int:
-    return nc_.main(argv, TARGET, check, seeds, load_fastpath, _instrument, 20000)
+    """`--mode=ntb|ecm|rndis|ax88179` (any engine): only that entry point's inputs."""
+    target_check = check
+    rest = []
+    for a in argv:
+        if a.startswith("--mode="):
+            target_check = force_mode(check, a.split("=", 1)[1])
+        else:
+            rest.append(a)
+    return nc_.main(rest, TARGET, target_check, seeds, load_fastpath, _instrument, 20000)
 
 
 if __name__ == "__main__":

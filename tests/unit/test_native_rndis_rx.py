@@ -187,3 +187,50 @@ def test_random_mutations(seed: int) -> None:
 def test_the_driver_asks_for_the_rndis_walk_with_its_transfer_size() -> None:
     d = reference_driver(Stats(), 16384)
     assert RndisDriver.native_rx(d) == ("rndis", rc.DEFAULT_MAX_FRAME, 16384)
+
+
+@pytest.mark.parametrize("length", [-1, -2, -8, -100000, -(1 << 62), -(1 << 80)])
+@pytest.mark.parametrize("carried", [3, 8, 60])
+def test_a_negative_length_with_a_message_carried_over_is_an_empty_transfer(length: int, carried: int) -> None:
+    """Regression: decode_rndis(buf, negative) while a split message was carried over took min(need - have,
+    length) as a memcpy size, a copy of about 2**64 bytes (segfault). A negative length is now an empty
+    transfer, as the decoders read it: nothing decoded, nothing counted, the carry kept for the next transfer,
+    on both sides. `carried`: the carried bytes (inside the 8-byte header, or past it)."""
+    t = stream([udp_frame(300, 1), udp_frame(400, 2)])
+    first = len(rc.build_transfer([udp_frame(300, 1)])) + carried
+    for gro in (True, False):
+        p = Pair(gro, rx_size=first)
+        try:
+            rest = t[first:]
+            p.batch([t[:first]])
+            assert p.rx.carry_len == p.drv._carry_len == carried
+            # the negative length on both sides, then the rest completes the carried message
+            view = memoryview(bytearray(rest))
+            p.port.rx_begin(view)
+            assert p.drv.rx_decode(view, length, p.port) == 0
+            p.port.rx_end()
+            assert p.rx.decode_rndis(guarded(rest), length) == 0
+            assert p.rx.carry_len == p.drv._carry_len == carried
+            p.batch([rest])
+            assert p.rx.carry_len == 0
+            assert p.nstats.rx_packets == 2 and p.nstats.rx_errors == 0
+        finally:
+            p.close()
+
+
+@pytest.mark.parametrize("method", ["decode", "decode_frame", "decode_ax88179", "decode_rndis"])
+def test_a_negative_length_counts_as_an_empty_transfer(method: str) -> None:
+    """Every C walker takes a negative length as 0, as the Python decoders do."""
+    counts = []
+    for length in (0, -1, -(1 << 70)):
+        tap = Tap()
+        try:
+            rx = native.NcmRx(tap.w.fileno(), 0, False, 1514, rx_size=64)
+            assert getattr(rx, method)(bytearray(64), length) == 0
+            s = Stats()
+            rx.add_to(s)
+            counts.append(s.as_dict())
+            assert tap.drain() == []
+        finally:
+            tap.close()
+    assert counts[1] == counts[0] and counts[2] == counts[0]

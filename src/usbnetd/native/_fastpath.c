@@ -635,7 +635,7 @@ static int check_idle(NcmRx *self)
 }
 
 /* A Python int as a transfer length, any size: what does not fit saturates (the reference clamps to the
- * buffer, and anything negative is "too short"). */
+ * buffer, and anything negative is "too short": run_decode makes it 0). */
 static int as_length(PyObject *o, long long *out)
 {
     int overflow;
@@ -848,6 +848,11 @@ static PyObject *run_decode(NcmRx *self, PyObject *const *args, Py_ssize_t nargs
     long long length;
     if (as_length(args[1], &length) < 0 || check_idle(self) < 0 || reserve_held(self) < 0)
         return NULL;
+    /* A negative length never comes from the transport (usb_complete clamps too); the reference's decoders
+     * read it as 0. Clamped here, not in each walker: rndis_complete_carry took min(need, length) as a
+     * memcpy size, so a negative length with a message carried over was a huge copy (a segfault). */
+    if (length < 0)
+        length = 0;
     Py_buffer view;
     if (PyObject_GetBuffer(args[0], &view, self->gro ? PyBUF_WRITABLE : PyBUF_SIMPLE) < 0)
         return NULL;

@@ -369,6 +369,9 @@ class RndisDriver(ProtocolDriver):
     # streaming into the next transfer. The tail of such a transfer is carried over and completed from the
     # next one; only a full transfer can continue, so a short one that ends mid-message is still an error.
     def rx_decode(self, view: memoryview, length: int, sink: RxSink) -> int:
+        # A negative length (never from the transport) is an empty transfer, as the decoders read it; with a
+        # message carried over it would have sliced the carry with a negative size.
+        length = max(length, 0)
         frames = 0
         start = 0
         if self._carry_len:

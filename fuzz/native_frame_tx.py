@@ -1,0 +1,475 @@
+"""Differential fuzz target `native-frame-tx`: the C TX pump of the one-frame-per-transfer framings (ECM, the CDC
+subset; usbnetd.native._frametx.FrameTx: arm, fill, the transfers' C callback, watchdog, cancel_all, add_to,
+disarm) against the Python path's pieces (TapPort.read_into, OneFramePerTransfer's framing and ZLP rule,
+BulkPipe's submissions, completions and watchdog, DataPath._on_tx's counting), on real libusb transfer structs.
+
+    python fuzz/native_frame_tx.py [libFuzzer options] [CORPUS_DIR ...]      # atheris, coverage of the reference
+    python fuzz/native_frame_tx.py --engine=random -runs=N [-seed=S] [CORPUS_DIR ...]   # fuzz.py's engine
+    fuzz/native_asan.sh --frametx [options]                                 # the same against an ASan/UBSan build
+
+TAP frames in, bulk OUT transfers out. An 8-byte header, then operations:
+
+    byte 0   flags: 1 vnet header (10 zero bytes before every frame), 2 the fd fails every read (EISDIR),
+             4 EOF at the end (the writer closes)
+    1        transfers: 1 + b % 8
+    2-3      max_frame: 1514 when bit 15 is set, else 14 + v % 9100 (little endian)
+    4        wMaxPacketSize: 8, 64, 512, 1024 or byte 5 + 1
+    6        the watchdog's checks: 1 + b % 4
+    ops      0x00-0x3F lo: a frame of ((b & 0x3F) << 8 | lo) bytes;  0x40-0x5F: max_frame - 16 + (b & 0x1F) bytes;
+             0x60-0x6F: (1 + (b & 0xF)) * wMaxPacketSize bytes (a ZLP);  0x70-0x7F: a raw message of
+             (b & 0xF) % 12 bytes, no vnet header;  0x80-0x9F: fill(budget (b & 0x1F) + 1; 0x9F: 64);
+             0xA0-0xBF [s]: the (b & 7)-th transfer in flight completes, with status STATUSES[s % 8] if bit 3
+             is set, else COMPLETED;  0xC0-0xCF: the watchdog;  0xD0-0xD7: cancel_all;  0xD8-0xDF: the next
+             submission fails with SUBMIT_ERRORS[b & 3]
+    then fill(64) twice, EOF and fill(64) if flag 4, every transfer in flight completed, cancel_all, disarm.
+
+A cancellation (watchdog, cancel_all) completes the transfer as cancelled right after the call, as libusb does
+at the next handle_events. Frames are numbered and filled from a fixed random pattern. Compared after every
+operation: what fill returned, the counters (Stats' tx_* and the pump's submitted / completed / failed /
+last status / read failures / stall and gone flags, as add_to reports them and as the Python pieces count
+them), transfers in flight and free; and in the end every transfer submitted (its bytes, length, ZLP flag, in
+order), every cancellation (by submission), the read errors. Any difference raises `Difference`. The pump's
+own buffers are heap blocks ASan guards (PYTHONMALLOC=malloc).
+
+USBNETD_NATIVE_FRAMETX_SO=path loads that build of the extension instead of the package's, and
+USBNETD_FUZZ_LAST_INPUT=path writes every input there before it runs (native_asan.sh --frametx sets both).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import os
+import random
+import struct
+import sys
+import types
+from array import array
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import native_common as nc_  # noqa: E402  (what the native targets share)
+from native_common import Difference, Tap  # noqa: E402
+
+TARGET = "native-frame-tx"
+HEADER = 8
+MAX_INPUT = 4096
+MAX_OPS = 600
+MAX_XFERS = 8
+VNET = 10
+VNET_ON, ERROR, EOF = 1, 2, 4
+COMPLETED, CANCELLED = 0, 3
+STATUSES = (1, 2, 3, 4, 5, 6, -1, 0x7FFFFFFF)
+SUBMIT_ERRORS = (-4, -1, -6, 7)  # LIBUSB_ERROR_NO_DEVICE, _IO, _BUSY, and a value libusb does not return
+PATTERN = random.Random(11).randbytes(16384 + 9200)
+_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)  # libusb_submit_transfer / libusb_cancel_transfer
+
+
+def load_frametx() -> Any:
+    return nc_.load_extension(TARGET, "USBNETD_NATIVE_FRAMETX_SO", "_frametx", "frametx")
+
+
+@dataclasses.dataclass
+class Plan:
+    flags: int
+    n: int
+    max_frame: int
+    maxpacket: int
+    checks: int
+    steps: list  # ("msg", bytes) | ("fill", budget) | ("complete", k, status) | ("watchdog",) | ("cancel",)
+    #              | ("fail", rc) | ("eof",) | ("drain",)
+
+
+def parse(data: bytes) -> Plan:
+    data = data[:MAX_INPUT]
+    h = data[:HEADER].ljust(HEADER, b"\0")
+    flags = h[0]
+    n = 1 + h[1] % MAX_XFERS
+    v = struct.unpack_from("<H", h, 2)[0]
+    mf = 1514 if v & 0x8000 else 14 + v % 9100
+    mp = (8, 64, 512, 1024, h[5] + 1)[h[4] % 5]
+    vnet = bytes(VNET) if flags & VNET_ON else b""
+    steps: list = []
+    body, i, nframes = data[HEADER:], 0, 0
+    while i < len(body) and len(steps) < MAX_OPS:
+        b = body[i]
+        i += 1
+        length = -1
+        if b < 0x40:
+            length = (b & 0x3F) << 8 | (body[i] if i < len(body) else 0)
+            i += 1
+        elif b < 0x60:
+            length = max(0, mf - 16 + (b & 0x1F))
+        elif b < 0x70:
+            length = (1 + (b & 0xF)) * mp
+        elif b < 0x80:
+            start = (nframes * 131) % 4096
+            steps.append(("msg", PATTERN[start : start + (b & 0xF) % 12]))
+            nframes += 1
+        elif b < 0xA0:
+            steps.append(("fill", 64 if b == 0x9F else (b & 0x1F) + 1))
+        elif b < 0xC0:
+            status = COMPLETED
+            if b & 8:
+                status = STATUSES[body[i] % len(STATUSES)] if i < len(body) else STATUSES[0]
+                i += 1
+            steps.append(("complete", b & 7, status))
+        elif b < 0xD0:
+            steps.append(("watchdog",))
+        elif b < 0xD8:
+            steps.append(("cancel",))
+        else:
+            steps.append(("fail", SUBMIT_ERRORS[b & 3]))
+        if length >= 0:
+            length = min(length, 16384 + 9100)
+            start = (nframes * 131) % 4096
+            steps.append(("msg", vnet + PATTERN[start : start + length]))
+            nframes += 1
+    steps += [("fill", 64), ("fill", 64)]
+    if flags & EOF:
+        steps += [("eof",), ("fill", 64)]
+    steps.append(("drain",))
+    return Plan(flags, n, mf, mp, 1 + h[6] % 4, steps)
+
+
+class _Libusb:
+    """python-libusb1's module with libusb_cancel_transfer replaced (BulkPipe.watchdog and cancel_all call it
+    directly; the transfers here are on no device)."""
+
+    def __init__(self, real: Any, cancel: Any) -> None:
+        self._real = real
+        self.libusb_cancel_transfer = cancel
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+class Side:
+    """One side's USB stand-ins: the transfers in flight (by address, in submission order), what was submitted,
+    what was cancelled, the libusb error the next submission returns."""
+
+    def __init__(self, slot_of: dict[int, int]) -> None:
+        self.slot_of = slot_of
+        self.in_flight: list[int] = []
+        self.sub_no: dict[int, int] = {}  # address -> the number of its submission
+        self.submitted: list[tuple[bytes, int, bool]] = []
+        self.cancelled: list[int] = []  # submission numbers
+        self.to_complete: list[int] = []  # cancelled, to complete as such after the call
+        self.fail_next = 0
+        self.libusb1: Any = None
+
+    def submit(self, address: int) -> int:
+        if self.fail_next:
+            rc, self.fail_next = self.fail_next, 0
+            return rc
+        s = self.libusb1.libusb_transfer.from_address(address)
+        data = ctypes.string_at(s.buffer, s.length) if s.length > 0 else b""
+        self.sub_no[address] = len(self.submitted)
+        self.submitted.append((data, s.length, bool(s.flags & (1 << 3))))
+        self.in_flight.append(address)
+        return 0
+
+    def cancel(self, address: int) -> int:
+        if address not in self.in_flight:
+            return -5  # LIBUSB_ERROR_NOT_FOUND
+        self.in_flight.remove(address)
+        self.cancelled.append(self.sub_no[address])
+        self.to_complete.append(address)
+        return 0
+
+
+class Harness:
+    def __init__(self) -> None:
+        from usb1 import libusb1
+
+        from usbnetd.core import datapath
+        from usbnetd.core.pool import PacketBufferPool
+        from usbnetd.core.stats import Stats
+        from usbnetd.netdev.port import TapPort
+        from usbnetd.protocols.driver import OneFramePerTransfer
+        from usbnetd.usb import bulk
+
+        self.libusb1, self.bulk, self.datapath = libusb1, bulk, datapath
+        self.Stats, self.TapPort, self.Pool, self.OneFramePerTransfer = Stats, TapPort, PacketBufferPool, \
+            OneFramePerTransfer
+        self.FrameTx = load_frametx().FrameTx
+        libusb1.loadLibrary()  # libusb_alloc_transfer, nothing else: no context, no device
+        self.ptrs = [libusb1.libusb_alloc_transfer(0) for _ in range(MAX_XFERS)]
+        if not all(self.ptrs):
+            raise MemoryError("libusb_alloc_transfer failed")
+        self.structs = [p.contents for p in self.ptrs]
+        self.addrs = [ctypes.addressof(s) for s in self.structs]
+        self.bad = os.open("/", os.O_RDONLY | os.O_DIRECTORY)  # readv: EISDIR
+        self.taps: dict[str, Tap] = {}
+        self.side: Side | None = None
+        self._submit_c = _FN(lambda a: self.side.submit(a))  # type: ignore[union-attr]
+        self._cancel_c = _FN(lambda a: self.side.cancel(a))  # type: ignore[union-attr]
+        self.submit_addr = ctypes.cast(self._submit_c, ctypes.c_void_p).value
+        self.cancel_addr = ctypes.cast(self._cancel_c, ctypes.c_void_p).value
+        self.cb_ptr = dict(libusb1.libusb_transfer._fields_)["callback"]
+        self._noop_c = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda a: None)
+
+    def tap(self, name: str) -> Tap:
+        # one socket pair per side for every input, emptied first (see native_ncm_tx.Harness.run)
+        tap = self.taps.get(name)
+        if tap is None or tap.w.fileno() < 0:
+            if tap is not None:
+                tap.close()
+            tap = self.taps[name] = Tap()
+        else:
+            tap.drain()
+        return tap
+
+    def complete(self, side: Side, address: int, status: int) -> None:
+        """As libusb completes a transfer: status and actual_length set, its callback called from C."""
+        s = self.libusb1.libusb_transfer.from_address(address)
+        s.status = status
+        s.actual_length = s.length if status == COMPLETED else 0
+        s.callback(ctypes.cast(address, self.libusb1.libusb_transfer_p))
+
+    def deliver(self, side: Side) -> None:
+        while side.to_complete:
+            self.complete(side, side.to_complete.pop(0), CANCELLED)
+
+    # -- the Python pieces ------------------------------------------------------------------------------------
+    def reference(self, plan: Plan) -> tuple:
+        tap = self.tap("ref")
+        fd = self.bad if plan.flags & ERROR else tap.r.fileno()
+        stats = self.Stats()
+        vnet = bool(plan.flags & VNET_ON)
+        port = self.TapPort(fd, stats, plan.max_frame, gro=vnet)
+        read_errors: list[str] = []
+
+        class Hits:
+            def __init__(self, out: list) -> None:
+                self.out = out
+
+            def hit(self, detail: object = "", n: int = 1) -> None:
+                self.out.extend([str(detail)] * n)
+
+        port.read_errors = Hits(read_errors)  # type: ignore[assignment]
+        drv = types.SimpleNamespace(max_frame=plan.max_frame, maxpacket=plan.maxpacket, stats=stats)
+        OFT = self.OneFramePerTransfer
+        OFT.init_framing(drv)  # type: ignore[arg-type]
+        # The slot is the pool packet: tx_size, max_frame rounded up to whole packets. A TAP read returns a too
+        # long frame's whole length however small the buffer (tun_put_user returns `total`), so read_into
+        # drops it; the socket pair standing in for the TAP returns the truncated length instead, so the slot
+        # gets one spare byte when tx_size is exactly max_frame, as a TAP's answer would need.
+        size = max(drv.tx_size, plan.max_frame + 1)
+        pool = self.Pool(plan.n + 1, size)
+        side = Side({})
+        side.libusb1 = self.libusb1
+        errors: list[str] = []
+        dp = types.SimpleNamespace(tracer=None, stats=stats, device_gone=False, _stalled_out=False,
+                                   _tx_frames=array("I", bytes(4 * pool.packet_count)),
+                                   _tx_bytes=array("Q", bytes(8 * pool.packet_count)),
+                                   _tx_errors=Hits(errors),
+                                   tx_completion=types.SimpleNamespace(enqueue=pool.deallocate))
+        counts = {"submitted": 0, "completed": 0}
+
+        def on_done(packet, status: int, actual: int) -> None:
+            counts["completed"] += 1
+            self.datapath.DataPath._on_tx(dp, packet, status)  # type: ignore[arg-type]
+
+        bulk = self.bulk
+        real = bulk.libusb1
+        bulk.libusb1 = _Libusb(real, lambda p: side.cancel(ctypes.addressof(p.contents)))
+        try:
+            pipe = bulk.BulkPipe(None, 0x02, plan.n, 0, on_done, submit=self._submit_c)
+            side.slot_of = pipe._slot_of
+            self.side = side
+            state = {"gone": False}
+
+            def fill(budget: int) -> tuple[int, int]:
+                read = 0
+                while read < budget and pipe.free_count > 0:
+                    p = pool.allocate()
+                    assert p is not None
+                    n = port.read_into(p.view[p.offset : p.offset + size])
+                    if n < 0:
+                        pool.deallocate(p)
+                        return read, 1
+                    read += 1
+                    if n == 0:
+                        pool.deallocate(p)
+                        continue
+                    OFT.tx_begin(drv, p)  # type: ignore[arg-type]
+                    OFT.tx_commit(drv, n)  # type: ignore[arg-type]
+                    length, zlp = OFT.tx_finish(drv)  # type: ignore[arg-type]
+                    dp._tx_frames[p.index] = 1
+                    dp._tx_bytes[p.index] = n
+                    try:
+                        pipe.submit(p, p.offset, length, zlp)
+                        counts["submitted"] += 1
+                    except bulk.SubmitError as exc:
+                        # the frame is lost: one frame in error, one transfer aborted
+                        pool.deallocate(p)
+                        stats.tx_errors += 1
+                        stats.tx_aborted_errors += 1
+                        if exc.code == bulk.ERROR_NO_DEVICE:
+                            state["gone"] = True
+                        break
+                return read, 0
+
+            def flags() -> tuple:
+                gone = dp.device_gone or state["gone"]
+                stalled = dp._stalled_out
+                dp.device_gone = dp._stalled_out = state["gone"] = False
+                return stalled, gone
+
+            trace = self.run(plan, side, tap, fill, lambda: pipe.watchdog(plan.checks), pipe.cancel_all, flags,
+                             lambda: (pipe.in_flight, pipe.free_count), stats, counts, errors, read_errors)
+            pipe.free()
+        finally:
+            bulk.libusb1 = real
+            self.side = None
+        return trace, side.submitted, side.cancelled, read_errors
+
+    # -- the C pump -------------------------------------------------------------------------------------------
+    def native(self, plan: Plan) -> tuple:
+        tap = self.tap("nat")
+        fd = self.bad if plan.flags & ERROR else tap.r.fileno()
+        stats = self.Stats()
+        pump = self.FrameTx(fd, VNET if plan.flags & VNET_ON else 0, plan.max_frame, plan.maxpacket)
+        addrs = self.addrs[: plan.n]
+        noop = ctypes.cast(self._noop_c, self.cb_ptr)
+        for s in self.structs[: plan.n]:
+            s.callback = noop
+            s.buffer = None
+            s.length = 0
+        side = Side({a: i for i, a in enumerate(addrs)})
+        side.libusb1 = self.libusb1
+        self.side = side
+        read_errors: list[str] = []
+        errors: list[str] = []
+        counts = {"submitted": 0, "completed": 0}
+
+        def events() -> tuple:
+            submitted, completed, failed, last_status, read_failed, read_errno, stalled, gone = pump.add_to(stats)
+            counts["submitted"] += submitted
+            counts["completed"] += completed
+            if failed:
+                errors.extend([f"status {last_status}"] * failed)
+            if read_failed:
+                read_errors.extend([os.strerror(read_errno)] * read_failed)
+            return bool(stalled), bool(gone)
+
+        try:
+            pump.arm(self.submit_addr, self.cancel_addr, addrs)
+            trace = self.run(plan, side, tap, pump.fill, lambda: pump.watchdog(plan.checks), pump.cancel_all,
+                             events, lambda: (pump.in_flight, pump.free), stats, counts, errors, read_errors)
+            pump.disarm()
+            if pump.armed:
+                raise Difference("disarm left the pump armed")
+            for k, s in enumerate(self.structs[: plan.n]):
+                if ctypes.cast(s.callback, ctypes.c_void_p).value != ctypes.cast(noop, ctypes.c_void_p).value:
+                    raise Difference(f"disarm did not give transfer {k} its callback back")
+        finally:
+            self.side = None
+        return trace, side.submitted, side.cancelled, read_errors
+
+    # -- the operations, the same on both sides ---------------------------------------------------------------
+    def run(self, plan: Plan, side: Side, tap: Tap, fill, watchdog, cancel_all, flags, room, stats, counts,
+            errors, read_errors) -> list:
+        trace = []
+        for step in plan.steps:
+            kind = step[0]
+            out: Any = None
+            if kind == "msg":
+                if tap.w.fileno() >= 0:
+                    tap.w.send(step[1])
+            elif kind == "fill":
+                out = tuple(fill(step[1]))
+            elif kind == "complete":
+                if side.in_flight:
+                    address = side.in_flight.pop(step[1] % len(side.in_flight))
+                    self.complete(side, address, step[2])
+            elif kind == "watchdog":
+                out = watchdog()
+                self.deliver(side)
+            elif kind == "cancel":
+                cancel_all()
+                self.deliver(side)
+            elif kind == "fail":
+                side.fail_next = step[1]
+            elif kind == "eof":
+                tap.w.close()
+            else:  # drain: every transfer in flight completes, then whatever is left is cancelled
+                while side.in_flight:
+                    self.complete(side, side.in_flight.pop(0), COMPLETED)
+                cancel_all()
+                self.deliver(side)
+            stalled, gone = flags()
+            s = stats
+            trace.append((kind, out, room(), (s.tx_packets, s.tx_bytes, s.tx_errors, s.tx_aborted_errors,
+                                               s.tx_dropped), dict(counts), len(errors),
+                          errors[-1] if errors else None, len(read_errors), stalled, gone))
+        return trace
+
+    def check(self, data: bytes) -> None:
+        plan = parse(data)
+        r_trace, r_sub, r_cancel, r_read = self.reference(plan)
+        n_trace, n_sub, n_cancel, n_read = self.native(plan)
+        if n_trace != r_trace:
+            k = next((i for i, (a, b) in enumerate(zip(n_trace, r_trace, strict=True)) if a != b), -1)
+            raise Difference(f"after step {k} ({plan.steps[k][0]}): (kind, returned, (in flight, free), (tx_packets, "
+                             f"tx_bytes, tx_errors, tx_aborted_errors, tx_dropped), counts, errors, last error, "
+                             f"read errors, stalled, gone) {n_trace[k]}, reference {r_trace[k]}")
+        if n_sub != r_sub:
+            k = next((i for i, (a, b) in enumerate(zip(n_sub, r_sub, strict=False)) if a != b),
+                     min(len(n_sub), len(r_sub)))
+            raise Difference(f"submitted transfers differ at {k} ({len(n_sub)} against {len(r_sub)}): "
+                             f"{[(len(d), n, z) for d, n, z in n_sub[k:k + 2]]}, reference "
+                             f"{[(len(d), n, z) for d, n, z in r_sub[k:k + 2]]}")
+        if sorted(n_cancel) != sorted(r_cancel):
+            raise Difference(f"cancelled {n_cancel}, reference {r_cancel}")
+        if n_read != r_read:
+            raise Difference(f"read errors {n_read[:4]}, reference {r_read[:4]}")
+
+
+# --- seeds ---------------------------------------------------------------------------------------------------
+
+
+def header(flags: int = 0, n: int = 4, mf: int = 1514, mp_index: int = 2, mp: int = 0, checks: int = 1) -> bytes:
+    v = 0x8000 if mf == 1514 else (mf - 14)
+    return bytes([flags, n - 1]) + struct.pack("<H", v) + bytes([mp_index, max(0, mp - 1), checks - 1, 0])
+
+
+def frames(*sizes: int) -> bytes:
+    return b"".join(bytes([(n >> 8) & 0x3F, n & 0xFF]) for n in sizes)
+
+
+def seeds() -> list[bytes]:
+    out = []
+    mixed = frames(60, 1514, 14, 13, 0, 1515, 3000, 512, 1024) + b"\x40\x50\x5f\x61\x62\x70\x75"
+    for flags in (0, VNET_ON, EOF, VNET_ON | EOF, ERROR):
+        out.append(header(flags) + mixed + b"\x9f" + b"\xa0\xa0\xa9\x03\x9f" + b"\xc0\xc0\xc0" + b"\x9f")
+        out.append(header(flags, 2) + frames(*([1000] * 10)) + b"\x82\xa0\x81\xab\x02\x83\xd8\x81\x9f")
+    out.append(header(0, 8, mp_index=0) + frames(*range(10, 80, 7)) + b"\x9f\xa1\xa2\xa3\xd0\x9f")
+    out.append(header(VNET_ON, 3, 1536, 2) + frames(1536, 1537, 1535, 2048) + b"\x9f\xa0\xa0\xa0\x9f")
+    out.append(header(0, 4, 60, 4, 60) + frames(60, 61, 59, 120) + b"\x84\xc0\xc0\xc0\xa0\x9f")
+    out.append(header(0, 1, 9014, 3) + frames(9014, 9015, 14, 9000) + b"\x9f\xac\x04\x9f\xad\x05\x9f\xda\x9f")
+    out.append(header(VNET_ON, 4, checks=3) + frames(*([200] * 8)) + b"\x9f\xc0\xc0\xc0\xc0\xa8\x02\xd1\x9f")
+    return out
+
+
+check = nc_.checker(lambda: Harness())
+
+
+def _instrument(atheris) -> None:
+    with atheris.instrument_imports(include=["usbnetd"]):
+        import usbnetd.core.datapath  # noqa: F401
+        import usbnetd.netdev.port  # noqa: F401
+        import usbnetd.protocols.driver  # noqa: F401
+        import usbnetd.usb.bulk  # noqa: F401
+    atheris.instrument_func(parse)
+
+
+def main(argv: list[str]) -> int:
+    return nc_.main(argv, TARGET, check, seeds, load_frametx, _instrument, MAX_INPUT)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
