@@ -1216,6 +1216,7 @@ static PyObject *NcmPump_disarm(NcmPump *self, PyObject *Py_UNUSED(ignored))
         release(self->tx);
         txp_put_back(&self->pump, self->open_slot);
         self->open_slot = -1;
+        self->flush_at_ns = -1; /* no partial NTB waits for the flush timer now: no deadline for the event loop */
     }
     if (txp_disarm(&self->pump) < 0)
         return NULL;
