@@ -28,6 +28,8 @@
 #     NcmRx's C completions usb_arm/usb_end/usb_disarm on libusb transfer structs; last-input-usb)
 #   fuzz/native_asan.sh --frametx [the same options]              the native-frame-tx target (fuzz/native_frame_tx.py:
 #     the FrameTx pump of _frametx.c, ECM/subset TX; last-input-frametx)
+#   fuzz/native_asan.sh --pump [the same options]                 the native-ncm-pump target (fuzz/native_ncm_pump.py:
+#     the NcmPump of _fasttx.c, NCM TX into bulk OUT transfers it owns; last-input-pump)
 # Environment: USBNETD_VENV (default <repo>/.venv), CC (default gcc).
 set -euo pipefail
 
@@ -43,6 +45,9 @@ case ${1:-} in
     shift
     target=native-frame-tx source=_frametx script=native_frame_tx.py so_env=USBNETD_NATIVE_FRAMETX_SO \
       last=last-input-frametx ;;
+  --pump)
+    shift
+    target=native-ncm-pump source=_fasttx script=native_ncm_pump.py so_env=USBNETD_NATIVE_TX_SO last=last-input-pump ;;
 esac
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -3,7 +3,8 @@
 fuzz/native_ncm.py (RX: NcmRx against NtbDecoder + TapPort), fuzz/native_ncm_tx.py (TX: NcmTx against
 NtbBuilder + TapPort.read_into), fuzz/native_usb.py (NcmRx's C bulk IN completions usb_arm/usb_end/usb_disarm
 on libusb transfer structs against the Python completions) and fuzz/native_frame_tx.py (the FrameTx pump
-against TapPort.read_into + OneFramePerTransfer + BulkPipe + DataPath._on_tx) fail on any difference in bytes
+against TapPort.read_into + OneFramePerTransfer + BulkPipe + DataPath._on_tx) and fuzz/native_ncm_pump.py (the
+NcmPump against NtbBuilder + TapPort + BulkPipe + DataPath's flush rules and _on_tx) fail on any difference in bytes
 written, submitted or counted, and on any fault of the C code; buffers end at an inaccessible page, so a read
 past a transfer's length (for the completions: past its actual_length) faults at once. The long runs,
 also under ASan/UBSan (fuzz/native_asan.sh), are recorded in docs/reliability.md.
@@ -22,7 +23,8 @@ from usbnetd import native
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Inputs per target: a few seconds each; the NCM TX target costs more per input (every NTB hashed).
-TARGETS = {"native_ncm.py": 20000, "native_ncm_tx.py": 3000, "native_usb.py": 10000, "native_frame_tx.py": 5000}
+TARGETS = {"native_ncm.py": 20000, "native_ncm_tx.py": 3000, "native_usb.py": 10000, "native_frame_tx.py": 5000,
+           "native_ncm_pump.py": 3000}
 
 
 @pytest.mark.parametrize("script", list(TARGETS))

@@ -52,18 +52,19 @@ VNET = 10
 BUDGET = 64  # core.datapath.TAP_READ_BUDGET
 
 
-def _load_ncmtx() -> Any:
+def _load_fasttx() -> tuple[Any, Any]:
+    """NcmTx and NcmPump, from one build (an NcmPump takes only its own module's NcmTx)."""
     path = os.environ.get("USBNETD_NATIVE_TX_SO")
     if not path:
-        return native.NcmTx
+        return native.NcmTx, native.NcmPump
     spec = importlib.util.spec_from_file_location("usbnetd.native._fasttx", path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.NcmTx
+    return mod.NcmTx, mod.NcmPump
 
 
-NcmTx: Any = _load_ncmtx()
+NcmTx, NcmPump = _load_fasttx()
 
 
 def test_the_tx_extension_is_built_in_ci() -> None:
@@ -1029,3 +1030,59 @@ def test_random_offload_scenarios(seed: int) -> None:
         differential(case, steps)
     except AssertionError as exc:
         raise AssertionError(f"seed {seed}: {case}: {exc}") from None
+
+
+# --- NcmPump -------------------------------------------------------------------------------------------------
+
+
+class _BurstTx(ctypes.Structure):
+    """burst.h's struct burst_tx (what NcmPump.burst_hooks() hands the C event loop), as far as used here."""
+
+    _fields_ = [
+        ("obj", ctypes.c_void_p),
+        ("room", ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_void_p)),
+        ("fill", ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_long)),
+        ("tick", ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_longlong)),
+        ("deadline", ctypes.CFUNCTYPE(ctypes.c_longlong, ctypes.c_void_p)),
+    ]
+
+
+def _hooks(pump: Any) -> tuple[Any, _BurstTx]:
+    get = ctypes.pythonapi.PyCapsule_GetPointer
+    get.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    get.restype = ctypes.c_void_p
+    cap = pump.burst_hooks()
+    return cap, _BurstTx.from_address(get(cap, b"usbnetd.native.burst_tx"))
+
+
+def test_pump_disarm_dropping_a_partial_ntb_leaves_no_flush_deadline() -> None:
+    """Regression (found by fuzz/native_ncm_pump.py): disarm dropped the partial NTB but kept its flush deadline,
+    so after arming again the C event loop woke for a timer nothing waited for, and the next partial NTB went at
+    that stale (past) deadline instead of a full flush delay later."""
+    usb1 = pytest.importorskip("usb1")
+    libusb1 = usb1.libusb1
+    libusb1.loadLibrary()
+    fn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
+    submit, cancel = fn(lambda a: 0), fn(lambda a: 0)
+    ptrs = [libusb1.libusb_alloc_transfer(0) for _ in range(2)]
+    addrs = [ctypes.addressof(p.contents) for p in ptrs]
+    tap = Tap()
+    try:
+        tx = make(L16, fd=tap.r.fileno())
+        pump = NcmPump(tx)
+        arm = (ctypes.cast(submit, ctypes.c_void_p).value, ctypes.cast(cancel, ctypes.c_void_p).value, addrs)
+        pump.arm(*arm)
+        tap.send(msgs([100, 100], 0))
+        assert pump.fill(1) == (1, 0)  # budget used up, the TAP not drained: the NTB waits for the timer
+        cap, h = _hooks(pump)
+        assert pump.open_count == 1 and h.deadline(h.obj) >= 0
+        pump.disarm()  # nothing in flight: the partial NTB is dropped
+        pump.arm(*arm)
+        cap, h = _hooks(pump)
+        assert pump.open_count == 0 and h.deadline(h.obj) == -1
+        del cap
+        pump.disarm()
+    finally:
+        tap.close()
+        for p in ptrs:
+            libusb1.libusb_free_transfer(p)

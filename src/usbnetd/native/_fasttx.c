@@ -1239,11 +1239,11 @@ static PyObject *NcmPump_disarm(NcmPump *self, PyObject *Py_UNUSED(ignored))
         release(self->tx);
         txp_put_back(&self->pump, self->open_slot);
         self->open_slot = -1;
+        self->flush_at_ns = -1; /* no partial NTB waits for the flush timer now: no deadline for the event loop */
     }
     if (txp_disarm(&self->pump) < 0)
         return NULL;
     self->tx->pumped = 0;
-    self->flush_at_ns = -1;
     Py_DECREF(self); /* the reference arm took; the caller still holds one */
     Py_RETURN_NONE;
 }
