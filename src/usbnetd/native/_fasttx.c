@@ -1244,6 +1244,7 @@ static PyObject *NcmPump_disarm(NcmPump *self, PyObject *Py_UNUSED(ignored))
     if (txp_disarm(&self->pump) < 0)
         return NULL;
     self->tx->pumped = 0;
+    self->flush_at_ns = -1; /* whatever the timer was for, nothing is framed any more */
     Py_DECREF(self); /* the reference arm took; the caller still holds one */
     Py_RETURN_NONE;
 }
