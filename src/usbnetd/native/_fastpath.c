@@ -1299,13 +1299,6 @@ static PyObject *fp_segment_verified(PyObject *Py_UNUSED(mod), PyObject *args)
  */
 typedef int (*handle_events_fn)(void *ctx, struct timeval *tv);
 
-static long long mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
 #define BURST_MAX_FDS 256
 #define TAP_READ_BUDGET 64 /* core/datapath.py TAP_READ_BUDGET: frames per wake-up before USB again */
 

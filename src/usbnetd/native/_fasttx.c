@@ -1004,13 +1004,6 @@ static void pump_send(NcmPump *self, int why)
     txp_submit(&self->pump, slot, (int)total, 0, self->open_frames, self->open_bytes);
 }
 
-static long long mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
 /* DataPath.on_tap_readable for NCM, transfers included (see above): frames read, *empty when the TAP said
  * EAGAIN. Leaves the flush timer armed (flush_at_ns) when a partial NTB waits, as _after_tap_read does. Runs
  * without the GIL. */

@@ -11,6 +11,16 @@
 #define USBNETD_BURST_H
 
 #include <stdint.h>
+#include <time.h>
+
+/* CLOCK_MONOTONIC in nanoseconds: the clock of the pumps' flush deadlines and of burst()'s timeout (the one
+ * time.monotonic() reads, so Python can compare them). */
+static inline long long mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
 
 #define BURST_TX_CAPSULE "usbnetd.native.burst_tx"
 
