@@ -24,7 +24,7 @@ from ..usb.descriptors import XFER_BULK, XFER_INTERRUPT, Configuration
 from ..usb.transport import STATUS_OK, TransportError
 from . import cdc
 from . import rndis_codec as rc
-from .driver import Binding, LinkEvent, ProtocolDriver, RxSink, bulk_alt
+from .driver import FRAME_TX_RNDIS, Binding, LinkEvent, ProtocolDriver, RxSink, bulk_alt
 
 log = logging.getLogger(__name__)
 _HEADER = struct.Struct("<II")  # MessageType, MessageLength
@@ -344,6 +344,17 @@ class RndisDriver(ProtocolDriver):
         # The C walk mirrors rx_decode below: the decoder's frame limit, and the transfer size that makes a
         # transfer "full" (one that may end inside a message, whose tail is carried).
         return ("rndis", rc.DEFAULT_MAX_FRAME, self.rx_size)
+
+    def native_frame_tx(self) -> tuple[int, int, int] | None:
+        # The C pump frames one PACKET_MSG per transfer, as RndisBatch does for a device that takes one packet
+        # per transfer (the Linux gadget and QEMU's usb-net both say MaxPacketsPerTransfer 1), and only with
+        # the pad byte's ZLP rule (maxpacket known) and room for a whole max_frame after the header.
+        b = self._batch
+        if b.max_packets != 1 or not b.maxpacket:
+            return None
+        if b.max_transfer_size - 1 - rc.PACKET_HEADER_LEN < self.max_frame:
+            return None
+        return (self.max_frame, b.maxpacket, FRAME_TX_RNDIS)
 
     def tx_begin(self, packet: Packet) -> None:
         packet.offset = 0
