@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -120,3 +121,83 @@ def test_ipv6_super_frames_delivered_and_forwarded(netns_pair, tmp_path):
         rc = u.stop()
         c.delete()
     assert rc == 0, u.output()
+
+
+DATA_VALID_SCRIPT = r"""
+import json, struct, time
+from usbnetd.core.stats import Stats
+from usbnetd.netdev.gro import VNET_HDR_LEN, ZERO_HDR
+from usbnetd.netdev.port import TapPort
+from usbnetd.netdev.tap import Tap
+
+MAC, PEER = bytes.fromhex("020018870001"), bytes.fromhex("020018870002")
+SRC, DST = bytes.fromhex("20010002008700000000000000000002"), bytes.fromhex("20010002008700000000000000000001")
+
+def csum(b):
+    if len(b) % 2:
+        b += bytes(1)
+    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+def tcp6(seq, payload, bad=False):
+    tcp = struct.pack("!HHIIBBHHH", 5001, 40999, seq, 7, 5 << 4, 0x10, 502, 0, 0)
+    c = csum(SRC + DST + struct.pack("!IxxxB", 20 + len(payload), 6) + tcp + payload) ^ (0x0101 if bad else 0)
+    tcp = tcp[:16] + struct.pack("!H", c) + tcp[18:]
+    ip6 = struct.pack("!IHBB", 6 << 28, 20 + len(payload), 6, 64) + SRC + DST
+    return MAC + PEER + b"\x86\xdd" + ip6 + tcp + payload
+
+def tcp_mib():
+    rows = [line.split() for line in open("/proc/net/snmp") if line.startswith("Tcp:")]
+    return dict(zip(rows[0][1:], map(int, rows[1][1:])))
+
+tap = Tap("usbdv0", MAC, 1500, vnet_hdr=VNET_HDR_LEN)
+tap.up()
+tap.set_carrier(True)
+print("up", flush=True)
+input()
+stats = Stats()
+port = TapPort(tap.fd, stats, max_frame=1514, gro=True)
+flags, write = [], port.write_frame
+def write_frame(frame, length, hdr=ZERO_HDR):
+    flags.append(hdr[0])  # the header byte the coalescer hands over (the write itself is the port's own)
+    return write(frame, length, hdr)
+port.write_frame = write_frame
+frames = [tcp6(1000, b"g" * 700), tcp6(1700, b"b" * 700, bad=True)]
+buf = bytearray(b"".join(frames))
+before = tcp_mib()
+port.rx_begin(memoryview(buf))
+port.emit(0, len(frames[0]))
+port.emit(len(frames[0]), len(frames[1]))
+port.rx_end()
+time.sleep(0.5)
+after = tcp_mib()
+print(json.dumps({"flags": flags, "rx_packets": stats.rx_packets, "rx_dropped": stats.rx_dropped,
+                  "unverified": port.gro.unverified,
+                  "mib": {k: after[k] - before[k] for k in ("InSegs", "InCsumErrors", "OutRsts")}}), flush=True)
+tap.close()
+"""
+
+
+def test_a_data_valid_single_and_an_unmarked_bad_one_through_a_real_tap(netns_pair):
+    """What the coalescer writes for a verified first segment whose follower failed: the first alone with
+    VIRTIO_NET_HDR_F_DATA_VALID, the follower unmarked. The real kernel must take both writes (tun accepts the
+    flag: the port counts no drop), verify the unmarked one itself and count it in TcpInCsumErrors, and hand
+    the marked one to TCP, which answers it (no socket: a reset)."""
+    ns, _ = netns_pair
+    p = ns.popen(sys.executable, "-c", DATA_VALID_SCRIPT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                 stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "up", p.stderr.read()
+        ns.run("ip", "-6", "addr", "add", "2001:2:87::1/64", "dev", "usbdv0", "nodad")
+        p.stdin.write("\n")
+        p.stdin.flush()
+        line = p.stdout.readline()
+        assert line, p.stderr.read()
+        out = json.loads(line)
+    finally:
+        p.communicate(timeout=30)
+    assert out["flags"] == [2, 0], out  # DATA_VALID on the verified one, nothing on the failing one
+    assert (out["rx_packets"], out["rx_dropped"], out["unverified"]) == (2, 0, 1), out
+    assert out["mib"]["InSegs"] == 2 and out["mib"]["InCsumErrors"] == 1 and out["mib"]["OutRsts"] == 1, out
