@@ -279,12 +279,13 @@ _ADDR6 = bytes.fromhex("20010002000000000000000000090001") + bytes.fromhex("2001
 
 
 def _tcp6(seq: int, payload: bytes, flags: int = 0x10, sport: int = 5001, options: bytes = b"",
-          bad: bool = False) -> bytes:
-    """TCP over IPv6 (2001:2::/48, the benchmarking range), checksum repaired, or broken with `bad`."""
+          bad: bool = False, word: int = 0x60012345, hop: int = 64) -> bytes:
+    """TCP over IPv6 (2001:2::/48, the benchmarking range), checksum repaired, or broken with `bad`; `word`:
+    version, traffic class and flow label."""
     thl = 20 + len(options)
     tcp = struct.pack("!HHIIBBHHH", sport, 40000, seq & 0xFFFFFFFF, 7, (thl // 4) << 4, flags, 502, 0, 0) + options
-    frame = bytearray(b"\x02\0\0\0\0\x02\x02\0\0\0\0\x01\x86\xdd" + struct.pack("!IHBB", 0x60012345, thl + len(payload),
-                                                                                 6, 64) + _ADDR6 + tcp + payload)
+    frame = bytearray(b"\x02\0\0\0\0\x02\x02\0\0\0\0\x01\x86\xdd" + struct.pack("!IHBB", word, thl + len(payload), 6,
+                                                                                 hop) + _ADDR6 + tcp + payload)
     repair_frame(frame, 0, len(frame))
     if bad:
         frame[70] ^= 0x11
@@ -313,6 +314,9 @@ def _seeds6(nc) -> list[bytes]:
         _run(1, 900) + [_tcp(1900, b"x" * 900)[:60] + b"\xbd" + _tcp(1900, b"x" * 900)[61:], _udp(300)]
         + _run6(1, 900) + [_tcp6(1900, b"y" * 900, bad=True), _udp6(300)],
         _run(3, 500) + _run6(3, 500, seq=2500) + _run(2, 500, seq=4000),
+        # one key field at a time, each between two segments that merge: flow label, traffic class, hop limit
+        [_tcp6(1000 + 400 * i, b"k" * 400, **kw) for i, kw in enumerate(
+            [{}, {}, {"word": 0x60054321}, {}, {}, {"word": 0x60412345}, {}, {}, {"hop": 63}, {}, {}])],
     ]
     out = []
     for layout in (nc.TxLayout(False, 0xFFFF, 4, 0, 4, 60, 512), nc.TxLayout(True, 0xFFFF, 8, 2, 8, 60, 512)):
