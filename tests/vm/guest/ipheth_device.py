@@ -46,6 +46,7 @@ one-shot ``stall_next`` / ``garbage_next`` (the next MAC read, a driver's first 
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import select
 import struct
@@ -124,21 +125,64 @@ def pack_ntb(frames: list[bytes], sequence: int, maxpacket: int = 512) -> bytes:
     return nth + ndp + bytes(body)
 
 
-class Phone(vendor.VendorChip):
-    def __init__(self, mount: Path, tap: str, mac: bytes, *, ncm_capable: bool, **faults) -> None:
-        super().__init__(mount, tap, descriptors(), {"ep_in": 1, "ep_out": 2}, **faults)
+class PhoneModel:
+    """The phone's control side, as the module docstring describes it: what each vendor request gets (the
+    device process uses it; the core tier drives usbnetd against it too). Thread-unsafe (the caller locks)."""
+
+    def __init__(self, mac: bytes, *, ncm_capable: bool = False, cable: bool = True) -> None:
         self.mac = mac
         self.ncm_capable = ncm_capable
+        self.cable = cable
         self.ncm = False
+        self.carrier_silent = False  # the carrier check stalls: a phone that never reports carrier
+        self.garbage = False
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.events: collections.deque[str] = collections.deque(maxlen=200)
+
+    def request(self, rt: int, req: int, index: int, length: int) -> bytes | None:
+        """The data stage's bytes for a request (b"" for one without), or None: stall it."""
+        if rt == 0xC0 and req == CMD_GET_MACADDR:
+            self.counts["mac_reads"] += 1
+            return self.mac[:5] if self.garbage else self.mac[:length]
+        if rt == 0xC0 and req == CMD_CARRIER_CHECK:
+            if self.carrier_silent:
+                self.counts["carrier_checks_stalled"] += 1
+                return None
+            self.counts["carrier_checks"] += 1
+            if self.garbage:
+                return b"\xa5\xa5"[:length]  # a longer answer whose byte 1 is no carrier either way
+            return bytes([CARRIER_ON if self.cable else CARRIER_OFF])[:length]
+        if rt == 0x41 and req == CMD_ENABLE_NCM and self.ncm_capable:
+            self.ncm = True
+            self.counts["ncm_enabled"] += 1
+            self.events.append("NCM mode")
+            return b""
+        self.counts["unknown_requests"] += 1
+        self.events.append(f"stalled {rt:02x}/{req:02x} wIndex {index}")
+        return None
+
+
+class Phone(vendor.VendorChip):
+    def __init__(self, mount: Path, tap: str, mac: bytes, *, ncm_capable: bool, **faults) -> None:
+        self.model = PhoneModel(mac, ncm_capable=ncm_capable)  # first: the fault switches below live in it
+        super().__init__(mount, tap, descriptors(), {"ep_in": 1, "ep_out": 2}, **faults)
+        self.model.counts = self.counts
+        self.model.events = self.events
         self.enabled = threading.Event()
         self.started = False  # the start frame sent since the function was enabled
         self.sequence = 0
+
+    # The fault switches and the tethering state live in the model (vendor.VendorChip's commands set them).
+    cable = property(lambda self: self.model.cable, lambda self, v: setattr(self.model, "cable", v))
+    garbage = property(lambda self: self.model.garbage, lambda self, v: setattr(self.model, "garbage", v))
+    int_silent = property(lambda self: self.model.carrier_silent,
+                          lambda self, v: setattr(self.model, "carrier_silent", v))
 
     # -- ep0 --------------------------------------------------------------------------------------------
     def on_event(self, name: str) -> None:
         if name == "ENABLE":
             with self.lock:
-                self.ncm = False  # a new configuration: the phone starts in legacy mode
+                self.model.ncm = False  # a new configuration: the phone starts in legacy mode
                 self.started = False
             self.enabled.set()
         elif name in ("DISABLE", "UNBIND"):
@@ -146,39 +190,20 @@ class Phone(vendor.VendorChip):
 
     def setup(self, rt: int, req: int, value: int, index: int, length: int) -> None:
         stall, short = self.one_shot(rt == 0xC0 and req == CMD_GET_MACADDR)
-        if rt & 0x60 != 0x40 or self.ep0_stall or stall:
-            self.stall(rt)
-            return
-        if rt == 0xC0 and req == CMD_GET_MACADDR:
-            data = self.mac
-        elif rt == 0xC0 and req == CMD_CARRIER_CHECK:
-            if self.int_silent:
-                self.counts["carrier_checks_stalled"] += 1
-                self.stall(rt)
-                return
-            self.counts["carrier_checks"] += 1
-            data = bytes([CARRIER_ON if self.cable else CARRIER_OFF])
-            if self.garbage:
-                data = b"\xa5\xa5"  # a longer answer whose byte 1 is no carrier either way
-                self.counts["vendor_reads"] += 1
-                os.write(self.ep0, data[:length])
-                return
-        elif rt == 0x41 and req == CMD_ENABLE_NCM and self.ncm_capable:
-            os.read(self.ep0, 0)  # the status stage
+        data = None
+        if rt & 0x60 == 0x40 and not self.ep0_stall and not stall:
             with self.lock:
-                self.ncm = True
-            self.counts["ncm_enabled"] += 1
-            self.events.append("NCM mode")
-            return
-        else:
-            self.counts["unknown_requests"] += 1
-            self.events.append(f"stalled {rt:02x}/{req:02x} wIndex {index}")
+                data = self.model.request(rt, req, index, length)
+        if data is None:
             self.stall(rt)
-            return
-        self.answer(data[:length], short)
+        elif rt & 0x80:
+            self.counts["vendor_reads"] += 1
+            os.write(self.ep0, b"\xa5" * (len(data) - 1) if short else data)
+        else:
+            os.read(self.ep0, 0)  # the status stage
 
     def registers(self) -> dict:
-        return {"ncm": self.ncm, "carrier": self.cable, "mac": self.mac.hex(":")}
+        return {"ncm": self.model.ncm, "carrier": self.model.cable, "mac": self.model.mac.hex(":")}
 
     # -- TX: host to wire -------------------------------------------------------------------------------
     def out_loop(self) -> None:
@@ -219,7 +244,7 @@ class Phone(vendor.VendorChip):
                 continue
             select.select([self.tap], [], [], 1.0)
             with self.lock:
-                ncm = self.ncm
+                ncm = self.model.ncm
             frames: list[bytes] = []
             while len(frames) < (NCM_MAX_DATAGRAMS if ncm else 1):
                 try:
