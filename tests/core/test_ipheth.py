@@ -33,18 +33,28 @@ PHONE_MAC = bytes.fromhex("02a1b2c3d4e5")
 HOST = bytes.fromhex("02aabbccddee")
 
 
-def phone_config(alt0: bool = True) -> bytes:
+def phone_config(emulator: bool = False) -> bytes:
     """A phone's tethering configuration: PTP, usbmux, and interface 2 (FF/FD/01) whose alternate setting 1
-    has the bulk pair (and, on a real phone, an alternate setting 0 without endpoints)."""
-    tether = [(2, 0, (0xFF, 0xFD, 0x01), [])] if alt0 else []
-    return config_descriptor((0, 0, (0x06, 0x01, 0x01), []), (1, 0, (0xFF, 0xFE, 0x02), []), *tether,
-                             (2, 1, (0xFF, 0xFD, 0x01), [endpoint(0x81, 2, 512), endpoint(0x02, 2, 512)]))
+    has the bulk pair, after an alternate setting 0 without endpoints (the bench's emulator: with the same
+    pair, and fillers)."""
+    pair = [endpoint(0x81, 2, 512), endpoint(0x02, 2, 512)]
+    alt0 = pair + [endpoint(0x86, 2, 512), endpoint(0x07, 2, 512)] if emulator else []
+    return config_descriptor((0, 0, (0x06, 0x01, 0x01), []), (1, 0, (0xFF, 0xFE, 0x02), []),
+                             (2, 0, (0xFF, 0xFD, 0x01), alt0), (2, 1, (0xFF, 0xFD, 0x01), pair))
 
 
 class ScriptedPhone(ScriptedVendor):
-    def __init__(self, *, ncm_capable: bool = False, alt0: bool = True, mac: bytes = PHONE_MAC, **faults) -> None:
-        super().__init__(phone_config(alt0), emu.VID, emu.PID, **faults)
+    def __init__(self, *, ncm_capable: bool = False, emulator: bool = False, mac: bytes = PHONE_MAC,
+                 **faults) -> None:
+        super().__init__(phone_config(emulator), emu.VID, emu.PID, **faults)
         self.model = emu.PhoneModel(mac, ncm_capable=ncm_capable)
+        self.emulator = emulator
+
+    def set_alt(self, interface: int, alternate: int) -> None:
+        super().set_alt(interface, alternate)
+        if self.emulator and alternate:
+            raise TransportError(f"cannot select alt setting {alternate} of interface {interface}: "
+                                 "LIBUSB_ERROR_PIPE [-9]")
 
     def _in(self, request_type, request, value, index, length) -> bytes:
         data = self.model.request(request_type, request, index, length)
@@ -92,6 +102,21 @@ def test_bring_up_reads_the_mac_selects_alt_1_and_waits_for_the_carrier():
     assert tap.carrier is False, "no carrier until the phone says so"
     svc.stop()
     assert t.closed and (2, 0) in t.alts, "back to alt 0 at the end"
+
+
+def test_a_phone_that_stalls_set_interface_is_driven_as_the_kernel_does(caplog):
+    """The bench's emulator (FunctionFS cannot take SET_INTERFACE 1): the same pair on setting 0, the stall
+    logged, and the phone driven anyway."""
+    t = ScriptedPhone(emulator=True)
+    _, binding = choose(t.identity.configurations, 1, protocol="ipheth")
+    assert (binding.data, binding.data_alt) == (2, 1), "the kernel's endpoints: setting 1's"
+    svc, tap = start(t)
+    assert t.alts == [(2, 1)] and "did not take alternate setting 1" in caplog.text
+    carrier_poll(svc)
+    t.complete_rx(emu.pack_legacy(PHONE_MAC + HOST + b"\x88\xb5" + bytes(46)))
+    turn(svc)
+    assert tap.carrier is True and len(tap.host_receive()) == 1
+    svc.stop()
 
 
 def test_carrier_follows_the_polled_carrier_check():

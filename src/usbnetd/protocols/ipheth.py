@@ -20,7 +20,8 @@ Bring-up (`claim`, `bind`, `activate`):
    stalls it stays in the legacy mode. Not by default: the phone keeps the mode until it is replugged, and a
    kernel ipheth older than the one that added the mode (6.1 included) that gets the phone back afterwards
    would take NTBs for frames;
-4. alternate setting 1 (`activate`): the bulk endpoints.
+4. alternate setting 1 (`activate`): the bulk endpoints. The kernel ignores a failed SET_INTERFACE here, and
+   so do we, with a warning (the bench's emulator cannot take it; see tests/vm/guest/ipheth_device.py).
 
 Carrier: no interrupt endpoint, so `poll()` asks every second (as the kernel's carrier work does) with
 vendor request 0x45 (C0, wValue 0, wIndex the interface, up to 64 bytes): 0x04 is "carrier on", in byte 0
@@ -53,6 +54,7 @@ from .vendor import REQ_VENDOR_IN, VendorDriver, match_vendor_interface
 log = logging.getLogger(__name__)
 
 INTERFACE = (0xFF, 0xFD, 0x01)
+DATA_ALT = 1
 REQ_VENDOR_OUT_INTERFACE = 0x41  # host-to-device, vendor, interface recipient
 CMD_GET_MACADDR = 0x00
 CMD_ENABLE_NCM = 0x04
@@ -72,7 +74,8 @@ class IphethDriver(OneFramePerTransfer, VendorDriver):
 
     @classmethod
     def match(cls, config: Configuration) -> Binding | None:
-        return match_vendor_interface(config, INTERFACE, interrupt=False)
+        # The kernel takes its endpoints from alternate setting 1 (IPHETH_ALT_INTFNUM) and selects that one.
+        return match_vendor_interface(config, INTERFACE, interrupt=False, alternate=DATA_ALT)
 
     @property
     def framing(self) -> str:
@@ -87,6 +90,13 @@ class IphethDriver(OneFramePerTransfer, VendorDriver):
 
     def claim(self) -> None:
         self.transport.claim(self.binding.data)
+
+    def activate(self) -> None:
+        try:
+            self.transport.set_alt(self.binding.data, self.binding.data_alt)
+        except TransportError as exc:
+            log.warning("the phone did not take alternate setting %d (%s); going on, as the kernel's ipheth "
+                        "does", self.binding.data_alt, exc)
 
     def _bring_up(self) -> None:
         iface = self.binding.data

@@ -32,12 +32,13 @@ REQ_VENDOR_OUT = 0x40
 
 
 def match_vendor_interface(config: Configuration, triple: tuple[int, int, int] = (0xFF, 0xFF, 0x00),
-                           interrupt: bool = True) -> Binding | None:
+                           interrupt: bool = True, alternate: int | None = None) -> Binding | None:
     """The first interface of class/subclass/protocol `triple` with a bulk IN/OUT pair on one of its
-    alternate settings (and an interrupt IN endpoint there when `interrupt`)."""
+    alternate settings (that one, when `alternate` names it), and an interrupt IN endpoint there when
+    `interrupt`."""
     for iface in config.interfaces:
         for alt in iface.alts:
-            if (alt.cls, alt.subclass, alt.protocol) != triple:
+            if (alt.cls, alt.subclass, alt.protocol) != triple or alternate not in (None, alt.alternate):
                 continue
             ep_in, ep_out = alt.endpoint(XFER_BULK, True), alt.endpoint(XFER_BULK, False)
             ep_int = alt.endpoint(XFER_INTERRUPT, True)

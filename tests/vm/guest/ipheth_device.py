@@ -10,13 +10,18 @@ What the emulated phone has:
 
 * USB: VID:PID 05ac:12a8 (an iPhone's id since the iPhone 5), one configuration with three interfaces as a
   phone's tethering configuration has them: 0 (06/01/01, PTP) and 1 (FF/FE/02, the usbmux channel), both
-  without endpoints here, and 2, the tethering interface FF/FD/01 whose alternate setting 1 has a bulk IN
-  (0x81) and a bulk OUT (0x02) endpoint. A phone's interface 2 also has an alternate setting 0 without
-  endpoints, and the host selects 1. The gadget cannot offer that: FunctionFS (6.1) has no get_alt, so the
-  gadget stack stalls SET_INTERFACE to anything but 0 before the function sees it. So interface 2 has only
-  setting 1 (the host's usbcore notes "config 1 interface 2 has no altsetting 0"): it is active from
-  SET_CONFIGURATION on, and the host's SET_INTERFACE(2, 1) stalls, which usbcore takes as done for an
-  interface with a single setting (and the kernel driver ignores anyway).
+  without endpoints here, and 2, the tethering interface FF/FD/01, whose alternate setting 1 has a bulk IN
+  (0x81) and a bulk OUT (0x02) endpoint. The host selects setting 1. The gadget cannot let it: FunctionFS
+  (6.1) has no get_alt, so the gadget stack stalls SET_INTERFACE to anything but 0 before the function sees
+  it, and usbcore then keeps setting 0 (the kernel's ipheth ignores the error; usbnetd logs it and goes on
+  as the kernel does). So here setting 0 carries the bulk pair too, under the same addresses: its endpoints
+  are the ones the host enables and the ones dummy_hcd routes 0x81 and 0x02 to. dummy_hcd numbers
+  FunctionFS endpoints by its own list (named bulk IN 1, 6, 11, 2 and OUT 2, 7, 12, 1, then generic ones
+  counted from 1 per direction), so setting 0 also carries filler endpoints that use up the named ones and
+  the first generic OUT, which gives setting 1's pair the generic addresses 0x81 and 0x02 again; the host
+  skips the one filler that repeats an address ("duplicate endpoint" notice) and nothing reads the fillers.
+  A phone's setting 0 has no endpoints. (A setting 1 alone, without a setting 0, also works until a driver
+  is unbound: usbcore then switches the interface to setting 0 before the next probe, which fails.)
 * Vendor control requests (FUNCTIONFS_ALL_CTRL_RECIP: they are addressed to the device): 0x00 (C0, wIndex 2)
   answers the 6-byte MAC the host interface is to use; 0x45 (C0, wIndex 2) the carrier check: one byte,
   0x04 while tethering is on (the "cable"), 0x03 while off (the kernel's rule since "fix carrier detection in
@@ -76,12 +81,19 @@ EP_IN, EP_OUT = 0x81, 0x02
 TETHER_INTERFACE = 2
 
 
+FILLERS_IN, FILLERS_OUT = 3, 4  # see the module docstring: dummy_hcd's named bulk IN 6, 11, 2; OUT 7, 12, 1, 1
+
+
 def descriptors() -> bytes:
     sets = []
     for bulk_mp in (64, 512):
+        pair = [ffs._endpoint(EP_IN, ffs.BULK, bulk_mp), ffs._endpoint(EP_OUT, ffs.BULK, bulk_mp)]
+        fillers = [ffs._endpoint(0x83 + i, ffs.BULK, bulk_mp) for i in range(FILLERS_IN)]
+        fillers += [ffs._endpoint(0x03 + i, ffs.BULK, bulk_mp) for i in range(FILLERS_OUT)]
+        alt0 = struct.pack("<9B", 9, 4, TETHER_INTERFACE, 0, 2 + len(fillers), 0xFF, 0xFD, 0x01, 0)
         alt1 = struct.pack("<9B", 9, 4, TETHER_INTERFACE, 1, 2, 0xFF, 0xFD, 0x01, 0)
-        sets.append([ffs._interface(0, 0, 0x06, 0x01, 0x01), ffs._interface(1, 0, 0xFF, 0xFE, 0x02), alt1,
-                     ffs._endpoint(EP_IN, ffs.BULK, bulk_mp), ffs._endpoint(EP_OUT, ffs.BULK, bulk_mp)])
+        sets.append([ffs._interface(0, 0, 0x06, 0x01, 0x01), ffs._interface(1, 0, 0xFF, 0xFE, 0x02),
+                     alt0, *pair, *fillers, alt1, *pair])
     body = struct.pack("<II", len(sets[0]), len(sets[1])) + b"".join(b"".join(s) for s in sets)
     flags = ffs.HAS_FS_DESC | ffs.HAS_HS_DESC | 64  # FUNCTIONFS_ALL_CTRL_RECIP: the phone's requests
     return struct.pack("<III", ffs.DESCRIPTORS_MAGIC_V2, 12 + len(body), flags) + body
