@@ -87,13 +87,17 @@ FILLERS_IN, FILLERS_OUT = 3, 4  # see the module docstring: dummy_hcd's named bu
 def descriptors() -> bytes:
     sets = []
     for bulk_mp in (64, 512):
-        pair = [ffs._endpoint(EP_IN, ffs.BULK, bulk_mp), ffs._endpoint(EP_OUT, ffs.BULK, bulk_mp)]
+        # FunctionFS wants a distinct address per endpoint descriptor; dummy_hcd's autoconfiguration gives the
+        # host-visible ones (module docstring), setting 1's pair getting 0x81 and 0x02 again.
+        pair0 = [ffs._endpoint(EP_IN, ffs.BULK, bulk_mp), ffs._endpoint(EP_OUT, ffs.BULK, bulk_mp)]
         fillers = [ffs._endpoint(0x83 + i, ffs.BULK, bulk_mp) for i in range(FILLERS_IN)]
         fillers += [ffs._endpoint(0x03 + i, ffs.BULK, bulk_mp) for i in range(FILLERS_OUT)]
+        pair1 = [ffs._endpoint(0x83 + FILLERS_IN, ffs.BULK, bulk_mp),
+                 ffs._endpoint(0x03 + FILLERS_OUT, ffs.BULK, bulk_mp)]
         alt0 = struct.pack("<9B", 9, 4, TETHER_INTERFACE, 0, 2 + len(fillers), 0xFF, 0xFD, 0x01, 0)
         alt1 = struct.pack("<9B", 9, 4, TETHER_INTERFACE, 1, 2, 0xFF, 0xFD, 0x01, 0)
         sets.append([ffs._interface(0, 0, 0x06, 0x01, 0x01), ffs._interface(1, 0, 0xFF, 0xFE, 0x02),
-                     alt0, *pair, *fillers, alt1, *pair])
+                     alt0, *pair0, *fillers, alt1, *pair1])
     body = struct.pack("<II", len(sets[0]), len(sets[1])) + b"".join(b"".join(s) for s in sets)
     flags = ffs.HAS_FS_DESC | ffs.HAS_HS_DESC | 64  # FUNCTIONFS_ALL_CTRL_RECIP: the phone's requests
     return struct.pack("<III", ffs.DESCRIPTORS_MAGIC_V2, 12 + len(body), flags) + body
