@@ -44,15 +44,15 @@ def phone_config(emulator: bool = False) -> bytes:
 
 
 class ScriptedPhone(ScriptedVendor):
-    def __init__(self, *, ncm_capable: bool = False, emulator: bool = False, mac: bytes = PHONE_MAC,
-                 **faults) -> None:
+    def __init__(self, *, ncm_capable: bool = False, emulator: bool = False, stall_alt: bool = False,
+                 mac: bytes = PHONE_MAC, **faults) -> None:
         super().__init__(phone_config(emulator), emu.VID, emu.PID, **faults)
         self.model = emu.PhoneModel(mac, ncm_capable=ncm_capable)
-        self.emulator = emulator
+        self.stall_alt = stall_alt
 
     def set_alt(self, interface: int, alternate: int) -> None:
         super().set_alt(interface, alternate)
-        if self.emulator and alternate:
+        if self.stall_alt and alternate:
             raise TransportError(f"cannot select alt setting {alternate} of interface {interface}: "
                                  "LIBUSB_ERROR_PIPE [-9]")
 
@@ -105,11 +105,7 @@ def test_bring_up_reads_the_mac_selects_alt_1_and_waits_for_the_carrier():
 
 
 def test_a_phone_that_stalls_set_interface_is_driven_as_the_kernel_does(caplog):
-    """The bench's emulator (FunctionFS cannot take SET_INTERFACE 1): the same pair on setting 0, the stall
-    logged, and the phone driven anyway."""
-    t = ScriptedPhone(emulator=True)
-    _, binding = choose(t.identity.configurations, 1, protocol="ipheth")
-    assert (binding.data, binding.data_alt) == (2, 1), "the kernel's endpoints: setting 1's"
+    t = ScriptedPhone(stall_alt=True)
     svc, tap = start(t)
     assert t.alts == [(2, 1)] and "did not take alternate setting 1" in caplog.text
     carrier_poll(svc)
@@ -117,6 +113,17 @@ def test_a_phone_that_stalls_set_interface_is_driven_as_the_kernel_does(caplog):
     turn(svc)
     assert tap.carrier is True and len(tap.host_receive()) == 1
     svc.stop()
+
+
+def test_a_setting_0_with_the_pair_is_used_as_it_is():
+    """The bench's emulator: the pair on setting 0 too, so nothing is selected (FunctionFS cannot take 1)."""
+    t = ScriptedPhone(emulator=True)
+    _, binding = choose(t.identity.configurations, 1, protocol="ipheth")
+    assert (binding.data, binding.data_alt) == (2, 0)
+    svc, tap = start(t)
+    assert t.alts == []
+    svc.stop()
+    assert t.alts == []
 
 
 def test_carrier_follows_the_polled_carrier_check():

@@ -20,8 +20,8 @@ Bring-up (`claim`, `bind`, `activate`):
    stalls it stays in the legacy mode. Not by default: the phone keeps the mode until it is replugged, and a
    kernel ipheth older than the one that added the mode (6.1 included) that gets the phone back afterwards
    would take NTBs for frames;
-4. alternate setting 1 (`activate`): the bulk endpoints. The kernel ignores a failed SET_INTERFACE here, and
-   so do we, with a warning (the bench's emulator cannot take it; see tests/vm/guest/ipheth_device.py).
+4. alternate setting 1 (`activate`): the bulk endpoints (the first setting that has them; a phone's setting
+   0 has none). The kernel ignores a failed SET_INTERFACE here, and so do we, with a warning.
 
 Carrier: no interrupt endpoint, so `poll()` asks every second (as the kernel's carrier work does) with
 vendor request 0x45 (C0, wValue 0, wIndex the interface, up to 64 bytes): 0x04 is "carrier on", in byte 0
@@ -54,7 +54,6 @@ from .vendor import REQ_VENDOR_IN, VendorDriver, match_vendor_interface
 log = logging.getLogger(__name__)
 
 INTERFACE = (0xFF, 0xFD, 0x01)
-DATA_ALT = 1
 REQ_VENDOR_OUT_INTERFACE = 0x41  # host-to-device, vendor, interface recipient
 CMD_GET_MACADDR = 0x00
 CMD_ENABLE_NCM = 0x04
@@ -74,8 +73,9 @@ class IphethDriver(OneFramePerTransfer, VendorDriver):
 
     @classmethod
     def match(cls, config: Configuration) -> Binding | None:
-        # The kernel takes its endpoints from alternate setting 1 (IPHETH_ALT_INTFNUM) and selects that one.
-        return match_vendor_interface(config, INTERFACE, interrupt=False, alternate=DATA_ALT)
+        # The first setting with the bulk pair: 1 on a phone (its setting 0 has none; the kernel takes setting
+        # 1's endpoints, IPHETH_ALT_INTFNUM), 0 where that one already has them (the bench's emulator).
+        return match_vendor_interface(config, INTERFACE, interrupt=False)
 
     @property
     def framing(self) -> str:
@@ -92,6 +92,8 @@ class IphethDriver(OneFramePerTransfer, VendorDriver):
         self.transport.claim(self.binding.data)
 
     def activate(self) -> None:
+        if not self.binding.data_alt:
+            return
         try:
             self.transport.set_alt(self.binding.data, self.binding.data_alt)
         except TransportError as exc:

@@ -8,25 +8,31 @@ Apple documents none of it.
 
 What the emulated phone has:
 
-* USB: VID:PID 05ac:12a8 (an iPhone's id since the iPhone 5), one configuration with three interfaces as a
-  phone's tethering configuration has them: 0 (06/01/01, PTP) and 1 (FF/FE/02, the usbmux channel), both
-  without endpoints here, and 2, the tethering interface FF/FD/01, whose alternate setting 1 has a bulk IN
-  (0x81) and a bulk OUT (0x02) endpoint. The host selects setting 1. The gadget cannot let it: FunctionFS
-  (6.1) has no get_alt, so the gadget stack stalls SET_INTERFACE to anything but 0 before the function sees
-  it, and usbcore then keeps setting 0 (the kernel's ipheth ignores the error; usbnetd logs it and goes on
-  as the kernel does). So here setting 0 carries the bulk pair too, under the same addresses: its endpoints
-  are the ones the host enables and the ones dummy_hcd routes 0x81 and 0x02 to. dummy_hcd numbers
-  FunctionFS endpoints by its own list (named bulk IN 1, 6, 11, 2 and OUT 2, 7, 12, 1, then generic ones
-  counted from 1 per direction), so setting 0 also carries filler endpoints that use up the named ones and
-  the first generic OUT, which gives setting 1's pair the generic addresses 0x81 and 0x02 again; the host
-  skips the one filler that repeats an address ("duplicate endpoint" notice) and nothing reads the fillers.
-  A phone's setting 0 has no endpoints. (A setting 1 alone, without a setting 0, also works until a driver
-  is unbound: usbcore then switches the interface to setting 0 before the next probe, which fails.)
-* Vendor control requests (FUNCTIONFS_ALL_CTRL_RECIP: they are addressed to the device): 0x00 (C0, wIndex 2)
-  answers the 6-byte MAC the host interface is to use; 0x45 (C0, wIndex 2) the carrier check: one byte,
+* USB: VID:PID 05ac:12a8 (an iPhone's id since the iPhone 5). A phone's tethering configuration has PTP
+  (interface 0), the usbmux channel (1, FF/FE/02) and the tethering interface (2, FF/FD/01) with an
+  alternate setting 0 without endpoints and a setting 1 with a bulk IN and a bulk OUT endpoint, which the
+  host selects. The gadget cannot let it: FunctionFS (6.1) has no get_alt, so the gadget stack stalls
+  SET_INTERFACE to anything but 0 before the function sees it, and a stalled SET_INTERFACE leaves the
+  interface's endpoints disabled in 6.1's usbcore (it flushes them before asking). So here:
+  - the tethering interface is interface 0 (the usbmux one, without endpoints, is 1; no PTP): the 6.1
+    kernel's ipheth selects setting 1 of interface 2 by number, which is then no interface at all, a
+    request usbcore refuses before it touches anything;
+  - its setting 0 carries the bulk pair too, under the same addresses, and stays the active one (usbnetd
+    uses the first setting that has the pair, so it selects nothing here; on a phone it selects 1);
+  - dummy_hcd numbers FunctionFS endpoints by its own list (named bulk IN 1, 6, 11, 2 and OUT 2, 7, 12, 1,
+    then generic ones counted from 1 per direction), so setting 0 also carries filler endpoints that use up
+    the named ones and the first generic OUT, which gives setting 1's pair the addresses 0x81 and 0x02
+    again; the host skips the one filler that repeats an address ("duplicate endpoint" notice), and
+    dummy_hcd routes 0x81 and 0x02 to setting 0's pair (the first endpoints with those addresses). Nothing
+    reads the fillers.
+  (Setting 1 alone, without a setting 0, works for a first driver but not after an unbind: usbcore then
+  switches the interface to setting 0 before the next probe, which fails.)
+* Vendor control requests (FUNCTIONFS_ALL_CTRL_RECIP: they are addressed to the device; wIndex, the
+  interface, is not checked): 0x00 (C0) answers the 6-byte MAC the host interface is to use; 0x45 (C0) the
+  carrier check: one byte,
   0x04 while tethering is on (the "cable"), 0x03 while off (the kernel's rule since "fix carrier detection in
   modes 1 and 4": a 1-byte answer is read at byte 0, a longer one at byte 1; with one byte both rules agree);
-  0x04 (41, interface 2, no data) switches RX to the NCM mode of newer iOS (``--ncm``; without it the
+  0x04 (41, the interface, no data) switches RX to the NCM mode of newer iOS (``--ncm``; without it the
   request stalls, as on a phone without that mode). Anything else stalls.
 * RX (phone to host), legacy mode: one frame per bulk IN transfer behind 2 bytes of padding (the kernel's
   IPHETH_IP_ALIGN); the first transfer after the function is enabled is the 4-byte control frame
@@ -78,7 +84,7 @@ NCM_HEADER = 12 + 96  # NTH16 + an NDP16 with room for 22 entries
 NCM_MAX_DATAGRAMS = 21
 NCM_MAX_NTB = 65536
 EP_IN, EP_OUT = 0x81, 0x02
-TETHER_INTERFACE = 2
+TETHER_INTERFACE = 0  # a phone's is 2 (module docstring)
 
 
 FILLERS_IN, FILLERS_OUT = 3, 4  # see the module docstring: dummy_hcd's named bulk IN 6, 11, 2; OUT 7, 12, 1, 1
@@ -96,8 +102,7 @@ def descriptors() -> bytes:
                  ffs._endpoint(0x03 + FILLERS_OUT, ffs.BULK, bulk_mp)]
         alt0 = struct.pack("<9B", 9, 4, TETHER_INTERFACE, 0, 2 + len(fillers), 0xFF, 0xFD, 0x01, 0)
         alt1 = struct.pack("<9B", 9, 4, TETHER_INTERFACE, 1, 2, 0xFF, 0xFD, 0x01, 0)
-        sets.append([ffs._interface(0, 0, 0x06, 0x01, 0x01), ffs._interface(1, 0, 0xFF, 0xFE, 0x02),
-                     alt0, *pair0, *fillers, alt1, *pair1])
+        sets.append([alt0, *pair0, *fillers, alt1, *pair1, ffs._interface(1, 0, 0xFF, 0xFE, 0x02)])
     body = struct.pack("<II", len(sets[0]), len(sets[1])) + b"".join(b"".join(s) for s in sets)
     flags = ffs.HAS_FS_DESC | ffs.HAS_HS_DESC | 64  # FUNCTIONFS_ALL_CTRL_RECIP: the phone's requests
     return struct.pack("<III", ffs.DESCRIPTORS_MAGIC_V2, 12 + len(body), flags) + body
@@ -256,7 +261,7 @@ class Phone(vendor.VendorChip):
                 start = not self.started
                 self.started = True
             if start:
-                self._send(START_FRAME, 0)
+                self.send_in(START_FRAME, 0)
                 continue
             select.select([self.tap], [], [], 1.0)
             with self.lock:
@@ -278,18 +283,9 @@ class Phone(vendor.VendorChip):
                 continue
             if ncm:
                 self.sequence += 1
-                self._send(pack_ntb(frames, self.sequence), len(frames))
+                self.send_in(pack_ntb(frames, self.sequence), len(frames))
             else:
-                self._send(pack_legacy(frames[0]), 1)
-
-    def _send(self, packet: bytes, frames: int) -> None:
-        try:
-            os.write(self.ep_in, packet)  # blocks until the host reads it
-            self.counts["in_transfers"] += 1
-            self.counts["in_frames"] += frames
-        except OSError as exc:
-            self.counts[f"in_{vendor.errname(exc)}"] += 1
-            time.sleep(0.05)
+                self.send_in(pack_legacy(frames[0]), 1)
 
 
 def main(argv: list[str] | None = None) -> int:

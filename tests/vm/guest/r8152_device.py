@@ -506,13 +506,7 @@ class Chip(vendor.VendorChip):
                     break
             if not frames:
                 continue
-            packet = pack_rx(frames)
-            try:
-                os.write(self.ep_in, packet)  # blocks until the host reads it
-                self.counts["in_transfers"] += 1
-                self.counts["in_frames"] += len(frames)
-            except OSError as exc:
-                self.counts[f"in_{vendor.errname(exc)}"] += 1
+            self.send_in(pack_rx(frames), len(frames))
 
 
 def main(argv: list[str] | None = None) -> int:

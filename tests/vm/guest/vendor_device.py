@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import collections
 import errno
-import json
 import os
 import struct
 import sys
@@ -208,6 +207,16 @@ class VendorChip:
     def out_loop(self) -> None:
         raise NotImplementedError
 
+    def send_in(self, packet: bytes, frames: int) -> None:
+        """One bulk IN transfer carrying `frames` frames; blocks until the host reads it."""
+        try:
+            os.write(self.ep_in, packet)
+            self.counts["in_transfers"] += 1
+            self.counts["in_frames"] += frames
+        except OSError as exc:
+            self.counts[f"in_{errname(exc)}"] += 1
+            time.sleep(0.05)  # unplugged or halted: do not spin
+
     def in_loop(self) -> None:
         raise NotImplementedError
 
@@ -232,14 +241,7 @@ def main(argv: list[str] | None, kind: str, description: str,
     args = ap.parse_args(argv)
     chip = make(args, bytes.fromhex(args.host_mac.replace(":", "")))
     chip.start()
-    print(json.dumps({"ready": True}), flush=True)
-    for line in sys.stdin:
-        try:
-            reply = chip.command(json.loads(line)["cmd"])
-        except Exception as exc:  # noqa: BLE001 - report, never die: the test reads the answer
-            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        print(json.dumps(reply), flush=True)
-    return 0
+    return ffs.serve(chip)
 
 
 def fault_kwargs(args: argparse.Namespace) -> dict:
