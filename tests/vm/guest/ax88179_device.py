@@ -58,7 +58,6 @@ import os
 import select
 import struct
 import sys
-import time
 from array import array
 from pathlib import Path
 
@@ -398,14 +397,7 @@ class Chip(vendor.VendorChip):
 
     # -- TX: host to wire -------------------------------------------------------------------------------
     def out_loop(self) -> None:
-        while True:
-            try:
-                data = os.read(self.ep_out, 65536)
-            except OSError as exc:
-                self.counts[f"out_{vendor.errname(exc)}"] += 1
-                time.sleep(0.05)
-                continue
-            self.counts["out_transfers"] += 1
+        for data in self.out_transfers():
             frames, bad = parse_tx(data)
             self.counts["out_malformed"] += bad
             if len(frames) > 1:

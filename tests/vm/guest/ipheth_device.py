@@ -63,7 +63,6 @@ import select
 import struct
 import sys
 import threading
-import time
 from pathlib import Path
 
 if __package__:
@@ -228,14 +227,7 @@ class Phone(vendor.VendorChip):
 
     # -- TX: host to wire -------------------------------------------------------------------------------
     def out_loop(self) -> None:
-        while True:
-            try:
-                data = os.read(self.ep_out, 65536)
-            except OSError as exc:
-                self.counts[f"out_{vendor.errname(exc)}"] += 1
-                time.sleep(0.05)
-                continue
-            self.counts["out_transfers"] += 1
+        for data in self.out_transfers():
             if len(data) < 14:
                 self.counts["out_malformed"] += 1
                 continue

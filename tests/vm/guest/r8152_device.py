@@ -66,7 +66,6 @@ import os
 import select
 import struct
 import sys
-import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -454,14 +453,7 @@ class Chip(vendor.VendorChip):
 
     # -- TX: host to wire -------------------------------------------------------------------------------
     def out_loop(self) -> None:
-        while True:
-            try:
-                data = os.read(self.ep_out, 65536)
-            except OSError as exc:
-                self.counts[f"out_{vendor.errname(exc)}"] += 1
-                time.sleep(0.05)
-                continue
-            self.counts["out_transfers"] += 1
+        for data in self.out_transfers():
             bad = self.tx.malformed
             frames = self.tx.feed(data)
             self.counts["out_malformed"] += self.tx.malformed - bad

@@ -25,9 +25,8 @@ from .vendor_tests import (
     cli,  # noqa: F401 - the fixture
     detach_clean,
     dmesg_lines,
-    dmesg_mark,
     gadget_factory,
-    kernel_netdev,
+    kernel_control,
     status,
     throughput_same_boot,
     traffic,
@@ -48,34 +47,7 @@ def phone(udcs, host_drivers_unloaded, peers, tmp_path):
 
 def test_kernel_driver_on_the_emulator(phone, peers):
     """ipheth binds without an error, takes the phone's MAC, follows tethering on/off, carries traffic."""
-    mark = dmesg_mark()
-    bench.kernel_driver(KERNEL_DRIVER)
-    g = phone()
-    busid = g.bind()
-    peer = peers(SUBNET)
-    peer.take(g.tap)
-    host_if = kernel_netdev(busid, KERNEL_DRIVER)
-    mac = (bench.SYS_NET / host_if / "address").read_text().strip()
-    print(f"{KERNEL_DRIVER} on {busid}: {host_if}, MAC {mac}")
-    assert mac == g.host_mac, "the driver must take the MAC the phone answers to request 0x00"
-    peer.address_host_side(host_if)
-    bench.wait_carrier(host_if, timeout=30)
-
-    result = bench.ping(peer.peer_addr, count=5)
-    print(result["output"])
-    assert result["sent"] == 5 and result["received"] >= 4, result["output"]
-    up = bench.iperf3_tcp(peer, seconds=3)
-    down = bench.iperf3_tcp(peer, seconds=3, reverse=True)
-    print(f"{KERNEL_DRIVER}: iperf3 TCP to the wire {up['bits_per_second'] / 1e6:.1f} Mbit/s, "
-          f"from the wire {down['bits_per_second'] / 1e6:.1f} Mbit/s")
-    assert up["bytes"] > 0 and down["bytes"] > 0
-
-    g.command("cable_out")
-    bench.wait_for(lambda: not bench.carrier(host_if), 30, f"{host_if} to lose carrier")
-    g.command("cable_in")
-    bench.wait_carrier(host_if, timeout=30)
-    assert bench.ping(peer.peer_addr, count=3)["received"] >= 2
-
+    g, busid, host_if, mark = kernel_control(phone, peers, KERNEL_DRIVER, SUBNET, "the phone's answer to request 0x00")
     dev = g.stats()
     print("emulator:", dev["counts"], dev["registers"])
     counts = dev["counts"]

@@ -207,6 +207,18 @@ class VendorChip:
     def out_loop(self) -> None:
         raise NotImplementedError
 
+    def out_transfers(self):
+        """Each bulk OUT transfer as the host sends it (a failed read is counted and waited out)."""
+        while True:
+            try:
+                data = os.read(self.ep_out, 65536)
+            except OSError as exc:
+                self.counts[f"out_{errname(exc)}"] += 1
+                time.sleep(0.05)
+                continue
+            self.counts["out_transfers"] += 1
+            yield data
+
     def send_in(self, packet: bytes, frames: int) -> None:
         """One bulk IN transfer carrying `frames` frames; blocks until the host reads it."""
         try:

@@ -82,6 +82,43 @@ def kernel_netdev(busid: str, driver: str, timeout: float = 30) -> str:
                           timeout, f"{driver} to create a netdev for {busid}")[0]
 
 
+def kernel_control(make, peers, driver: str, subnet: int, mac_from: str) -> tuple:
+    """The control experiment's common part: the kernel `driver` binds a new emulator, takes the MAC the
+    emulator gives (from `mac_from`), gets carrier, carries ping and iperf3 both ways, and follows the cable
+    (or tethering) out and in. Returns (gadget, bus id, host interface, dmesg mark): the family then checks
+    its emulator's counters and the kernel's log."""
+    mark = dmesg_mark()
+    bench.kernel_driver(driver)
+    g = make()
+    busid = g.bind()
+    peer = peers(subnet)
+    peer.take(g.tap)
+    host_if = kernel_netdev(busid, driver)
+    mac = (bench.SYS_NET / host_if / "address").read_text().strip()
+    print(f"{driver} on {busid}: {host_if}, MAC {mac}")
+    assert mac == g.host_mac, f"the driver must take the MAC from {mac_from}"
+    peer.address_host_side(host_if)
+    bench.wait_carrier(host_if, timeout=30)
+
+    result = bench.ping(peer.peer_addr, count=5)
+    print(result["output"])
+    assert result["sent"] == 5 and result["received"] >= 4, result["output"]
+    up = bench.iperf3_tcp(peer, seconds=3)
+    down = bench.iperf3_tcp(peer, seconds=3, reverse=True)
+    print(f"{driver}: iperf3 TCP to the wire {up['bits_per_second'] / 1e6:.1f} Mbit/s, "
+          f"from the wire {down['bits_per_second'] / 1e6:.1f} Mbit/s")
+    assert up["bytes"] > 0 and down["bytes"] > 0
+    print("ethtool:", bench.run("ethtool", host_if, check=False).stdout)
+    print("offloads:", bench.run("ethtool", "-k", host_if, check=False).stdout)
+
+    g.command("cable_out")
+    bench.wait_for(lambda: not bench.carrier(host_if), 30, f"{host_if} to lose carrier")
+    g.command("cable_in")
+    bench.wait_carrier(host_if, timeout=30)
+    assert bench.ping(peer.peer_addr, count=3)["received"] >= 2
+    return g, busid, host_if, mark
+
+
 def status(cli, ifname: str) -> dict:
     (st,) = json.loads(cli("status", ifname, "--json").stdout)
     return st
