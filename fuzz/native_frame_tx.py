@@ -1,7 +1,9 @@
 """Differential fuzz target `native-frame-tx`: the C TX pump of the one-frame-per-transfer framings (ECM, the CDC
-subset; usbnetd.native._frametx.FrameTx: arm, fill, the transfers' C callback, watchdog, cancel_all, add_to,
-disarm) against the Python path's pieces (TapPort.read_into, OneFramePerTransfer's framing and ZLP rule,
-BulkPipe's submissions, completions and watchdog, DataPath._on_tx's counting), on real libusb transfer structs.
+subset, RNDIS with one packet per transfer; usbnetd.native._frametx.FrameTx: arm, fill, the transfers' C
+callback, watchdog, cancel_all, add_to, disarm) against the Python path's pieces (TapPort.read_into,
+OneFramePerTransfer's framing and ZLP rule or RndisDriver's tx_begin .. tx_finish over RndisBatch with its pad
+byte, BulkPipe's submissions, completions and watchdog, DataPath._on_tx's counting), on real libusb transfer
+structs.
 
     python fuzz/native_frame_tx.py [libFuzzer options] [CORPUS_DIR ...]      # atheris, coverage of the reference
     python fuzz/native_frame_tx.py --engine=random -runs=N [-seed=S] [CORPUS_DIR ...]   # fuzz.py's engine
@@ -10,17 +12,23 @@ BulkPipe's submissions, completions and watchdog, DataPath._on_tx's counting), o
 TAP frames in, bulk OUT transfers out. An 8-byte header, then operations:
 
     byte 0   flags: 1 vnet header (10 zero bytes before every frame), 2 the fd fails every read (EISDIR),
-             4 EOF at the end (the writer closes)
+             4 EOF at the end (the writer closes), 8 RNDIS framing (a PACKET_MSG header before each frame),
+             16 TX offloads (with flag 1: TSO super-frames and NEEDS_CSUM frames, TapPort._read_offload's
+             reference against FrameTx(offload=True))
     1        transfers: 1 + b % 8
     2-3      max_frame: 1514 when bit 15 is set, else 14 + v % 9100 (little endian)
     4        wMaxPacketSize: 8, 64, 512, 1024 or byte 5 + 1
     6        the watchdog's checks: 1 + b % 4
+    7        RNDIS: the device's MaxTransferSize, max_frame + 46 + b % 64 (46: the header, the pad byte, and the
+             spare byte the socket pair standing in for the TAP needs, see Harness.reference)
     ops      0x00-0x3F lo: a frame of ((b & 0x3F) << 8 | lo) bytes;  0x40-0x5F: max_frame - 16 + (b & 0x1F) bytes;
              0x60-0x6F: (1 + (b & 0xF)) * wMaxPacketSize bytes (a ZLP);  0x70-0x7F: a raw message of
-             (b & 0xF) % 12 bytes, no vnet header;  0x80-0x9F: fill(budget (b & 0x1F) + 1; 0x9F: 64);
+             (b & 0xF) % 12 bytes, no vnet header (with offloads: 0x70-0x7F p0 p1 p2 p3 [i v]*(b & 3): the
+             offload message (b & 0xF) << 1 of fuzz/native_ncm_tx.py with those parameter bytes, bytes i of it
+             set to v);  0x80-0x9F: fill(budget (b & 0x1F) + 1; 0x9F: 64);
              0xA0-0xBF [s]: the (b & 7)-th transfer in flight completes, with status STATUSES[s % 8] if bit 3
              is set, else COMPLETED;  0xC0-0xCF: the watchdog;  0xD0-0xD7: cancel_all;  0xD8-0xDF: the next
-             submission fails with SUBMIT_ERRORS[b & 3]
+             submission fails with SUBMIT_ERRORS[b & 3];  0xE0-0xFF: tick (a super-frame's waiting segments)
     then fill(64) twice, EOF and fill(64) if flag 4, every transfer in flight completed, cancel_all, disarm.
 
 A cancellation (watchdog, cancel_all) completes the transfer as cancelled right after the call, as libusb does
@@ -52,6 +60,7 @@ sys.path.insert(0, HERE)
 
 import native_common as nc_  # noqa: E402  (what the native targets share)
 from native_common import Difference, Tap  # noqa: E402
+from native_ncm_tx import offload_message  # noqa: E402
 
 TARGET = "native-frame-tx"
 HEADER = 8
@@ -59,7 +68,8 @@ MAX_INPUT = 4096
 MAX_OPS = 600
 MAX_XFERS = 8
 VNET = 10
-VNET_ON, ERROR, EOF = 1, 2, 4
+VNET_ON, ERROR, EOF, RNDIS, OFFLOAD = 1, 2, 4, 8, 16
+MAX_OFFLOAD = 16  # offload messages per input: each may be a 64 KiB super-frame
 COMPLETED, CANCELLED = 0, 3
 STATUSES = (1, 2, 3, 4, 5, 6, -1, 0x7FFFFFFF)
 SUBMIT_ERRORS = (-4, -1, -6, 7)  # LIBUSB_ERROR_NO_DEVICE, _IO, _BUSY, and a value libusb does not return
@@ -78,6 +88,7 @@ class Plan:
     max_frame: int
     maxpacket: int
     checks: int
+    max_transfer: int  # RNDIS: the device's MaxTransferSize
     steps: list  # ("msg", bytes) | ("fill", budget) | ("complete", k, status) | ("watchdog",) | ("cancel",)
     #              | ("fail", rc) | ("eof",) | ("drain",)
 
@@ -91,8 +102,9 @@ def parse(data: bytes) -> Plan:
     mf = 1514 if v & 0x8000 else 14 + v % 9100
     mp = (8, 64, 512, 1024, h[5] + 1)[h[4] % 5]
     vnet = bytes(VNET) if flags & VNET_ON else b""
+    offload = bool(flags & OFFLOAD and flags & VNET_ON)
     steps: list = []
-    body, i, nframes = data[HEADER:], 0, 0
+    body, i, nframes, n_off = data[HEADER:], 0, 0, 0
     while i < len(body) and len(steps) < MAX_OPS:
         b = body[i]
         i += 1
@@ -105,8 +117,20 @@ def parse(data: bytes) -> Plan:
         elif b < 0x70:
             length = (1 + (b & 0xF)) * mp
         elif b < 0x80:
-            start = (nframes * 131) % 4096
-            steps.append(("msg", PATTERN[start : start + (b & 0xF) % 12]))
+            if offload:
+                p = body[i : i + 4].ljust(4, b"\0")
+                i += 4
+                m = bytearray(offload_message((b & 0xF) << 1, p, mf, nframes))
+                for _ in range(b & 3):
+                    if i + 1 < len(body):
+                        m[body[i] % min(96, len(m))] = body[i + 1]
+                    i += 2
+                if n_off < MAX_OFFLOAD:
+                    steps.append(("msg", bytes(m)))
+                    n_off += 1
+            else:
+                start = (nframes * 131) % 4096
+                steps.append(("msg", PATTERN[start : start + (b & 0xF) % 12]))
             nframes += 1
         elif b < 0xA0:
             steps.append(("fill", 64 if b == 0x9F else (b & 0x1F) + 1))
@@ -120,8 +144,10 @@ def parse(data: bytes) -> Plan:
             steps.append(("watchdog",))
         elif b < 0xD8:
             steps.append(("cancel",))
-        else:
+        elif b < 0xE0:
             steps.append(("fail", SUBMIT_ERRORS[b & 3]))
+        else:
+            steps.append(("tick",))
         if length >= 0:
             length = min(length, 16384 + 9100)
             start = (nframes * 131) % 4096
@@ -131,7 +157,7 @@ def parse(data: bytes) -> Plan:
     if flags & EOF:
         steps += [("eof",), ("fill", 64)]
     steps.append(("drain",))
-    return Plan(flags, n, mf, mp, 1 + h[6] % 4, steps)
+    return Plan(flags, n, mf, mp, 1 + h[6] % 4, mf + 46 + h[7] % 64, steps)
 
 
 class _Libusb:
@@ -188,12 +214,15 @@ class Harness:
         from usbnetd.core.pool import PacketBufferPool
         from usbnetd.core.stats import Stats
         from usbnetd.netdev.port import TapPort
-        from usbnetd.protocols.driver import OneFramePerTransfer
+        from usbnetd.protocols.driver import FRAME_TX_RNDIS, OneFramePerTransfer
+        from usbnetd.protocols.rndis import RndisDriver
+        from usbnetd.protocols.rndis_codec import RndisBatch
         from usbnetd.usb import bulk
 
         self.libusb1, self.bulk, self.datapath = libusb1, bulk, datapath
         self.Stats, self.TapPort, self.Pool, self.OneFramePerTransfer = Stats, TapPort, PacketBufferPool, \
             OneFramePerTransfer
+        self.RndisDriver, self.RndisBatch, self.FRAME_TX_RNDIS = RndisDriver, RndisBatch, FRAME_TX_RNDIS
         self.FrameTx = load_frametx().FrameTx
         libusb1.loadLibrary()  # libusb_alloc_transfer, nothing else: no context, no device
         self.ptrs = [libusb1.libusb_alloc_transfer(0) for _ in range(MAX_XFERS)]
@@ -239,7 +268,8 @@ class Harness:
         fd = self.bad if plan.flags & ERROR else tap.r.fileno()
         stats = self.Stats()
         vnet = bool(plan.flags & VNET_ON)
-        port = self.TapPort(fd, stats, plan.max_frame, gro=vnet)
+        offload = vnet and bool(plan.flags & OFFLOAD)
+        port = self.TapPort(fd, stats, plan.max_frame, gro=vnet, offload=offload)
         read_errors: list[str] = []
 
         class Hits:
@@ -251,12 +281,23 @@ class Harness:
 
         port.read_errors = Hits(read_errors)  # type: ignore[assignment]
         drv = types.SimpleNamespace(max_frame=plan.max_frame, maxpacket=plan.maxpacket, stats=stats)
-        OFT = self.OneFramePerTransfer
-        OFT.init_framing(drv)  # type: ignore[arg-type]
+        rndis = bool(plan.flags & RNDIS)
+        if rndis:
+            # RndisDriver's framing over the batch bind() makes for a device that takes one packet per
+            # transfer; its transfer buffer is tx_size = MaxTransferSize + 1 (RndisDriver.bind)
+            RD = self.RndisDriver
+            drv._batch = self.RndisBatch(1, plan.max_transfer, 0, plan.maxpacket)
+            if RD.native_frame_tx(drv) != (plan.max_frame, plan.maxpacket, self.FRAME_TX_RNDIS):  # type: ignore
+                raise Difference("RndisDriver.native_frame_tx does not offer this framing to the C pump")
+            drv.tx_size = plan.max_transfer + 1
+        else:
+            OFT = self.OneFramePerTransfer
+            OFT.init_framing(drv)  # type: ignore[arg-type]
         # The slot is the pool packet: tx_size, max_frame rounded up to whole packets. A TAP read returns a too
         # long frame's whole length however small the buffer (tun_put_user returns `total`), so read_into
         # drops it; the socket pair standing in for the TAP returns the truncated length instead, so the slot
-        # gets one spare byte when tx_size is exactly max_frame, as a TAP's answer would need.
+        # gets one spare byte when tx_size is exactly max_frame, as a TAP's answer would need (RNDIS: the
+        # MaxTransferSize chosen in parse leaves that byte after the header).
         size = max(drv.tx_size, plan.max_frame + 1)
         pool = self.Pool(plan.n + 1, size)
         side = Side({})
@@ -283,21 +324,38 @@ class Harness:
             state = {"gone": False}
 
             def fill(budget: int) -> tuple[int, int]:
+                # DataPath.on_tap_readable: a super-frame's segments still to go first, without budget
                 read = 0
-                while read < budget and pipe.free_count > 0:
+                while pipe.free_count > 0 and (read < budget or port.pending):
                     p = pool.allocate()
                     assert p is not None
-                    n = port.read_into(p.view[p.offset : p.offset + size])
-                    if n < 0:
-                        pool.deallocate(p)
-                        return read, 1
-                    read += 1
-                    if n == 0:
-                        pool.deallocate(p)
-                        continue
-                    OFT.tx_begin(drv, p)  # type: ignore[arg-type]
-                    OFT.tx_commit(drv, n)  # type: ignore[arg-type]
-                    length, zlp = OFT.tx_finish(drv)  # type: ignore[arg-type]
+                    if rndis:
+                        RD.tx_begin(drv, p)  # type: ignore[arg-type]
+                        off, room = RD.tx_slot(drv)  # type: ignore[arg-type]
+                        if room < plan.max_frame:
+                            raise Difference(f"an empty RNDIS transfer has room for {room} bytes only")
+                        slot = p.view[off : off + room]
+                    else:
+                        slot = p.view[p.offset : p.offset + size]
+                    if port.pending:
+                        n = port.next_segment(slot)
+                    else:
+                        n = port.read_into(slot)
+                        if n < 0:
+                            pool.deallocate(p)
+                            return read, 1
+                        read += 1
+                        if n == 0:
+                            pool.deallocate(p)
+                            continue
+                    if rndis:
+                        if not RD.tx_commit(drv, n):  # type: ignore[arg-type]
+                            raise Difference("an RNDIS transfer of one packet is not full after its frame")
+                        length, zlp = RD.tx_finish(drv)  # type: ignore[arg-type]
+                    else:
+                        OFT.tx_begin(drv, p)  # type: ignore[arg-type]
+                        OFT.tx_commit(drv, n)  # type: ignore[arg-type]
+                        length, zlp = OFT.tx_finish(drv)  # type: ignore[arg-type]
                     dp._tx_frames[p.index] = 1
                     dp._tx_bytes[p.index] = n
                     try:
@@ -319,8 +377,13 @@ class Harness:
                 dp.device_gone = dp._stalled_out = state["gone"] = False
                 return stalled, gone
 
+            def offloads() -> tuple:
+                return (len(port.pending), port.tso_superframes, port.tso_segments, port.csum_completed,
+                        port.offload_dropped)
+
             trace = self.run(plan, side, tap, fill, lambda: pipe.watchdog(plan.checks), pipe.cancel_all, flags,
-                             lambda: (pipe.in_flight, pipe.free_count), stats, counts, errors, read_errors)
+                             lambda: (pipe.in_flight, pipe.free_count), stats, counts, errors, read_errors,
+                             lambda: fill(0), offloads)
             pipe.free()
         finally:
             bulk.libusb1 = real
@@ -332,7 +395,9 @@ class Harness:
         tap = self.tap("nat")
         fd = self.bad if plan.flags & ERROR else tap.r.fileno()
         stats = self.Stats()
-        pump = self.FrameTx(fd, VNET if plan.flags & VNET_ON else 0, plan.max_frame, plan.maxpacket)
+        vnet = bool(plan.flags & VNET_ON)
+        pump = self.FrameTx(fd, VNET if vnet else 0, plan.max_frame, plan.maxpacket,
+                            self.FRAME_TX_RNDIS if plan.flags & RNDIS else 0, vnet and bool(plan.flags & OFFLOAD))
         addrs = self.addrs[: plan.n]
         noop = ctypes.cast(self._noop_c, self.cb_ptr)
         for s in self.structs[: plan.n]:
@@ -358,8 +423,13 @@ class Harness:
 
         try:
             pump.arm(self.submit_addr, self.cancel_addr, addrs)
+            def offloads() -> tuple:
+                return (pump.pending, pump.tso_superframes, pump.tso_segments, pump.csum_completed,
+                        pump.offload_dropped)
+
             trace = self.run(plan, side, tap, pump.fill, lambda: pump.watchdog(plan.checks), pump.cancel_all,
-                             events, lambda: (pump.in_flight, pump.free), stats, counts, errors, read_errors)
+                             events, lambda: (pump.in_flight, pump.free), stats, counts, errors, read_errors,
+                             pump.tick, offloads)
             pump.disarm()
             if pump.armed:
                 raise Difference("disarm left the pump armed")
@@ -372,7 +442,7 @@ class Harness:
 
     # -- the operations, the same on both sides ---------------------------------------------------------------
     def run(self, plan: Plan, side: Side, tap: Tap, fill, watchdog, cancel_all, flags, room, stats, counts,
-            errors, read_errors) -> list:
+            errors, read_errors, tick, offloads) -> list:
         trace = []
         for step in plan.steps:
             kind = step[0]
@@ -394,6 +464,8 @@ class Harness:
                 self.deliver(side)
             elif kind == "fail":
                 side.fail_next = step[1]
+            elif kind == "tick":
+                tick()
             elif kind == "eof":
                 tap.w.close()
             else:  # drain: every transfer in flight completes, then whatever is left is cancelled
@@ -405,7 +477,7 @@ class Harness:
             s = stats
             trace.append((kind, out, room(), (s.tx_packets, s.tx_bytes, s.tx_errors, s.tx_aborted_errors,
                                                s.tx_dropped), dict(counts), len(errors),
-                          errors[-1] if errors else None, len(read_errors), stalled, gone))
+                          errors[-1] if errors else None, len(read_errors), stalled, gone, offloads()))
         return trace
 
     def check(self, data: bytes) -> None:
@@ -432,9 +504,10 @@ class Harness:
 # --- seeds ---------------------------------------------------------------------------------------------------
 
 
-def header(flags: int = 0, n: int = 4, mf: int = 1514, mp_index: int = 2, mp: int = 0, checks: int = 1) -> bytes:
+def header(flags: int = 0, n: int = 4, mf: int = 1514, mp_index: int = 2, mp: int = 0, checks: int = 1,
+           mts: int = 0) -> bytes:
     v = 0x8000 if mf == 1514 else (mf - 14)
-    return bytes([flags, n - 1]) + struct.pack("<H", v) + bytes([mp_index, max(0, mp - 1), checks - 1, 0])
+    return bytes([flags, n - 1]) + struct.pack("<H", v) + bytes([mp_index, max(0, mp - 1), checks - 1, mts])
 
 
 def frames(*sizes: int) -> bytes:
@@ -452,6 +525,21 @@ def seeds() -> list[bytes]:
     out.append(header(0, 4, 60, 4, 60) + frames(60, 61, 59, 120) + b"\x84\xc0\xc0\xc0\xa0\x9f")
     out.append(header(0, 1, 9014, 3) + frames(9014, 9015, 14, 9000) + b"\x9f\xac\x04\x9f\xad\x05\x9f\xda\x9f")
     out.append(header(VNET_ON, 4, checks=3) + frames(*([200] * 8)) + b"\x9f\xc0\xc0\xc0\xc0\xa8\x02\xd1\x9f")
+    # RNDIS: 468 + 44 = 512 and 980 + 44 = 1024 end on a packet boundary (the pad byte), the rest do not
+    rndis = frames(60, 468, 980, 1514, 1515, 14, 13, 2004) + b"\x40\x5f\x61\x70"
+    for flags in (RNDIS, RNDIS | VNET_ON, RNDIS | EOF, RNDIS | ERROR):
+        out.append(header(flags) + rndis + b"\x9f\xa0\xa9\x03\x9f\xc0\xc0\x9f")
+    out.append(header(RNDIS, 2, mp_index=0, mts=40) + frames(*range(20, 90, 4)) + b"\x9f\xa1\xd8\x9f\xd0\x9f")
+    out.append(header(RNDIS | VNET_ON, 1, 9014, 3) + frames(9014, 980, 9015) + b"\x9f\xac\x04\x9f\xda\x9f")
+    # TX offloads: a 40,000-byte TCP/IPv4 super-frame (MSS 1441), one over IPv6, one with a VLAN tag, a UDP
+    # frame with a partial checksum; two transfers, so segments wait for completions and go from tick()
+    tcp4, tcp6 = b"\x70\x40\x9c\xa0\x05", b"\x78\x40\x9c\xa0\x05"
+    vlan, udp = b"\x72\x10\x27\x00\x85", b"\x74\x2c\x01\x00\x00"
+    ops = b"\x9f\xa0\xa0\xe0\xa0\xa0\xe0\x9f\xa0\xa9\x03\xe0\xc0\xc0\xe0\x9f"
+    for flags in (VNET_ON | OFFLOAD, VNET_ON | OFFLOAD | RNDIS, VNET_ON | OFFLOAD | EOF):
+        out.append(header(flags, 2) + tcp4 + tcp6 + vlan + udp + frames(60, 1514, 1515) + ops)
+    out.append(header(VNET_ON | OFFLOAD, 8, 9014, 3) + tcp4 + b"\x70\xff\xff\x00\x80" + ops + ops)
+    out.append(header(VNET_ON | OFFLOAD, 1) + b"\x71\x40\x9c\xa0\x05\x30\x00" + tcp6 + ops + b"\xd0\xe0")
     return out
 
 
