@@ -160,9 +160,9 @@ def unplug_mid_traffic(g, peer: bench.PeerNamespace, cli, ifname: str, min_packe
     client = subprocess.Popen(["iperf3", "-c", peer.peer_addr, "-t", "30", "--bidir"], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
-        time.sleep(4)
-        before = status(cli, ifname)
-        assert before["tx_packets"] > min_packets and before["rx_packets"] > min_packets, before
+        # Mid-traffic: both directions moving (iperf3 under TCG on a shared host can take seconds to start).
+        bench.wait_for(lambda: (lambda st: st["tx_packets"] > min_packets and st["rx_packets"] > min_packets)(
+            status(cli, ifname)), 30, f"traffic both ways on {ifname}", interval=1.0)
         g.unbind()
         bench.wait_for(lambda: not bench.run("pgrep", "-f", f"usbnetd run {busid}", check=False).stdout, 60,
                        "usbnetd to stop after the unplug")
