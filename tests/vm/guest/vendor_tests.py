@@ -156,13 +156,20 @@ def unplug_mid_traffic(g, peer: bench.PeerNamespace, cli, ifname: str, min_packe
     assert bench.ping(peer.peer_addr, count=3)["received"] >= 2
     server = peer.popen("iperf3", "-s", "-1", "-B", peer.peer_addr, stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL)
+    argv = ["iperf3", "-c", peer.peer_addr, "-t", "30", "--bidir"]
     time.sleep(1)
-    client = subprocess.Popen(["iperf3", "-c", peer.peer_addr, "-t", "30", "--bidir"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    client = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def both_ways() -> bool:
+        nonlocal client
+        if client.poll() is not None:  # refused: the server was not listening yet (TCG on a shared host)
+            client = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            return False
+        st = status(cli, ifname)
+        return st["tx_packets"] > min_packets and st["rx_packets"] > min_packets
+
     try:
-        # Mid-traffic: both directions moving (iperf3 under TCG on a shared host can take seconds to start).
-        bench.wait_for(lambda: (lambda st: st["tx_packets"] > min_packets and st["rx_packets"] > min_packets)(
-            status(cli, ifname)), 30, f"traffic both ways on {ifname}", interval=1.0)
+        bench.wait_for(both_ways, 40, f"traffic both ways on {ifname}", interval=1.0)
         g.unbind()
         bench.wait_for(lambda: not bench.run("pgrep", "-f", f"usbnetd run {busid}", check=False).stdout, 60,
                        "usbnetd to stop after the unplug")
