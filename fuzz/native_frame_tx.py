@@ -1,7 +1,9 @@
 """Differential fuzz target `native-frame-tx`: the C TX pump of the one-frame-per-transfer framings (ECM, the CDC
-subset; usbnetd.native._frametx.FrameTx: arm, fill, the transfers' C callback, watchdog, cancel_all, add_to,
-disarm) against the Python path's pieces (TapPort.read_into, OneFramePerTransfer's framing and ZLP rule,
-BulkPipe's submissions, completions and watchdog, DataPath._on_tx's counting), on real libusb transfer structs.
+subset, RNDIS with one packet per transfer; usbnetd.native._frametx.FrameTx: arm, fill, the transfers' C
+callback, watchdog, cancel_all, add_to, disarm) against the Python path's pieces (TapPort.read_into,
+OneFramePerTransfer's framing and ZLP rule or RndisDriver's tx_begin .. tx_finish over RndisBatch with its pad
+byte, BulkPipe's submissions, completions and watchdog, DataPath._on_tx's counting), on real libusb transfer
+structs.
 
     python fuzz/native_frame_tx.py [libFuzzer options] [CORPUS_DIR ...]      # atheris, coverage of the reference
     python fuzz/native_frame_tx.py --engine=random -runs=N [-seed=S] [CORPUS_DIR ...]   # fuzz.py's engine
@@ -10,11 +12,13 @@ BulkPipe's submissions, completions and watchdog, DataPath._on_tx's counting), o
 TAP frames in, bulk OUT transfers out. An 8-byte header, then operations:
 
     byte 0   flags: 1 vnet header (10 zero bytes before every frame), 2 the fd fails every read (EISDIR),
-             4 EOF at the end (the writer closes)
+             4 EOF at the end (the writer closes), 8 RNDIS framing (a PACKET_MSG header before each frame)
     1        transfers: 1 + b % 8
     2-3      max_frame: 1514 when bit 15 is set, else 14 + v % 9100 (little endian)
     4        wMaxPacketSize: 8, 64, 512, 1024 or byte 5 + 1
     6        the watchdog's checks: 1 + b % 4
+    7        RNDIS: the device's MaxTransferSize, max_frame + 46 + b % 64 (46: the header, the pad byte, and the
+             spare byte the socket pair standing in for the TAP needs, see Harness.reference)
     ops      0x00-0x3F lo: a frame of ((b & 0x3F) << 8 | lo) bytes;  0x40-0x5F: max_frame - 16 + (b & 0x1F) bytes;
              0x60-0x6F: (1 + (b & 0xF)) * wMaxPacketSize bytes (a ZLP);  0x70-0x7F: a raw message of
              (b & 0xF) % 12 bytes, no vnet header;  0x80-0x9F: fill(budget (b & 0x1F) + 1; 0x9F: 64);
@@ -67,11 +71,12 @@ MAX_INPUT = 4096
 MAX_OPS = 600
 MAX_XFERS = 8
 VNET = 10
-VNET_ON, ERROR, EOF = 1, 2, 4
+VNET_ON, ERROR, EOF, RNDIS = 1, 2, 4, 8
 PATTERN = random.Random(11).randbytes(16384 + 9200)
 _PATTERN = memoryview(PATTERN)  # frames are slices of it, sent as they are (a copy per frame was 20% of parse)
 _VNET = bytes(VNET)
-MAX_SLOT = 9100 + 14 + 1024  # the largest pool packet: max_frame rounded up to whole packets (tx_size), + 1
+MAX_SLOT = 9100 + 14 + 1024  # the largest pool packet: tx_size (max_frame rounded up to whole packets; RNDIS:
+#                             MaxTransferSize + 1, at most 9113 + 46 + 63 + 1), + 1
 
 
 def load_frametx() -> Any:
@@ -85,6 +90,7 @@ class Plan:
     max_frame: int
     maxpacket: int
     checks: int
+    max_transfer: int  # RNDIS: the device's MaxTransferSize
     steps: list  # ("msg", buffers) | ("fill", budget) | ("complete", k, status) | ("watchdog",) | ("cancel",)
     #              | ("fail", rc) | ("eof",) | ("drain",)
 
@@ -140,7 +146,7 @@ def parse(data: bytes) -> Plan:
     if flags & EOF:
         steps += [("eof",), ("fill", 64)]
     steps.append(("drain",))
-    return Plan(flags, n, mf, mp, 1 + h[6] % 4, steps)
+    return Plan(flags, n, mf, mp, 1 + h[6] % 4, mf + 46 + h[7] % 64, steps)
 
 
 class Harness:
@@ -148,10 +154,13 @@ class Harness:
         from usbnetd.core import datapath
         from usbnetd.core.stats import Stats
         from usbnetd.netdev.port import TapPort
-        from usbnetd.protocols.driver import OneFramePerTransfer
+        from usbnetd.protocols.driver import FRAME_TX_RNDIS, OneFramePerTransfer
+        from usbnetd.protocols.rndis import RndisDriver
+        from usbnetd.protocols.rndis_codec import RndisBatch
 
         self.datapath = datapath
         self.Stats, self.TapPort, self.OneFramePerTransfer = Stats, TapPort, OneFramePerTransfer
+        self.RndisDriver, self.RndisBatch, self.FRAME_TX_RNDIS = RndisDriver, RndisBatch, FRAME_TX_RNDIS
         self.FrameTx = load_frametx().FrameTx
         self.usb = UsbTx(MAX_XFERS, MAX_XFERS + 1, MAX_SLOT)
 
@@ -166,13 +175,25 @@ class Harness:
         read_errors: list[str] = []
         port.read_errors = Hits(read_errors)  # type: ignore[assignment]
         drv = types.SimpleNamespace(max_frame=plan.max_frame, maxpacket=plan.maxpacket, stats=stats)
-        OFT = self.OneFramePerTransfer
-        OFT.init_framing(drv)  # type: ignore[arg-type]
+        rndis = bool(plan.flags & RNDIS)
+        if rndis:
+            # RndisDriver's framing over the batch bind() makes for a device that takes one packet per
+            # transfer; its transfer buffer is tx_size = MaxTransferSize + 1 (RndisDriver.bind)
+            RD = self.RndisDriver
+            drv._batch = self.RndisBatch(1, plan.max_transfer, 0, plan.maxpacket)
+            if RD.native_frame_tx(drv) != (plan.max_frame, plan.maxpacket, self.FRAME_TX_RNDIS):  # type: ignore
+                raise Difference("RndisDriver.native_frame_tx does not offer this framing to the C pump")
+            drv.tx_size = plan.max_transfer + 1
+        else:
+            OFT = self.OneFramePerTransfer
+            OFT.init_framing(drv)  # type: ignore[arg-type]
         # The slot is the pool packet: tx_size, max_frame rounded up to whole packets. A TAP read returns a too
         # long frame's whole length however small the buffer (tun_put_user returns `total`), so read_into
         # drops it; the socket pair standing in for the TAP returns the truncated length instead, so the slot
-        # gets one spare byte when tx_size is exactly max_frame, as a TAP's answer would need. (The pool's
-        # packets are MAX_SLOT bytes, made once; every read goes into the first `size` of one.)
+        # gets one spare byte when tx_size is exactly max_frame, as a TAP's answer would need (RNDIS: the
+        # MaxTransferSize chosen in parse leaves that byte after the header). The pool's packets are MAX_SLOT
+        # bytes, made once: every read goes into the first `size` of one; RNDIS's batch stops at
+        # min(MaxTransferSize, the view), and MaxTransferSize < MAX_SLOT, so a larger packet changes nothing.
         size = max(drv.tx_size, plan.max_frame + 1)
         pool = usb.pool()
         side = usb.new_side()
@@ -200,7 +221,14 @@ class Harness:
                 while read < budget and pipe.free_count > 0:
                     p = pool.allocate()
                     assert p is not None
-                    n = port.read_into(p.view[p.offset : p.offset + size])
+                    if rndis:
+                        RD.tx_begin(drv, p)  # type: ignore[arg-type]
+                        off, room = RD.tx_slot(drv)  # type: ignore[arg-type]
+                        if room < plan.max_frame:
+                            raise Difference(f"an empty RNDIS transfer has room for {room} bytes only")
+                        n = port.read_into(p.view[off : off + room])
+                    else:
+                        n = port.read_into(p.view[p.offset : p.offset + size])
                     if n < 0:
                         pool.deallocate(p)
                         return read, 1
@@ -208,9 +236,14 @@ class Harness:
                     if n == 0:
                         pool.deallocate(p)
                         continue
-                    OFT.tx_begin(drv, p)  # type: ignore[arg-type]
-                    OFT.tx_commit(drv, n)  # type: ignore[arg-type]
-                    length, zlp = OFT.tx_finish(drv)  # type: ignore[arg-type]
+                    if rndis:
+                        if not RD.tx_commit(drv, n):  # type: ignore[arg-type]
+                            raise Difference("an RNDIS transfer of one packet is not full after its frame")
+                        length, zlp = RD.tx_finish(drv)  # type: ignore[arg-type]
+                    else:
+                        OFT.tx_begin(drv, p)  # type: ignore[arg-type]
+                        OFT.tx_commit(drv, n)  # type: ignore[arg-type]
+                        length, zlp = OFT.tx_finish(drv)  # type: ignore[arg-type]
                     dp._tx_frames[p.index] = 1
                     dp._tx_bytes[p.index] = n
                     try:
@@ -245,7 +278,8 @@ class Harness:
         tap = usb.tap("nat")
         fd = usb.bad if plan.flags & ERROR else tap.r.fileno()
         stats = self.Stats()
-        pump = self.FrameTx(fd, VNET if plan.flags & VNET_ON else 0, plan.max_frame, plan.maxpacket)
+        pump = self.FrameTx(fd, VNET if plan.flags & VNET_ON else 0, plan.max_frame, plan.maxpacket,
+                            self.FRAME_TX_RNDIS if plan.flags & RNDIS else 0)
         addrs = usb.native_transfers(plan.n)
         side = usb.new_side()
         read_errors: list[str] = []
@@ -337,9 +371,10 @@ class Harness:
 # --- seeds ---------------------------------------------------------------------------------------------------
 
 
-def header(flags: int = 0, n: int = 4, mf: int = 1514, mp_index: int = 2, mp: int = 0, checks: int = 1) -> bytes:
+def header(flags: int = 0, n: int = 4, mf: int = 1514, mp_index: int = 2, mp: int = 0, checks: int = 1,
+           mts: int = 0) -> bytes:
     v = 0x8000 if mf == 1514 else (mf - 14)
-    return bytes([flags, n - 1]) + struct.pack("<H", v) + bytes([mp_index, max(0, mp - 1), checks - 1, 0])
+    return bytes([flags, n - 1]) + struct.pack("<H", v) + bytes([mp_index, max(0, mp - 1), checks - 1, mts])
 
 
 def frames(*sizes: int) -> bytes:
@@ -357,6 +392,12 @@ def seeds() -> list[bytes]:
     out.append(header(0, 4, 60, 4, 60) + frames(60, 61, 59, 120) + b"\x84\xc0\xc0\xc0\xa0\x9f")
     out.append(header(0, 1, 9014, 3) + frames(9014, 9015, 14, 9000) + b"\x9f\xac\x04\x9f\xad\x05\x9f\xda\x9f")
     out.append(header(VNET_ON, 4, checks=3) + frames(*([200] * 8)) + b"\x9f\xc0\xc0\xc0\xc0\xa8\x02\xd1\x9f")
+    # RNDIS: 468 + 44 = 512 and 980 + 44 = 1024 end on a packet boundary (the pad byte), the rest do not
+    rndis = frames(60, 468, 980, 1514, 1515, 14, 13, 2004) + b"\x40\x5f\x61\x70"
+    for flags in (RNDIS, RNDIS | VNET_ON, RNDIS | EOF, RNDIS | ERROR):
+        out.append(header(flags) + rndis + b"\x9f\xa0\xa9\x03\x9f\xc0\xc0\x9f")
+    out.append(header(RNDIS, 2, mp_index=0, mts=40) + frames(*range(20, 90, 4)) + b"\x9f\xa1\xd8\x9f\xd0\x9f")
+    out.append(header(RNDIS | VNET_ON, 1, 9014, 3) + frames(9014, 980, 9015) + b"\x9f\xac\x04\x9f\xda\x9f")
     return out
 
 

@@ -66,3 +66,25 @@ def test_short_transfer_ending_mid_message_is_an_error_not_a_carry():
     d.rx_decode(view, 600, sink)
     assert sink.frames == [] and d.stats.rx_errors == 1 and d.stats.rx_frame_errors == 1
     assert d._carry_len == 0
+
+
+@pytest.mark.parametrize("maxpacket,size", [(512, 2048), (1024, 2048), (64, 1600)])
+def test_rx_transfers_are_sized_as_rndis_host_sizes_its_urbs(maxpacket, size):
+    # generic_rndis_bind: hard_mtu (1500 + 14 + 44) + maxpacket + 1, rounded down to whole packets
+    from usbnetd.protocols.rndis import rx_transfer_size
+
+    assert rx_transfer_size(maxpacket) == size
+    assert size % maxpacket == 0 and size >= rc.PACKET_HEADER_LEN + 1514
+
+
+def test_a_device_batching_16k_into_our_smaller_transfers_loses_nothing():
+    # A device that ignores our transfer size and sends 16 KiB batches without a short packet fills our
+    # 2048-byte transfers back to back; every message that straddles two of them is carried.
+    from usbnetd.protocols.rndis import rx_transfer_size
+
+    size = rx_transfer_size(512)
+    want = frames(60, 7)
+    stream = b"".join(rc.build_transfer(want[i : i + 10], 10, 16384) for i in range(0, 60, 10))
+    d = driver(size)
+    assert feed(d, stream, size) == want
+    assert d.stats.rx_errors == 0

@@ -2,9 +2,9 @@
 
 This package owns the C extensions `usbnetd.native._fastpath` (RX, from `_fastpath.c`, with the bulk IN
 completions), `usbnetd.native._fasttx` (NCM TX, from `_fasttx.c`) and `usbnetd.native._frametx` (ECM / CDC
-subset TX with its bulk OUT submissions and completions, from `_frametx.c`), all built by setup.py, optional:
-a machine without a compiler installs and runs the pure-Python path. And the decision to use them, one for
-all:
+subset / one-packet RNDIS TX with its bulk OUT submissions and completions, from `_frametx.c`), all built by
+setup.py, optional: a machine without a compiler installs and runs the pure-Python path. And the decision to
+use them, one for all:
 
 - `AVAILABLE`: both extensions imported and each matches this source tree's API version for it;
 - `WHY_NOT`: why not (the first module's import error or stale build, or that `USBNETD_PURE_PYTHON` forced the
@@ -32,7 +32,7 @@ from typing import Any
 
 API_VERSION = 6  # must equal _fastpath.API_VERSION: an in-place build older than the C source is refused (6: burst)
 TX_API_VERSION = 3  # must equal _fasttx.API_VERSION (2: offload, TSO; 3: NcmPump)
-FRAME_TX_API_VERSION = 2  # must equal _frametx.API_VERSION (2: burst_hooks)
+FRAME_TX_API_VERSION = 3  # must equal _frametx.API_VERSION (2: burst_hooks; 3: framing, RNDIS)
 
 AVAILABLE: bool = False
 WHY_NOT: str | None = None

@@ -1,7 +1,7 @@
 /*
- * usbnetd.native._frametx: TX of the one-frame-per-transfer framings (CDC ECM, the CDC subset) without Python
- * per frame: frames read from the TAP straight into the bulk OUT transfers' own buffers and submitted from C,
- * and their completions counted in C.
+ * usbnetd.native._frametx: TX of the one-frame-per-transfer framings (CDC ECM, the CDC subset, and RNDIS with a
+ * device that takes one packet per transfer) without Python per frame: frames read from the TAP straight into
+ * the bulk OUT transfers' own buffers and submitted from C, and their completions counted in C.
  *
  * What the Python reference does per frame, and where this file mirrors it:
  *
@@ -9,6 +9,10 @@
  *                                               too short (< 14) or too long (> max_frame) dropped, tx_dropped
  *   protocols/driver.py  OneFramePerTransfer    the transfer is the frame; a ZLP when its length is a multiple
  *                                               of wMaxPacketSize (tx_finish)
+ *   protocols/rndis_codec.py  RndisBatch        FRAMING_RNDIS, with MaxPacketsPerTransfer 1: a 44-byte
+ *                                               REMOTE_NDIS_PACKET_MSG header before the frame ([MS-RNDIS]
+ *                                               2.2.14), and one zero byte after it instead of a ZLP when the
+ *                                               message ends on a wMaxPacketSize boundary (finish)
  *   core/datapath.py     on_tap_readable, _on_tx   the read budget per wake-up; tx_packets / tx_bytes on a good
  *                                               completion, tx_errors + tx_aborted_errors on any other, a halt
  *                                               flagged for process() to clear, a gone device flagged
@@ -16,7 +20,8 @@
  *                                               `checks` calls and completes as timed out
  *
  * The Python path stays the reference and the fallback (tests/core runs every data-path test on both, and
- * tests/unit/test_native_frame_tx.py compares them frame by frame).
+ * fuzz/native_frame_tx.py, a differential fuzz target with a short run in CI, compares them frame by frame;
+ * tests/unit/test_native_frame_tx.py pins the RNDIS framing).
  *
  * Threads and the GIL: the transfers' callback (tx_complete) is called by libusb from inside
  * libusb_handle_events, which python-libusb1 calls through ctypes with the GIL released: it touches only this
@@ -45,9 +50,25 @@
 #include "txpump.h"
 
 /* Bumped whenever the Python-visible API changes; native/__init__.py refuses a stale in-place build. */
-#define API_VERSION 2
+#define API_VERSION 3
 #define ETH_HLEN 14
 #define VNET_HDR_LEN 10 /* sizeof(struct virtio_net_hdr) without num_buffers */
+
+/* What goes around the frame in its transfer (the constructor's `framing`). */
+enum { FRAMING_PLAIN, FRAMING_RNDIS, N_FRAMINGS };
+/* [MS-RNDIS] 2.2.14 REMOTE_NDIS_PACKET_MSG: MessageType, MessageLength, DataOffset (counted from the DataOffset
+ * field itself, 8 bytes in), DataLength, then OOB and per-packet-info fields that the host leaves 0. */
+#define RNDIS_PACKET_MSG 0x00000001u
+#define RNDIS_HEADER_LEN 44
+#define RNDIS_DATA_OFFSET (RNDIS_HEADER_LEN - 8)
+
+static inline void put_le32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
 
 static const char *const STAT_NAMES[TXP_N_STATS] = TXP_STAT_NAMES;
 static PyObject *stat_names[TXP_N_STATS];
@@ -58,7 +79,9 @@ typedef struct {
     int fd, vnet;
     long long max_frame;
     unsigned int maxpacket;
-    struct txpump pump; /* armed: the transfers, their buffers (max_frame + 1 bytes each) and the counters */
+    int framing;
+    size_t head; /* bytes before the frame in its transfer: 0, or the RNDIS header */
+    struct txpump pump; /* armed: the transfers, their buffers (head + max_frame + 1 bytes each), the counters */
     struct burst_tx hooks; /* what burst_hooks() hands the C event loop */
     uint8_t scratch[VNET_HDR_LEN];
 } FrameTx;
@@ -78,8 +101,8 @@ static PyObject *FrameTx_arm(FrameTx *self, PyObject *args)
 {
     if (check_idle(self) < 0)
         return NULL;
-    /* max_frame + 1: the extra byte tells a too-long frame from one that just fits */
-    if (txp_arm(&self->pump, args, (size_t)self->max_frame + 1, tx_complete, self) < 0)
+    /* max_frame + 1: the extra byte tells a too-long frame from one that just fits (and is RNDIS's pad byte) */
+    if (txp_arm(&self->pump, args, self->head + (size_t)self->max_frame + 1, tx_complete, self) < 0)
         return NULL;
     Py_INCREF(self); /* the transfers point at this object until disarm */
     Py_RETURN_NONE;
@@ -96,7 +119,7 @@ static long fill_nogil(FrameTx *self, long budget, int *empty)
     while (read < budget && p->nfree > 0) {
         Py_ssize_t slot = p->freelist[p->nfree - 1]; /* taken only once the frame is good */
         uint8_t *buf = txp_buf(p, slot);
-        struct iovec iov[2] = {{self->scratch, (size_t)self->vnet}, {buf, p->stride}};
+        struct iovec iov[2] = {{self->scratch, (size_t)self->vnet}, {buf + self->head, p->stride - self->head}};
         struct iovec *v = self->vnet ? iov : iov + 1;
         ssize_t r;
         do
@@ -118,9 +141,23 @@ static long fill_nogil(FrameTx *self, long budget, int *empty)
             continue;
         }
         txp_take(p);
-        /* OneFramePerTransfer.tx_finish: a ZLP when the frame is a wMaxPacketSize multiple */
-        uint8_t flags = (len % self->maxpacket == 0) ? XFER_ADD_ZERO_PACKET : 0;
-        if (txp_submit(p, slot, (int)len, flags, 1, (unsigned long long)len))
+        long long total = len;
+        uint8_t flags = 0;
+        if (self->framing == FRAMING_RNDIS) {
+            /* RndisBatch.commit and finish; len <= max_frame, so the header's fields and the pad byte (at
+             * head + max_frame at most, inside the stride) are in range */
+            memset(buf, 0, RNDIS_HEADER_LEN);
+            put_le32(buf, RNDIS_PACKET_MSG);
+            put_le32(buf + 4, (uint32_t)(RNDIS_HEADER_LEN + len));
+            put_le32(buf + 8, RNDIS_DATA_OFFSET);
+            put_le32(buf + 12, (uint32_t)len);
+            total += RNDIS_HEADER_LEN;
+            if (total % self->maxpacket == 0)
+                buf[total++] = 0; /* a short packet ends the transfer: no ZLP (usbnet's RNDIS does the same) */
+        } else if (len % self->maxpacket == 0) {
+            flags = XFER_ADD_ZERO_PACKET; /* OneFramePerTransfer.tx_finish: a ZLP on a wMaxPacketSize multiple */
+        }
+        if (txp_submit(p, slot, (int)total, flags, 1, (unsigned long long)len))
             break; /* the frame is lost, counted as a TX error (one frame, one aborted transfer) */
     }
     return read;
@@ -253,11 +290,12 @@ static PyObject *FrameTx_get_armed(FrameTx *self, void *Py_UNUSED(c))
 
 static int FrameTx_init(FrameTx *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"fd", "vnet_hdr_len", "max_frame", "maxpacket", NULL};
-    int fd, vnet;
+    static char *kwlist[] = {"fd", "vnet_hdr_len", "max_frame", "maxpacket", "framing", NULL};
+    int fd, vnet, framing = FRAMING_PLAIN;
     long long max_frame;
     unsigned int maxpacket;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiLI:FrameTx", kwlist, &fd, &vnet, &max_frame, &maxpacket))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiLI|i:FrameTx", kwlist, &fd, &vnet, &max_frame, &maxpacket,
+                                     &framing))
         return -1;
     if (self->pump.xfers) {
         PyErr_SetString(PyExc_RuntimeError, "FrameTx cannot be initialised again while armed");
@@ -273,6 +311,12 @@ static int FrameTx_init(FrameTx *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "maxpacket must be > 0");
         return -1;
     }
+    if (framing < 0 || framing >= N_FRAMINGS) {
+        PyErr_SetString(PyExc_ValueError, "framing must be FRAMING_PLAIN or FRAMING_RNDIS");
+        return -1;
+    }
+    self->framing = framing;
+    self->head = framing == FRAMING_RNDIS ? RNDIS_HEADER_LEN : 0;
     self->fd = fd;
     self->vnet = vnet;
     self->max_frame = max_frame;
@@ -315,6 +359,7 @@ static PyGetSetDef FrameTx_getset[] = {
 static PyMemberDef FrameTx_members[] = {
     {"submit_failed", T_ULONGLONG, offsetof(FrameTx, pump.submit_failed), READONLY, "submissions libusb refused"},
     {"max_frame", T_LONGLONG, offsetof(FrameTx, max_frame), READONLY, "the largest frame sent"},
+    {"framing", T_INT, offsetof(FrameTx, framing), READONLY, "FRAMING_PLAIN or FRAMING_RNDIS"},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -323,7 +368,8 @@ static PyTypeObject FrameTxType = {
     .tp_basicsize = sizeof(FrameTx),
     .tp_dealloc = (destructor)FrameTx_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "FrameTx(fd, vnet_hdr_len, max_frame, maxpacket): one-frame-per-transfer TX from the TAP, in C.",
+    .tp_doc = "FrameTx(fd, vnet_hdr_len, max_frame, maxpacket, framing=FRAMING_PLAIN): one-frame-per-transfer TX "
+              "from the TAP, in C; FRAMING_RNDIS puts an RNDIS PACKET_MSG header before each frame.",
     .tp_methods = FrameTx_methods,
     .tp_getset = FrameTx_getset,
     .tp_members = FrameTx_members,
@@ -345,7 +391,7 @@ static PyMethodDef module_methods[] = {
 static struct PyModuleDef frametx_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "usbnetd.native._frametx",
-    .m_doc = "One-frame-per-transfer TX (ECM, CDC subset) in C: TAP reads, bulk OUT submissions and their "
+    .m_doc = "One-frame-per-transfer TX (ECM, CDC subset, RNDIS one packet per transfer) in C: TAP reads, bulk OUT submissions and their "
              "completions without Python per frame. See the top of _frametx.c.",
     .m_size = -1,
     .m_methods = module_methods,
@@ -355,5 +401,9 @@ PyMODINIT_FUNC PyInit__frametx(void)
 {
     if (glue_intern(stat_names, STAT_NAMES, TXP_N_STATS) < 0)
         return NULL;
-    return glue_module(&frametx_module, &FrameTxType, "FrameTx", API_VERSION);
+    PyObject *m = glue_module(&frametx_module, &FrameTxType, "FrameTx", API_VERSION);
+    if (m && (PyModule_AddIntConstant(m, "FRAMING_PLAIN", FRAMING_PLAIN) < 0 ||
+              PyModule_AddIntConstant(m, "FRAMING_RNDIS", FRAMING_RNDIS) < 0))
+        Py_CLEAR(m);
+    return m;
 }

@@ -40,6 +40,11 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[int, int], object]  # (offset, length) of one frame inside the received transfer
 
+# What the C TX pump for one frame per transfer (native FrameTx) puts around each frame; the values are
+# _frametx.c's FRAMING_PLAIN and FRAMING_RNDIS (tests/unit/test_native_frame_tx.py checks they agree).
+FRAME_TX_PLAIN = 0  # the transfer is the frame, a ZLP after a wMaxPacketSize multiple (ECM, CDC subset)
+FRAME_TX_RNDIS = 1  # an RNDIS PACKET_MSG header first, a pad byte instead of a ZLP (rndis_codec.RndisBatch)
+
 
 class RxSink(Protocol):
     """Where a driver's `rx_decode` puts frames: the TAP port (netdev.port), the one RX delivery point."""
@@ -243,9 +248,10 @@ class ProtocolDriver:
         next transfer carries, so that `tx_begin` ... `tx_finish` go on where it stopped."""
         return None
 
-    def native_frame_tx(self) -> tuple[int, int] | None:
+    def native_frame_tx(self) -> tuple[int, int, int] | None:
         """For the C TX pump (usbnetd.native.FrameTx), which sends each frame as its own transfer: (max_frame,
-        wMaxPacketSize) when that is exactly this driver's TX framing; None otherwise."""
+        wMaxPacketSize, framing: FRAME_TX_PLAIN or FRAME_TX_RNDIS) when that is exactly this driver's TX
+        framing; None otherwise."""
         return None
 
     @property
@@ -405,8 +411,8 @@ class OneFramePerTransfer:
     def native_rx(self) -> tuple[str, int] | None:
         return ("frame", self.max_frame)
 
-    def native_frame_tx(self) -> tuple[int, int] | None:
-        return (self.max_frame, self.maxpacket)
+    def native_frame_tx(self) -> tuple[int, int, int] | None:
+        return (self.max_frame, self.maxpacket, FRAME_TX_PLAIN)
 
     def rx_decode(self, view: memoryview, length: int, sink: RxSink) -> int:
         if length < 14 or length > self.max_frame:

@@ -24,7 +24,7 @@ from ..usb.descriptors import XFER_BULK, XFER_INTERRUPT, Configuration
 from ..usb.transport import STATUS_OK, TransportError
 from . import cdc
 from . import rndis_codec as rc
-from .driver import Binding, LinkEvent, ProtocolDriver, RxSink, bulk_alt
+from .driver import FRAME_TX_RNDIS, Binding, LinkEvent, ProtocolDriver, RxSink, bulk_alt
 
 log = logging.getLogger(__name__)
 _HEADER = struct.Struct("<II")  # MessageType, MessageLength
@@ -37,6 +37,22 @@ CONTROL_CLASSES = (
     (cdc.CLASS_MISC, 0x01, 0x01),  # ActiveSync-era devices
 )
 RX_TRANSFER = 16384  # we announce this in INITIALIZE; Android may ignore it and send up to 16 KiB anyway
+# One full-size PACKET_MSG: MTU 1500 + the Ethernet header + the 44-byte RNDIS header (rndis_host's hard_mtu).
+_HARD_MTU = 1500 + 14 + rc.PACKET_HEADER_LEN
+
+
+def rx_transfer_size(maxpacket: int) -> int:
+    """The bulk IN transfer size: one full-size message plus a packet, in whole packets, as Linux's rndis_host
+    sizes its URBs (generic_rndis_bind: hard_mtu + maxpacket + 1, rounded down to wMaxPacketSize): 2048 bytes
+    at high and SuperSpeed, 1600 at full speed.
+
+    Not the RX_TRANSFER we announce: most devices send one message per transfer (the Linux gadget and QEMU's
+    usb-net say MaxPacketsPerTransfer 1), and the data path keeps about 60 full frames of memory in flight
+    (usbnet's rule), so 16 KiB transfers left only 5 in flight: five frames per round trip to the device, where
+    rndis_host keeps 44. A device that does batch up to 16 KiB fills several of these transfers back to back,
+    each exactly full, and rx_decode carries the message that straddles two of them (see there)."""
+    mp = maxpacket if maxpacket > 0 else 512
+    return max(mp, (_HARD_MTU + mp + 1) // mp * mp)
 COMMAND_TIMEOUT_MS = 5000  # Linux's RNDIS control timeout
 RESPONSE_ATTEMPTS = 10  # responses that are not ours (indications, keepalives) we read past before giving up
 # While running, the host asks "are you alive?" (MS-RNDIS KEEPALIVE) every KEEPALIVE_INTERVAL seconds; a device
@@ -173,6 +189,7 @@ class RndisDriver(ProtocolDriver):
         self.rndis_version = (init.major, init.minor)
         self._batch = rc.RndisBatch.from_init_complete(init, self.maxpacket, max_transfer_cap=65536)
         self.tx_size = self._batch.max_transfer_size + 1
+        self.rx_size = rx_transfer_size(self.binding.ep_in.max_packet)
         log.info("RNDIS %d.%d, device takes %d packets / %d bytes per transfer, alignment %d", init.major,
                  init.minor, self._batch.max_packets, self._batch.max_transfer_size, self._batch.alignment)
         try:
@@ -344,6 +361,17 @@ class RndisDriver(ProtocolDriver):
         # The C walk mirrors rx_decode below: the decoder's frame limit, and the transfer size that makes a
         # transfer "full" (one that may end inside a message, whose tail is carried).
         return ("rndis", rc.DEFAULT_MAX_FRAME, self.rx_size)
+
+    def native_frame_tx(self) -> tuple[int, int, int] | None:
+        # The C pump frames one PACKET_MSG per transfer, as RndisBatch does for a device that takes one packet
+        # per transfer (the Linux gadget and QEMU's usb-net both say MaxPacketsPerTransfer 1), and only with
+        # the pad byte's ZLP rule (maxpacket known) and room for a whole max_frame after the header.
+        b = self._batch
+        if b.max_packets != 1 or not b.maxpacket:
+            return None
+        if b.max_transfer_size - 1 - rc.PACKET_HEADER_LEN < self.max_frame:
+            return None
+        return (self.max_frame, b.maxpacket, FRAME_TX_RNDIS)
 
     def tx_begin(self, packet: Packet) -> None:
         packet.offset = 0
