@@ -33,7 +33,10 @@ operation: what fill returned, the counters (Stats' tx_* and the pump's submitte
 last status / read failures / stall and gone flags, as add_to reports them and as the Python pieces count
 them), transfers in flight and free; and in the end every transfer submitted (its bytes, length, ZLP flag, in
 order), every cancellation (by submission), the read errors. Any difference raises `Difference`. The pump's
-own buffers are heap blocks ASan guards (PYTHONMALLOC=malloc).
+own buffers are C heap blocks ASan guards (with either Python allocator). Messages written back to back are one
+step: nothing runs on either side between them, so nothing is compared after each (native_common.Steps). The
+reference's pool, BulkPipe and TAP stand-ins are made once and reset for every input (native_common.UsbTx); the
+FrameTx under test is new for every input.
 
 USBNETD_NATIVE_FRAMETX_SO=path loads that build of the extension instead of the package's, and
 USBNETD_FUZZ_LAST_INPUT=path writes every input there before it runs (native_asan.sh --frametx sets both).

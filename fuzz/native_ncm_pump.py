@@ -45,7 +45,10 @@ pending, the next wSequence, the offload counters, whether the flush timer is ar
 Python must look (`attention`); at every add_to: its eight values against the reference's, the five tx_*
 counters in Stats, the NTBs submitted per flush reason (take_flushes); in the end every transfer submitted (its
 NTB bytes, length, ZLP flag, in order), every cancellation (by submission), the read errors. Any difference
-raises `Difference`. The pump's own buffers are heap blocks ASan guards (PYTHONMALLOC=malloc).
+raises `Difference`. The pump's own buffers are C heap blocks ASan guards (with either Python allocator).
+Messages written back to back are one step: nothing runs on either side between them, so nothing is compared
+after each (native_common.Steps). The reference's pool, BulkPipe and TAP stand-ins are made once and reset for
+every input (native_common.UsbTx); the NcmTx and NcmPump under test are new for every input.
 
 The reference is assembled from the data path's pieces, not from the pump's structure: an NTB is opened in a
 pool packet when the pipe has a transfer free to carry it, framed by NtbBuilder from TapPort's reads, sent
