@@ -406,6 +406,35 @@ class UsbTx:
         self.bulk.libusb1 = self._real_libusb1
         self.side = None
 
+    @staticmethod
+    def datapath_state(stats: Any, pool: Any, errors: list) -> Any:
+        """DataPath's own state, as DataPath._on_tx reads and writes it (its errors logged into `errors`)."""
+        import types
+        from array import array
+
+        return types.SimpleNamespace(tracer=None, stats=stats, device_gone=False, _stalled_out=False,
+                                     _tx_frames=array("I", bytes(4 * pool.packet_count)),
+                                     _tx_bytes=array("Q", bytes(8 * pool.packet_count)),
+                                     _tx_errors=Hits(errors),
+                                     tx_completion=types.SimpleNamespace(enqueue=pool.deallocate))
+
+    @staticmethod
+    def compare(native: tuple, reference: tuple) -> None:
+        """The end of an input: every transfer submitted (bytes, length, ZLP flag, in order), every cancellation
+        (by submission), the read errors; (submitted, cancelled, read errors) of each side."""
+        n_sub, n_cancel, n_read = native
+        r_sub, r_cancel, r_read = reference
+        if n_sub != r_sub:
+            k = next((i for i, (a, b) in enumerate(zip(n_sub, r_sub, strict=False)) if a != b),
+                     min(len(n_sub), len(r_sub)))
+            raise Difference(f"submitted transfers differ at {k} ({len(n_sub)} against {len(r_sub)}): "
+                             f"{[(len(d), n, z) for d, n, z in n_sub[k:k + 2]]}, reference "
+                             f"{[(len(d), n, z) for d, n, z in r_sub[k:k + 2]]}")
+        if sorted(n_cancel) != sorted(r_cancel):
+            raise Difference(f"cancelled {n_cancel}, reference {r_cancel}")
+        if n_read != r_read:
+            raise Difference(f"read errors {n_read[:4]}, reference {r_read[:4]}")
+
     def pipe_idle(self, pipe: Any) -> None:
         """What BulkPipe.free checks before it frees: nothing in flight at the end of an input."""
         if any(p is not None for p in pipe._packet):

@@ -50,7 +50,6 @@ import random
 import struct
 import sys
 import types
-from array import array
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -201,11 +200,7 @@ class Harness:
         pool = usb.pool()
         side = usb.new_side()
         errors: list[str] = []
-        dp = types.SimpleNamespace(tracer=None, stats=stats, device_gone=False, _stalled_out=False,
-                                   _tx_frames=array("I", bytes(4 * pool.packet_count)),
-                                   _tx_bytes=array("Q", bytes(8 * pool.packet_count)),
-                                   _tx_errors=Hits(errors),
-                                   tx_completion=types.SimpleNamespace(enqueue=pool.deallocate))
+        dp = usb.datapath_state(stats, pool, errors)
         counts = {"submitted": 0, "completed": 0}
         on_tx = self.datapath.DataPath._on_tx
 
@@ -359,16 +354,7 @@ class Harness:
             raise Difference(f"after step {k} ({plan.steps[k][0]}): (kind, returned, (in flight, free), (tx_packets, "
                              f"tx_bytes, tx_errors, tx_aborted_errors, tx_dropped), counts, errors, last error, "
                              f"read errors, stalled, gone) {n_trace[k]}, reference {r_trace[k]}")
-        if n_sub != r_sub:
-            k = next((i for i, (a, b) in enumerate(zip(n_sub, r_sub, strict=False)) if a != b),
-                     min(len(n_sub), len(r_sub)))
-            raise Difference(f"submitted transfers differ at {k} ({len(n_sub)} against {len(r_sub)}): "
-                             f"{[(len(d), n, z) for d, n, z in n_sub[k:k + 2]]}, reference "
-                             f"{[(len(d), n, z) for d, n, z in r_sub[k:k + 2]]}")
-        if sorted(n_cancel) != sorted(r_cancel):
-            raise Difference(f"cancelled {n_cancel}, reference {r_cancel}")
-        if n_read != r_read:
-            raise Difference(f"read errors {n_read[:4]}, reference {r_read[:4]}")
+        self.usb.compare((n_sub, n_cancel, n_read), (r_sub, r_cancel, r_read))
 
 
 # --- seeds ---------------------------------------------------------------------------------------------------

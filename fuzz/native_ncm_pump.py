@@ -68,7 +68,6 @@ import os
 import struct
 import sys
 import types
-from array import array
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -86,7 +85,7 @@ from native_common import (  # noqa: E402  (the bulk OUT stand-ins)
     Tap,
     UsbTx,
 )
-from native_ncm_tx import message, offload_message  # noqa: E402  (frames and offload messages)
+from native_ncm_tx import message, offload_op  # noqa: E402  (frames and offload messages)
 
 TARGET = "native-ncm-pump"
 HEADER = 20
@@ -177,15 +176,9 @@ def parse(data: bytes) -> Plan:
             length = max(0, mf - 16 + (b & 0x1F))
         elif b < 0x80:
             if offload:
-                p = body[i : i + 4].ljust(4, b"\0")
-                i += 4
-                m = bytearray(offload_message(b & 0x1F, p, mf, n))
-                for _ in range(b & 3):
-                    if i + 1 < len(body):
-                        m[body[i] % min(96, len(m))] = body[i + 1]
-                    i += 2
+                m, i = offload_op(body, i, b & 0x1F, mf, n)
                 if n_off < MAX_OFFLOAD:
-                    steps.msg((bytes(m),))
+                    steps.msg((m,))
                     n_off += 1
             else:
                 steps.msg(message(0, (b & 0x1F) % 12, n))
@@ -264,11 +257,7 @@ class Harness:
         pool = usb.pool()
         side = usb.new_side()
         # DataPath's own state, as _on_tx reads and writes it
-        dp = types.SimpleNamespace(tracer=None, stats=stats, device_gone=False, _stalled_out=False,
-                                   _tx_frames=array("I", bytes(4 * pool.packet_count)),
-                                   _tx_bytes=array("Q", bytes(8 * pool.packet_count)),
-                                   _tx_errors=Hits(errors),
-                                   tx_completion=types.SimpleNamespace(enqueue=pool.deallocate))
+        dp = usb.datapath_state(stats, pool, errors)
         b = self.nc.NtbBuilder(layout, plan.sequence)
         # st: the open NTB's packet (or None); the flush timer; transfers completed, and those process() saw
         st: dict[str, Any] = {"p": None, "timer": False, "done": 0, "tick_seen": 0, "gone": False}
@@ -582,16 +571,7 @@ class Harness:
                              f"timer), (tx_packets, tx_bytes, tx_errors, tx_aborted_errors, tx_dropped)]), (in "
                              f"flight, free, room, open count, pending, sequence, superframes, segments, csum, "
                              f"offload dropped, timer, attention)) {n_trace[k]}, reference {r_trace[k]}")
-        if n_sub != r_sub:
-            k = next((i for i, (a, b) in enumerate(zip(n_sub, r_sub, strict=False)) if a != b),
-                     min(len(n_sub), len(r_sub)))
-            raise Difference(f"submitted transfers differ at {k} ({len(n_sub)} against {len(r_sub)}): "
-                             f"{[(len(d), n, z) for d, n, z in n_sub[k:k + 2]]}, reference "
-                             f"{[(len(d), n, z) for d, n, z in r_sub[k:k + 2]]}")
-        if sorted(n_cancel) != sorted(r_cancel):
-            raise Difference(f"cancelled {n_cancel}, reference {r_cancel}")
-        if n_read != r_read:
-            raise Difference(f"read errors {n_read[:4]}, reference {r_read[:4]}")
+        self.usb.compare((n_sub, n_cancel, n_read), (r_sub, r_cancel, r_read))
 
 
 # --- seeds ---------------------------------------------------------------------------------------------------

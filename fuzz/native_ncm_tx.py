@@ -146,6 +146,19 @@ def offload_message(x: int, p: bytes, mf: int, n: int) -> bytes:
 COPY_BUDGET = 16 << 20  # bytes of the reference's finished NTB buffers kept whole per input (then digests)
 
 
+def offload_op(body: bytes, i: int, x: int, mf: int, n: int) -> tuple[bytes, int]:
+    """The offload operation x (the docstring's 0xA0-0xBF, x = b & 0x1F) whose parameters start at body[i]:
+    its message (p0-p3, then x & 3 (pos, val) mutations) and where the next operation starts."""
+    p = body[i : i + 4].ljust(4, b"\0")
+    i += 4
+    m = bytearray(offload_message(x, p, mf, n))
+    for _ in range(x & 3):
+        if i + 1 < len(body):
+            m[body[i] % min(96, len(m))] = body[i + 1]
+        i += 2
+    return bytes(m), i
+
+
 def ntb_snapshot(buf, blen: int, k: int, ref: list | None = None) -> bytes:
     """What the k-th finished NTB's buffer (its first `blen` bytes, tails included) is compared by: while
     the input's NTBs so far fit COPY_BUDGET, the reference keeps a copy and a native run compares its
@@ -220,15 +233,9 @@ def parse(data: bytes) -> Plan:
         elif b < 0x80:
             length = max(0, mf - 32 + (b & 0x3F))
         elif offload and 0xA0 <= b < 0xC0:
-            p = body[i : i + 4].ljust(4, b"\0")
-            i += 4
-            m = bytearray(offload_message(b & 0x1F, p, mf, n))
-            for _ in range(b & 3):
-                if i + 1 < len(body):
-                    m[body[i] % min(96, len(m))] = body[i + 1]
-                i += 2
+            m, i = offload_op(body, i, b & 0x1F, mf, n)
             if n_off < MAX_OFFLOAD:
-                steps.msg((bytes(m),))
+                steps.msg((m,))
                 n_off += 1
             n += 1
             continue
