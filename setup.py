@@ -21,14 +21,14 @@ setup(
         Extension(
             "usbnetd.native._fasttx",
             sources=["src/usbnetd/native/_fasttx.c"],
-            depends=[f"src/usbnetd/native/{h}" for h in ("burst.h", "libusb_abi.h", "pyglue.h", "txpump.h")],
+            depends=[f"src/usbnetd/native/{h}" for h in ("burst.h", "libusb_abi.h", "pyglue.h", "tso.h", "txpump.h")],
             extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
             optional=True,
         ),
         Extension(
             "usbnetd.native._frametx",
             sources=["src/usbnetd/native/_frametx.c"],
-            depends=[f"src/usbnetd/native/{h}" for h in ("burst.h", "libusb_abi.h", "pyglue.h", "txpump.h")],
+            depends=[f"src/usbnetd/native/{h}" for h in ("burst.h", "libusb_abi.h", "pyglue.h", "tso.h", "txpump.h")],
             extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
             optional=True,
         ),

@@ -12,7 +12,9 @@ structs.
 TAP frames in, bulk OUT transfers out. An 8-byte header, then operations:
 
     byte 0   flags: 1 vnet header (10 zero bytes before every frame), 2 the fd fails every read (EISDIR),
-             4 EOF at the end (the writer closes), 8 RNDIS framing (a PACKET_MSG header before each frame)
+             4 EOF at the end (the writer closes), 8 RNDIS framing (a PACKET_MSG header before each frame),
+             16 TX offloads (with flag 1: TSO super-frames and NEEDS_CSUM frames, TapPort._read_offload's
+             reference against FrameTx(offload=True))
     1        transfers: 1 + b % 8
     2-3      max_frame: 1514 when bit 15 is set, else 14 + v % 9100 (little endian)
     4        wMaxPacketSize: 8, 64, 512, 1024 or byte 5 + 1
@@ -21,10 +23,12 @@ TAP frames in, bulk OUT transfers out. An 8-byte header, then operations:
              spare byte the socket pair standing in for the TAP needs, see Harness.reference)
     ops      0x00-0x3F lo: a frame of ((b & 0x3F) << 8 | lo) bytes;  0x40-0x5F: max_frame - 16 + (b & 0x1F) bytes;
              0x60-0x6F: (1 + (b & 0xF)) * wMaxPacketSize bytes (a ZLP);  0x70-0x7F: a raw message of
-             (b & 0xF) % 12 bytes, no vnet header;  0x80-0x9F: fill(budget (b & 0x1F) + 1; 0x9F: 64);
+             (b & 0xF) % 12 bytes, no vnet header (with offloads: 0x70-0x7F p0 p1 p2 p3 [i v]*(b & 3): the
+             offload message (b & 0xF) << 1 of fuzz/native_ncm_tx.py with those parameter bytes, bytes i of it
+             set to v);  0x80-0x9F: fill(budget (b & 0x1F) + 1; 0x9F: 64);
              0xA0-0xBF [s]: the (b & 7)-th transfer in flight completes, with status STATUSES[s % 8] if bit 3
              is set, else COMPLETED;  0xC0-0xCF: the watchdog;  0xD0-0xD7: cancel_all;  0xD8-0xDF: the next
-             submission fails with SUBMIT_ERRORS[b & 3]
+             submission fails with SUBMIT_ERRORS[b & 3];  0xE0-0xFF: tick (a super-frame's waiting segments)
     then fill(64) twice, EOF and fill(64) if flag 4, every transfer in flight completed, cancel_all, disarm.
 
 A cancellation (watchdog, cancel_all) completes the transfer as cancelled right after the call, as libusb does
@@ -63,9 +67,11 @@ from native_common import (  # noqa: E402  (the bulk OUT stand-ins)
     Difference,
     Hits,
     Side,
+    Steps,
     Tap,
     UsbTx,
 )
+from native_ncm_tx import offload_op  # noqa: E402  (offload messages)
 
 TARGET = "native-frame-tx"
 HEADER = 8
@@ -73,7 +79,8 @@ MAX_INPUT = 4096
 MAX_OPS = 600
 MAX_XFERS = 8
 VNET = 10
-VNET_ON, ERROR, EOF, RNDIS = 1, 2, 4, 8
+VNET_ON, ERROR, EOF, RNDIS, OFFLOAD = 1, 2, 4, 8, 16
+MAX_OFFLOAD = 16  # offload messages per input: each may be a 64 KiB super-frame
 PATTERN = random.Random(11).randbytes(16384 + 9200)
 _PATTERN = memoryview(PATTERN)  # frames are slices of it, sent as they are (a copy per frame was 20% of parse)
 _VNET = bytes(VNET)
@@ -93,7 +100,7 @@ class Plan:
     maxpacket: int
     checks: int
     max_transfer: int  # RNDIS: the device's MaxTransferSize
-    steps: list  # ("msg", buffers) | ("fill", budget) | ("complete", k, status) | ("watchdog",) | ("cancel",)
+    steps: list  # ("msg", [buffers, ...]) | ("fill", budget) | ("complete", k, status) | ("watchdog",) | ("cancel",)
     #              | ("fail", rc) | ("eof",) | ("drain",)
 
 
@@ -106,9 +113,10 @@ def parse(data: bytes) -> Plan:
     mf = 1514 if v & 0x8000 else 14 + v % 9100
     mp = (8, 64, 512, 1024, h[5] + 1)[h[4] % 5]
     vnet = _VNET if flags & VNET_ON else b""
-    steps: list = []
-    body, i, nframes = data[HEADER:], 0, 0
-    while i < len(body) and len(steps) < MAX_OPS:
+    offload = bool(flags & OFFLOAD and flags & VNET_ON)
+    steps = Steps()
+    body, i, nframes, n_off = data[HEADER:], 0, 0, 0
+    while i < len(body) and steps.ops < MAX_OPS:
         b = body[i]
         i += 1
         length = -1
@@ -120,29 +128,37 @@ def parse(data: bytes) -> Plan:
         elif b < 0x70:
             length = (1 + (b & 0xF)) * mp
         elif b < 0x80:
-            start = (nframes * 131) % 4096
-            steps.append(("msg", (_PATTERN[start : start + (b & 0xF) % 12],)))
+            if offload:
+                m, i = offload_op(body, i, (b & 0xF) << 1, b & 3, mf, nframes)
+                if n_off < MAX_OFFLOAD:
+                    steps.msg((m,))
+                    n_off += 1
+            else:
+                start = (nframes * 131) % 4096
+                steps.msg((_PATTERN[start : start + (b & 0xF) % 12],))
             nframes += 1
         elif b < 0xA0:
-            steps.append(("fill", 64 if b == 0x9F else (b & 0x1F) + 1))
+            steps.add(("fill", 64 if b == 0x9F else (b & 0x1F) + 1))
         elif b < 0xC0:
             status = COMPLETED
             if b & 8:
                 status = STATUSES[body[i] % len(STATUSES)] if i < len(body) else STATUSES[0]
                 i += 1
-            steps.append(("complete", b & 7, status))
+            steps.add(("complete", b & 7, status))
         elif b < 0xD0:
-            steps.append(("watchdog",))
+            steps.add(("watchdog",))
         elif b < 0xD8:
-            steps.append(("cancel",))
+            steps.add(("cancel",))
+        elif b < 0xE0:
+            steps.add(("fail", SUBMIT_ERRORS[b & 3]))
         else:
-            steps.append(("fail", SUBMIT_ERRORS[b & 3]))
+            steps.add(("tick",))
         if length >= 0:
             length = min(length, 16384 + 9100)
             start = (nframes * 131) % 4096
             # one message of the vnet header and the frame (sendmsg gathers them: no copy)
             view = _PATTERN[start : start + length]
-            steps.append(("msg", (vnet, view) if vnet else (view,)))
+            steps.msg((vnet, view) if vnet else (view,))
             nframes += 1
     steps += [("fill", 64), ("fill", 64)]
     if flags & EOF:
@@ -173,7 +189,8 @@ class Harness:
         fd = usb.bad if plan.flags & ERROR else tap.r.fileno()
         stats = self.Stats()
         vnet = bool(plan.flags & VNET_ON)
-        port = self.TapPort(fd, stats, plan.max_frame, gro=vnet)
+        offload = vnet and bool(plan.flags & OFFLOAD)
+        port = self.TapPort(fd, stats, plan.max_frame, gro=vnet, offload=offload)
         read_errors: list[str] = []
         port.read_errors = Hits(read_errors)  # type: ignore[assignment]
         drv = types.SimpleNamespace(max_frame=plan.max_frame, maxpacket=plan.maxpacket, stats=stats)
@@ -215,8 +232,9 @@ class Harness:
             state = {"gone": False}
 
             def fill(budget: int) -> tuple[int, int]:
+                # DataPath.on_tap_readable: a super-frame's segments still to go first, without budget
                 read = 0
-                while read < budget and pipe.free_count > 0:
+                while pipe.free_count > 0 and (read < budget or port.pending):
                     p = pool.allocate()
                     assert p is not None
                     if rndis:
@@ -224,16 +242,20 @@ class Harness:
                         off, room = RD.tx_slot(drv)  # type: ignore[arg-type]
                         if room < plan.max_frame:
                             raise Difference(f"an empty RNDIS transfer has room for {room} bytes only")
-                        n = port.read_into(p.view[off : off + room])
+                        slot = p.view[off : off + room]
                     else:
-                        n = port.read_into(p.view[p.offset : p.offset + size])
-                    if n < 0:
-                        pool.deallocate(p)
-                        return read, 1
-                    read += 1
-                    if n == 0:
-                        pool.deallocate(p)
-                        continue
+                        slot = p.view[p.offset : p.offset + size]
+                    if port.pending:
+                        n = port.next_segment(slot)
+                    else:
+                        n = port.read_into(slot)
+                        if n < 0:
+                            pool.deallocate(p)
+                            return read, 1
+                        read += 1
+                        if n == 0:
+                            pool.deallocate(p)
+                            continue
                     if rndis:
                         if not RD.tx_commit(drv, n):  # type: ignore[arg-type]
                             raise Difference("an RNDIS transfer of one packet is not full after its frame")
@@ -263,8 +285,13 @@ class Harness:
                 dp.device_gone = dp._stalled_out = state["gone"] = False
                 return stalled, gone
 
+            def offloads() -> tuple:
+                return (len(port.pending), port.tso_superframes, port.tso_segments, port.csum_completed,
+                        port.offload_dropped)
+
             trace = self.run(plan, side, tap, fill, lambda: pipe.watchdog(plan.checks), pipe.cancel_all, flags,
-                             lambda: (pipe.in_flight, pipe.free_count), stats, counts, errors, read_errors)
+                             lambda: (pipe.in_flight, pipe.free_count), stats, counts, errors, read_errors,
+                             lambda: fill(0), offloads)
             usb.pipe_idle(pipe)
         finally:
             usb.restore()
@@ -276,8 +303,9 @@ class Harness:
         tap = usb.tap("nat")
         fd = usb.bad if plan.flags & ERROR else tap.r.fileno()
         stats = self.Stats()
-        pump = self.FrameTx(fd, VNET if plan.flags & VNET_ON else 0, plan.max_frame, plan.maxpacket,
-                            self.FRAME_TX_RNDIS if plan.flags & RNDIS else 0)
+        vnet = bool(plan.flags & VNET_ON)
+        pump = self.FrameTx(fd, VNET if vnet else 0, plan.max_frame, plan.maxpacket,
+                            self.FRAME_TX_RNDIS if plan.flags & RNDIS else 0, vnet and bool(plan.flags & OFFLOAD))
         addrs = usb.native_transfers(plan.n)
         side = usb.new_side()
         read_errors: list[str] = []
@@ -296,8 +324,14 @@ class Harness:
 
         try:
             pump.arm(usb.submit_addr, usb.cancel_addr, addrs)
+
+            def offloads() -> tuple:
+                return (pump.pending, pump.tso_superframes, pump.tso_segments, pump.csum_completed,
+                        pump.offload_dropped)
+
             trace = self.run(plan, side, tap, pump.fill, lambda: pump.watchdog(plan.checks), pump.cancel_all,
-                             events, lambda: (pump.in_flight, pump.free), stats, counts, errors, read_errors)
+                             events, lambda: (pump.in_flight, pump.free), stats, counts, errors, read_errors,
+                             pump.tick, offloads)
             pump.disarm()
             if pump.armed:
                 raise Difference("disarm left the pump armed")
@@ -308,7 +342,7 @@ class Harness:
 
     # -- the operations, the same on both sides ---------------------------------------------------------------
     def run(self, plan: Plan, side: Side, tap: Tap, fill, watchdog, cancel_all, flags, room, stats, counts,
-            errors, read_errors) -> list:
+            errors, read_errors, tick, offloads) -> list:
         trace = []
         w = tap.w
         for step in plan.steps:
@@ -316,7 +350,10 @@ class Harness:
             out: Any = None
             if kind == "msg":
                 if w.fileno() >= 0:
-                    w.sendmsg(step[1])
+                    for m in step[1]:
+                        w.sendmsg(m)
+                trace.append(None)  # nothing ran on either side: the last state stands
+                continue
             elif kind == "fill":
                 out = tuple(fill(step[1]))
             elif kind == "complete":
@@ -331,6 +368,8 @@ class Harness:
                 self.usb.deliver(side)
             elif kind == "fail":
                 side.fail_next = step[1]
+            elif kind == "tick":
+                tick()
             elif kind == "eof":
                 w.close()
             else:  # drain: every transfer in flight completes, then whatever is left is cancelled
@@ -342,7 +381,7 @@ class Harness:
             s = stats
             trace.append((kind, out, room(), (s.tx_packets, s.tx_bytes, s.tx_errors, s.tx_aborted_errors,
                                                s.tx_dropped), (counts["submitted"], counts["completed"]), len(errors),
-                          errors[-1] if errors else None, len(read_errors), stalled, gone))
+                          errors[-1] if errors else None, len(read_errors), stalled, gone, offloads()))
         return trace
 
     def check(self, data: bytes) -> None:
@@ -387,6 +426,15 @@ def seeds() -> list[bytes]:
         out.append(header(flags) + rndis + b"\x9f\xa0\xa9\x03\x9f\xc0\xc0\x9f")
     out.append(header(RNDIS, 2, mp_index=0, mts=40) + frames(*range(20, 90, 4)) + b"\x9f\xa1\xd8\x9f\xd0\x9f")
     out.append(header(RNDIS | VNET_ON, 1, 9014, 3) + frames(9014, 980, 9015) + b"\x9f\xac\x04\x9f\xda\x9f")
+    # TX offloads: a 40,000-byte TCP/IPv4 super-frame (MSS 1441), one over IPv6, one with a VLAN tag, a UDP
+    # frame with a partial checksum; two transfers, so segments wait for completions and go from tick()
+    tcp4, tcp6 = b"\x70\x40\x9c\xa0\x05", b"\x78\x40\x9c\xa0\x05"
+    vlan, udp = b"\x72\x10\x27\x00\x85", b"\x74\x2c\x01\x00\x00"
+    ops = b"\x9f\xa0\xa0\xe0\xa0\xa0\xe0\x9f\xa0\xa9\x03\xe0\xc0\xc0\xe0\x9f"
+    for flags in (VNET_ON | OFFLOAD, VNET_ON | OFFLOAD | RNDIS, VNET_ON | OFFLOAD | EOF):
+        out.append(header(flags, 2) + tcp4 + tcp6 + vlan + udp + frames(60, 1514, 1515) + ops)
+    out.append(header(VNET_ON | OFFLOAD, 8, 9014, 3) + tcp4 + b"\x70\xff\xff\x00\x80" + ops + ops)
+    out.append(header(VNET_ON | OFFLOAD, 1) + b"\x71\x40\x9c\xa0\x05\x30\x00" + tcp6 + ops + b"\xd0\xe0")
     return out
 
 

@@ -176,7 +176,7 @@ def parse(data: bytes) -> Plan:
             length = max(0, mf - 16 + (b & 0x1F))
         elif b < 0x80:
             if offload:
-                m, i = offload_op(body, i, b & 0x1F, mf, n)
+                m, i = offload_op(body, i, b & 0x1F, b & 3, mf, n)
                 if n_off < MAX_OFFLOAD:
                     steps.msg((m,))
                     n_off += 1

@@ -146,13 +146,13 @@ def offload_message(x: int, p: bytes, mf: int, n: int) -> bytes:
 COPY_BUDGET = 16 << 20  # bytes of the reference's finished NTB buffers kept whole per input (then digests)
 
 
-def offload_op(body: bytes, i: int, x: int, mf: int, n: int) -> tuple[bytes, int]:
-    """The offload operation x (the docstring's 0xA0-0xBF, x = b & 0x1F) whose parameters start at body[i]:
-    its message (p0-p3, then x & 3 (pos, val) mutations) and where the next operation starts."""
+def offload_op(body: bytes, i: int, x: int, k: int, mf: int, n: int) -> tuple[bytes, int]:
+    """The offload message x (the docstring's 0xA0-0xBF, x = b & 0x1F) whose parameters start at body[i]:
+    the message of p0-p3, then k (pos, val) byte mutations; and where the next operation starts."""
     p = body[i : i + 4].ljust(4, b"\0")
     i += 4
     m = bytearray(offload_message(x, p, mf, n))
-    for _ in range(x & 3):
+    for _ in range(k):
         if i + 1 < len(body):
             m[body[i] % min(96, len(m))] = body[i + 1]
         i += 2
@@ -233,7 +233,7 @@ def parse(data: bytes) -> Plan:
         elif b < 0x80:
             length = max(0, mf - 32 + (b & 0x3F))
         elif offload and 0xA0 <= b < 0xC0:
-            m, i = offload_op(body, i, b & 0x1F, mf, n)
+            m, i = offload_op(body, i, b & 0x1F, b & 3, mf, n)
             if n_off < MAX_OFFLOAD:
                 steps.msg((m,))
                 n_off += 1

@@ -13,6 +13,7 @@ also under ASan/UBSan (fuzz/native_asan.sh), are recorded in docs/reliability.md
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 from importlib.util import find_spec
@@ -33,7 +34,12 @@ def test_native_fuzz_short(script, tmp_path):
         pytest.skip(f"the C fast path is not available: {native.WHY_NOT}")
     runs = TARGETS[script]
     if find_spec("atheris") is not None:
-        args = [f"-runs={runs}", "-seed=1", f"-artifact_prefix={tmp_path}/", str(tmp_path / "corpus")]
+        # libFuzzer's RSS limit reads getrusage's ru_maxrss, which a child started with vfork (subprocess does)
+        # inherits from this process at exec: after memory-hungry tests in the same pytest run it starts above
+        # the default 2048 MB. The limit is kept, counted from this process's own peak.
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+        args = [f"-runs={runs}", "-seed=1", f"-rss_limit_mb={peak_mb + 2048}", f"-artifact_prefix={tmp_path}/",
+                str(tmp_path / "corpus")]
         os.makedirs(tmp_path / "corpus")
     else:
         print(f"atheris is not installed for {sys.executable}: using fuzz.py's own mutation engine")

@@ -83,6 +83,7 @@ class DataPath:
         self._native_tx_wanted = False  # attach chose the C TX framer (set_tracer puts it back)
         self._rx_usb_wanted = False  # the C path took the bulk IN completions before a trace (set_tracer)
         self._tx_pump_wanted = None  # the C TX pump set aside while a trace runs (set_tracer)
+        self._frame_tx = None  # the FrameTx made at attach, armed or set aside: its offload counters
         self.running = False  # completions with errors are only counted while running
         self.device_gone = False
         # Counters of the data path's own (the per-frame ones are in `stats`, kept by the port and here).
@@ -154,9 +155,11 @@ class DataPath:
         frame_tx = self.driver.native_frame_tx() if native and self.rx_path == "native" else None
         if frame_tx is not None:
             # One frame per transfer: the C pump reads the TAP, submits and counts completions itself.
-            pump = port.native_frame_tx(*frame_tx)
+            # With TX offloads (TSO) it also cuts the TAP's super-frames into one segment per transfer.
+            pump = port.native_frame_tx(*frame_tx, offload=port.offload)
             if pump is not None and self.transport.arm_native_tx(pump):
                 self._set_pump(pump)
+                self._frame_tx = pump
         elif self.tx_fast is not None and self.rx_path == "native":
             # NCM: the same, with the C framer building each NTB in the transfer's own buffer.
             pump = port.native_ncm_pump(self.tx_fast)
@@ -236,6 +239,10 @@ class DataPath:
         if not self._wait_tx_idle(idle) or not self.transport.disarm_native_tx():
             raise TraceUnavailable("the device has not taken the bulk OUT transfers in flight, which the C TX "
                                    "pump must hand back first; try again")
+        if self._pump_flushes is None:
+            # FrameTx: a super-frame's segments it had not sent yet are lost with the hand-over (counted), as
+            # NCM's are (the trace starts mid-stream; TCP sends them again)
+            self.stats.tx_dropped += pump.drop_pending()
         self.tx_pump = None
         self.burst_tx = None
         self._tx_pump_wanted = pump
@@ -434,7 +441,11 @@ class DataPath:
 
     def _tx_pending(self) -> int:
         """Segments of a TSO super-frame read but not yet framed (TX offloads only)."""
-        return self.tx_fast.pending if self.tx_fast is not None else len(self.port.pending) if self.port else 0
+        if self.tx_fast is not None:
+            return self.tx_fast.pending
+        if self._frame_tx is not None and self.tx_pump is not None:
+            return self._frame_tx.pending
+        return len(self.port.pending) if self.port else 0
 
     def _tx_count(self) -> int:
         return self.tx_fast.count if self.tx_fast is not None else self.driver.tx_count
@@ -509,7 +520,9 @@ class DataPath:
         pump = self.tx_pump
         if pump is not None:
             self._tx_pump_events()
-            if self._pump_flushes is not None:
+            if self._pump_flushes is None:
+                pump.tick()  # FrameTx: a super-frame's segments that waited for free transfers go now
+            else:
                 # NCM, in the Python path's order below: a completion sends a waiting partial NTB, a super-frame's
                 # segments waiting for a transfer go on, then the flush timer. The C event loop does the same
                 # with the same state after its own wake-ups, so nothing is done twice.
@@ -659,16 +672,23 @@ class DataPath:
         st["tx_offload"] = self.offload_stats()
         return st
 
+    @property
+    def offload_in_c(self) -> bool:
+        """Whether C code takes the TAP's TX offloads: the NCM framer, or the pump for one frame per transfer."""
+        return self.tx_fast is not None or self._frame_tx is not None
+
     def offload_stats(self) -> dict:
         """TX offloads (TSO, checksum completion): on or off, and what they did."""
-        port, tx = self.port, self.tx_fast
-        src = tx if tx is not None else port
+        port = self.port
         on = port is not None and port.offload
+        # Whoever cut and completed: the C framer (NCM), the C pump (one frame per transfer), and the port
+        # (the Python path, e.g. while a trace runs); each counts only what it did.
+        srcs = [x for x in (port, self.tx_fast, self._frame_tx) if x is not None] if on else []
         return {"enabled": on,
-                "tso_superframes": src.tso_superframes if on else 0,
-                "tso_segments": src.tso_segments if on else 0,
-                "csum_completed": src.csum_completed if on else 0,
-                "dropped": src.offload_dropped if on else 0}
+                "tso_superframes": sum(x.tso_superframes for x in srcs),
+                "tso_segments": sum(x.tso_segments for x in srcs),
+                "csum_completed": sum(x.csum_completed for x in srcs),
+                "dropped": sum(x.offload_dropped for x in srcs)}
 
     def teardown(self) -> int:
         """Cancel and reap every transfer, then return every packet to the pool. Returns how many transfers
@@ -694,6 +714,8 @@ class DataPath:
             self._tx_packet = None
         if self.port is not None:  # segments of a super-frame never framed
             dropped = self.tx_fast.drop_pending() if self.tx_fast is not None else self.port.drop_pending()
+            if self._frame_tx is not None:
+                dropped += self._frame_tx.drop_pending()
             self.stats.tx_dropped += dropped
         pool.deallocate_batch(batch)
         batch.clear()

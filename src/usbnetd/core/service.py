@@ -66,9 +66,10 @@ class EthernetService:
         self.name_for = name_for or default_ifname  # interface name from the MAC when none was given
         self.persistent = persistent
         self.gro = gro
-        # TX offloads from the TAP (TSO, checksum completion; netdev/gso.py): with the C NCM framer only, unless
-        # tso_python (the Python reference path with offloads: tests, comparisons). In Python, cutting a
-        # super-frame costs 3-4x the reads it saves (bench/micro/tso_segment.py, docs/performance.md).
+        # TX offloads from the TAP (TSO, checksum completion; netdev/gso.py): with the C NCM framer or the C pump
+        # for one frame per transfer only, unless tso_python (the Python reference path with offloads: tests,
+        # comparisons). In Python, cutting a super-frame costs 3-4x the reads it saves
+        # (bench/micro/tso_segment.py, docs/performance.md).
         self.tso = tso
         self.tso_python = tso_python
         self.requested_ifname = ifname
@@ -126,7 +127,7 @@ class EthernetService:
         if self.gro and not native_rx:
             log.info("GRO is off: it runs only in the C fast path (%s)", self._why_python())
             self.gro = False
-        offload = self.tso and d.native_tx() is not None and (
+        offload = self.tso and (d.native_tx() is not None or d.native_frame_tx() is not None) and (
             self.tso_python or (self.native and native_module.AVAILABLE))
         vnet = self.gro or offload
         self.tap = self.tap_factory(self.requested_ifname or self.name_for(mac), mac, mtu,
@@ -136,8 +137,10 @@ class EthernetService:
             log.info("%s taken over from an earlier run (its addresses and routes are kept)", self.ifname)
         self.port = TapPort(self.tap.fd, self.stats, d.max_frame, gro=self.gro, offload=offload)
         self.datapath.attach(self.port, self.ifname, native=self.native)
-        if offload and self.datapath.tx_fast is None and not self.tso_python:
-            self.port.offload = False  # the C framer did not take the layout: no offloads for Python to do
+        if offload and not self.datapath.offload_in_c and not self.tso_python:
+            # the C framer did not take the layout, or the C pump could not own the transfers: no offloads for
+            # Python to do
+            self.port.offload = False
         if self.port.offload:
             try:
                 self.tap.set_offload(OFFLOADS)

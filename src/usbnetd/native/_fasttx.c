@@ -62,6 +62,7 @@
 
 #include "burst.h"
 #include "pyglue.h"
+#include "tso.h"
 #include "txpump.h"
 
 /* Bumped whenever the Python-visible API changes; native/__init__.py refuses a stale in-place build. */
@@ -85,25 +86,6 @@
 #define ETH_HLEN 14
 #define VNET_HDR_LEN 10 /* sizeof(struct virtio_net_hdr) without num_buffers: TapPort's VNET_HDR_LEN */
 
-/* ---- TX offloads (netdev/gso.py is the reference and says why each rule is what it is) -------------------- */
-/* struct virtio_net_hdr, include/uapi/linux/virtio_net.h; virtio-v1.2 §5.1.6 "Device Operation" */
-#define VNET_F_NEEDS_CSUM 1 /* VIRTIO_NET_HDR_F_NEEDS_CSUM: complete the checksum at csum_start + csum_offset */
-#define VNET_GSO_NONE 0
-#define VNET_GSO_TCPV4 1 /* VIRTIO_NET_HDR_GSO_TCPV4 */
-#define VNET_GSO_TCPV6 4 /* VIRTIO_NET_HDR_GSO_TCPV6; anything else (UDP, USO, the ECN bit 0x80) is dropped */
-/* A read's part past max_frame goes to the scratch buffer: IP lengths are 16 bits, so a super-frame is at most
- * 65,535 bytes of IP plus its Ethernet header and VLAN tags (gso.SPILL). */
-#define SPILL (65536 + 64)
-#define ETH_P_IP 0x0800
-#define ETH_P_IPV6 0x86DD
-#define ETH_P_8021Q 0x8100
-#define ETH_P_8021AD 0x88A8
-#define MAX_VLAN_TAGS 2
-#define IPPROTO_TCP_ 6
-#define TCP_CHECK 16 /* offset of the check field in the TCP header (RFC 793 §3.1) */
-#define TCP_FIN 0x01
-#define TCP_PSH 0x08
-#define TCP_CWR 0x80
 
 typedef struct {
     PyObject_HEAD
@@ -130,19 +112,9 @@ typedef struct {
     uint32_t *table; /* (offset, length) pairs, NtbBuilder._table */
     int seq;         /* wSequence of the next finished NTB */
     int pumped;      /* an armed NcmPump frames with this object: begin/fill/finish/abandon refuse */
-    /* TX offloads (offload=True): the TAP has TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 */
+    /* TX offloads (offload=True): the TAP has TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6; tso.h */
     int offload;
-    uint8_t *scratch;       /* max_frame + SPILL bytes, allocated once: a super-frame, contiguous */
-    long long scratch_len;
-    /* the super-frame in scratch being cut (segments seg_next .. seg_count - 1 still to go) */
-    long long seg_total, seg_l3, seg_l4, seg_hdrs, seg_mss, seg_next, seg_count;
-    int seg_v6;
-    uint32_t seg_seq;  /* the first segment's TCP sequence number */
-    uint32_t seg_id;   /* the first segment's IPv4 identification */
-    uint8_t seg_flags; /* the super-frame's TCP flags */
-    uint64_t seg_addr; /* pseudo-header: the addresses' 16-bit words and the protocol, not folded */
-    /* cumulative counters (the data path reads them for `usbnetd stats`) */
-    unsigned long long tso_superframes, tso_segments, csum_completed, offload_dropped;
+    struct tso tso;
 } NcmTx;
 
 /* ---- little-endian stores ------------------------------------------------------------------------------- */
@@ -197,180 +169,6 @@ static inline void commit(NcmTx *s, long long off, long long length)
     s->pos = off + length;
 }
 
-/* ---- TX offloads: TSO and checksum completion (netdev/gso.py) ---------------------------------------------- */
-
-static inline uint32_t get16be(const uint8_t *p) { return (uint32_t)p[0] << 8 | p[1]; }
-static inline uint32_t get32be(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-static inline void put16be(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
-
-/* RFC 1071: add the big-endian 16-bit words of p[0..n) to acc (an odd last byte is a word's high half).
- * §2(B) of RFC 1071: the sum is byte-order independent, so the bulk is summed as native 32-bit words, 8 bytes
- * per load (a 32-bit word hi * 2^16 + lo is congruent to hi + lo modulo 0xFFFF, and folding keeps that
- * congruence), folded to 16 bits and byte-swapped to big-endian once on a little-endian host. n <= 2^17: the
- * 64-bit sums cannot overflow. */
-static uint64_t csum_add(const uint8_t *p, size_t n, uint64_t acc)
-{
-    uint64_t s = 0;
-    while (n >= 8) {
-        uint64_t w;
-        memcpy(&w, p, 8);
-        s += (w & 0xFFFFFFFFu) + (w >> 32);
-        p += 8;
-        n -= 8;
-    }
-    while (s >> 16)
-        s = (s & 0xFFFF) + (s >> 16);
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    s = ((s & 0xFF) << 8) | (s >> 8);
-#elif !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_BIG_ENDIAN__
-#error "unknown byte order"
-#endif
-    acc += s;
-    while (n >= 2) {
-        acc += get16be(p);
-        p += 2;
-        n -= 2;
-    }
-    if (n)
-        acc += (uint32_t)p[0] << 8;
-    return acc;
-}
-
-/* The one's complement sum folded to 16 bits: 0 only for all-zero data, else 1..0xFFFF. */
-static inline uint32_t csum_fold(uint64_t acc)
-{
-    while (acc >> 16)
-        acc = (acc & 0xFFFF) + (acc >> 16);
-    return (uint32_t)acc;
-}
-
-/* A TCP/UDP checksum field: ~sum, 0 sent as 0xFFFF (skb_checksum_help's CSUM_MANGLED_0; gso.l4_check). */
-static inline uint32_t l4_check(uint64_t acc)
-{
-    uint32_t c = ~csum_fold(acc) & 0xFFFF;
-    return c ? c : 0xFFFF;
-}
-
-/* gso.parse: check the super-frame scratch[0..n) against its vnet header; on success the cut is set up in
- * the object and 1 returned, else 0 (drop). Every offset is checked against n before it is read. */
-static int tso_setup(NcmTx *s, long long n, const uint8_t *vh)
-{
-    const uint8_t *f = s->scratch;
-    uint16_t hdr_len, gso_size, csum_start, csum_offset; /* host order: tun's legacy (native-endian) header */
-    memcpy(&hdr_len, vh + 2, 2);
-    memcpy(&gso_size, vh + 4, 2);
-    memcpy(&csum_start, vh + 6, 2);
-    memcpy(&csum_offset, vh + 8, 2);
-    uint8_t flags = vh[0], gso_type = vh[1];
-    if ((gso_type != VNET_GSO_TCPV4 && gso_type != VNET_GSO_TCPV6) || !(flags & VNET_F_NEEDS_CSUM) ||
-        gso_size == 0 || hdr_len > n) /* hdr_len is only a hint (virtio-v1.0 §5.1.6.2): not used further */
-        return 0;
-    if (n < ETH_HLEN || n > s->scratch_len)
-        return 0; /* cannot happen (the caller checked both) */
-    long long off = 12;
-    uint32_t etype = get16be(f + off);
-    for (int i = 0; i < MAX_VLAN_TAGS; i++) { /* 802.1Q / 802.1ad tags tun wrote into the frame */
-        if (etype != ETH_P_8021Q && etype != ETH_P_8021AD)
-            break;
-        off += 4;
-        if (off + 2 > n)
-            return 0;
-        etype = get16be(f + off);
-    }
-    long long l3 = off + 2, l4;
-    int v6;
-    if (gso_type == VNET_GSO_TCPV4) {
-        if (etype != ETH_P_IP || l3 + 20 > n || f[l3] >> 4 != 4)
-            return 0;
-        long long ihl = (long long)(f[l3] & 0x0F) * 4;
-        /* RFC 791: no fragment (MF or an offset), TCP, total length the frame's */
-        if (ihl < 20 || f[l3 + 9] != IPPROTO_TCP_ || (get16be(f + l3 + 6) & 0x3FFF) ||
-            (long long)get16be(f + l3 + 2) != n - l3)
-            return 0;
-        l4 = l3 + ihl;
-        v6 = 0;
-    } else {
-        /* RFC 8200 §3: TCP right after the fixed header (no extension headers), payload length the frame's */
-        if (etype != ETH_P_IPV6 || l3 + 40 > n || f[l3] >> 4 != 6 || f[l3 + 6] != IPPROTO_TCP_ ||
-            (long long)get16be(f + l3 + 4) != n - l3 - 40)
-            return 0;
-        l4 = l3 + 40;
-        v6 = 1;
-    }
-    if (l4 + 20 > n)
-        return 0;
-    long long doff = (long long)(f[l4 + 12] >> 4) * 4;
-    long long hdrs = l4 + doff;
-    if (doff < 20 || hdrs > n || csum_start != l4 || csum_offset != TCP_CHECK)
-        return 0;
-    long long payload = n - hdrs;
-    long long first = payload < gso_size ? payload : gso_size;
-    if (hdrs + first > s->max_frame) /* the first segment is the longest: the device must take it */
-        return 0;
-    s->seg_total = n;
-    s->seg_l3 = l3;
-    s->seg_l4 = l4;
-    s->seg_hdrs = hdrs;
-    s->seg_v6 = v6;
-    s->seg_mss = gso_size;
-    s->seg_next = 0;
-    s->seg_count = payload ? (payload + gso_size - 1) / gso_size : 1;
-    s->seg_id = get16be(f + l3 + 4);
-    s->seg_seq = get32be(f + l4 + 4);
-    s->seg_flags = f[l4 + 13];
-    s->seg_addr = v6 ? csum_add(f + l3 + 8, 32, IPPROTO_TCP_) : csum_add(f + l3 + 12, 8, IPPROTO_TCP_);
-    return 1;
-}
-
-/* Segment seg_next of the super-frame, written to dst (room >= max_frame there); returns its length, or -1
- * if it would not fit max_frame (cannot happen: tso_setup checked the longest, the first). gso.segment's
- * loop body: headers copied, IP length, IPv4 id and header checksum, TCP sequence, flags, TCP checksum. */
-static long long tso_emit(NcmTx *s, uint8_t *dst)
-{
-    const uint8_t *f = s->scratch;
-    long long k = s->seg_next, hdrs = s->seg_hdrs, l3 = s->seg_l3, l4 = s->seg_l4, mss = s->seg_mss;
-    long long start = hdrs + k * mss;
-    long long plen = s->seg_total - start;
-    if (plen > mss)
-        plen = mss;
-    if (plen < 0 || start > s->seg_total || hdrs + plen > s->max_frame)
-        return -1;
-    long long len = hdrs + plen;
-    memcpy(dst, f, (size_t)hdrs);
-    memcpy(dst + hdrs, f + start, (size_t)plen);
-    if (s->seg_v6) {
-        put16be(dst + l3 + 4, (uint32_t)(len - l3 - 40));
-    } else {
-        put16be(dst + l3 + 2, (uint32_t)(len - l3));
-        put16be(dst + l3 + 4, (s->seg_id + (uint32_t)k) & 0xFFFF); /* inet_gso_segment: id++ per segment */
-        put16be(dst + l3 + 10, 0);
-        put16be(dst + l3 + 10, ~csum_fold(csum_add(dst + l3, (size_t)(l4 - l3), 0)) & 0xFFFF); /* RFC 791 */
-    }
-    uint32_t seq = s->seg_seq + (uint32_t)((uint64_t)k * (uint64_t)mss); /* mod 2^32 */
-    dst[l4 + 4] = (uint8_t)(seq >> 24);
-    dst[l4 + 5] = (uint8_t)(seq >> 16);
-    dst[l4 + 6] = (uint8_t)(seq >> 8);
-    dst[l4 + 7] = (uint8_t)seq;
-    uint8_t flags = s->seg_flags; /* tcp_gso_segment: FIN and PSH on the last only, CWR on the first only */
-    if (k != s->seg_count - 1)
-        flags &= (uint8_t) ~(TCP_FIN | TCP_PSH);
-    if (k)
-        flags &= (uint8_t)~TCP_CWR;
-    dst[l4 + 13] = flags;
-    put16be(dst + l4 + TCP_CHECK, 0);
-    uint64_t acc = csum_add(dst + l4, (size_t)(len - l4), s->seg_addr + (uint64_t)(len - l4));
-    put16be(dst + l4 + TCP_CHECK, l4_check(acc));
-    s->seg_next++;
-    return len;
-}
-
 /* ---- fill: DataPath.on_tap_readable's loop for one NTB, TapPort.read_into per frame ------------------------ */
 
 struct fill_result {
@@ -385,7 +183,7 @@ struct fill_result {
 static void fill_loop_offload(NcmTx *s, Py_ssize_t budget, struct fill_result *r)
 {
     uint8_t hdr[VNET_HDR_LEN];
-    struct iovec iov[3] = {{hdr, VNET_HDR_LEN}, {NULL, 0}, {s->scratch + s->max_frame, SPILL}};
+    struct iovec iov[3] = {{hdr, VNET_HDR_LEN}, {NULL, 0}, {s->tso.scratch + s->max_frame, SPILL}};
     uint8_t *b = s->buf;
     for (;;) {
         long long off = slot_offset(s);
@@ -395,12 +193,12 @@ static void fill_loop_offload(NcmTx *s, Py_ssize_t budget, struct fill_result *r
             return;
         }
         if (off < s->pos || off + room > s->limit || s->limit > s->buflen ||
-            s->scratch_len < s->max_frame + SPILL) {
+            s->tso.scratch_len < s->max_frame + SPILL) {
             r->broken = 1;
             return;
         }
-        if (s->seg_next < s->seg_count) { /* the super-frame's next segment, before any new read */
-            long long len = tso_emit(s, b + off);
+        if (s->tso.next < s->tso.count) { /* the super-frame's next segment, before any new read */
+            long long len = tso_emit(&s->tso, b + off);
             if (len < 0) {
                 r->broken = 1;
                 return;
@@ -431,33 +229,24 @@ static void fill_loop_offload(NcmTx *s, Py_ssize_t budget, struct fill_result *r
             continue;
         }
         if (hdr[1] != VNET_GSO_NONE) { /* a super-frame: made contiguous in scratch, then cut */
-            memcpy(s->scratch, b + off, (size_t)(len < s->max_frame ? len : s->max_frame));
-            if (!tso_setup(s, len, hdr)) {
+            memcpy(s->tso.scratch, b + off, (size_t)(len < s->max_frame ? len : s->max_frame));
+            if (!tso_setup(&s->tso, len, hdr)) {
                 r->dropped++;
-                s->offload_dropped++;
+                s->tso.dropped++;
                 continue;
             }
-            s->tso_superframes++;
-            s->tso_segments += (unsigned long long)s->seg_count;
+            s->tso.superframes++;
+            s->tso.segments += (unsigned long long)s->tso.count;
             continue; /* the loop writes its first segment into this same slot */
         }
         if (len > s->max_frame) {
             r->dropped++;
             continue;
         }
-        if (hdr[0] & VNET_F_NEEDS_CSUM) { /* complete the partial checksum (gso.complete_csum) */
-            uint16_t cs, co;
-            memcpy(&cs, hdr + 6, 2);
-            memcpy(&co, hdr + 8, 2);
-            long long at = (long long)cs + co;
-            if (at + 2 > len) {
-                r->dropped++;
-                s->offload_dropped++;
-                continue;
-            }
-            uint8_t *frame = b + off;
-            put16be(frame + at, l4_check(csum_add(frame + cs, (size_t)(len - cs), 0)));
-            s->csum_completed++;
+        if ((hdr[0] & VNET_F_NEEDS_CSUM) && !tso_complete_csum(&s->tso, b + off, len, hdr)) {
+            r->dropped++;
+            s->tso.dropped++;
+            continue;
         }
         commit(s, off, len);
         r->committed++;
@@ -708,14 +497,14 @@ static PyObject *NcmTx_drop_pending(NcmTx *self, PyObject *Py_UNUSED(ignored))
 {
     if (check_idle(self) < 0)
         return NULL;
-    long long left = self->seg_count - self->seg_next;
-    self->seg_next = self->seg_count = 0;
+    long long left = self->tso.count - self->tso.next;
+    self->tso.next = self->tso.count = 0;
     return PyLong_FromLongLong(left);
 }
 
 static PyObject *NcmTx_get_pending(NcmTx *self, void *Py_UNUSED(closure))
 {
-    return PyLong_FromLongLong(self->seg_count - self->seg_next);
+    return PyLong_FromLongLong(self->tso.count - self->tso.next);
 }
 
 static PyObject *NcmTx_next_slot(NcmTx *self, PyObject *Py_UNUSED(ignored))
@@ -831,11 +620,12 @@ static int NcmTx_init(NcmTx *self, PyObject *args, PyObject *kwds)
             return -1;
         }
     }
-    PyMem_Free(self->scratch);
-    self->scratch = scratch;
-    self->scratch_len = scratch_len;
+    PyMem_Free(self->tso.scratch);
+    self->tso.scratch = scratch;
+    self->tso.scratch_len = scratch_len;
+    self->tso.max_frame = max_frame;
     self->offload = offload;
-    self->seg_next = self->seg_count = 0;
+    self->tso.next = self->tso.count = 0;
     PyMem_Free(self->table);
     self->table = table;
     self->cap = cap;
@@ -865,7 +655,7 @@ static void NcmTx_dealloc(NcmTx *self)
 {
     release(self);
     PyMem_Free(self->table);
-    PyMem_Free(self->scratch);
+    PyMem_Free(self->tso.scratch);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -902,10 +692,10 @@ static PyMemberDef NcmTx_members[] = {
     {"maxpacket", T_LONGLONG, offsetof(NcmTx, maxpacket), READONLY, "TxLayout.maxpacket"},
     {"pad_to_max", T_BOOL, offsetof(NcmTx, pad_to_max), READONLY, "TxLayout.pad_to_max"},
     {"offload", T_INT, offsetof(NcmTx, offload), READONLY, "1: TSO and checksum offload (a vnet header is parsed)"},
-    {"tso_superframes", T_ULONGLONG, offsetof(NcmTx, tso_superframes), READONLY, "super-frames cut"},
-    {"tso_segments", T_ULONGLONG, offsetof(NcmTx, tso_segments), READONLY, "segments they were cut into"},
-    {"csum_completed", T_ULONGLONG, offsetof(NcmTx, csum_completed), READONLY, "NEEDS_CSUM frames completed"},
-    {"offload_dropped", T_ULONGLONG, offsetof(NcmTx, offload_dropped), READONLY,
+    {"tso_superframes", T_ULONGLONG, offsetof(NcmTx, tso.superframes), READONLY, "super-frames cut"},
+    {"tso_segments", T_ULONGLONG, offsetof(NcmTx, tso.segments), READONLY, "segments they were cut into"},
+    {"csum_completed", T_ULONGLONG, offsetof(NcmTx, tso.csum_completed), READONLY, "NEEDS_CSUM frames completed"},
+    {"offload_dropped", T_ULONGLONG, offsetof(NcmTx, tso.dropped), READONLY,
      "frames dropped for a vnet header their headers do not match (also in fill's dropped)"},
     {NULL, 0, 0, 0, NULL},
 };
@@ -1112,7 +902,7 @@ static void pump_hook_tick(void *o, long long now_ns)
         if (self->open_slot >= 0 && self->tx->count)
             pump_send(self, NP_COMPLETION);
     }
-    if (self->tx->seg_next < self->tx->seg_count && pump_hook_room(self) > 0) {
+    if (self->tx->tso.next < self->tx->tso.count && pump_hook_room(self) > 0) {
         int empty;
         pump_fill_nogil(self, 0, &empty);
     }
@@ -1301,7 +1091,7 @@ static PyObject *NcmPump_get_open_count(NcmPump *self, void *Py_UNUSED(c))
 
 static PyObject *NcmPump_get_pending(NcmPump *self, void *Py_UNUSED(c))
 {
-    return PyLong_FromLongLong(self->tx->seg_count - self->tx->seg_next);
+    return PyLong_FromLongLong(self->tx->tso.count - self->tx->tso.next);
 }
 
 static PyObject *NcmPump_get_framer(NcmPump *self, void *Py_UNUSED(c))

@@ -18,6 +18,13 @@
  *                                               flagged for process() to clear, a gone device flagged
  *   usb/bulk.py          BulkPipe.watchdog      a transfer the device leaves hanging is cancelled after
  *                                               `checks` calls and completes as timed out
+ *   netdev/port.py       TapPort._read_offload  with `offload` (the TAP has TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6):
+ *   netdev/gso.py        segment, complete_csum  a TCP super-frame of up to 64 KiB read with one readv and cut
+ *                                               into MSS-sized frames, one per transfer (tso.h, shared with
+ *                                               NcmTx); a NEEDS_CSUM frame's checksum completed. Segments still
+ *                                               to go when the transfers run out wait in the object and go
+ *                                               first, without using the read budget, from the next fill() or
+ *                                               tick() (DataPath.on_tap_readable's `pending`).
  *
  * The Python path stays the reference and the fallback (tests/core runs every data-path test on both, and
  * fuzz/native_frame_tx.py, a differential fuzz target with a short run in CI, compares them frame by frame;
@@ -47,11 +54,11 @@
 #include "libusb_abi.h"
 #include "burst.h"
 #include "pyglue.h"
+#include "tso.h"
 #include "txpump.h"
 
 /* Bumped whenever the Python-visible API changes; native/__init__.py refuses a stale in-place build. */
 #define API_VERSION 3
-#define ETH_HLEN 14
 #define VNET_HDR_LEN 10 /* sizeof(struct virtio_net_hdr) without num_buffers */
 
 /* What goes around the frame in its transfer (the constructor's `framing`). */
@@ -81,6 +88,8 @@ typedef struct {
     unsigned int maxpacket;
     int framing;
     size_t head; /* bytes before the frame in its transfer: 0, or the RNDIS header */
+    int offload; /* TSO and checksum completion from the TAP's vnet header (tso.h) */
+    struct tso tso;
     struct txpump pump; /* armed: the transfers, their buffers (head + max_frame + 1 bytes each), the counters */
     struct burst_tx hooks; /* what burst_hooks() hands the C event loop */
     uint8_t scratch[VNET_HDR_LEN];
@@ -109,36 +118,78 @@ static PyObject *FrameTx_arm(FrameTx *self, PyObject *args)
 }
 
 /* read frames from the TAP into free transfers and submit them, until the budget, the free transfers or the
- * TAP run out; returns the frames read (dropped ones too) and sets *empty when the TAP said EAGAIN (or
- * failed: read_failed). Runs without the GIL. */
+ * TAP run out; with offloads a super-frame's segments still to go are sent first and use no budget (as
+ * on_tap_readable's `pending`). Returns the frames read (dropped ones too) and sets *empty when the TAP said
+ * EAGAIN (or failed: read_failed). Runs without the GIL. */
 static long fill_nogil(FrameTx *self, long budget, int *empty)
 {
     struct txpump *p = &self->pump;
+    struct tso *g = &self->tso;
     long read = 0;
     *empty = 0;
-    while (read < budget && p->nfree > 0) {
+    while (p->nfree > 0) {
         Py_ssize_t slot = p->freelist[p->nfree - 1]; /* taken only once the frame is good */
         uint8_t *buf = txp_buf(p, slot);
-        struct iovec iov[2] = {{self->scratch, (size_t)self->vnet}, {buf + self->head, p->stride - self->head}};
-        struct iovec *v = self->vnet ? iov : iov + 1;
-        ssize_t r;
-        do
-            r = readv(self->fd, v, self->vnet ? 2 : 1);
-        while (r < 0 && errno == EINTR);
-        if (r < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK) {
-                p->read_failed++;
-                p->last_read_errno = errno;
+        uint8_t *frame = buf + self->head; /* p->stride - head = max_frame + 1 bytes from here */
+        long long len;
+        if (self->offload && g->next < g->count) {
+            len = tso_emit(g, frame); /* at most max_frame bytes (tso_setup checked the longest) */
+            if (len < 0) {
+                g->next = g->count; /* cannot happen; never loop on it */
+                break;
             }
-            *empty = 1;
-            break;
-        }
-        read++;
-        long long len = (long long)r - self->vnet;
-        if (len < ETH_HLEN || len > self->max_frame) {
-            /* not Ethernet, or longer than the device takes (TapPort.read_into) */
-            p->stat[TXP_DROPPED]++;
-            continue;
+        } else {
+            if (read >= budget)
+                break;
+            struct iovec iov[3] = {{self->scratch, (size_t)self->vnet}, {frame, p->stride - self->head}, {NULL, 0}};
+            if (self->offload) {
+                /* TapPort._read_offload: the slot's first max_frame bytes, then on into the scratch buffer */
+                iov[1].iov_len = (size_t)self->max_frame;
+                iov[2].iov_base = g->scratch + self->max_frame;
+                iov[2].iov_len = SPILL;
+            }
+            struct iovec *v = self->vnet ? iov : iov + 1;
+            int nv = (self->vnet ? 2 : 1) + (self->offload ? 1 : 0);
+            ssize_t r;
+            do
+                r = readv(self->fd, v, nv);
+            while (r < 0 && errno == EINTR);
+            if (r < 0) {
+                if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                    p->read_failed++;
+                    p->last_read_errno = errno;
+                }
+                *empty = 1;
+                break;
+            }
+            read++;
+            len = (long long)r - self->vnet;
+            if (len < ETH_HLEN) {
+                p->stat[TXP_DROPPED]++; /* not Ethernet (TapPort.read_into) */
+                continue;
+            }
+            if (self->offload && self->scratch[1] != VNET_GSO_NONE) {
+                /* a super-frame: made contiguous in scratch, checked, then cut by the loop's next turns */
+                memcpy(g->scratch, frame, (size_t)(len < self->max_frame ? len : self->max_frame));
+                if (!tso_setup(g, len, self->scratch)) {
+                    p->stat[TXP_DROPPED]++;
+                    g->dropped++;
+                    continue;
+                }
+                g->superframes++;
+                g->segments += (unsigned long long)g->count;
+                continue;
+            }
+            if (len > self->max_frame) {
+                p->stat[TXP_DROPPED]++; /* longer than the device takes (TapPort.read_into) */
+                continue;
+            }
+            if (self->offload && (self->scratch[0] & VNET_F_NEEDS_CSUM) &&
+                !tso_complete_csum(g, frame, len, self->scratch)) {
+                p->stat[TXP_DROPPED]++;
+                g->dropped++;
+                continue;
+            }
         }
         txp_take(p);
         long long total = len;
@@ -165,6 +216,8 @@ static long fill_nogil(FrameTx *self, long budget, int *empty)
 
 /* fill(budget) -> (read, empty): fill_nogil. `read` counts every frame read, dropped ones too (the budget's
  * unit, as on_tap_readable counts it); `empty`: the TAP said EAGAIN (or failed: read_failed). */
+static void hook_tick(void *o, long long now_ns);
+
 static PyObject *FrameTx_fill(FrameTx *self, PyObject *arg)
 {
     long budget = PyLong_AsLong(arg);
@@ -186,6 +239,35 @@ static PyObject *FrameTx_fill(FrameTx *self, PyObject *arg)
     return Py_BuildValue("(li)", read, empty);
 }
 
+/* tick(): the segments of a super-frame that waited for free transfers go now (the C event loop does the same
+ * after its wake-ups; DataPath.process calls this after the completions, as it calls on_tap_readable(0)). */
+static PyObject *FrameTx_tick(FrameTx *self, PyObject *Py_UNUSED(ignored))
+{
+    if (check_idle(self) < 0)
+        return NULL;
+    if (!self->pump.xfers) {
+        PyErr_SetString(PyExc_RuntimeError, "tick: not armed");
+        return NULL;
+    }
+    self->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    hook_tick(self, 0);
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    Py_RETURN_NONE;
+}
+
+/* drop_pending() -> int: the segments of a super-frame not yet sent are forgotten (the C pump handed back,
+ * teardown); how many. */
+static PyObject *FrameTx_drop_pending(FrameTx *self, PyObject *Py_UNUSED(ignored))
+{
+    if (check_idle(self) < 0)
+        return NULL;
+    long long left = self->tso.count - self->tso.next;
+    self->tso.next = self->tso.count = 0;
+    return PyLong_FromLongLong(left);
+}
+
 /* ---- the C event loop's entry points (burst.h) ---- */
 static long hook_room(void *o)
 {
@@ -200,8 +282,12 @@ static void hook_fill(void *o, long budget)
 
 static void hook_tick(void *o, long long now_ns)
 {
-    (void)o;
-    (void)now_ns; /* one frame per transfer: nothing waits for a completion or a timer */
+    (void)now_ns; /* one frame per transfer: nothing waits for a timer */
+    FrameTx *self = o;
+    if (self->offload && self->tso.next < self->tso.count && self->pump.nfree > 0) {
+        int empty;
+        fill_nogil(self, 0, &empty); /* a super-frame's segments that waited for free transfers */
+    }
 }
 
 static long long hook_deadline(void *o)
@@ -283,6 +369,11 @@ static PyObject *FrameTx_get_free(FrameTx *self, void *Py_UNUSED(c))
     return PyLong_FromSsize_t(self->pump.nfree);
 }
 
+static PyObject *FrameTx_get_pending(FrameTx *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromLongLong(self->tso.count - self->tso.next);
+}
+
 static PyObject *FrameTx_get_armed(FrameTx *self, void *Py_UNUSED(c))
 {
     return PyBool_FromLong(self->pump.xfers != NULL);
@@ -290,12 +381,12 @@ static PyObject *FrameTx_get_armed(FrameTx *self, void *Py_UNUSED(c))
 
 static int FrameTx_init(FrameTx *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"fd", "vnet_hdr_len", "max_frame", "maxpacket", "framing", NULL};
-    int fd, vnet, framing = FRAMING_PLAIN;
+    static char *kwlist[] = {"fd", "vnet_hdr_len", "max_frame", "maxpacket", "framing", "offload", NULL};
+    int fd, vnet, framing = FRAMING_PLAIN, offload = 0;
     long long max_frame;
     unsigned int maxpacket;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiLI|i:FrameTx", kwlist, &fd, &vnet, &max_frame, &maxpacket,
-                                     &framing))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiLI|ip:FrameTx", kwlist, &fd, &vnet, &max_frame, &maxpacket,
+                                     &framing, &offload))
         return -1;
     if (self->pump.xfers) {
         PyErr_SetString(PyExc_RuntimeError, "FrameTx cannot be initialised again while armed");
@@ -315,6 +406,24 @@ static int FrameTx_init(FrameTx *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "framing must be FRAMING_PLAIN or FRAMING_RNDIS");
         return -1;
     }
+    if (offload && vnet != VNET_HDR_LEN) {
+        PyErr_SetString(PyExc_ValueError, "offload needs the TAP's vnet header (vnet_hdr_len 10)");
+        return -1;
+    }
+    uint8_t *scratch = NULL;
+    if (offload) {
+        scratch = PyMem_Malloc((size_t)max_frame + SPILL); /* max_frame <= 0x7FFFFFFE: no overflow */
+        if (!scratch) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    PyMem_Free(self->tso.scratch);
+    memset(&self->tso, 0, sizeof self->tso);
+    self->tso.scratch = scratch;
+    self->tso.scratch_len = offload ? max_frame + SPILL : 0;
+    self->tso.max_frame = max_frame;
+    self->offload = offload;
     self->framing = framing;
     self->head = framing == FRAMING_RNDIS ? RNDIS_HEADER_LEN : 0;
     self->fd = fd;
@@ -329,6 +438,7 @@ static void FrameTx_dealloc(FrameTx *self)
 {
     /* arm holds a reference until disarm: an armed object is never deallocated */
     txp_free(&self->pump);
+    PyMem_Free(self->tso.scratch);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -336,7 +446,12 @@ static PyMethodDef FrameTx_methods[] = {
     {"arm", (PyCFunction)FrameTx_arm, METH_VARARGS,
      "arm(submit, cancel, transfers): own these bulk OUT transfers (addresses) from now on."},
     {"fill", (PyCFunction)FrameTx_fill, METH_O,
-     "fill(budget) -> (read, empty): frames from the TAP into free transfers, submitted."},
+     "fill(budget) -> (read, empty): frames from the TAP into free transfers, submitted (a super-frame's "
+     "segments still to go first, using no budget)."},
+    {"tick", (PyCFunction)FrameTx_tick, METH_NOARGS,
+     "tick(): a super-frame's segments that waited for free transfers are sent now."},
+    {"drop_pending", (PyCFunction)FrameTx_drop_pending, METH_NOARGS,
+     "drop_pending() -> int: forget a super-frame's segments not yet sent; how many."},
     {"add_to", (PyCFunction)FrameTx_add_to, METH_O,
      "add_to(stats) -> (submitted, completed, failed, last_status, read_failed, last_read_errno, stalled, "
      "gone)."},
@@ -353,6 +468,7 @@ static PyGetSetDef FrameTx_getset[] = {
     {"in_flight", (getter)FrameTx_get_in_flight, NULL, "transfers submitted and not completed", NULL},
     {"free", (getter)FrameTx_get_free, NULL, "transfers ready for a frame", NULL},
     {"armed", (getter)FrameTx_get_armed, NULL, "whether it owns transfers", NULL},
+    {"pending", (getter)FrameTx_get_pending, NULL, "segments of a super-frame still to be sent", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -360,6 +476,12 @@ static PyMemberDef FrameTx_members[] = {
     {"submit_failed", T_ULONGLONG, offsetof(FrameTx, pump.submit_failed), READONLY, "submissions libusb refused"},
     {"max_frame", T_LONGLONG, offsetof(FrameTx, max_frame), READONLY, "the largest frame sent"},
     {"framing", T_INT, offsetof(FrameTx, framing), READONLY, "FRAMING_PLAIN or FRAMING_RNDIS"},
+    {"offload", T_INT, offsetof(FrameTx, offload), READONLY, "1: TSO and checksum completion (tso.h)"},
+    {"tso_superframes", T_ULONGLONG, offsetof(FrameTx, tso.superframes), READONLY, "super-frames cut"},
+    {"tso_segments", T_ULONGLONG, offsetof(FrameTx, tso.segments), READONLY, "segments they were cut into"},
+    {"csum_completed", T_ULONGLONG, offsetof(FrameTx, tso.csum_completed), READONLY, "NEEDS_CSUM frames completed"},
+    {"offload_dropped", T_ULONGLONG, offsetof(FrameTx, tso.dropped), READONLY,
+     "frames dropped for a vnet header their headers do not match (also in tx_dropped)"},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -368,8 +490,9 @@ static PyTypeObject FrameTxType = {
     .tp_basicsize = sizeof(FrameTx),
     .tp_dealloc = (destructor)FrameTx_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "FrameTx(fd, vnet_hdr_len, max_frame, maxpacket, framing=FRAMING_PLAIN): one-frame-per-transfer TX "
-              "from the TAP, in C; FRAMING_RNDIS puts an RNDIS PACKET_MSG header before each frame.",
+    .tp_doc = "FrameTx(fd, vnet_hdr_len, max_frame, maxpacket, framing=FRAMING_PLAIN, offload=False): "
+              "one-frame-per-transfer TX from the TAP, in C; FRAMING_RNDIS puts an RNDIS PACKET_MSG header before "
+              "each frame; offload cuts TCP super-frames (TSO) and completes partial checksums.",
     .tp_methods = FrameTx_methods,
     .tp_getset = FrameTx_getset,
     .tp_members = FrameTx_members,

@@ -100,13 +100,14 @@ class TapPort:
             log.info("the C TX framer does not take this NTB layout (%s): framing in Python", exc)
             return None
 
-    def native_frame_tx(self, max_frame: int, maxpacket: int, framing: int = 0):
+    def native_frame_tx(self, max_frame: int, maxpacket: int, framing: int = 0, offload: bool = False):
         """The C TX pump for one frame per transfer (usbnetd.native.FrameTx: reads this TAP into bulk OUT
-        transfers it owns, `framing` around each frame: protocols/driver.py FRAME_TX_*), or None when it is
-        not available."""
+        transfers it owns, `framing` around each frame: protocols/driver.py FRAME_TX_*; with `offload`, TCP
+        super-frames cut and partial checksums completed as _read_offload does), or None when it is not
+        available."""
         if not native.AVAILABLE:
             return None
-        return native.FrameTx(self.fd, self.vnet, max_frame, maxpacket, framing)
+        return native.FrameTx(self.fd, self.vnet, max_frame, maxpacket, framing, offload)
 
     def native_ncm_pump(self, framer):
         """The C TX pump for NCM (usbnetd.native.NcmPump: `framer`, an NcmTx from native_tx, builds each NTB in
