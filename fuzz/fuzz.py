@@ -5,8 +5,8 @@
     python fuzz/fuzz.py TARGET --engine=random -runs=N [-seed=S]      # no atheris: our own mutation fuzzer
 
 TARGET is one of `fuzz/targets.py`'s TARGETS (ncm16, ncm32, rndis-control, rndis-data, eem, cdc-functional,
-config, notifications, ax88179, r8152). Without a corpus directory, fuzz/corpus/TARGET is used; an empty or new corpus
-directory is first seeded with valid inputs from our builders. Crashes (any contract violation, see
+config, notifications, ax88179, r8152, ipheth). Without a corpus directory, fuzz/corpus/TARGET is used; an
+empty or new corpus directory is first seeded with valid inputs from our builders. Crashes (any contract violation, see
 targets.py) are written to fuzz/artifacts/TARGET/ unless -artifact_prefix says otherwise; reproduce one
 with `python fuzz/fuzz.py TARGET fuzz/artifacts/TARGET/crash-...`.
 

@@ -9,7 +9,8 @@ reference (NtbDecoder + TapPort, GRO on or off), on the same device bytes.
 
 An input is a 5-byte header and the transfer bytes:
 
-    byte 0   flags: 1 GRO on, 2 repair TCP/IPv4 checksums first (so mutated runs still reach the merge logic),
+    byte 0   flags: 1 GRO on, 2 repair TCP checksums (IPv4 and IPv6) first (so mutated runs still reach the merge
+             logic; without it, GRO seeds whose later segment a mutation broke reach DATA_VALID's case),
              4 two transfers in one batch (split at bytes 3-4), 8 shorten each transfer by bytes 1-2 (modulo
              its size + 1), 16 max_datagram 60 instead of 1514, 32 ECM (each transfer is one frame:
              decode_frame against OneFramePerTransfer.rx_decode), 64 RNDIS (PACKET_MSGs: decode_rndis against
@@ -214,7 +215,15 @@ class Harness:
 
 
 def repair_frame(buf: bytearray, off: int, n: int) -> None:
-    """Correct IPv4 header and TCP checksums of a TCP/IPv4 frame at buf[off:off + n], if it is one."""
+    """Correct IPv4 header and TCP checksums of a TCP/IPv4 frame at buf[off:off + n], or the TCP checksum of a
+    TCP/IPv6 one (next header TCP, RFC 8200 §8.1's pseudo-header), if it is one."""
+    if n >= 74 and buf[off + 12 : off + 14] == b"\x86\xdd" and buf[off + 20] == 6:
+        plen = struct.unpack_from("!H", buf, off + 18)[0]
+        if 20 <= plen <= n - 54:
+            buf[off + 70 : off + 72] = b"\0\0"
+            pseudo = bytes(buf[off + 22 : off + 54]) + struct.pack("!IxxxB", plen, 6)
+            struct.pack_into("!H", buf, off + 70, _csum(pseudo + bytes(buf[off + 54 : off + 54 + plen])))
+        return
     if n < 54 or buf[off + 12 : off + 14] != b"\x08\x00" or buf[off + 14] != 0x45 or buf[off + 23] != 6:
         return
     tot = struct.unpack_from("!H", buf, off + 16)[0]
@@ -266,6 +275,59 @@ def _run(n: int, size: int, seq: int = 1000, **kw) -> list[bytes]:
     return [_tcp(seq + i * size, bytes([i + 1]) * size, **kw) for i in range(n)]
 
 
+_ADDR6 = bytes.fromhex("20010002000000000000000000090001") + bytes.fromhex("20010002000000000000000000090002")
+
+
+def _tcp6(seq: int, payload: bytes, flags: int = 0x10, sport: int = 5001, options: bytes = b"",
+          bad: bool = False, word: int = 0x60012345, hop: int = 64) -> bytes:
+    """TCP over IPv6 (2001:2::/48, the benchmarking range), checksum repaired, or broken with `bad`; `word`:
+    version, traffic class and flow label."""
+    thl = 20 + len(options)
+    tcp = struct.pack("!HHIIBBHHH", sport, 40000, seq & 0xFFFFFFFF, 7, (thl // 4) << 4, flags, 502, 0, 0) + options
+    frame = bytearray(b"\x02\0\0\0\0\x02\x02\0\0\0\0\x01\x86\xdd" + struct.pack("!IHBB", word, thl + len(payload), 6,
+                                                                                 hop) + _ADDR6 + tcp + payload)
+    repair_frame(frame, 0, len(frame))
+    if bad:
+        frame[70] ^= 0x11
+    return bytes(frame)
+
+
+def _udp6(n: int) -> bytes:
+    return (b"\x02\0\0\0\0\x02\x02\0\0\0\0\x01\x86\xdd" + struct.pack("!IHBB", 0x60000000, 8 + n, 17, 64) + _ADDR6
+            + struct.pack("!HHHH", 1, 2, 8 + n, 0) + bytes(n))
+
+
+def _run6(n: int, size: int, seq: int = 1000, **kw) -> list[bytes]:
+    return [_tcp6(seq + i * size, bytes([i + 1]) * size, **kw) for i in range(n)]
+
+
+def _seeds6(nc) -> list[bytes]:
+    """IPv6 runs (merging, split by PSH, options, another flow) and the frames DATA_VALID is about: a run of one
+    verified because its follower came and failed, UDP over both families. With GRO and without the repair
+    too, so that a mutation breaking a later segment leaves the verified first one marked."""
+    ts = b"\x01\x01\x08\x0a" + struct.pack("!II", 5, 6)
+    sets = [
+        _run6(11, 1400),
+        _run6(3, 700) + [_tcp6(3100, b"p" * 700, flags=0x18)] + _run6(2, 700, seq=3800) + [_udp6(200)],
+        _run6(4, 600, options=ts) + [f for pair in zip(_run6(2, 500), _run6(2, 500, sport=6000), strict=True)
+                                     for f in pair],
+        _run(1, 900) + [_tcp(1900, b"x" * 900)[:60] + b"\xbd" + _tcp(1900, b"x" * 900)[61:], _udp(300)]
+        + _run6(1, 900) + [_tcp6(1900, b"y" * 900, bad=True), _udp6(300)],
+        _run(3, 500) + _run6(3, 500, seq=2500) + _run(2, 500, seq=4000),
+        # one key field at a time, each between two segments that merge: flow label, traffic class, hop limit
+        [_tcp6(1000 + 400 * i, b"k" * 400, **kw) for i, kw in enumerate(
+            [{}, {}, {"word": 0x60054321}, {}, {}, {"word": 0x60412345}, {}, {}, {"hop": 63}, {}, {}])],
+    ]
+    out = []
+    for layout in (nc.TxLayout(False, 0xFFFF, 4, 0, 4, 60, 512), nc.TxLayout(True, 0xFFFF, 8, 2, 8, 60, 512)):
+        for frames in sets:
+            ntb = nc.build_ntb(layout, frames)
+            out += [bytes([GRO | REPAIR, 0, 0, 0, 0]) + ntb, bytes([GRO, 0, 0, 0, 0]) + ntb]
+    for f in _run6(2, 1400) + [_udp6(50), _tcp6(5000, b"z" * 1400, bad=True)]:
+        out.append(bytes([GRO | ECM, 0, 0, 0, 0]) + f)
+    return out
+
+
 def seeds() -> list[bytes]:
     from usbnetd.protocols import ax88179_codec as axc
     from usbnetd.protocols import ncm_codec as nc
@@ -308,7 +370,7 @@ def seeds() -> list[bytes]:
         out.append(bytes([AX, 0, 0, 0, 0]) + agg)
     a, b = axc.build_rx(_run(3, 1000)), axc.build_rx(_run(3, 1000, seq=4000), dummies=False)
     out.append(bytes([GRO | SPLIT | AX]) + struct.pack("<HH", 0, len(a)) + a + b)
-    return out
+    return out + _seeds6(nc)
 
 
 check = nc_.checker(lambda: Harness())

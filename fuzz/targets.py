@@ -27,6 +27,7 @@ from usbnetd.core.stats import COUNTERS, Stats
 from usbnetd.protocols import NoDriver, cdc, choose
 from usbnetd.protocols import ax88179_codec as axc
 from usbnetd.protocols import eem_codec as ec
+from usbnetd.protocols import ipheth_codec as ipc
 from usbnetd.protocols import ncm_codec as nc
 from usbnetd.protocols import r8152_codec as rtc
 from usbnetd.protocols import rndis_codec as rc
@@ -724,6 +725,36 @@ def seeds_r8152() -> list[bytes]:
 
 
 # ========================================================================================================
+# Apple iPhone tethering, legacy RX (one frame behind 2 bytes of padding)
+# ========================================================================================================
+
+IPH_MAX_FRAME = 1514
+
+
+def ref_ipheth(b: bytes, max_frame: int = IPH_MAX_FRAME) -> tuple[list, dict]:
+    """ipheth_codec.RxDecoder's documented rules, independently: nothing in an empty transfer or in the 4-byte
+    control frame that starts 00 01; otherwise the frame is everything after the first two bytes, and one
+    shorter than an Ethernet header or longer than max_frame is one length error."""
+    if not b or (len(b) == 4 and b[0] == 0 and b[1] == 1):
+        return [], {}
+    if ETH <= len(b) - 2 <= max_frame:
+        return [(2, len(b) - 2)], {}
+    return [], _errors(0, 1)
+
+
+def check_ipheth(data: bytes) -> None:
+    data = data[:MAX_INPUT]
+    got = _run_rx(lambda s: ipc.RxDecoder(s, max_frame=IPH_MAX_FRAME), data)
+    _expect(got, ref_ipheth(data), "iPhone")
+
+
+def seeds_ipheth() -> list[bytes]:
+    out = [ipc.build_rx(f) for f in _frames([14, 60, 510, 1022, 1500, 1514])]
+    out += [b"", b"\x00\x01\x01\x00", b"\x00\x02\x01\x00", b"\x00\x00", ipc.build_rx(bytes(1515))]
+    return out
+
+
+# ========================================================================================================
 
 TARGETS: dict[str, tuple[Callable[[bytes], None], Callable[[], list[bytes]]]] = {
     "ncm16": (check_ncm, lambda: seeds_ncm(False)),
@@ -736,5 +767,6 @@ TARGETS: dict[str, tuple[Callable[[bytes], None], Callable[[], list[bytes]]]] = 
     "notifications": (check_notifications, seeds_notifications),
     "ax88179": (check_ax88179, seeds_ax88179),
     "r8152": (check_r8152, seeds_r8152),
+    "ipheth": (check_ipheth, seeds_ipheth),
 }
 assert set(COUNTERS) >= {"rx_errors", "rx_frame_errors", "rx_length_errors", "notification_errors"}

@@ -9,14 +9,12 @@ queues, TAP port, link state and reconciler are the real ones (fake.py).
 
 from __future__ import annotations
 
-import importlib.util
 import struct
-import sys
-from pathlib import Path
 
 import fake
 import pytest
 from fake import FakeTap, ScriptedTransport, turn
+from vendor_fake import assert_bad_start, assert_silence_rule, load_emulator
 
 from usbnetd.core.service import EthernetService
 from usbnetd.core.stats import Stats
@@ -28,17 +26,7 @@ from usbnetd.protocols.driver import Options
 from usbnetd.usb.descriptors import parse_configuration
 from usbnetd.usb.transport import STATUS_OK, DeviceIdentity, TransportError
 
-
-def _load_emulator():
-    path = Path(__file__).resolve().parents[1] / "vm" / "guest" / "r8152_device.py"
-    spec = importlib.util.spec_from_file_location("r8152_device", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("r8152_device", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-emu = _load_emulator()
+emu = load_emulator("r8152_device")
 
 CHIP_MAC = bytes.fromhex("02a1b2c3d4e5")
 HOST = bytes.fromhex("02aabbccddee")
@@ -284,24 +272,15 @@ def test_an_invalid_chip_mac_is_replaced_and_written():
 ])
 def test_a_bad_chip_fails_the_start_in_one_line(fault, why):
     t = ScriptedRtl8153(version=0x6010) if fault == "version" else ScriptedRtl8153(**{fault: True})
-    driver_cls, binding = choose(t.identity.configurations, 1, protocol="r8152")
-    svc = EthernetService(t, driver_cls(t, binding, Stats(), Options()), ifname="core0", gro=False,
-                          tap_factory=FakeTap)
-    with pytest.raises(TransportError) as exc:
-        svc.start()
-    assert str(exc.value).startswith(why) and "\n" not in str(exc.value)
-    assert svc.tap is None and t.closed
+    assert_bad_start(t, "r8152", why)
 
 
 def test_a_chip_that_never_reports_link_stops_the_instance():
     t = ScriptedRtl8153()
     svc, tap = start(t)
-    d = svc.driver
-    assert d.poll(d._started + rtl.INTERRUPT_SILENCE - 1) is None
-    why = d.poll(d._started + rtl.INTERRUPT_SILENCE + 1)
-    assert why and "no link status" in why
-    link(t, svc, False)  # one status, even "no link", is a working chip
-    assert d.poll(d._started + 1000) is None
+    assert svc.driver.STATUS_SILENCE == rtl.INTERRUPT_SILENCE == 10
+    # One status, even "no link", is a working chip.
+    assert_silence_rule(svc, "sent no link status on its interrupt endpoint in 10 s", lambda: link(t, svc, False))
     svc.stop()
 
 

@@ -20,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 FUZZ = os.path.join(REPO, "fuzz", "fuzz.py")
 RUNS = 20000
 TARGETS = ["ncm16", "ncm32", "rndis-control", "rndis-data", "eem", "cdc-functional", "config", "notifications",
-           "ax88179", "r8152"]
+           "ax88179", "r8152", "ipheth"]
 
 
 def test_every_target_is_run_here():

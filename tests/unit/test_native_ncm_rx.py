@@ -138,13 +138,43 @@ def udp_frame(n: int, tag: int = 0) -> bytes:
                                                                                            for i in range(n))
 
 
-def run(n: int, size: int, *, seq: int = 1000, **kw) -> list[bytes]:
-    """n back-to-back segments of one flow, `size` payload bytes each."""
+SRC6 = bytes.fromhex("20010002000000000000000000090001")  # 2001:2::/48, RFC 5180's benchmarking range
+DST6 = bytes.fromhex("20010002000000000000000000090002")
+
+
+def tcp6_frame(seq: int, payload: bytes, *, flags: int = 0x10, ack: int = 7, sport: int = 5001, dport: int = 40000,
+               options: bytes = b"", hop: int = 64, tclass: int = 0, flow: int = 0x12345, pad_to: int = 0,
+               src: bytes = SRC6, dst: bytes = DST6, window: int = 502, nexthdr: int = 6, ext: bytes = b"",
+               macs: bytes = MAC_B + MAC_A, bad_tcp: bool = False, plen_delta: int = 0) -> bytes:
+    """Ethernet + IPv6 (RFC 8200 §3) + TCP with its checksum over the RFC 8200 §8.1 pseudo-header; `ext`:
+    extension header bytes between the IPv6 header and TCP (`nexthdr` then names the first of them)."""
+    thl = 20 + len(options)
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack, (thl // 4) << 4, flags, window, 0,
+                      0) + options
+    pseudo = src + dst + struct.pack("!IxxxB", thl + len(payload), 6)
+    check = csum(pseudo + tcp + payload) ^ (0x0101 if bad_tcp else 0)
+    tcp = tcp[:16] + struct.pack("!H", check) + tcp[18:]
+    ip = struct.pack("!IHBB", 6 << 28 | tclass << 20 | flow, len(ext) + thl + len(payload) + plen_delta, nexthdr,
+                     hop) + src + dst
+    frame = macs + b"\x86\xdd" + ip + ext + tcp + payload
+    return frame + bytes(max(0, pad_to - len(frame)))
+
+
+def run(n: int, size: int, *, seq: int = 1000, v6: bool = False, **kw) -> list[bytes]:
+    """n back-to-back segments of one flow, `size` payload bytes each (over IPv6 with v6)."""
     out = []
     for i in range(n):
-        out.append(tcp_frame(seq, bytes([(i * 7 + 1) & 0xFF]) * size, **kw))
+        out.append((tcp6_frame if v6 else tcp_frame)(seq, bytes([(i * 7 + 1) & 0xFF]) * size, **kw))
         seq += size
     return out
+
+
+def udp6_frame(n: int, tag: int = 0, bad: bool = False) -> bytes:
+    pl = bytes((tag + i) & 0xFF for i in range(n))
+    udp = struct.pack("!HHHH", 1, 2, 8 + n, 0) + pl
+    c = csum(SRC6 + DST6 + struct.pack("!IxxxB", len(udp), 17) + udp) or 0xFFFF
+    udp = udp[:6] + struct.pack("!H", c ^ (0x0404 if bad else 0)) + udp[8:]
+    return MAC_B + MAC_A + b"\x86\xdd" + struct.pack("!IHBB", 6 << 28, len(udp), 17, 64) + SRC6 + DST6 + udp
 
 
 # --- the two paths -----------------------------------------------------------------------------------------
@@ -378,6 +408,46 @@ SCENARIOS: dict[str, list[bytes]] = {
          {"src": bytes([10, 0, 0, 1])}, {}, {"dst": bytes([10, 0, 0, 2])}, {}, {"sport": 1}, {}, {"dport": 1}, {},
          {"ack": 8}, {}, {"options": TS}, {}])],
     "double-carry": double_carry_run(),
+    # TCP over IPv6: ipv6_gro_receive's key, the RFC 8200 §8.1 pseudo-header, GSO_TCPV6
+    "v6-run-11x1400": run(11, 1400, v6=True),
+    "v6-run-then-udp6-then-run": run(4, 1000, v6=True) + [udp6_frame(300)] + run(4, 1000, seq=5000, v6=True),
+    "v6-short-last-closes": run(3, 800, v6=True) + run(1, 300, seq=3400, v6=True) + run(2, 800, seq=3700, v6=True),
+    "v6-psh-closes": run(2, 700, v6=True) + [tcp6_frame(2400, b"p" * 700, flags=0x18)] + run(2, 700, seq=3100,
+                                                                                             v6=True),
+    "v6-equal-options": run(4, 600, options=TS, v6=True),
+    "v6-different-options": [tcp6_frame(0, b"o" * 600, options=TS), tcp6_frame(600, b"o" * 600,
+                                                                               options=TS[:-1] + b"\x07")],
+    "v6-one-key-field-at-a-time": [tcp6_frame(1000 + 400 * i, b"k" * 400, **kw) for i, kw in enumerate(
+        [{}, {"hop": 63}, {}, {"tclass": 4}, {}, {"flow": 0x54321}, {}, {"macs": MAC_A + MAC_B}, {},
+         {"src": DST6}, {}, {"dst": SRC6}, {}, {"sport": 1}, {}, {"dport": 1}, {}, {"ack": 8}, {},
+         {"options": TS}, {}, {"window": 9}, {}])],
+    "v6-control-flags": [tcp6_frame(i * 400, b"c" * 400, flags=f) for i, f in
+                         enumerate((0x10, 0x11, 0x10, 0x12, 0x10, 0x14, 0x10, 0x30, 0x10, 0x50, 0x10, 0x90))],
+    "v6-seq-gap-and-wrap": run(2, 500, v6=True) + run(2, 500, seq=9000, v6=True) + run(3, 900, seq=0xFFFFFD00,
+                                                                                      v6=True),
+    "v6-extension-header-alone": [run(1, 600, v6=True)[0],
+                                  tcp6_frame(1600, b"e" * 600, nexthdr=0, ext=b"\x06\x00" + bytes(6)),
+                                  tcp6_frame(2200, b"e" * 600, nexthdr=60, ext=b"\x06\x00" + bytes(6))],
+    "v6-bad-first": [tcp6_frame(0, b"x" * 900, bad_tcp=True)] + run(3, 900, seq=900, v6=True),
+    "v6-bad-middle": run(2, 900, v6=True) + [tcp6_frame(2800, b"x" * 900, bad_tcp=True)] + run(2, 900, seq=3700,
+                                                                                               v6=True),
+    "v6-bad-last": run(3, 900, v6=True) + [tcp6_frame(3700, b"x" * 900, bad_tcp=True)],
+    "v6-bad-everywhere": [tcp6_frame(i * 700, b"b" * 700, bad_tcp=i % 2 == 1) for i in range(6)],
+    "v6-odd-lengths": run(3, 999, v6=True) + run(2, 333, seq=5000, v6=True) + run(2, 1001, seq=6000, v6=True),
+    "v6-padded-and-lying-lengths": [tcp6_frame(0, b"d" * 220, pad_to=320), tcp6_frame(220, b"d" * 220, pad_to=300),
+                                    tcp6_frame(440, b"d" * 220, plen_delta=1),
+                                    tcp6_frame(660, b"d" * 220, plen_delta=-21),
+                                    tcp6_frame(880, b"d" * 220, plen_delta=-220)],
+    # 40 + 20 + 44 * 1460 + 1235 = 0xFFFF: the IP packet's limit as for IPv4 (Linux's GRO stops below 64 KiB)
+    "v6-ip-len-exactly-max": run(44, 1460, v6=True) + run(1, 1235, seq=1000 + 44 * 1460, v6=True),
+    "v6-ip-len-one-over": run(44, 1460, v6=True) + run(1, 1236, seq=1000 + 44 * 1460, v6=True),
+    "v6-max-segments": run(70, 260, v6=True),
+    "v4-and-v6-interleaved": [f for pair in zip(run(4, 600), run(4, 600, v6=True), strict=True) for f in pair],
+    "v4-run-then-v6-run-same-seq": run(3, 600) + run(3, 600, seq=2800, v6=True),
+    # DATA_VALID: a run of one verified (its follower failed) is marked; singles otherwise are not
+    "valid-v4-first-then-bad": run(1, 900) + [tcp_frame(1900, b"x" * 900, bad_tcp=True), udp_frame(400)],
+    "valid-v6-first-then-bad": run(1, 900, v6=True) + [tcp6_frame(1900, b"x" * 900, bad_tcp=True), udp6_frame(400)],
+    "singles-udp-bad-udp": [udp_frame(400), udp6_frame(400), udp6_frame(400, bad=True), run(1, 900, v6=True)[0]],
 }
 
 LAYOUTS = [
@@ -423,6 +493,35 @@ def test_a_run_merges_natively() -> None:
     flags, gso, hdr_len, gso_size, start, off = struct.unpack("=BBHHHH", msgs[0][:10])
     assert (flags, gso, hdr_len, gso_size, start, off) == (1, 1, 54, 1400, 34, 16)
     assert msgs[0][10 + 54 :] == b"".join(f[54:] for f in frames)
+
+
+def test_an_ipv6_run_merges_natively() -> None:
+    """The IPv6 comparison is not vacuous either: one GSO_TCPV6 super-frame, payload length for the run, the
+    RFC 8200 §8.1 pseudo-header sum in the check field."""
+    frames = run(9, 1400, options=TS, v6=True)
+    blocks = ntbs(nc.TxLayout(False, 0xFFFF), frames)
+    msgs = differential([[(blocks[0], len(blocks[0]))]], gro=True)
+    assert len(blocks) == 1 and len(msgs) == 1
+    m = msgs[0]
+    assert struct.unpack("=BBHHHH", m[:10]) == (1, 4, 54 + 32, 1400, 54, 16)
+    assert struct.unpack_from("!H", m, 10 + 18)[0] == 32 + 9 * 1400
+    pseudo = sum(struct.unpack("!16H", SRC6 + DST6)) + 6 + 32 + 9 * 1400
+    while pseudo >> 16:
+        pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
+    assert struct.unpack_from("!H", m, 10 + 54 + 16)[0] == pseudo
+    assert m[10 + 54 + 32 :] == b"".join(f[86:] for f in frames)
+
+
+def test_data_valid_natively() -> None:
+    """A run of one whose checksums were verified (a follower came and failed) goes out with flags 2; other
+    single frames (UDP, IPv6 UDP, a lone segment, the failing one) with a zero header."""
+    for frames in (SCENARIOS["valid-v4-first-then-bad"], SCENARIOS["valid-v6-first-then-bad"]):
+        blocks = ntbs(nc.TxLayout(False, 0xFFFF), frames)
+        msgs = differential([[(b, len(b)) for b in blocks]], gro=True)
+        assert [m[:10] for m in msgs] == [pygro.VALID_HDR, pygro.ZERO_HDR, pygro.ZERO_HDR]
+        assert [m[10:] for m in msgs] == frames
+    msgs = differential([[(f, len(f)) for f in SCENARIOS["singles-udp-bad-udp"]]], gro=True, ecm=True)
+    assert [m[:10] for m in msgs] == [pygro.ZERO_HDR] * 4
 
 
 def test_a_run_spanning_transfers_merges_once() -> None:
@@ -571,6 +670,13 @@ def repair_checksums(buf: bytearray, length: int) -> None:
     nc.NtbDecoder(Stats(), max_datagram=1 << 20).decode(memoryview(bytes(buf)), length,
                                                       lambda o, n: spans.append((o, n)))
     for off, n in spans:
+        if n >= 74 and buf[off + 12 : off + 14] == b"\x86\xdd" and buf[off + 20] == 6:
+            plen = struct.unpack_from("!H", buf, off + 18)[0]
+            if 20 <= plen <= n - 54:
+                buf[off + 70 : off + 72] = b"\0\0"
+                pseudo = bytes(buf[off + 22 : off + 54]) + struct.pack("!IxxxB", plen, 6)
+                struct.pack_into("!H", buf, off + 70, csum(pseudo + bytes(buf[off + 54 : off + 54 + plen])))
+            continue
         if n < 54 or buf[off + 12 : off + 14] != b"\x08\x00" or buf[off + 14] != 0x45 or buf[off + 23] != 6:
             continue
         tot = struct.unpack_from("!H", buf, off + 16)[0]
@@ -615,11 +721,13 @@ def mutate(rnd: random.Random, data: bytes) -> bytes:
 def _seeds() -> list[bytes]:
     lay16, lay32 = nc.TxLayout(False, 16384, 4, 0, 4, 60, 512), nc.TxLayout(True, 16384, 8, 2, 8, 60, 512)
     sets = [run(10, 1400), run(5, 600) + [udp_frame(70)] + run(5, 600, seq=9999),
-            run(6, 300, options=TS), [udp_frame(n, n) for n in (18, 46, 200, 500)] + run(3, 260)]
+            run(6, 300, options=TS), [udp_frame(n, n) for n in (18, 46, 200, 500)] + run(3, 260),
+            run(8, 1400, v6=True), run(3, 500, v6=True, options=TS) + run(1, 500, seq=2500, v6=True, bad_tcp=True)
+            + [udp6_frame(300)]]
     return [nc.build_ntb(lay, s) for lay in (lay16, lay32) for s in sets]
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(8))
 def test_random_mutations(seed: int) -> None:
     rnd = random.Random(seed)
     seeds = _seeds()
@@ -678,6 +786,7 @@ def test_failed_writes_are_dropped_and_counted_alike(gro: bool, how: str) -> Non
 @pytest.mark.parametrize("gro", [True, False], ids=["gro", "plain"])
 def test_one_frame_per_transfer(gro: bool) -> None:
     frames = run(5, 1400) + [udp_frame(46), bytes(13), bytes(14), udp_frame(1472)] + run(3, 900, seq=1 << 20)
+    frames += run(4, 1400, v6=True) + [udp6_frame(1452), tcp6_frame(5600, b"z" * 1400, bad_tcp=True)]
     transfers = [(f + b"\xa5" * 40, len(f)) for f in frames]
     transfers += [(bytes(1600), 1515), (bytes(1600), 1514), (bytes(100), 0), (bytes(100), -5)]
     differential([transfers], gro, ecm=True)
@@ -718,6 +827,22 @@ def test_segment_verified_matches_the_reference() -> None:
             src, dst = struct.unpack_from("!II", f, 26)
             want = pygro.segment_verified(memoryview(f), 0, tot, src, dst)
             assert native.fastpath.segment_verified(bytes(f), tot, src, dst) == want, (n, at)
+
+
+def test_segment_verified6_matches_the_reference() -> None:
+    rnd = random.Random(6)
+    for n in (1, 2, 3, 7, 8, 9, 999, 1000, 1440):
+        good = tcp6_frame(rnd.randrange(1 << 32), rnd.randbytes(n), options=TS if n % 2 else b"",
+                          src=rnd.randbytes(16), dst=rnd.randbytes(16))
+        tot = len(good) - 14
+        assert pygro.segment_verified6(memoryview(good), 0, tot)
+        for at in [None, *(rnd.randrange(22, len(good)) for _ in range(20))]:
+            f = bytearray(good)
+            if at is not None:
+                f[at] ^= 1 << rnd.randrange(8)
+            want = pygro.segment_verified6(memoryview(f), 0, tot)
+            assert want == (at is None), (n, at)  # every bit from the addresses on is covered
+            assert native.fastpath.segment_verified6(bytes(f), tot) == want, (n, at)
             assert want == (at is None or at < 14 or f == good)
 
 

@@ -194,7 +194,8 @@ def _run_options(f):
                      help="Coalesce received TCP segments into one write to the interface (GRO). "
                           "Default: [queues] gro in the configuration (on).")(f)
     f = click.option("--tso/--no-tso", default=None,
-                     help="NCM with the C fast path: let the kernel hand over TCP super-frames of up to 64 KiB and "
+                     help="With the C fast path (NCM; ECM, the CDC subset and RNDIS where the C pump owns the "
+                          "transfers): let the kernel hand over TCP super-frames of up to 64 KiB and "
                           "partial checksums (TSO, checksum offload), cut and completed in C. "
                           "Default: [queues] tso in the configuration (on).")(f)
     f = click.option("--persistent/--no-persistent", default=None,

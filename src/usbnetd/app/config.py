@@ -26,7 +26,7 @@ override the files. USBNETD_CONFIG_DIR points somewhere else (tests, trying a co
 
     [[device]]
     id = "0525:a4a1"          # VID:PID; or busid = "3-1"; optionally serial = "..."
-    protocol = "ncm"          # ncm | ecm | rndis | eem | subset | ax88179 | r8152
+    protocol = "ncm"          # ncm | ecm | rndis | eem | subset | ax88179 | r8152 | ipheth
     configuration = 1
     quirks = []
     ifname = "usblab0"

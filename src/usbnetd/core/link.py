@@ -6,7 +6,8 @@ driver's `status()` hook for each interrupt transfer, and the driver's `events` 
 otherwise (RNDIS indications fetched by a control transfer). Acting only on *changes* is the default for
 every device: some repeat NETWORK_CONNECTION every 32 ms (QEMU's usb-net on every poll, old RTL8156
 firmware). A protocol without link notifications (`DriverFlag.NO_LINK_STATE`), a device without an
-interrupt endpoint, or the `ignore-link` quirk keep the carrier on while the device is there.
+interrupt endpoint (unless its driver polls the link itself, `DriverFlag.LINK_POLLED`: iPhone tethering's
+carrier check), or the `ignore-link` quirk keep the carrier on while the device is there.
 
 The reconciler (netdev/reconciler.py) is owned here because it is the other half of the link: the user's
 changes to the interface going to the device, as the device's changes come to the interface.

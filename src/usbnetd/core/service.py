@@ -84,7 +84,8 @@ class EthernetService:
         self.tap: Tap | None = None
         self.port: TapPort | None = None
         self.datapath = DataPath(transport, driver, self.stats, rx_transfers, tx_transfers)
-        follow = not (driver.flags & DriverFlag.NO_LINK_STATE or driver.binding.ep_int is None
+        no_source = driver.binding.ep_int is None and not driver.flags & DriverFlag.LINK_POLLED
+        follow = not (driver.flags & DriverFlag.NO_LINK_STATE or no_source
                       or driver.options.quirks & Quirk.IGNORE_LINK)
         self.link = LinkState(follow_device=follow)
         self.failure: str | None = None  # why the service stopped itself (a device that stopped answering)

@@ -3,7 +3,8 @@
 `DRIVERS` lists them in order of preference — the protocol usbnetd drives best first: NCM batches many
 frames per transfer with a clean spec; ECM is simple and universal; RNDIS works but is chatty and
 Microsoft-defined; EEM and the subset carry no link state. `VENDOR_DRIVERS` (the ASIX AX88179 family, the
-Realtek RTL8153) are chosen only by name, from the device table. `choose()` picks a configuration and driver.
+Realtek RTL8153, iPhone tethering) are chosen only by name, from the device table. `choose()` picks a
+configuration and driver.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from .ax88179 import Ax88179Driver
 from .driver import Binding, ProtocolDriver
 from .ecm import EcmDriver
 from .eem import EemDriver
+from .ipheth import IphethDriver
 from .ncm import NcmDriver
 from .r8152 import R8152Driver
 from .rndis import RndisDriver
@@ -21,7 +23,7 @@ from .subset import SubsetDriver
 DRIVERS: tuple[type[ProtocolDriver], ...] = (NcmDriver, EcmDriver, RndisDriver, EemDriver, SubsetDriver)
 # Vendor chips: chosen only when named (a device-table entry or --protocol), never by class matching, since
 # a vendor-specific interface class says nothing about what is behind it.
-VENDOR_DRIVERS: tuple[type[ProtocolDriver], ...] = (Ax88179Driver, R8152Driver)
+VENDOR_DRIVERS: tuple[type[ProtocolDriver], ...] = (Ax88179Driver, R8152Driver, IphethDriver)
 BY_NAME = {d.name: d for d in (*DRIVERS, *VENDOR_DRIVERS)}
 
 

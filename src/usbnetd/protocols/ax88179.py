@@ -48,16 +48,16 @@ import struct
 import time
 
 from ..core.pool import Packet
-from ..usb.descriptors import XFER_BULK, XFER_INTERRUPT, Configuration
+from ..usb.descriptors import Configuration
 from ..usb.transport import TransportError
 from . import ax88179_codec as codec
 from . import cdc
-from .driver import Binding, DriverFlag, LinkEvent, ProtocolDriver, RxSink
+from .driver import Binding, LinkEvent, RxSink
+from .vendor import REQ_VENDOR_IN, REQ_VENDOR_OUT, VendorDriver, crc_hash_bit, match_vendor_interface
 
 log = logging.getLogger(__name__)
 
-REQ_IN = 0xC0  # device-to-host, vendor, device recipient
-REQ_OUT = 0x40
+REQ_IN, REQ_OUT = REQ_VENDOR_IN, REQ_VENDOR_OUT
 ACCESS_MAC = 0x01
 ACCESS_PHY = 0x02
 PHY_ADDR = 0x03
@@ -111,7 +111,7 @@ RX_BUFFER = 1024 * (max(b[3] for b in (BULKIN_SUPER, BULKIN_HIGH, BULKIN_100, BU
 
 MAX_MTU = 4088
 MAX_MULTICAST = 64
-INTERRUPT_SILENCE = 10.0  # seconds without a single interrupt transfer before we give up on the chip
+INTERRUPT_SILENCE = VendorDriver.STATUS_SILENCE  # seconds without a single link status: not a working chip
 
 
 def multicast_hash(addresses: list[bytes]) -> bytes:
@@ -119,35 +119,14 @@ def multicast_hash(addresses: list[bytes]) -> bytes:
     (MSB-first, not inverted)."""
     table = bytearray(8)
     for mac in addresses:
-        crc = 0xFFFFFFFF
-        for byte in mac:
-            for i in range(8):
-                top = (crc >> 31) ^ ((byte >> i) & 1)
-                crc = (crc << 1) & 0xFFFFFFFF
-                if top:
-                    crc ^= 0x04C11DB7
-        bit = crc >> 26
+        bit = crc_hash_bit(mac)
         table[bit >> 3] |= 1 << (bit & 7)
     return bytes(table)
 
 
-def match_vendor_interface(config: Configuration) -> Binding | None:
-    """The first FF/FF/00 interface with an interrupt IN endpoint and a bulk pair."""
-    for iface in config.interfaces:
-        alt = iface.alt(0) or (iface.alts[0] if iface.alts else None)
-        if alt is None or (alt.cls, alt.subclass, alt.protocol) != (0xFF, 0xFF, 0x00):
-            continue
-        ep_in, ep_out = alt.endpoint(XFER_BULK, True), alt.endpoint(XFER_BULK, False)
-        ep_int = alt.endpoint(XFER_INTERRUPT, True)
-        if ep_in is None or ep_out is None or ep_int is None:
-            continue
-        return Binding(config.value, None, iface.number, alt.alternate, ep_in, ep_out, ep_int, None)
-    return None
-
-
-class Ax88179Driver(ProtocolDriver):
+class Ax88179Driver(VendorDriver):
     name = "ax88179"
-    flags = DriverFlag.MAC_SETTABLE
+    chip = "AX88179"
     tx_headroom = 0  # the 8-byte header is written at the start of the packet; the frame is read in after it
     # Waits the chip needs after PHY power-up and the clock switch (the kernel driver's); tests set them to 0.
     phy_power_wait = 0.5
@@ -186,16 +165,9 @@ class Ax88179Driver(ProtocolDriver):
 
     # --- register access (asynchronous: while running) ---
     def _submit_write(self, reg: int, data: bytes) -> None:
-        if not self.transport.submit_control(REQ_OUT, ACCESS_MAC, reg, len(data), data, self._filter_done):
-            log.warning("AX88179: no control transfer free for register 0x%02x", reg)
+        self.submit_out(ACCESS_MAC, reg, len(data), data)
 
-    # --- setup ---
-    def bind(self) -> None:
-        try:
-            self._bring_up()
-        except TransportError as exc:
-            raise TransportError(f"AX88179 bring-up failed: {exc}") from None
-
+    # --- setup (vendor.VendorDriver.bind runs it and names the chip in any failure) ---
     def _bring_up(self) -> None:
         usb = self._read(PHYSICAL_LINK_STATUS, 1)[0]
         self._write16(PHYPWR_RSTCTL, 0)
@@ -204,12 +176,9 @@ class Ax88179Driver(ProtocolDriver):
         self._write(CLK_SELECT, bytes([CLK_SELECT_ACS | CLK_SELECT_BCS]))
         time.sleep(self.clock_wait)
 
-        mac = self._read(NODE_ID, 6)
-        if mac == bytes(6) or mac == b"\xff" * 6 or mac[0] & 1:
-            fresh = cdc.random_local_mac()
-            log.warning("AX88179 reports an invalid MAC %s; using %s", mac.hex(":"), fresh.hex(":"))
-            mac = fresh
-            self._write(NODE_ID, mac)
+        mac, replaced = self.checked_mac(self._read(NODE_ID, 6))
+        if replaced:
+            self._write(NODE_ID, mac)  # so that the chip's filter matches the interface
         self.mac = mac
 
         self._usb_fast = bool(usb & (USB_SS | USB_HS))
@@ -234,9 +203,6 @@ class Ax88179Driver(ProtocolDriver):
         mp = self.maxpacket
         self.tx_size = ((codec.TX_HEADER + self.max_frame + 1 + mp - 1) // mp) * mp
         self._decoder = codec.RxDecoder(self.stats, self.max_frame, ip_align=True)
-        self._link: bool | None = None
-        self._interrupts = 0
-        self._started = time.monotonic()
         self._packet: Packet | None = None
         self._length = 0
 
@@ -249,22 +215,14 @@ class Ax88179Driver(ProtocolDriver):
         except TransportError as exc:
             log.debug("AX88179 unbind: %s", exc)
 
-    def poll(self, now: float) -> str | None:
-        if self._interrupts == 0 and now - self._started > INTERRUPT_SILENCE:
-            return (f"the AX88179 sent no link status on its interrupt endpoint in {INTERRUPT_SILENCE:.0f} s; "
-                    "not a chip usbnetd can drive")
-        return None
-
     # --- link ---
     def status(self, view: memoryview, length: int) -> LinkEvent | None:
         if length < INT_LEN:
             self.stats.notification_errors += 1
             return None
-        self._interrupts += 1
         up = bool(struct.unpack_from("<I", view, 0)[0] & INT_LINK)
-        if up == self._link:
+        if not self.link_seen(up):
             return None
-        self._link = up
         if up and not self.transport.submit_control(REQ_IN, ACCESS_PHY, PHY_ADDR, PHYSR, 2, self._physr_done):
             log.warning("AX88179: no control transfer free to read the link speed")
         return LinkEvent(connected=up)

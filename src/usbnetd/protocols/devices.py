@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .driver import Quirk
 
-PROTOCOLS = ("ncm", "ecm", "rndis", "eem", "subset", "ax88179", "r8152")
+PROTOCOLS = ("ncm", "ecm", "rndis", "eem", "subset", "ax88179", "r8152", "ipheth")
 
 # Configuration name -> (quirk, what it does).
 QUIRKS: dict[str, tuple[Quirk, str]] = {
@@ -24,6 +24,9 @@ QUIRKS: dict[str, tuple[Quirk, str]] = {
     "no-packet-filter": (Quirk.NO_PACKET_FILTER, "do not send SET_ETHERNET_PACKET_FILTER (devices that stall on it)"),
     "ignore-link": (Quirk.IGNORE_LINK, "ignore link notifications and keep carrier on (devices that report the "
                                        "link wrongly)"),
+    "ipheth-ncm": (Quirk.IPHETH_NCM, "iPhone tethering: ask for the NCM mode of newer iOS (RX as NTBs); the phone "
+                                     "keeps it until replugged, which a kernel ipheth without that mode (6.1) "
+                                     "cannot read"),
 }
 # Names that once were quirks, and why they are gone (a configuration naming one gets this as its error).
 RETIRED_QUIRKS = {
@@ -122,6 +125,21 @@ BUILTIN: tuple[DeviceEntry, ...] = (
         (0x07C9, 0x000E, "Allied Telesis AT-UMC2000 (AX88179)"),
         (0x07C9, 0x000F, "Allied Telesis AT-UMC200 (AX88179)"),
         (0x07C9, 0x0010, "Allied Telesis AT-UMC2000/SP (AX88179)"),
+    )),
+    # Apple iPhone / iPad tethering (interface FF/FD/01), driven by protocols/ipheth.py: the ids older kernels'
+    # ipheth listed (6.1 matches any Apple id with that interface; every iPhone since the 5 is 05ac:12a8).
+    *(DeviceEntry(0x05AC, pid, protocol="ipheth", note=note) for pid, note in (
+        (0x1290, "Apple iPhone (tethering)"),
+        (0x1292, "Apple iPhone 3G (tethering)"),
+        (0x1294, "Apple iPhone 3GS (tethering)"),
+        (0x1297, "Apple iPhone 4 (tethering)"),
+        (0x129A, "Apple iPad (tethering)"),
+        (0x129C, "Apple iPhone 4 Verizon (tethering)"),
+        (0x12A0, "Apple iPhone 4S (tethering)"),
+        (0x12A2, "Apple iPad 2 (tethering)"),
+        (0x12A6, "Apple iPad 3 (tethering)"),
+        (0x12A8, "Apple iPhone 5 and later (tethering)"),
+        (0x12AB, "Apple iPad mini (tethering)"),
     )),
 )
 

@@ -64,6 +64,7 @@ class Quirk(enum.Flag):
     NTB16 = enum.auto()  # NCM: never use NTB32, even when asked
     NO_PACKET_FILTER = enum.auto()  # never send SET_ETHERNET_PACKET_FILTER (devices that stall on it)
     IGNORE_LINK = enum.auto()  # ignore link notifications, carrier stays on (devices that report it wrongly)
+    IPHETH_NCM = enum.auto()  # iPhone tethering: ask for the NCM mode of newer iOS (protocols/ipheth.py)
 
 
 class DriverFlag(enum.Flag):
@@ -77,6 +78,9 @@ class DriverFlag(enum.Flag):
     # The device takes a new MAC while running and its filter follows it (vendor chips with a node-ID
     # register): a changed address needs no promiscuous fallback.
     MAC_SETTABLE = enum.auto()
+    # The link state comes from the driver's own polling (its `events`, from `poll()`), not from an interrupt
+    # endpoint, which the device does not have (iPhone tethering's carrier check).
+    LINK_POLLED = enum.auto()
 
 
 @dataclass(frozen=True)

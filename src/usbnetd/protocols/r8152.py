@@ -66,13 +66,12 @@ from ..usb.descriptors import Configuration
 from ..usb.transport import TransportError
 from . import cdc
 from . import r8152_codec as codec
-from .ax88179 import match_vendor_interface
-from .driver import Binding, DriverFlag, LinkEvent, ProtocolDriver, RxSink
+from .driver import Binding, LinkEvent, RxSink
+from .vendor import REQ_VENDOR_IN, REQ_VENDOR_OUT, VendorDriver, crc_hash_bit, match_vendor_interface
 
 log = logging.getLogger(__name__)
 
-REQ_IN = 0xC0  # device-to-host, vendor, device recipient
-REQ_OUT = 0x40
+REQ_IN, REQ_OUT = REQ_VENDOR_IN, REQ_VENDOR_OUT
 REQ_REGS = 0x05
 MCU_PLA = 0x0100
 MCU_USB = 0x0000
@@ -132,7 +131,7 @@ COALESCE_HIGH_NS, COALESCE_SUPER_NS = 250_000, 85_000
 TX_BUFFER = 16 * 1024  # the kernel driver's agg_buf_sz
 MAX_MTU = 9 * 1024 - 18 - 4  # size_to_mtu(9 KiB): VLAN Ethernet header and FCS
 MAX_MULTICAST = 32
-INTERRUPT_SILENCE = 10.0  # seconds without a single interrupt transfer before we give up on the chip
+INTERRUPT_SILENCE = VendorDriver.STATUS_SILENCE  # seconds without a single link status: not a working chip
 POLL_TRIES, POLL_WAIT = 500, 0.02  # the kernel driver waits up to 500 x 20 ms for autoload and the PHY
 
 
@@ -146,20 +145,13 @@ def multicast_hash(addresses: list[bytes]) -> bytes:
     inverted), in a 64-bit value stored big-endian (the kernel's two swapped 32-bit words)."""
     value = 0
     for mac in addresses:
-        crc = 0xFFFFFFFF
-        for byte in mac:
-            for i in range(8):
-                top = (crc >> 31) ^ ((byte >> i) & 1)
-                crc = (crc << 1) & 0xFFFFFFFF
-                if top:
-                    crc ^= 0x04C11DB7
-        value |= 1 << (crc >> 26)
+        value |= 1 << crc_hash_bit(mac)
     return value.to_bytes(8, "big")
 
 
-class R8152Driver(ProtocolDriver):
+class R8152Driver(VendorDriver):
     name = "r8152"
-    flags = DriverFlag.MAC_SETTABLE
+    chip = "RTL8153"
     tx_headroom = 0  # descriptors are written in front of each frame inside the transfer
     poll_wait = POLL_WAIT  # tests set it to 0
 
@@ -262,9 +254,7 @@ class R8152Driver(ProtocolDriver):
 
     # --- register access (asynchronous: while running) ---
     def _submit(self, request: tuple[int, int, bytes]) -> None:
-        value, index, data = request
-        if not self.transport.submit_control(REQ_OUT, REQ_REGS, value, index, data, self._filter_done):
-            log.warning("RTL8153: no control transfer free for register 0x%04x", value)
+        self.submit_out(REQ_REGS, *request)
 
     def _submit_mac(self, mac: bytes) -> None:
         self._submit(self._byte_request(MCU_PLA, PLA_CRWECR, CRWECR_CONFIG))
@@ -272,13 +262,7 @@ class R8152Driver(ProtocolDriver):
         self._submit((PLA_IDR + 4, MCU_PLA | BYTE_EN_WORD, bytes(mac[4:6]) + b"\0\0"))
         self._submit(self._byte_request(MCU_PLA, PLA_CRWECR, CRWECR_NORMAL))
 
-    # --- setup ---
-    def bind(self) -> None:
-        try:
-            self._bring_up()
-        except TransportError as exc:
-            raise TransportError(f"RTL8153 bring-up failed: {exc}") from None
-
+    # --- setup (vendor.VendorDriver.bind runs it and names the chip in any failure) ---
     def _bring_up(self) -> None:
         self._ocp_base = -1
         version = (struct.unpack("<I", self._read(MCU_PLA, PLA_TCR0))[0] >> 16) & VERSION_MASK
@@ -320,12 +304,8 @@ class R8152Driver(ProtocolDriver):
         self._write_word(MCU_PLA, PLA_RXFIFO_CTRL2, RXFIFO_THR3_NORMAL)
         self._write_dword(MCU_PLA, PLA_TXFIFO_CTRL, TXFIFO_THR_NORMAL2)
 
-        mac = self._read(MCU_PLA, PLA_BACKUP, 8)[:6]
-        if mac == bytes(6) or mac == b"\xff" * 6 or mac[0] & 1:
-            fresh = cdc.random_local_mac()
-            log.warning("RTL8153 reports an invalid MAC %s; using %s", mac.hex(":"), fresh.hex(":"))
-            mac = fresh
-        self._write_mac(mac)
+        mac, _ = self.checked_mac(self._read(MCU_PLA, PLA_BACKUP, 8)[:6])
+        self._write_mac(mac)  # an invalid one's stand-in too
         self.mac = mac
 
         super_speed = self.transport.identity.speed_mbps >= 5000 if self.transport.identity else False
@@ -353,9 +333,6 @@ class R8152Driver(ProtocolDriver):
 
         self._decoder = codec.RxDecoder(self.stats, self.max_frame)
         self._framer = codec.TxFramer(self.tx_size)
-        self._link: bool | None = None
-        self._interrupts = 0
-        self._started = time.monotonic()
 
     @staticmethod
     def _rms(frame: int) -> int:
@@ -375,22 +352,14 @@ class R8152Driver(ProtocolDriver):
         except TransportError as exc:
             log.debug("RTL8153 unbind: %s", exc)
 
-    def poll(self, now: float) -> str | None:
-        if self._interrupts == 0 and now - self._started > INTERRUPT_SILENCE:
-            return (f"the RTL8153 sent no link status on its interrupt endpoint in {INTERRUPT_SILENCE:.0f} s; "
-                    "not a chip usbnetd can drive")
-        return None
-
     # --- link ---
     def status(self, view: memoryview, length: int) -> LinkEvent | None:
         if length < INT_LEN:
             self.stats.notification_errors += 1
             return None
-        self._interrupts += 1
         up = bool(struct.unpack_from("<H", view, 0)[0] & INTR_LINK)
-        if up == self._link:
+        if not self.link_seen(up):
             return None
-        self._link = up
         if up and not self.transport.submit_control(REQ_IN, REQ_REGS, PLA_PHYSTATUS & ~3, MCU_PLA, 4,
                                                     self._physr_done):
             log.warning("RTL8153: no control transfer free to read the link speed")

@@ -54,26 +54,20 @@ the start.
 
 from __future__ import annotations
 
-import argparse
-import collections
-import errno
-import importlib.util
-import json
 import os
 import select
 import struct
 import sys
-import threading
-import time
 from array import array
 from pathlib import Path
 
 if __package__:
     from . import ffs_device as ffs
-else:  # run as a script (the device process) or loaded by path: ffs_device.py sits next to this file
-    _spec = importlib.util.spec_from_file_location("ffs_device", Path(__file__).resolve().with_name("ffs_device.py"))
-    ffs = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
-    _spec.loader.exec_module(ffs)  # type: ignore[union-attr]
+    from . import vendor_device as vendor
+else:  # run as a script (the device process) or loaded by path (the core tier): the neighbours sit here
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import ffs_device as ffs  # type: ignore[no-redef]
+    import vendor_device as vendor  # type: ignore[no-redef]
 
 # -- the chip's facts ---------------------------------------------------------------------------------------
 
@@ -298,19 +292,12 @@ def descriptors() -> bytes:
     return struct.pack("<III", ffs.DESCRIPTORS_MAGIC_V2, 12 + len(body), flags) + body
 
 
-class Chip:
-    def __init__(self, mount: Path, tap: str, mac: bytes, *, cable: bool, ep0_silent: bool, ep0_stall: bool,
-                 garbage: bool, int_silent: bool = False) -> None:
-        self.ep0 = os.open(mount / "ep0", os.O_RDWR)
-        os.write(self.ep0, descriptors())
-        os.write(self.ep0, ffs.strings())
-        self.ep_int, self.ep_in, self.ep_out = (os.open(mount / n, os.O_RDWR) for n in ("ep1", "ep2", "ep3"))
-        self.tap = ffs.open_tap(tap)
-        os.set_blocking(self.tap, False)
+class Chip(vendor.VendorChip):
+    """The chip on FunctionFS (vendor_device.VendorChip: ep0, the fault switches, commands, threads)."""
+
+    def __init__(self, mount: Path, tap: str, mac: bytes, **faults) -> None:
+        super().__init__(mount, tap, descriptors(), {"ep_int": 1, "ep_in": 2, "ep_out": 3}, **faults)
         self.maxpacket = 512
-        self.counts: collections.Counter[str] = collections.Counter()
-        self.events: collections.deque[str] = collections.deque(maxlen=200)
-        self.lock = threading.Lock()  # registers: ep0 writes them, the data threads read them
         self.regs = bytearray(256)
         self.regs[PHYSICAL_LINK_STATUS] = USB_HS
         self.regs[GENERAL_STATUS] = SECLD  # "UA2" silicon: the driver leaves the GPIOs alone
@@ -321,15 +308,6 @@ class Chip:
         self.phy[MII_BMCR] = 0x1140  # autonegotiation enabled, full duplex, 1000 Mbit/s
         self.phy[MII_PHYSID1], self.phy[MII_PHYSID2] = 0x003B, 0x1881  # an id of the emulator's own
         self.phy[MII_ADVERTISE], self.phy[MII_CTRL1000] = 0x05E1, 0x0300
-        self.cable = cable
-        self.ep0_answer = threading.Event()
-        if not ep0_silent:
-            self.ep0_answer.set()
-        self.ep0_stall = ep0_stall
-        self.garbage = garbage
-        self.int_silent = int_silent
-        self.link_changed = threading.Event()
-        self.reported_link: bool | None = None
 
     # -- registers --------------------------------------------------------------------------------------
     def reg16(self, at: int) -> int:
@@ -380,7 +358,7 @@ class Chip:
                 self.regs[SROM_CMD] &= ~(EEP_RD | EEP_BUSY) & 0xFF
             if self.link != before:
                 self.events.append(f"PHY power -> link {self.link}")
-                self.link_changed.set()
+                self.link_event.set()
             return True
         if req == ACCESS_PHY:
             if value == PHY_ADDR and len(data) >= 2:
@@ -390,39 +368,7 @@ class Chip:
             return True
         return False
 
-    # -- ep0 --------------------------------------------------------------------------------------------
-    def ep0_loop(self) -> None:
-        while True:
-            try:
-                buf = os.read(self.ep0, ffs.EVENT_SIZE * 4)
-            except OSError as exc:
-                self.counts[f"ep0_{errno.errorcode.get(exc.errno, exc.errno)}"] += 1
-                time.sleep(0.05)
-                continue
-            for off in range(0, len(buf) - ffs.EVENT_SIZE + 1, ffs.EVENT_SIZE):
-                ev = buf[off : off + ffs.EVENT_SIZE]
-                if ev[8] != ffs.EV_SETUP:
-                    self.counts[f"event_{ffs.EVENT_NAMES.get(ev[8], ev[8])}"] += 1
-                    self.events.append(ffs.EVENT_NAMES.get(ev[8], str(ev[8])))
-                    continue
-                rt, req, value, index, length = struct.unpack_from("<BBHHH", ev)
-                if not self.ep0_answer.is_set():
-                    self.counts["setup_ignored"] += 1
-                    self.events.append(f"SETUP {rt:02x}/{req:02x} ignored")
-                    self.ep0_answer.wait()
-                    break
-                try:
-                    self.setup(rt, req, value, index, length)
-                except OSError as exc:
-                    self.counts[f"setup_{errno.errorcode.get(exc.errno, exc.errno)}"] += 1
-
-    def stall(self, rt: int) -> None:
-        self.counts["setup_stalled"] += 1
-        try:
-            os.read(self.ep0, 1) if rt & 0x80 else os.write(self.ep0, b"\0")
-        except OSError:
-            pass
-
+    # -- ep0 (VendorChip's loop calls this per SETUP) --------------------------------------------------
     def setup(self, rt: int, req: int, value: int, index: int, length: int) -> None:
         if rt & 0x60 != 0x40 or self.ep0_stall:  # only vendor requests are ours
             self.stall(rt)
@@ -433,10 +379,7 @@ class Chip:
             if data is None:
                 self.stall(rt)
                 return
-            self.counts["vendor_reads"] += 1
-            if self.garbage:
-                data = b"\xa5" * max(0, len(data) - 1)
-            os.write(self.ep0, data[:length])
+            self.answer(data[:length])
         else:
             data = os.read(self.ep0, length) if length else os.read(self.ep0, 0)
             with self.lock:
@@ -445,39 +388,16 @@ class Chip:
             if not ok:
                 self.counts["bad_writes"] += 1
 
-    # -- link notification ------------------------------------------------------------------------------
-    def notify_loop(self) -> None:
-        while True:
-            if self.int_silent:
-                self.link_changed.wait(1.0)
-                self.link_changed.clear()
-                continue
-            with self.lock:
-                up = self.link
-            note = struct.pack("<II", 0xA1 | (INT_LINK if up else 0), 0)
-            try:
-                os.write(self.ep_int, note)  # blocks until the host polls
-                self.counts["notifications"] += 1
-                if up != self.reported_link:
-                    self.events.append(f"interrupt: link {int(up)}")
-                self.reported_link = up
-            except OSError as exc:
-                self.counts[f"int_{errno.errorcode.get(exc.errno, exc.errno)}"] += 1
-                time.sleep(0.2)
-                continue
-            self.link_changed.wait(1.0)
-            self.link_changed.clear()
+    # -- link notification (VendorChip's loop sends this) -------------------------------------------------
+    def link_up(self) -> bool:
+        return self.link
+
+    def link_note(self, up: bool) -> bytes:
+        return struct.pack("<II", 0xA1 | (INT_LINK if up else 0), 0)
 
     # -- TX: host to wire -------------------------------------------------------------------------------
     def out_loop(self) -> None:
-        while True:
-            try:
-                data = os.read(self.ep_out, 65536)
-            except OSError as exc:
-                self.counts[f"out_{errno.errorcode.get(exc.errno, exc.errno)}"] += 1
-                time.sleep(0.05)
-                continue
-            self.counts["out_transfers"] += 1
+        for data in self.out_transfers():
             frames, bad = parse_tx(data)
             self.counts["out_malformed"] += bad
             if len(frames) > 1:
@@ -553,45 +473,16 @@ class Chip:
                     break
             if not frames:
                 continue
-            packet = pack_rx(frames, bool(rx & RX_CTL_IPE), self.maxpacket)
-            try:
-                os.write(self.ep_in, packet)  # blocks until the host reads it
-                self.counts["in_transfers"] += 1
-                self.counts["in_frames"] += len(frames)
-            except OSError as exc:
-                self.counts[f"in_{errno.errorcode.get(exc.errno, exc.errno)}"] += 1
+            self.send_in(pack_rx(frames, bool(rx & RX_CTL_IPE), self.maxpacket), len(frames))
 
-    # -- commands ---------------------------------------------------------------------------------------
-    def command(self, cmd: str) -> dict:
-        if cmd == "stats":
-            with self.lock:
-                regs = {"rx_ctl": self.reg16(RX_CTL), "medium": self.reg16(MEDIUM_STATUS_MODE),
-                        "node_id": self.regs[NODE_ID : NODE_ID + 6].hex(":"),
-                        "multicast_hash": self.regs[MULFLTARY : MULFLTARY + 8].hex(),
-                        "phypwr": self.reg16(PHYPWR_RSTCTL),
-                        "bulkin": self.regs[RX_BULKIN_QCTRL : RX_BULKIN_QCTRL + 5].hex(),
-                        "txcoe": self.regs[TXCOE_CTL], "link": self.link}
-            return {"ok": True, "counts": dict(self.counts), "events": list(self.events)[-60:], "registers": regs}
-        simple = {
-            "cable_out": lambda: setattr(self, "cable", False), "cable_in": lambda: setattr(self, "cable", True),
-            "ep0_silent": self.ep0_answer.clear, "ep0_answer": self.ep0_answer.set,
-            "ep0_stall": lambda: setattr(self, "ep0_stall", True),
-            "ep0_normal": lambda: setattr(self, "ep0_stall", False),
-            "garbage": lambda: setattr(self, "garbage", True), "sane": lambda: setattr(self, "garbage", False),
-            "int_silent": lambda: setattr(self, "int_silent", True),
-            "int_talk": lambda: setattr(self, "int_silent", False),
-        }
-        if cmd in simple:
-            with self.lock:
-                simple[cmd]()
-            self.events.append(f"command {cmd}")
-            self.link_changed.set()
-            return {"ok": True}
-        return {"ok": False, "error": f"unknown command {cmd!r}"}
-
-    def start(self) -> None:
-        for loop in (self.ep0_loop, self.notify_loop, self.out_loop, self.in_loop):
-            threading.Thread(target=loop, daemon=True).start()
+    # -- commands (VendorChip's; these are the registers `stats` reports) -------------------------------------
+    def registers(self) -> dict:
+        return {"rx_ctl": self.reg16(RX_CTL), "medium": self.reg16(MEDIUM_STATUS_MODE),
+                "node_id": self.regs[NODE_ID : NODE_ID + 6].hex(":"),
+                "multicast_hash": self.regs[MULFLTARY : MULFLTARY + 8].hex(),
+                "phypwr": self.reg16(PHYPWR_RSTCTL),
+                "bulkin": self.regs[RX_BULKIN_QCTRL : RX_BULKIN_QCTRL + 5].hex(),
+                "txcoe": self.regs[TXCOE_CTL], "link": self.link}
 
 
 def mc_hash_bit(mac: bytes) -> int:
@@ -606,42 +497,17 @@ def mc_hash_bit(mac: bytes) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mount", required=True, type=Path)
-    ap.add_argument("--kind", default="ax88179", choices=("ax88179",))
-    ap.add_argument("--tap", required=True)
-    ap.add_argument("--host-mac", default="02:00:18:ab:00:01", help="the chip's MAC (its EEPROM's)")
-    ap.add_argument("--ep0-silent", action="store_true")
-    ap.add_argument("--ep0-stall", action="store_true")
-    ap.add_argument("--garbage", action="store_true")
-    ap.add_argument("--no-cable", action="store_true")
-    ap.add_argument("--int-silent", action="store_true")
-    args = ap.parse_args(argv)
-    chip = Chip(args.mount, args.tap, bytes.fromhex(args.host_mac.replace(":", "")), cable=not args.no_cable,
-                ep0_silent=args.ep0_silent, ep0_stall=args.ep0_stall, garbage=args.garbage, int_silent=args.int_silent)
-    chip.start()
-    print(json.dumps({"ready": True}), flush=True)
-    for line in sys.stdin:
-        try:
-            reply = chip.command(json.loads(line)["cmd"])
-        except Exception as exc:  # noqa: BLE001 - report, never die: the test reads the answer
-            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        print(json.dumps(reply), flush=True)
-    return 0
+    return vendor.main(argv, "ax88179", __doc__.splitlines()[0],
+                       lambda a, mac: Chip(a.mount, a.tap, mac, **vendor.fault_kwargs(a)))
 
 
-class Ax88179Gadget(ffs.FfsGadget):
+class Ax88179Gadget(vendor.VendorGadget):
     """The emulated chip as a gadget: FfsGadget's configfs and process handling, this file as the device."""
 
     VID, PID = VID, PID
     SCRIPT = __file__
     PRODUCT = "AX88179 (usbnetd emulator)"
-
-    def __init__(self, index: int, tap: str, *, log_dir: Path, cable: bool = True, ep0_silent: bool = False,
-                 ep0_stall: bool = False, garbage: bool = False, int_silent: bool = False) -> None:
-        super().__init__("ax88179", index, tap, ep0_silent=ep0_silent, log_dir=log_dir)
-        self.extra_args = [*(["--no-cable"] if not cable else []), *(["--ep0-stall"] if ep0_stall else []),
-                           *(["--garbage"] if garbage else []), *(["--int-silent"] if int_silent else [])]
+    KIND = "ax88179"
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ DEFAULT_IDS = {
     "subset": (0x0525, 0xA4A2),
 }
 ALL_HOST_DRIVERS = ("cdc_ncm", "cdc_eem", "rndis_host", "cdc_subset", "cdc_ether", "zaurus", "ax88179_178a",
-                    "r8152")
+                    "r8152", "ipheth")
 
 
 class BenchError(RuntimeError):

@@ -368,10 +368,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     dev = Device(args.mount, args.kind, args.tap, bytes.fromhex(args.host_mac.replace(":", "")), args.ep0_silent)
     dev.start()
+    return serve(dev)
+
+
+def serve(device) -> int:
+    """The device process's command loop (also the vendor emulators'): "ready", then one JSON answer per JSON
+    command line on stdin."""
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         try:
-            reply = dev.command(json.loads(line)["cmd"])
+            reply = device.command(json.loads(line)["cmd"])
         except Exception as exc:  # noqa: BLE001 - report, never die: the test reads the answer
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         print(json.dumps(reply), flush=True)

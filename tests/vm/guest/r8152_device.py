@@ -61,17 +61,11 @@ the start.
 
 from __future__ import annotations
 
-import argparse
 import collections
-import errno
-import importlib.util
-import json
 import os
 import select
 import struct
 import sys
-import threading
-import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -79,18 +73,12 @@ from pathlib import Path
 if __package__:
     from . import ax88179_device as ax
     from . import ffs_device as ffs
-else:  # run as a script (the device process) or loaded by path: the neighbours sit next to this file
-    def _load(name: str):
-        if name in sys.modules:
-            return sys.modules[name]
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().with_name(f"{name}.py"))
-        mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)  # type: ignore[union-attr]
-        return mod
-
-    ffs = _load("ffs_device")
-    ax = _load("ax88179_device")
+    from . import vendor_device as vendor
+else:  # run as a script (the device process) or loaded by path (the core tier): the neighbours sit here
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import ax88179_device as ax  # type: ignore[no-redef]
+    import ffs_device as ffs  # type: ignore[no-redef]
+    import vendor_device as vendor  # type: ignore[no-redef]
 
 # -- the chip's facts ---------------------------------------------------------------------------------------
 
@@ -418,135 +406,54 @@ def descriptors() -> bytes:
     return struct.pack("<III", ffs.DESCRIPTORS_MAGIC_V2, 12 + len(body), flags) + body
 
 
-class Chip:
-    def __init__(self, mount: Path, tap: str, mac: bytes, *, cable: bool, ep0_silent: bool, ep0_stall: bool,
-                 garbage: bool, int_silent: bool = False) -> None:
-        self.regs = Registers(mac, cable=cable)
-        self.regs.link_changed = self._link_changed
-        self.counts = self.regs.counts
-        self.events = self.regs.events
-        self.lock = threading.Lock()  # registers: ep0 writes them, the data threads read them
-        self.link_event = threading.Event()
-        self.ep0 = os.open(mount / "ep0", os.O_RDWR)
-        os.write(self.ep0, descriptors())
-        os.write(self.ep0, ffs.strings())
-        # Endpoint files are numbered in the order the full-speed set names the endpoints.
-        self.ep_in = os.open(mount / "ep1", os.O_RDWR)
-        self.ep_out = os.open(mount / "ep2", os.O_RDWR)
-        self.ep_int = os.open(mount / f"ep{3 + FILLER_EPS}", os.O_RDWR)
-        self.tap = ffs.open_tap(tap)
-        os.set_blocking(self.tap, False)
-        self.ep0_answer = threading.Event()
-        if not ep0_silent:
-            self.ep0_answer.set()
-        self.ep0_stall = ep0_stall
-        self.garbage = garbage
-        self.int_silent = int_silent
-        # One-shot faults: the next vendor request stalls / the next register read answers short, then the
-        # chip is sane again (so that a driver started after it, the kernel's, finds a working chip).
-        self.stall_next = False
-        self.garbage_next = False
-        self.reported_link: bool | None = None
+class Chip(vendor.VendorChip):
+    """The chip on FunctionFS (vendor_device.VendorChip: ep0, the fault switches, commands, threads)."""
+
+    def __init__(self, mount: Path, tap: str, mac: bytes, **faults) -> None:
+        self.regs = Registers(mac)  # first: the cable below lives in it
+        super().__init__(mount, tap, descriptors(), {"ep_in": 1, "ep_out": 2, "ep_int": 3 + FILLER_EPS}, **faults)
+        self.regs.counts, self.regs.events = self.counts, self.events
+        self.regs.link_changed = self.link_event.set
         self.tx = TxStream()
 
-    def _link_changed(self) -> None:
-        self.link_event.set()
+    cable = property(lambda self: self.regs.cable, lambda self, v: setattr(self.regs, "cable", v))
 
-    # -- ep0 --------------------------------------------------------------------------------------------
-    def ep0_loop(self) -> None:
-        while True:
-            try:
-                buf = os.read(self.ep0, ffs.EVENT_SIZE * 4)
-            except OSError as exc:
-                self.counts[f"ep0_{errno.errorcode.get(exc.errno, exc.errno)}"] += 1
-                time.sleep(0.05)
-                continue
-            for off in range(0, len(buf) - ffs.EVENT_SIZE + 1, ffs.EVENT_SIZE):
-                ev = buf[off : off + ffs.EVENT_SIZE]
-                if ev[8] != ffs.EV_SETUP:
-                    self.counts[f"event_{ffs.EVENT_NAMES.get(ev[8], ev[8])}"] += 1
-                    self.events.append(ffs.EVENT_NAMES.get(ev[8], str(ev[8])))
-                    continue
-                rt, req, value, index, length = struct.unpack_from("<BBHHH", ev)
-                if not self.ep0_answer.is_set():
-                    self.counts["setup_ignored"] += 1
-                    self.events.append(f"SETUP {rt:02x}/{req:02x} ignored")
-                    self.ep0_answer.wait()
-                    break
-                try:
-                    self.setup(rt, req, value, index, length)
-                except OSError as exc:
-                    self.counts[f"setup_{errno.errorcode.get(exc.errno, exc.errno)}"] += 1
+    def set_cable(self, cable: bool) -> None:
+        self.regs.set_cable(cable)
 
-    def stall(self, rt: int) -> None:
-        self.counts["setup_stalled"] += 1
-        try:
-            os.read(self.ep0, 1) if rt & 0x80 else os.write(self.ep0, b"\0")
-        except OSError:
-            pass
-
+    # -- ep0 (VendorChip's loop calls this per SETUP) --------------------------------------------------
     def setup(self, rt: int, req: int, value: int, index: int, length: int) -> None:
         # The one-shot faults wait for a driver's first request, the version read (PLA_TCR0 as a whole dword):
         # a driver on its way out (the kernel's, closing its interface) reads TCR0 only as a word.
-        version_read = rt == 0xC0 and value == PLA_TCR0 and index == MCU_PLA
-        once_stall = self.stall_next and version_read
+        stall, short = self.one_shot(rt == 0xC0 and value == PLA_TCR0 and index == MCU_PLA)
         ok = rt & 0x60 == 0x40 and req == REQ_REGS and self.regs.valid(index, value, length) \
-            and not self.ep0_stall and not once_stall and not (rt & 0x80 and length > 64)
+            and not self.ep0_stall and not stall and not (rt & 0x80 and length > 64)
         if not ok:
-            if once_stall:
-                self.stall_next = False
-                self.events.append("stall once")
             self.stall(rt)
             return
         if rt & 0x80:
             with self.lock:
                 data = self.regs.read(index, value, length)
-            self.counts["vendor_reads"] += 1
-            once_garbage = self.garbage_next and version_read
-            if self.garbage or once_garbage:
-                if once_garbage:
-                    self.garbage_next = False
-                    self.events.append("garbage once")
-                data = b"\xa5" * (len(data) - 1)
-            os.write(self.ep0, data)
+            self.answer(data, short)
         else:
             data = os.read(self.ep0, length)
             with self.lock:
                 self.regs.write(index, value, data)
             self.counts["vendor_writes"] += 1
 
-    # -- link notification ------------------------------------------------------------------------------
-    def notify_loop(self) -> None:
-        while True:
-            if self.int_silent:
-                self.link_event.wait(1.0)
-                self.link_event.clear()
-                continue
-            with self.lock:
-                up = self.regs.link
-            try:
-                os.write(self.ep_int, struct.pack("<H", INTR_LINK if up else 0))  # blocks until polled
-                self.counts["notifications"] += 1
-                if up != self.reported_link:
-                    self.events.append(f"interrupt: link {int(up)}")
-                self.reported_link = up
-            except OSError as exc:
-                self.counts[f"int_{errno.errorcode.get(exc.errno, exc.errno)}"] += 1
-                time.sleep(0.2)
-                continue
-            self.link_event.wait(1.0)
-            self.link_event.clear()
+    # -- link notification (VendorChip's loop sends this) -------------------------------------------------
+    def link_up(self) -> bool:
+        return self.regs.link
+
+    def link_note(self, up: bool) -> bytes:
+        return struct.pack("<H", INTR_LINK if up else 0)
+
+    def registers(self) -> dict:
+        return self.regs.registers()
 
     # -- TX: host to wire -------------------------------------------------------------------------------
     def out_loop(self) -> None:
-        while True:
-            try:
-                data = os.read(self.ep_out, 65536)
-            except OSError as exc:
-                self.counts[f"out_{errno.errorcode.get(exc.errno, exc.errno)}"] += 1
-                time.sleep(0.05)
-                continue
-            self.counts["out_transfers"] += 1
+        for data in self.out_transfers():
             bad = self.tx.malformed
             frames = self.tx.feed(data)
             self.counts["out_malformed"] += self.tx.malformed - bad
@@ -591,82 +498,21 @@ class Chip:
                     break
             if not frames:
                 continue
-            packet = pack_rx(frames)
-            try:
-                os.write(self.ep_in, packet)  # blocks until the host reads it
-                self.counts["in_transfers"] += 1
-                self.counts["in_frames"] += len(frames)
-            except OSError as exc:
-                self.counts[f"in_{errno.errorcode.get(exc.errno, exc.errno)}"] += 1
-
-    # -- commands ---------------------------------------------------------------------------------------
-    def command(self, cmd: str) -> dict:
-        if cmd == "stats":
-            with self.lock:
-                regs = self.regs.registers()
-            return {"ok": True, "counts": dict(self.counts), "events": list(self.events)[-60:], "registers": regs}
-        simple = {
-            "cable_out": lambda: self.regs.set_cable(False), "cable_in": lambda: self.regs.set_cable(True),
-            "ep0_silent": self.ep0_answer.clear, "ep0_answer": self.ep0_answer.set,
-            "ep0_stall": lambda: setattr(self, "ep0_stall", True),
-            "ep0_normal": lambda: setattr(self, "ep0_stall", False),
-            "garbage": lambda: setattr(self, "garbage", True), "sane": lambda: setattr(self, "garbage", False),
-            "int_silent": lambda: setattr(self, "int_silent", True),
-            "int_talk": lambda: setattr(self, "int_silent", False),
-            "stall_next": lambda: setattr(self, "stall_next", True),
-            "garbage_next": lambda: setattr(self, "garbage_next", True),
-        }
-        if cmd in simple:
-            with self.lock:
-                simple[cmd]()
-            self.events.append(f"command {cmd}")
-            self.link_event.set()
-            return {"ok": True}
-        return {"ok": False, "error": f"unknown command {cmd!r}"}
-
-    def start(self) -> None:
-        for loop in (self.ep0_loop, self.notify_loop, self.out_loop, self.in_loop):
-            threading.Thread(target=loop, daemon=True).start()
+            self.send_in(pack_rx(frames), len(frames))
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mount", required=True, type=Path)
-    ap.add_argument("--kind", default="r8153", choices=("r8153",))
-    ap.add_argument("--tap", required=True)
-    ap.add_argument("--host-mac", default="02:00:18:ab:00:01", help="the chip's MAC (its eFuse's)")
-    ap.add_argument("--ep0-silent", action="store_true")
-    ap.add_argument("--ep0-stall", action="store_true")
-    ap.add_argument("--garbage", action="store_true")
-    ap.add_argument("--no-cable", action="store_true")
-    ap.add_argument("--int-silent", action="store_true")
-    args = ap.parse_args(argv)
-    chip = Chip(args.mount, args.tap, bytes.fromhex(args.host_mac.replace(":", "")), cable=not args.no_cable,
-                ep0_silent=args.ep0_silent, ep0_stall=args.ep0_stall, garbage=args.garbage,
-                int_silent=args.int_silent)
-    chip.start()
-    print(json.dumps({"ready": True}), flush=True)
-    for line in sys.stdin:
-        try:
-            reply = chip.command(json.loads(line)["cmd"])
-        except Exception as exc:  # noqa: BLE001 - report, never die: the test reads the answer
-            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        print(json.dumps(reply), flush=True)
-    return 0
+    return vendor.main(argv, "r8153", __doc__.splitlines()[0],
+                       lambda a, mac: Chip(a.mount, a.tap, mac, **vendor.fault_kwargs(a)))
 
 
-class R8153Gadget(ffs.FfsGadget):
+class R8153Gadget(vendor.VendorGadget):
     """The emulated chip as a gadget: FfsGadget's configfs and process handling, this file as the device."""
 
     VID, PID = VID, PID
     SCRIPT = __file__
     PRODUCT = "RTL8153 (usbnetd emulator)"
-
-    def __init__(self, index: int, tap: str, *, log_dir: Path, cable: bool = True, ep0_silent: bool = False,
-                 ep0_stall: bool = False, garbage: bool = False, int_silent: bool = False) -> None:
-        super().__init__("r8153", index, tap, ep0_silent=ep0_silent, log_dir=log_dir)
-        self.extra_args = [*(["--no-cable"] if not cable else []), *(["--ep0-stall"] if ep0_stall else []),
-                           *(["--garbage"] if garbage else []), *(["--int-silent"] if int_silent else [])]
+    KIND = "r8153"
 
 
 if __name__ == "__main__":

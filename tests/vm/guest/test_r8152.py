@@ -14,13 +14,7 @@ the kernel driver gets the chip back), and a same-boot throughput comparison wit
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -28,6 +22,19 @@ from usbnetd.protocols.r8152 import multicast_hash
 
 from . import bench
 from .r8152_device import R8153Gadget
+from .vendor_tests import (
+    attach,
+    bad_chip,
+    cli,  # noqa: F401 - the fixture
+    detach_clean,
+    dmesg_lines,
+    gadget_factory,
+    kernel_control,
+    status,
+    throughput_same_boot,
+    traffic,
+    unplug_mid_traffic,
+)
 
 pytestmark = pytest.mark.vm
 
@@ -36,68 +43,14 @@ KERNEL_DRIVER = "r8152"
 
 
 @pytest.fixture
-def rtl(udcs, host_drivers_unloaded, peers, tmp_path) -> Iterator[Callable[..., R8153Gadget]]:
+def rtl(udcs, host_drivers_unloaded, peers, tmp_path):
     """Factory ``rtl(**options) -> R8153Gadget`` (created, not bound); destroyed before the namespaces."""
-    bench.kernel_driver("tun")
-    made: list[R8153Gadget] = []
-
-    def make(**kw) -> R8153Gadget:
-        index = len(made) + 1
-        g = R8153Gadget(index, f"rtldev{index}", log_dir=tmp_path, **kw)
-        made.append(g)
-        return g.create()
-
-    yield make
-    for g in reversed(made):
-        try:
-            print(f"--- emulator state: {g.stats()}")
-        except bench.BenchError as exc:
-            print(f"--- emulator gave no state: {exc}")
-        print(f"--- emulator log:\n{g.stderr()}")
-        g.destroy()
-
-
-def dmesg_lines(since: int) -> list[str]:
-    return bench.run("dmesg").stdout.splitlines()[since:]
-
-
-def kernel_netdev(busid: str, timeout: float = 30) -> str:
-    return bench.wait_for(lambda: [n for n, d in bench.netdevs_of_usb_device(busid) if d == KERNEL_DRIVER],
-                          timeout, f"{KERNEL_DRIVER} to create a netdev for {busid}")[0]
+    yield from gadget_factory(R8153Gadget, "rtldev", tmp_path)
 
 
 def test_kernel_driver_on_the_emulator(rtl, peers):
     """r8152 binds without an error, takes the chip's MAC, follows the cable, carries traffic both ways."""
-    mark = len(bench.run("dmesg").stdout.splitlines())
-    bench.kernel_driver(KERNEL_DRIVER)
-    g = rtl()
-    busid = g.bind()
-    peer = peers(SUBNET)
-    peer.take(g.tap)
-    host_if = kernel_netdev(busid)
-    mac = (bench.SYS_NET / host_if / "address").read_text().strip()
-    print(f"{KERNEL_DRIVER} on {busid}: {host_if}, MAC {mac}")
-    assert mac == g.host_mac, "the driver must take the MAC from the chip's PLA_BACKUP register"
-    peer.address_host_side(host_if)
-    bench.wait_carrier(host_if, timeout=30)
-
-    result = bench.ping(peer.peer_addr, count=5)
-    print(result["output"])
-    assert result["sent"] == 5 and result["received"] >= 4, result["output"]
-    up = bench.iperf3_tcp(peer, seconds=3)
-    down = bench.iperf3_tcp(peer, seconds=3, reverse=True)
-    print(f"{KERNEL_DRIVER}: iperf3 TCP to the wire {up['bits_per_second'] / 1e6:.1f} Mbit/s, "
-          f"from the wire {down['bits_per_second'] / 1e6:.1f} Mbit/s")
-    assert up["bytes"] > 0 and down["bytes"] > 0
-    print("ethtool:", bench.run("ethtool", host_if, check=False).stdout)
-    print("offloads:", bench.run("ethtool", "-k", host_if, check=False).stdout)
-
-    g.command("cable_out")
-    bench.wait_for(lambda: not bench.carrier(host_if), 30, f"{host_if} to lose carrier")
-    g.command("cable_in")
-    bench.wait_carrier(host_if, timeout=30)
-    assert bench.ping(peer.peer_addr, count=3)["received"] >= 2
-
+    g, busid, host_if, mark = kernel_control(rtl, peers, KERNEL_DRIVER, SUBNET, "the chip's PLA_BACKUP register")
     dev = g.stats()
     print("emulator:", dev["counts"], dev["registers"])
     assert dev["counts"].get("tso_frames", 0) > 0, "TSO was on: the kernel should have sent super-frames"
@@ -114,52 +67,16 @@ def test_kernel_driver_on_the_emulator(rtl, peers):
     assert not bad, bad
     assert any("carrier on" in line for line in ours), ours
     assert any("carrier off" in line for line in ours), ours
-    assert Path(bench.SYS_NET / host_if).exists()
+    assert (bench.SYS_NET / host_if).exists()
 
 
 # -- usbnetd on the same emulator ------------------------------------------------------------------------
-
-ATTACH_TIMEOUT = 180  # Python under TCG starts slowly; an upper bound, not an expectation
-
-
-@pytest.fixture
-def cli(tmp_path):
-    """The usbnetd CLI with a private run directory; whatever is still attached is detached at the end."""
-    env = dict(os.environ, USBNETD_RUN_DIR=str(tmp_path / "run"))
-
-    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-        r = subprocess.run([sys.executable, "-m", "usbnetd", *args], capture_output=True, text=True, env=env,
-                           timeout=ATTACH_TIMEOUT + 30)
-        if check and r.returncode != 0:
-            logs = "".join(p.read_text() for p in (tmp_path / "run").glob("*.log"))
-            raise AssertionError(f"usbnetd {' '.join(args)} failed ({r.returncode}): {r.stderr}\n{logs}")
-        return r
-
-    run.env = env  # type: ignore[attr-defined]
-    run.logs = lambda: "".join(p.read_text() for p in sorted((tmp_path / "run").glob("*.log")))  # type: ignore
-    yield run
-    for st in json.loads(run("status", "--json", check=False).stdout or "[]"):
-        run("detach", st["ifname"], check=False)
-    print(f"--- usbnetd logs:\n{run.logs()}")
-
-
-def status(cli, ifname: str) -> dict:
-    (st,) = json.loads(cli("status", ifname, "--json").stdout)
-    return st
-
 
 def registers(g: R8153Gadget) -> dict:
     return g.stats()["registers"]
 
 
-def traffic(peer: bench.PeerNamespace, seconds: float) -> tuple[dict, dict, dict]:
-    ping = bench.ping(peer.peer_addr, count=10, interval=0.2)
-    up = bench.iperf3_tcp(peer, seconds=seconds)
-    down = bench.iperf3_tcp(peer, seconds=seconds, reverse=True)
-    return ping, up, down
-
-
-def test_usbnetd_on_the_emulator(rtl, peers, cli):
+def test_usbnetd_on_the_emulator(rtl, peers, cli):  # noqa: F811 - the fixture
     """Listing, attach, ping and iperf3 both ways, carrier following the cable, MTU, MAC and multicast changes
     reaching the chip's registers, and a clean detach."""
     g = rtl()
@@ -171,9 +88,7 @@ def test_usbnetd_on_the_emulator(rtl, peers, cli):
     print(cli("list").stdout)
 
     ifname = "rtlu0"
-    assert cli("attach", busid, "--ifname", ifname, "--timeout", str(ATTACH_TIMEOUT)).stdout.strip() == ifname
-    peer.address_host_side(ifname)
-    bench.wait_carrier(ifname, timeout=30)
+    attach(cli, g, peer, ifname)
     st0 = status(cli, ifname)
     assert (st0["protocol"], st0["mac"], st0["mtu"], st0["speed_mbps"]) == ("r8152", g.host_mac, 1500, 1000)
     ping, up, down = traffic(peer, 3)
@@ -229,48 +144,18 @@ def test_usbnetd_on_the_emulator(rtl, peers, cli):
     dev = g.stats()["counts"]
     assert not dev.get("out_malformed") and not dev.get("setup_stalled"), dev
     assert not dev.get("idr_write_locked"), "every PLA_IDR write came in config mode"
-    r = cli("detach", ifname)
-    assert f"detached {busid} ({ifname})" in r.stdout
-    assert not (bench.SYS_NET / ifname).exists()
-    assert "teardown: every packet back in the pool" in cli.logs()
-    assert "Traceback" not in cli.logs()
+    detach_clean(cli, busid, ifname)
     # usbnetd left the MAC as the kernel's down path does: accept nothing, RX/TX off, out-of-band mode.
     regs = registers(g)
     assert regs["rcr"] & 0x0F == 0 and not regs["cr"] & 0x0C and regs["oob_ctrl"] & 0x80, regs
 
 
-def test_usbnetd_unplug_mid_traffic(rtl, peers, cli):
+def test_usbnetd_unplug_mid_traffic(rtl, peers, cli):  # noqa: F811 - the fixture
     g = rtl()
-    busid = g.bind()
+    g.bind()
     peer = peers(SUBNET)
     peer.take(g.tap)
-    ifname = "rtlu1"
-    cli("attach", busid, "--ifname", ifname, "--timeout", str(ATTACH_TIMEOUT))
-    peer.address_host_side(ifname)
-    bench.wait_carrier(ifname, timeout=30)
-    assert bench.ping(peer.peer_addr, count=3)["received"] >= 2
-    server = peer.popen("iperf3", "-s", "-1", "-B", peer.peer_addr, stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL)
-    time.sleep(1)
-    client = subprocess.Popen(["iperf3", "-c", peer.peer_addr, "-t", "30", "--bidir"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(4)
-        before = status(cli, ifname)
-        assert before["tx_packets"] > 100 and before["rx_packets"] > 100, before
-        g.unbind()
-        bench.wait_for(lambda: not bench.run("pgrep", "-f", f"usbnetd run {busid}", check=False).stdout, 60,
-                       "usbnetd to stop after the unplug")
-    finally:
-        client.kill()
-        server.kill()
-        client.wait()
-        server.wait()
-    log = cli.logs()
-    print(log)
-    assert "Traceback" not in log
-    assert "stopped: device disappeared" in log and "teardown: every packet back in the pool" in log, log
-    assert not (bench.SYS_NET / ifname).exists()
+    unplug_mid_traffic(g, peer, cli, "rtlu1")
 
 
 @pytest.mark.parametrize("fault, expect", [
@@ -278,68 +163,18 @@ def test_usbnetd_unplug_mid_traffic(rtl, peers, cli):
     ("stall_next", "RTL8153 bring-up failed:"),
     ("int_silent", "sent no link status on its interrupt endpoint in 10 s"),
 ], ids=["garbage", "ep0_stall", "int_silent"])
-def test_a_bad_chip_gives_one_line_and_goes_back_to_the_kernel(rtl, peers, cli, tmp_path, fault, expect):
+def test_a_bad_chip_gives_one_line_and_goes_back_to_the_kernel(rtl, cli, fault, expect):  # noqa: F811
     """The kernel driver owns the chip; usbnetd takes it, fails with one line, leaves nothing behind, and r8152
     gets the chip back. The kernel driver checks the chip's version itself and would not bind a chip that
     answers garbage or stalls, so those faults hit usbnetd's first request only (the emulator's one-shot
     faults); a silent interrupt endpoint does not stop r8152 from binding, so that one stays on."""
     bench.kernel_driver(KERNEL_DRIVER)
     g = rtl(int_silent=fault == "int_silent")
-    busid = g.bind()
-    first = kernel_netdev(busid)
-    if fault != "int_silent":
-        g.command(fault)
-    started = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "usbnetd", "run", busid, "--ifname", "rtlbad0"], capture_output=True,
-                       text=True, env=cli.env, timeout=240)
-    took = time.monotonic() - started
-    out = r.stdout + r.stderr
-    print(f"usbnetd ({fault}) exited {r.returncode} after {took:.1f} s:\n{out}")
-    errors = [line for line in out.splitlines() if line.startswith("usbnetd: error:")]
-    assert r.returncode == 1 and len(errors) == 1, out
-    assert expect in errors[0], errors
-    assert "Traceback" not in out
-    assert not (bench.SYS_NET / "rtlbad0").exists(), "no interface may be left behind"
-    assert not list((tmp_path / "run").glob("*.sock")), "no control socket may be left behind"
-    back = kernel_netdev(busid)
-    print(f"{KERNEL_DRIVER} had {busid} as {first}, has it again as {back}")
-    if fault != "int_silent":
-        assert f"{fault.split('_')[0]} once" in " ".join(g.stats()["events"]), "the fault hit usbnetd"
+    g.bind()
+    bad_chip(g, cli, KERNEL_DRIVER, "rtlbad0", expect, once=None if fault == "int_silent" else fault)
 
 
-def test_throughput_kernel_driver_and_usbnetd_same_boot(rtl, peers, cli):
-    """The same emulated chip, first with r8152, then with usbnetd: ping RTT and iperf3 both ways.
-    Prints the numbers (docs/performance.md records them); asserts only that traffic moved."""
-    seconds = 5
-    bench.kernel_driver(KERNEL_DRIVER)
-    g = rtl()
-    busid = g.bind()
-    peer = peers(SUBNET)
-    peer.take(g.tap)
-    host_if = kernel_netdev(busid)
-    peer.address_host_side(host_if)
-    bench.wait_carrier(host_if, timeout=30)
-    k_ping, k_up, k_down = traffic(peer, seconds)
-    kernel_counts = g.stats()["counts"]
-    bench.kernel_driver(KERNEL_DRIVER, load=False)
-    bench.wait_for(lambda: not (bench.SYS_NET / host_if).exists(), 20, f"{host_if} to go")
-
-    ifname = "rtlu2"
-    cli("attach", busid, "--ifname", ifname, "--timeout", str(ATTACH_TIMEOUT))
-    peer.address_host_side(ifname)
-    bench.wait_carrier(ifname, timeout=30)
-    u_ping, u_up, u_down = traffic(peer, seconds)
-    st = status(cli, ifname)
-    cli("detach", ifname)
-    result = {
-        "kernel": {"rtt_ms": k_ping["rtt_avg_ms"], "to_wire_mbps": k_up["bits_per_second"] / 1e6,
-                   "from_wire_mbps": k_down["bits_per_second"] / 1e6},
-        "usbnetd": {"rtt_ms": u_ping["rtt_avg_ms"], "to_wire_mbps": u_up["bits_per_second"] / 1e6,
-                    "from_wire_mbps": u_down["bits_per_second"] / 1e6, "datapath": st.get("datapath")},
-        "emulator_tso_frames_kernel": kernel_counts.get("tso_frames", 0),
-    }
-    print("THROUGHPUT", json.dumps(result))
-    if os.environ.get("USBNETD_VM_RESULTS"):
-        with open(Path(os.environ["USBNETD_VM_RESULTS"]) / "r8152-throughput.json", "w") as f:
-            json.dump(result, f)
-    assert k_up["bytes"] > 0 and k_down["bytes"] > 0 and u_up["bytes"] > 0 and u_down["bytes"] > 0
+def test_throughput_kernel_driver_and_usbnetd_same_boot(rtl, peers, cli):  # noqa: F811 - the fixture
+    """The same emulated chip, first with r8152, then with usbnetd: ping RTT and iperf3 both ways."""
+    throughput_same_boot(rtl, peers, cli, SUBNET, KERNEL_DRIVER, "rtlu2", "r8152",
+                         extra=lambda counts: {"emulator_tso_frames_kernel": counts.get("tso_frames", 0)})
