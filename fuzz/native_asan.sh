@@ -30,6 +30,12 @@
 #     the FrameTx pump of _frametx.c, ECM/subset TX; last-input-frametx)
 #   fuzz/native_asan.sh --pump [the same options]                 the native-ncm-pump target (fuzz/native_ncm_pump.py:
 #     the NcmPump of _fasttx.c, NCM TX into bulk OUT transfers it owns; last-input-pump)
+#   fuzz/native_asan.sh --pump -pymalloc [the same options]       Python's own allocator instead of PYTHONMALLOC=malloc:
+#     1.4-1.9 times the inputs a second. Every buffer a target hands the C code stays checked as before (exact-size
+#     buffers ending at a PROT_NONE page, poisoned tails, the C code's own heap blocks under ASan); what is given
+#     up is ASan on Python's small objects (512 bytes or less, in pymalloc's arenas): a C overrun of a small
+#     object it made, or a use of one after its last reference went (a reference-counting error), is then no
+#     longer a sanitizer report at once (docs/reliability.md, "The C fast path under ASan+UBSan").
 # Environment: USBNETD_VENV (default <repo>/.venv), CC (default gcc).
 set -euo pipefail
 
@@ -77,19 +83,24 @@ done
 export LD_PRELOAD="$asan:$ubsan"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:detect_stack_use_after_return=1:${ASAN_OPTIONS:-}"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:${UBSAN_OPTIONS:-}"
-export PYTHONMALLOC=malloc
 export "$so_env=$so"
-echo "native_asan.sh: $so (ASan+UBSan), LD_PRELOAD=$LD_PRELOAD" >&2
 args=()
-workers=1 runs=100000 seed=1
+workers=1 runs=100000 seed=1 pymalloc=0
 for a in "$@"; do
   case $a in
     -workers=*) workers=${a#-workers=} ;;
     -runs=*) runs=${a#-runs=} ;;
     -seed=*) seed=${a#-seed=} ;;
+    -pymalloc) pymalloc=1 ;;
     *) args+=("$a") ;;
   esac
 done
+if (( pymalloc )); then
+  unset PYTHONMALLOC
+else
+  export PYTHONMALLOC=malloc
+fi
+echo "native_asan.sh: $so (ASan+UBSan), LD_PRELOAD=$LD_PRELOAD, PYTHONMALLOC=${PYTHONMALLOC:-pymalloc}" >&2
 have_path=0
 for a in "${args[@]}"; do [[ $a == -* ]] || have_path=1; done
 if (( ! have_path )) && [[ -d $here/corpus/$target ]]; then

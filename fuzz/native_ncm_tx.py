@@ -61,7 +61,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import native_common as nc_  # noqa: E402  (what the two native targets share)
-from native_common import Difference, GuardedBuffers, Tap  # noqa: E402
+from native_common import Difference, GuardedBuffers, Hits, Steps, Taps  # noqa: E402
 
 TARGET = "native-ncm-tx"
 HEADER = 20
@@ -76,6 +76,8 @@ POISON_REF = b"\xa5" * 64
 POISON_NAT = b"\x5a" * 64
 NTB32, VNET_ON, PAD, SHORT, EOF, RAW, ERROR, ONE_BUF = 1, 2, 4, 8, 16, 32, 64, 128
 PATTERN = random.Random(7).randbytes(MAX_MSG + 4096)
+# what a pool buffer holds before its first NTB (a different byte per buffer: a mixed-up buffer shows)
+JUNK = [memoryview(bytes([0x11 * (k + 1)]) * MAX32) for k in range(2)]
 
 
 def load_fasttx() -> Any:
@@ -85,6 +87,18 @@ def load_fasttx() -> Any:
 def frame(n: int, i: int) -> bytes:
     start = (i * 131) % 4096
     return PATTERN[start : start + n]
+
+
+_PATTERN = memoryview(PATTERN)
+_VNET = bytes(VNET)
+
+
+def message(vnet: int, n: int, i: int) -> tuple:
+    """Frame i of n bytes, after a vnet header if `vnet`: one message's buffers for sendmsg (gathered by the
+    kernel, so the frame is never copied: a copy per frame was a fifth of the TX targets' parsing)."""
+    start = (i * 131) % 4096
+    view = _PATTERN[start : start + n]
+    return (_VNET, view) if vnet else (view,)
 
 
 def offload_message(x: int, p: bytes, mf: int, n: int) -> bytes:
@@ -129,6 +143,39 @@ def offload_message(x: int, p: bytes, mf: int, n: int) -> bytes:
     return hdr + eth + ip + th + data
 
 
+COPY_BUDGET = 16 << 20  # bytes of the reference's finished NTB buffers kept whole per input (then digests)
+
+
+def offload_op(body: bytes, i: int, x: int, k: int, mf: int, n: int) -> tuple[bytes, int]:
+    """The offload message x (the docstring's 0xA0-0xBF, x = b & 0x1F) whose parameters start at body[i]:
+    the message of p0-p3, then k (pos, val) byte mutations; and where the next operation starts."""
+    p = body[i : i + 4].ljust(4, b"\0")
+    i += 4
+    m = bytearray(offload_message(x, p, mf, n))
+    for _ in range(k):
+        if i + 1 < len(body):
+            m[body[i] % min(96, len(m))] = body[i + 1]
+        i += 2
+    return bytes(m), i
+
+
+def ntb_snapshot(buf, blen: int, k: int, ref: list | None = None) -> bytes:
+    """What the k-th finished NTB's buffer (its first `blen` bytes, tails included) is compared by: while
+    the input's NTBs so far fit COPY_BUDGET, the reference keeps a copy and a native run compares its
+    buffer with that copy in place (keeping the very same object when equal, so the later comparison is an
+    identity check, or a copy of its own when not); after that, `ntb_digest` on both sides. blen is the
+    same for every NTB of an input, so both sides switch at the same NTB. A copy and an in-place comparison
+    cost a quarter of hashing the buffer (SHA-256 of every NTB buffer was a third of an input's time under
+    ASan); the budget keeps an input that finishes thousands of NTBs within memory, as digests alone did."""
+    view = memoryview(buf)[:blen]
+    if (k + 1) * blen > COPY_BUDGET:
+        return ntb_digest(view, blen)
+    if ref is None:
+        return bytes(view)
+    r = ref[k][2] if k < len(ref) else None
+    return r if r is not None and len(r) == blen and r.startswith(view) else bytes(view)
+
+
 def ntb_digest(buf, blen: int) -> bytes:
     """A finished NTB's buffer (its first `blen` bytes, tails included) as a digest, not a copy: with TX
     offloads one input can finish thousands of NTBs, and a copy of each took one input to 2.7 GB (libFuzzer's
@@ -146,8 +193,9 @@ class Plan:
     sequence: int
     blen: int  # the NTB buffers' size
     pool: int
-    steps: list  # ("msg", bytes) | ("wake", budget, idle) | ("flush",) | ("eof",)
+    steps: list  # ("msg", [buffers, ...]) | ("wake", budget, idle) | ("flush",) | ("eof",)
     offload: bool = False
+    layout_args: list = dataclasses.field(default_factory=list)  # TxLayout's fields, as NcmTx takes them
 
 
 def parse(data: bytes) -> Plan:
@@ -174,7 +222,7 @@ def parse(data: bytes) -> Plan:
     blen = size - (u16(18) % size if flags & SHORT and size > 0 else 0)
     vnet = VNET if flags & VNET_ON else 0
     offload = bool(vnet and not flags & RAW and h[2] & 1)
-    steps: list = []
+    steps = Steps()
     body, i, n, n_off = data[HEADER:], 0, 0, 0
     while i < len(body) and n < MAX_FRAMES:
         b = body[i]
@@ -185,40 +233,34 @@ def parse(data: bytes) -> Plan:
         elif b < 0x80:
             length = max(0, mf - 32 + (b & 0x3F))
         elif offload and 0xA0 <= b < 0xC0:
-            p = body[i : i + 4].ljust(4, b"\0")
-            i += 4
-            m = bytearray(offload_message(b & 0x1F, p, mf, n))
-            for _ in range(b & 3):
-                if i + 1 < len(body):
-                    m[body[i] % min(96, len(m))] = body[i + 1]
-                i += 2
+            m, i = offload_op(body, i, b & 0x1F, b & 3, mf, n)
             if n_off < MAX_OFFLOAD:
-                steps.append(("msg", bytes(m)))
+                steps.msg((m,))
                 n_off += 1
             n += 1
             continue
         elif b < 0xC0:
-            steps.append(("msg", PATTERN[n : n + (b & (0x1F if offload else 0x3F)) % 12]))
+            steps.msg((_PATTERN[n : n + (b & (0x1F if offload else 0x3F)) % 12],))
             n += 1
             continue
         elif b < 0xE0:
-            steps.append(("wake", 64 if b == 0xDF else (b & 0x1F) + 1, True))
+            steps.add(("wake", 64 if b == 0xDF else (b & 0x1F) + 1, True))
             continue
         elif b < 0xF0:
-            steps.append(("wake", (b & 0x0F) + 1, False))
+            steps.add(("wake", (b & 0x0F) + 1, False))
             continue
         elif b < 0xF8:
-            steps.append(("flush",))
+            steps.add(("flush",))
             continue
         else:
             length = min(MAX_MSG, 16384 + 256 * (body[i] if i < len(body) else 0))
             i += 1
-        steps.append(("msg", bytes(vnet) + frame(length, n)))
+        steps.msg(message(vnet, length, n))
         n += 1
     steps += [("wake", 64, True)] * 3
     if flags & EOF:
         steps += [("eof",), ("wake", 64, True)]
-    steps.append(("flush",))
+    steps.add(("flush",))
     return Plan(flags, fields, mf, u16(16), blen, 1 if flags & ONE_BUF else 2, steps, offload)
 
 
@@ -248,36 +290,36 @@ class Harness:
         self.NcmTx = load_fasttx().NcmTx
         self.guarded = GuardedBuffers(2, MAX32)
         self.bad = os.open("/", os.O_RDONLY | os.O_DIRECTORY)  # readv: EISDIR
-        self.tap: Tap | None = None
+        self.tap = Taps()
+        # The pool buffers of the "ref" and "tail" runs, made once (three runs an input allocated, filled and
+        # copied up to 1.5 MiB): every run refills the first `blen` bytes with the junk a new buffer had and
+        # the 64 after them with the run's poison, and gets views of exactly `blen` bytes, as before.
+        self.heap = {side: [bytearray(MAX32 + len(POISON_REF)) for _ in range(2)] for side in ("ref", "tail")}
+        self.layout_fields: list[str] | None = None
+        self.ref_ntbs: list | None = None  # the reference run's NTBs, while the native runs compare with them
 
     # -- the three runs ---------------------------------------------------------------------------------------
     def run(self, plan: Plan, layout: Any, side: str) -> tuple:
         """side: "ref", "exact" (native, guarded exact-size buffers) or "tail" (native, poisoned bytearrays)."""
-        # One socket pair for every run, emptied first, instead of a new one per run (socketpair and its
-        # 64 MiB SO_SNDBUFFORCE cost 190 us a run under ASan); a pair whose writer an EOF step closed is
-        # replaced. Each run still starts from an empty, open pair, as a new one would be.
-        tap = self.tap
-        if tap is None or tap.w.fileno() < 0:
-            if tap is not None:
-                tap.close()
-            tap = self.tap = Tap()
-        else:
-            tap.drain()
-        return self._run(plan, layout, side, tap)
+        return self._run(plan, layout, side, self.tap("tx"))
 
-    def _run(self, plan: Plan, layout: Any, side: str, tap: Tap) -> tuple:
+    def _run(self, plan: Plan, layout: Any, side: str, tap: Any) -> tuple:
         mf, vnet = plan.max_frame, VNET if plan.flags & VNET_ON else 0
         fd = self.bad if plan.flags & ERROR else tap.r.fileno()
-        junk = [bytes([0x11 * (k + 1)]) * plan.blen for k in range(plan.pool)]
+        blen = plan.blen
         bufs: list[Any]
-        if side == "ref":
-            bufs = [bytearray(j) + POISON_REF for j in junk]
-        elif side == "tail":
-            bufs = [bytearray(j) + POISON_NAT for j in junk]
+        if side == "exact":
+            bufs = [self.guarded.place(k, JUNK[k][:blen]) for k in range(plan.pool)]
+            views = bufs
         else:
-            bufs = [self.guarded.place(k, j) for k, j in enumerate(junk)]
-        views = [memoryview(b)[: plan.blen] for b in bufs]
-        ntbs: list[tuple[int, int, bytes]] = []  # (length, datagrams, ntb_digest of the buffer)
+            poison = POISON_REF if side == "ref" else POISON_NAT
+            bufs = self.heap[side][: plan.pool]
+            for k, buf in enumerate(bufs):
+                buf[:blen] = JUNK[k][:blen]
+                buf[blen : blen + len(poison)] = poison
+            views = [memoryview(b)[:blen] for b in bufs]
+        ntbs: list[tuple[int, int, bytes]] = []  # (length, datagrams, ntb_snapshot of the buffer)
+        ref_ntbs = self.ref_ntbs
         wakes: list[tuple] = []
         errors: list[str] = []
         st: dict = {"open": False, "next": 0, "dropped": 0}
@@ -286,18 +328,15 @@ class Harness:
             stats = self.Stats()
             port = self.TapPort(fd, stats, mf, gro=bool(vnet) and not plan.offload, offload=plan.offload)
 
-            class Errors:
-                def hit(self, detail: object = "", n: int = 1) -> None:
-                    errors.extend([str(detail)] * n)
-
-            port.read_errors = Errors()  # type: ignore[assignment]
+            port.read_errors = Hits(errors)  # type: ignore[assignment]
             b = self.nc.NtbBuilder(layout, plan.sequence)
 
             def finish() -> None:
                 if st["open"]:
                     st["open"] = False
                     if b.count:
-                        ntbs.append((b.finish(), b.count, ntb_digest(bufs[st["next"] % plan.pool], plan.blen)))
+                        ntbs.append((b.finish(), b.count, ntb_snapshot(bufs[st["next"] % plan.pool], plan.blen,
+                                                                       len(ntbs))))
                         st["next"] += 1
 
             def wake(budget: int, idle: bool) -> None:
@@ -339,14 +378,15 @@ class Harness:
                 return (st["open"], b.count if st["open"] else 0, b.sequence, stats.tx_dropped, len(port.pending),
                         port.tso_superframes, port.tso_segments, port.csum_completed, port.offload_dropped)
         else:
-            tx = self.NcmTx(fd, vnet, mf, *dataclasses.astuple(layout), sequence=plan.sequence, offload=plan.offload)
+            tx = self.NcmTx(fd, vnet, mf, *plan.layout_args, sequence=plan.sequence, offload=plan.offload)
 
             def finish() -> None:
                 if st["open"]:
                     st["open"] = False
                     if tx.count:
                         count = tx.count
-                        ntbs.append((tx.finish(), count, ntb_digest(bufs[st["next"] % plan.pool], plan.blen)))
+                        ntbs.append((tx.finish(), count, ntb_snapshot(bufs[st["next"] % plan.pool], plan.blen,
+                                                                      len(ntbs), ref_ntbs)))
                         st["next"] += 1
                     else:
                         tx.abandon()
@@ -389,21 +429,27 @@ class Harness:
                         tx.tso_segments, tx.csum_completed, tx.offload_dropped)
 
         trace = []
+        w = tap.w
         for step in plan.steps:
             kind = step[0]
             if kind == "msg":
-                if tap.w.fileno() >= 0:
-                    tap.w.send(step[1])
-            elif kind == "wake":
+                if w.fileno() >= 0:
+                    for m in step[1]:
+                        w.sendmsg(m)
+                trace.append(None)  # nothing ran on either side: the last state stands
+                continue
+            if kind == "wake":
                 wake(step[1], step[2])
             elif kind == "flush":
                 finish()
             elif kind == "eof":
-                tap.w.close()
+                w.close()
             trace.append(state())
         if side == "exact":
             finish()  # the guarded buffers are reused by the next run: nothing may hold them
-        return ntbs, wakes, errors, trace, [bytes(x) for x in bufs]
+            return ntbs, wakes, errors, trace, [bytes(x) for x in bufs]
+        # the whole buffers, poison included (the reference's are compared after the other runs: copies)
+        return ntbs, wakes, errors, trace, [bytes(memoryview(b)[: blen + len(POISON_REF)]) for b in bufs]
 
     # -- one input ---------------------------------------------------------------------------------------------
     def check(self, data: bytes) -> None:
@@ -431,13 +477,19 @@ class Harness:
                              f"{plan.max_frame} ({nat_err}); expected {why or 'to take it'}")
         if nat_err is not None:
             return
+        if self.layout_fields is None:
+            self.layout_fields = [f.name for f in dataclasses.fields(layout)]
+        # TxLayout's fields in order, as NcmTx takes them (dataclasses.astuple, without its deep copies)
+        plan.layout_args = [getattr(layout, f) for f in self.layout_fields]
         if plan.blen < plan.fields["max_size"]:
             b = nc.NtbBuilder(layout)
             b.begin(memoryview(bytearray(plan.blen)))
             if b.next_slot()[1] < plan.max_frame:  # the reference would open and finish empty NTBs forever
                 plan.blen = plan.fields["max_size"]
+        self.ref_ntbs = None
         r_ntbs, r_wakes, r_errors, r_trace, r_bufs = self.run(plan, layout, "ref")
-        if any(x[plan.blen :] != POISON_REF for x in r_bufs):
+        self.ref_ntbs = r_ntbs
+        if any(len(x) != plan.blen + len(POISON_REF) or not x.endswith(POISON_REF) for x in r_bufs):
             raise Difference("the reference wrote past the buffer (harness broken)")
         for side in ("exact", "tail"):
             n_ntbs, n_wakes, n_errors, n_trace, n_bufs = self.run(plan, layout, side)
@@ -458,9 +510,10 @@ class Harness:
                                  f"segments, csum, offload dropped) {n_trace[k]}, "
                                  f"reference {r_trace[k]}")
             for k, (nb, rb) in enumerate(zip(n_bufs, r_bufs, strict=True)):
-                if nb[: plan.blen] != rb[: plan.blen]:
+                # startswith: the first blen bytes compared in place (slices were two more copies)
+                if not (nb.startswith(memoryview(rb)[: plan.blen]) and len(nb) >= plan.blen):
                     raise Difference(f"{side}: pool buffer {k} differs")
-                if side == "tail" and nb[plan.blen :] != POISON_NAT:
+                if side == "tail" and (len(nb) != plan.blen + len(POISON_NAT) or not nb.endswith(POISON_NAT)):
                     raise Difference(f"{side}: pool buffer {k}: written past its end")
 
 
