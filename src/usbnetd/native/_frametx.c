@@ -5,7 +5,7 @@
  *
  * What the Python reference does per frame, and where this file mirrors it:
  *
- *   netdev/port.py       TapPort.read_into      one readv per frame (the vnet header into a scratch buffer),
+ *   netdev/port.py       TapPort.read_into      one readv per frame (the vnet header into vhdr),
  *                                               too short (< 14) or too long (> max_frame) dropped, tx_dropped
  *   protocols/driver.py  OneFramePerTransfer    the transfer is the frame; a ZLP when its length is a multiple
  *                                               of wMaxPacketSize (tx_finish)
@@ -92,7 +92,7 @@ typedef struct {
     struct tso tso;
     struct txpump pump; /* armed: the transfers, their buffers (head + max_frame + 1 bytes each), the counters */
     struct burst_tx hooks; /* what burst_hooks() hands the C event loop */
-    uint8_t scratch[VNET_HDR_LEN];
+    uint8_t vhdr[VNET_HDR_LEN]; /* each read's virtio_net_hdr */
 } FrameTx;
 
 static int check_idle(FrameTx *self)
@@ -141,7 +141,7 @@ static long fill_nogil(FrameTx *self, long budget, int *empty)
         } else {
             if (read >= budget)
                 break;
-            struct iovec iov[3] = {{self->scratch, (size_t)self->vnet}, {frame, p->stride - self->head}, {NULL, 0}};
+            struct iovec iov[3] = {{self->vhdr, (size_t)self->vnet}, {frame, p->stride - self->head}, {NULL, 0}};
             if (self->offload) {
                 /* TapPort._read_offload: the slot's first max_frame bytes, then on into the scratch buffer */
                 iov[1].iov_len = (size_t)self->max_frame;
@@ -168,10 +168,10 @@ static long fill_nogil(FrameTx *self, long budget, int *empty)
                 p->stat[TXP_DROPPED]++; /* not Ethernet (TapPort.read_into) */
                 continue;
             }
-            if (self->offload && self->scratch[1] != VNET_GSO_NONE) {
+            if (self->offload && self->vhdr[1] != VNET_GSO_NONE) {
                 /* a super-frame: made contiguous in scratch, checked, then cut by the loop's next turns */
                 memcpy(g->scratch, frame, (size_t)(len < self->max_frame ? len : self->max_frame));
-                if (!tso_setup(g, len, self->scratch)) {
+                if (!tso_setup(g, len, self->vhdr)) {
                     p->stat[TXP_DROPPED]++;
                     g->dropped++;
                     continue;
@@ -184,8 +184,8 @@ static long fill_nogil(FrameTx *self, long budget, int *empty)
                 p->stat[TXP_DROPPED]++; /* longer than the device takes (TapPort.read_into) */
                 continue;
             }
-            if (self->offload && (self->scratch[0] & VNET_F_NEEDS_CSUM) &&
-                !tso_complete_csum(g, frame, len, self->scratch)) {
+            if (self->offload && (self->vhdr[0] & VNET_F_NEEDS_CSUM) &&
+                !tso_complete_csum(g, frame, len, self->vhdr)) {
                 p->stat[TXP_DROPPED]++;
                 g->dropped++;
                 continue;
