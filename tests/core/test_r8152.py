@@ -341,7 +341,7 @@ def test_a_tcp_superframe_goes_in_one_descriptor_and_the_chip_cuts_it(v6):
         assert got == frame
     assert len(wire) == 7 and b"".join(tf.check_frame(s)["payload"] for s in wire) == tf.payload(9000)
     assert svc.stats.tx_packets == 7
-    assert svc.detailed_stats()["tx_offload"]["device"]["superframes"] == 1
+    assert svc.detailed_stats()["tx_offload"]["device_superframes"] == 1
     svc.stop()
     assert svc.datapath.pool.in_use == 0
 
@@ -386,5 +386,5 @@ def test_a_partial_checksum_is_asked_of_the_chip_in_the_descriptor():
     descs = [d for tr in _sent(t, svc) for d in tr]
     assert [(f, o2) for f, _, o2, _ in descs] == [(frame, o2) for _, frame, o2 in cases]
     assert [tf.check_frame(wire[0])["payload"] for *_, wire in descs] == [tf.payload(500), tf.payload(700)]
-    assert svc.detailed_stats()["tx_offload"]["device"]["csum"] == 2
+    assert svc.detailed_stats()["tx_offload"]["device_csum"] == 2
     svc.stop()

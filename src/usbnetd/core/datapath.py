@@ -718,8 +718,9 @@ class DataPath:
               "dropped": sum(x.offload_dropped for x in srcs)}
         if device:
             # The device's own offloads (a vendor chip's TSO and checksum engine): what was left to it.
-            st["device"] = {"offloads": gso_names(device), "superframes": port.device_tso,
-                            "csum": port.device_csum}
+            st["device_offloads"] = gso_names(device)
+            st["device_superframes"] = port.device_tso
+            st["device_csum"] = port.device_csum
         return st
 
     def teardown(self) -> int:
