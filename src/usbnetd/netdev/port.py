@@ -20,6 +20,14 @@ before the TAP is read again; a frame with NEEDS_CSUM gets its checksum complete
 match its header is dropped and counted (`tx_dropped`, `offload_dropped`). This is the reference for the C
 framer's offload mode; the daemon turns offloads on only with the C framer (service.py says why).
 
+With `device_offloads` (a vendor chip that cuts super-frames and fills checksums itself: the AX88179, the
+RTL8153) the same offers are made to the kernel, but the work is left to the chip: `read_into` reads a frame
+of up to `read_max` bytes (the chip's largest super-frame, the TAP's gso_max_size) whole, checks it against its
+vnet header exactly as above, and fills `meta` (gso.TxMeta: GSO type, MSS, checksum start and offset) for the
+driver's TX descriptor; what the chip cannot do (a checksum its engine does not cover) is done here. A frame
+longer than the room left in a transfer that already holds frames is kept whole and CARRIED is returned: the
+data path finishes that transfer and takes the frame with `next_segment` into the next.
+
 The native fast path (usbnetd.native, C) does the same RX work for the framings it knows (an NTB, one frame
 per transfer): `use_native(kind, limit)` attaches it, and then `rx_native(view, length)` /
 `rx_native_end()` replace the driver's decode and this port's emit for a whole batch, with the same writes
@@ -397,6 +405,10 @@ class TapPort:
         empty), into `buf`; returns its length (0: the carried frame failed its checks and was dropped)."""
         seg = self.pending.popleft()
         n = len(seg)
+        if n > len(buf):  # a driver offering less room than it declared: dropped, never raised
+            self._carried_hdr = None
+            self.stats.tx_dropped += 1
+            return 0
         buf[:n] = seg
         if self._carried_hdr is not None:
             hdr, self._carried_hdr = self._carried_hdr, None
