@@ -27,6 +27,7 @@ from usb1 import libusb1
 from usbnetd.core.pool import Packet
 from usbnetd.core.service import EthernetService
 from usbnetd.core.stats import Stats
+from usbnetd.netdev.tap import TapError
 from usbnetd.protocols import cdc, choose
 from usbnetd.protocols.driver import Options
 from usbnetd.usb.bulk import ERROR_NO_DEVICE, FLAG_ADD_ZERO_PACKET, BulkPipe, SubmitError
@@ -368,6 +369,7 @@ class FakeTap:
     """The service's TAP: `fd` is the service's end of a SOCK_SEQPACKET pair; `peer` is the host's stack."""
 
     instances: list[FakeTap] = []
+    refuse_gso_max_size = False  # a kernel whose rtnetlink cannot set it (tests set it on the class)
 
     def __init__(self, name: str, mac: bytes, mtu: int, persistent: bool = False, vnet_hdr: int = 0) -> None:
         self._ours, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -379,6 +381,7 @@ class FakeTap:
         self.mtu = mtu
         self.vnet_hdr = vnet_hdr
         self.offload = 0  # TUN_F_* given to set_offload
+        self.gso_max_size = 65536  # what set_gso_max_size gave (the kernel's default until then)
         self.reused = False
         self.index = 0  # matches nothing in /proc/net/dev_mcast
         self.carrier: bool | None = None
@@ -413,6 +416,11 @@ class FakeTap:
     def set_offload(self, flags: int) -> None:
         assert self.vnet_hdr, "TUNSETOFFLOAD without a vnet header"
         self.offload = flags
+
+    def set_gso_max_size(self, size: int) -> None:
+        if self.refuse_gso_max_size:
+            raise TapError(f"cannot set gso_max_size {size} on {self.name}: Operation not supported")
+        self.gso_max_size = size
 
     def close(self, remove: bool = True) -> None:
         self.closed = True

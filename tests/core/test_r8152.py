@@ -9,7 +9,10 @@ queues, TAP port, link state and reconciler are the real ones (fake.py).
 
 from __future__ import annotations
 
+import collections
 import struct
+import sys
+from pathlib import Path
 
 import fake
 import pytest
@@ -18,6 +21,7 @@ from vendor_fake import assert_bad_start, assert_silence_rule, load_emulator
 
 from usbnetd.core.service import EthernetService
 from usbnetd.core.stats import Stats
+from usbnetd.netdev import gso
 from usbnetd.protocols import choose
 from usbnetd.protocols import r8152 as rtl
 from usbnetd.protocols import r8152_codec as codec
@@ -286,3 +290,101 @@ def test_a_chip_that_never_reports_link_stops_the_instance():
 
 def test_codec_limits_match_the_driver():
     assert rtl.MAX_MTU == 9194 and codec.RX_DESC_LEN == 24 and codec.TX_DESC_LEN == 8
+
+
+# ---------------------------------------------------------------------------- the chip's TX offloads
+def _tso_frames():
+    sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
+    import tso_frames
+
+    return tso_frames
+
+
+def _sent(t: ScriptedRtl8153, svc: EthernetService) -> list[tuple[bytes, int, int, list[bytes]]]:
+    """Every transfer sent so far, as (frame, opts1, opts2, what the emulated chip puts on the wire) per
+    descriptor; one list per transfer."""
+    out = []
+    while t.tx:
+        data = t.complete_tx()
+        turn(svc)
+        stream = emu.TxStream()
+        descs = stream.feed(data)
+        assert stream.malformed == 0 and not stream.buf
+        out.append([(f, o1, o2, [bytes(s) for s in emu.tx_frames(f, o1, o2, collections.Counter())])
+                    for f, o1, o2 in descs])
+    return out
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_a_tcp_superframe_goes_in_one_descriptor_and_the_chip_cuts_it(v6):
+    tf = _tso_frames()
+    t = ScriptedRtl8153()
+    svc, tap = start(t)
+    link(t, svc, True)
+    assert tap.offload == gso.TUN_F_CSUM | gso.TUN_F_TSO4 | gso.TUN_F_TSO6
+    assert tap.gso_max_size == rtl.TX_BUFFER - 8
+    hdr, frame = tf.superframe(9000, 1400, v6=v6)
+    tap.peer.send(hdr + frame)
+    svc.on_tap_readable()
+    turn(svc)
+    ((got, opts1, opts2, wire),) = _sent(t, svc)[0:1][0]
+    l4 = 14 + (40 if v6 else 20)
+    assert opts1 == len(frame) | codec.TX_FS | codec.TX_LS | (codec.GTSENDV6 if v6 else codec.GTSENDV4) | l4 << 18
+    assert opts2 == 1400 << codec.MSS_SHIFT
+    if v6:
+        # tcp_v6_gso_csum_prep: payload length 0, the check field the pseudo-header sum without a length
+        assert got[18:20] == b"\0\0"
+        want = tf.ones_sum(tf.SRC6 + tf.DST6 + struct.pack("!IxxxB", 0, 6))
+        assert struct.unpack_from("!H", got, l4 + 16)[0] == want
+        assert got[:18] + got[20 : l4 + 16] + got[l4 + 18 :] == frame[:18] + frame[20 : l4 + 16] + frame[l4 + 18 :]
+    else:
+        assert got == frame
+    assert len(wire) == 7 and b"".join(tf.check_frame(s)["payload"] for s in wire) == tf.payload(9000)
+    assert svc.stats.tx_packets == 7
+    assert svc.detailed_stats()["tx_offload"]["device_superframes"] == 1
+    svc.stop()
+    assert svc.datapath.pool.in_use == 0
+
+
+def test_small_frames_still_share_a_transfer_and_a_superframe_starts_the_next():
+    """A super-frame that does not fit what is left of a transfer is carried whole into the next, and ends
+    it; the frames around it keep their order."""
+    tf = _tso_frames()
+    t = ScriptedRtl8153()
+    svc, tap = start(t)
+    link(t, svc, True)
+    small = [HOST + CHIP_MAC + b"\x88\xb5" + bytes([i]) * 100 for i in range(3)]
+    hdr, big = tf.superframe(16200, 1448)  # 16254 bytes: more than the 16384 - 2 x 124 left after two
+    tap.host_send(small[0])
+    tap.host_send(small[1])
+    tap.peer.send(hdr + big)
+    tap.host_send(small[2])
+    svc.on_tap_readable()
+    turn(svc)
+    transfers = _sent(t, svc)
+    assert [[f for f, *_ in tr] for tr in transfers] == [small[:2], [big], small[2:]]
+    wire = [s for tr in transfers for *_, segs in tr for s in segs]
+    assert wire[:2] == small[:2] and wire[-1] == small[2]
+    assert b"".join(tf.check_frame(s)["payload"] for s in wire[2:-1]) == tf.payload(16200)
+    assert svc.stats.tx_packets == 3 + 12 and svc.stats.tx_dropped == 0
+    svc.stop()
+    assert svc.datapath.pool.in_use == 0
+
+
+def test_a_partial_checksum_is_asked_of_the_chip_in_the_descriptor():
+    tf = _tso_frames()
+    t = ScriptedRtl8153()
+    svc, tap = start(t)
+    link(t, svc, True)
+    tcp, l4, _ = tf.tcp_frame(500)
+    cases = [(tf.vnet(gso.F_NEEDS_CSUM, 0, 0, 0, l4, 16), tcp, codec.TX_IPV4_CS | codec.TX_TCP_CS | 34 << 17),
+             (*tf.udp_partial(700, v6=True), codec.TX_IPV6_CS | codec.TX_UDP_CS | 54 << 17)]
+    for hdr, frame, _ in cases:
+        tap.peer.send(hdr + frame)
+    svc.on_tap_readable()
+    turn(svc)
+    descs = [d for tr in _sent(t, svc) for d in tr]
+    assert [(f, o2) for f, _, o2, _ in descs] == [(frame, o2) for _, frame, o2 in cases]
+    assert [tf.check_frame(wire[0])["payload"] for *_, wire in descs] == [tf.payload(500), tf.payload(700)]
+    assert svc.detailed_stats()["tx_offload"]["device_csum"] == 2
+    svc.stop()

@@ -179,3 +179,24 @@ def test_complete_csum_refuses_a_field_past_the_frame() -> None:
     assert not gso.complete_csum(buf, 40, 30, 9)
     assert gso.complete_csum(buf, 60, 50, 8) and buf[58:60] != b"\0\0"
     assert buf[:58] == bytes(58)
+
+
+def test_partial_l4_names_only_what_a_checksum_engine_can_complete():
+    """gso.partial_l4: TCP/UDP right behind IPv4 (not a fragment) or IPv6 (no extension header), csum_start at
+    that header and csum_offset its check field; anything else is completed in software by the port."""
+    tcp, l4, _ = tcp_frame(100)
+    assert gso.partial_l4(tcp, len(tcp), l4, 16) == (14, False)
+    tagged, l4v, _ = tcp_frame(100, vlans=(0x8100, 0x88A8))
+    assert gso.partial_l4(tagged, len(tagged), l4v, 16) == (22, False)
+    _, udp6 = udp_partial(50, v6=True)
+    assert gso.partial_l4(udp6, len(udp6), 54, 6) == (14, True)
+    assert gso.partial_l4(tcp, len(tcp), l4, 6) is None  # UDP's field in a TCP segment
+    assert gso.partial_l4(tcp, len(tcp), l4 + 4, 16) is None  # not the transport header
+    assert gso.partial_l4(tcp, l4 + 17, l4, 16) is None  # the field past the frame
+    frag = bytearray(tcp)
+    frag[20] |= 0x20  # more fragments
+    assert gso.partial_l4(frag, len(frag), l4, 16) is None
+    ext = bytearray(udp6)
+    ext[20] = 0  # a hop-by-hop header first
+    assert gso.partial_l4(ext, len(ext), 54, 6) is None
+    assert gso.partial_l4(tcp[:13], 13, 0, 0) is None

@@ -628,6 +628,10 @@ _PROM_NESTED: dict[str, tuple[str, str]] = {
     "usbnetd_tx_offload_csum_completed_total": ("counter", "Frames whose partial checksum was completed."),
     "usbnetd_tx_offload_dropped_total": ("counter",
                                          "Frames dropped because their headers did not match their vnet header."),
+    "usbnetd_tx_offload_device_superframes_total": ("counter", "TCP super-frames handed to the device whole, for "
+                                                               "its own TSO to cut (vendor chips)."),
+    "usbnetd_tx_offload_device_csum_total": ("counter", "Frames whose partial checksum was left to the device's "
+                                                        "checksum engine (vendor chips)."),
 }
 # The device facts (app/facts.py) that label usbnetd_device_info.
 _DEVICE_LABELS = ("driver_version", "bus_info", "vendor_id", "product_id", "firmware_version", "usb_speed_mbps",
@@ -757,7 +761,12 @@ def stats(target, as_json, prometheus, every) -> None:
                    f"({r['tx_frames_per_transfer']} per transfer), {r['tx_bytes']} bytes")
         click.echo("  TX flushes: " + ", ".join(f"{k} {v}" for k, v in r["tx_flush"].items()))
         off = r.get("tx_offload") or {}
-        if off.get("enabled"):
+        if off.get("device_offloads"):
+            click.echo(f"  TX offloads by the device ({', '.join(off['device_offloads'])}): "
+                       f"{off['device_superframes']} TCP super-frames and {off['device_csum']} checksums left to it; "
+                       f"here {off['tso_superframes']} cut, {off['csum_completed']} completed, "
+                       f"{off['dropped']} dropped")
+        elif off.get("enabled"):
             click.echo(f"  TX offloads: {off['tso_superframes']} TCP super-frames cut into {off['tso_segments']} "
                        f"frames, {off['csum_completed']} checksums completed, {off['dropped']} dropped")
         else:

@@ -24,7 +24,8 @@ import os
 import time
 from array import array
 
-from ..netdev.port import TapPort
+from ..netdev.gso import offload_names as gso_names
+from ..netdev.port import CARRIED, TapPort
 from ..protocols.driver import ProtocolDriver
 from ..usb.transport import STATUS_CANCELLED, STATUS_NO_DEVICE, STATUS_OK, STATUS_STALL, IntCallback, Transport
 from .pool import TX, Packet, PacketBufferPool
@@ -125,7 +126,9 @@ class DataPath:
         self.tx_completion = RingQueue("tx_completion", caps["tx_completion"])
         # Every queue full plus every transfer in flight plus the one TX transfer being framed.
         count = sum(caps.values()) + self.n_rx + self.n_tx + 1
-        size = max(d.rx_size, d.tx_size + d.tx_headroom)
+        # A device that cuts super-frames itself takes one of up to tso_max bytes in a transfer; 64 bytes more
+        # cover any driver's descriptor and padding.
+        size = max(d.rx_size, d.tx_size + d.tx_headroom, d.tso_max + 64 if d.tx_offloads else 0)
         self.pool = PacketBufferPool(count, size, headroom=d.tx_headroom)
         n = self.pool.packet_count
         self._tx_frames = array("I", bytes(4 * n))
@@ -373,7 +376,11 @@ class DataPath:
             return
         d, port = self.driver, self.port
         read_into = port.read_into
-        pending = port.pending  # segments of a super-frame not yet framed (offloads on), else always empty
+        # Segments of a super-frame not yet framed (offloads done here), or a frame carried over from a full
+        # transfer (offloads done by the device); else always empty.
+        pending = port.pending
+        device = port.device_offloads  # the device cuts and checksums: what it must do is in port.meta
+        meta = port.meta
         max_frame = d.max_frame
         drained = False
         while budget or pending:
@@ -388,19 +395,37 @@ class DataPath:
                 continue
             if pending:
                 n = port.next_segment(p.view[offset : offset + room])
+                if n == 0:
+                    continue  # a carried frame that failed its checks (counted by the port)
             else:
                 if not budget:
                     break
                 n = read_into(p.view[offset : offset + room])
                 if n < 0:
+                    if n == CARRIED:
+                        # A super-frame larger than the room this transfer has left: it goes first in the next.
+                        # Drivers give an empty transfer room for the largest (read_max), so this transfer
+                        # holds frames; should it not, the frame is dropped rather than spun on.
+                        budget -= 1
+                        if d.tx_count:
+                            self._finish_tx(FLUSH_FULL)
+                        else:
+                            self.stats.tx_dropped += port.drop_pending()
+                        continue
                     drained = True
                     break
                 budget -= 1
                 if n == 0:
                     continue  # read and dropped (counted by the port)
-            self._tx_frames[p.index] += 1
-            self._tx_bytes[p.index] += n
-            if d.tx_commit(n):
+            if device:
+                self._tx_frames[p.index] += meta.segments  # what the device puts on the wire
+                self._tx_bytes[p.index] += meta.wire
+                full = d.tx_commit_offload(n, meta)
+            else:
+                self._tx_frames[p.index] += 1
+                self._tx_bytes[p.index] += n
+                full = d.tx_commit(n)
+            if full:
                 self._finish_tx(FLUSH_FULL)
         self._after_tap_read(drained)
 
@@ -678,17 +703,25 @@ class DataPath:
         return self.tx_fast is not None or self._frame_tx is not None
 
     def offload_stats(self) -> dict:
-        """TX offloads (TSO, checksum completion): on or off, and what they did."""
+        """TX offloads (TSO, checksum completion): on or off, who does them, and what they did."""
         port = self.port
-        on = port is not None and port.offload
+        device = port.device_offloads if port is not None else 0
+        on = port is not None and (port.offload or bool(device))
         # Whoever cut and completed: the C framer (NCM), the C pump (one frame per transfer), and the port
-        # (the Python path, e.g. while a trace runs); each counts only what it did.
+        # (the Python path, e.g. while a trace runs; with device offloads only what the device could not);
+        # each counts only what it did.
         srcs = [x for x in (port, self.tx_fast, self._frame_tx) if x is not None] if on else []
-        return {"enabled": on,
-                "tso_superframes": sum(x.tso_superframes for x in srcs),
-                "tso_segments": sum(x.tso_segments for x in srcs),
-                "csum_completed": sum(x.csum_completed for x in srcs),
-                "dropped": sum(x.offload_dropped for x in srcs)}
+        st = {"enabled": on,
+              "tso_superframes": sum(x.tso_superframes for x in srcs),
+              "tso_segments": sum(x.tso_segments for x in srcs),
+              "csum_completed": sum(x.csum_completed for x in srcs),
+              "dropped": sum(x.offload_dropped for x in srcs)}
+        if device:
+            # The device's own offloads (a vendor chip's TSO and checksum engine): what was left to it.
+            st["device_offloads"] = gso_names(device)
+            st["device_superframes"] = port.device_tso
+            st["device_csum"] = port.device_csum
+        return st
 
     def teardown(self) -> int:
         """Cancel and reap every transfer, then return every packet to the pool. Returns how many transfers

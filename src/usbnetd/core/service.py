@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from .. import native as native_module
 from ..netdev.gro import VNET_HDR_LEN
-from ..netdev.gso import OFFLOADS
+from ..netdev.gso import OFFLOADS, TUN_F_TSO4, TUN_F_TSO6, offload_names
 from ..netdev.port import TapPort
 from ..netdev.tap import Tap, TapError, mac_to_str
 from ..protocols import cdc
@@ -130,13 +130,17 @@ class EthernetService:
             self.gro = False
         offload = self.tso and (d.native_tx() is not None or d.native_frame_tx() is not None) and (
             self.tso_python or (self.native and native_module.AVAILABLE))
-        vnet = self.gro or offload
+        # A chip that cuts super-frames and fills checksums itself (the vendor drivers' tx_offloads): the TAP
+        # hands it what the kernel would hand the kernel's driver for that chip, on either data path.
+        device_offloads = d.tx_offloads if self.tso else 0
+        vnet = self.gro or offload or bool(device_offloads)
         self.tap = self.tap_factory(self.requested_ifname or self.name_for(mac), mac, mtu,
                                     persistent=self.persistent, vnet_hdr=VNET_HDR_LEN if vnet else 0)
         self.ifname = self.tap.name
         if self.tap.reused:
             log.info("%s taken over from an earlier run (its addresses and routes are kept)", self.ifname)
-        self.port = TapPort(self.tap.fd, self.stats, d.max_frame, gro=self.gro, offload=offload)
+        self.port = TapPort(self.tap.fd, self.stats, d.max_frame, gro=self.gro, offload=offload,
+                            device_offloads=device_offloads, read_max=d.tso_max)
         self.datapath.attach(self.port, self.ifname, native=self.native)
         if offload and not self.datapath.offload_in_c and not self.tso_python:
             # the C framer did not take the layout, or the C pump could not own the transfers: no offloads for
@@ -148,6 +152,8 @@ class EthernetService:
             except TapError as exc:  # the framer still reads plain frames with a vnet header correctly
                 log.warning("%s: TX offloads stay off: %s", self.ifname, exc)
                 self.port.offload = False
+        if device_offloads:
+            self._device_offloads(device_offloads)
         if self.datapath.path != "native" and d.native_rx() is not None:
             log.info("%s: the pure-Python data path (%s)", self.ifname, self._why_python())
         self.link.attach(self.tap)
@@ -162,6 +168,27 @@ class EthernetService:
         log.info("%s: %s (%s) on %s, MAC %s, MTU %d, %d RX x %d B, %d TX x %d B", self.ifname, d.name,
                  d.framing, t.identity.busid, mac_to_str(mac), mtu, self.datapath.n_rx, d.rx_size,
                  self.datapath.n_tx, d.tx_size)
+
+    def _device_offloads(self, flags: int) -> None:
+        """Offer the TAP the offloads the chip does: TSO only once the TAP's gso_max_size is what the chip takes
+        in one transfer (a longer super-frame would not fit), the checksums in any case."""
+        d, port = self.driver, self.port
+        if flags & (TUN_F_TSO4 | TUN_F_TSO6):
+            try:
+                self.tap.set_gso_max_size(d.tso_max)
+            except TapError as exc:
+                log.warning("%s: TSO stays off (the chip takes super-frames of at most %d bytes): %s",
+                            self.ifname, d.tso_max, exc)
+                flags &= ~(TUN_F_TSO4 | TUN_F_TSO6)
+        try:
+            self.tap.set_offload(flags)
+        except TapError as exc:  # the port still reads plain frames with a vnet header correctly
+            log.warning("%s: TX offloads stay off: %s", self.ifname, exc)
+            flags = 0
+        port.device_offloads = flags
+        d.enable_offloads(flags)
+        if flags:
+            log.info("%s: the %s does the TX offloads: %s", self.ifname, d.name, ", ".join(offload_names(flags)))
 
     def _why_python(self) -> str:
         if not self.native:

@@ -187,3 +187,78 @@ def segment(vnet_hdr: bytes | bytearray | memoryview, frame: bytes, max_frame: i
         struct.pack_into("!H", seg, l4 + TCP_CHECK, l4_check(_value(seg[l4:]) + addresses + length - l4))
         out.append(bytes(seg))
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hardware offloads: the device (not usbnetd) cuts super-frames and fills checksums. The port checks each frame
+# against its vnet header exactly as above and tells the driver, in a TxMeta, what its TX descriptor must ask for.
+
+class TxMeta:
+    """What the device must do for the frame just read (TapPort with `device_offloads`): filled in place for
+    every frame, never allocated per frame.
+
+    gso_type: GSO_NONE, GSO_TCPV4 or GSO_TCPV6 (then `mss` is the payload per segment and `segments`/`wire`
+    what the device will put on the wire); csum_start: 0 when the frame's checksums are complete, else the
+    transport header's offset, with csum_offset 16 (TCP) or 6 (UDP) and `v6` the IP version; l3: the IP header.
+    """
+
+    __slots__ = ("gso_type", "mss", "csum_start", "csum_offset", "l3", "v6", "segments", "wire")
+
+    def __init__(self) -> None:
+        self.clear(0)
+
+    def clear(self, length: int) -> None:
+        self.gso_type = GSO_NONE
+        self.mss = 0
+        self.csum_start = 0
+        self.csum_offset = 0
+        self.l3 = 0
+        self.v6 = False
+        self.segments = 1
+        self.wire = length
+
+
+UDP_CHECK = 6  # offset of the check field in the UDP header
+IPPROTO_UDP = 17
+
+
+def partial_l4(frame: bytes | bytearray | memoryview, n: int, csum_start: int,
+               csum_offset: int) -> tuple[int, bool] | None:
+    """A NEEDS_CSUM frame that a device's checksum engine can complete: (l3, v6) when it is TCP or UDP right
+    behind an IPv4 header (not a fragment) or an IPv6 header without extension headers, csum_start is that
+    transport header and csum_offset its check field, all inside the frame's `n` bytes; None otherwise (then
+    the checksum is completed in software)."""
+    off = 12
+    if off + 2 > n:
+        return None
+    etype = _be16(frame, off)
+    for _ in range(MAX_VLAN_TAGS):
+        if etype not in VLAN_TPIDS:
+            break
+        off += 4
+        if off + 2 > n:
+            return None
+        etype = _be16(frame, off)
+    l3 = off + 2
+    if etype == ETH_P_IP:
+        if l3 + 20 > n or frame[l3] >> 4 != 4 or _be16(frame, l3 + 6) & 0x3FFF:
+            return None
+        l4, proto, v6 = l3 + (frame[l3] & 0x0F) * 4, frame[l3 + 9], False
+        if l4 < l3 + 20:
+            return None
+    elif etype == ETH_P_IPV6:
+        if l3 + 40 > n or frame[l3] >> 4 != 6:
+            return None
+        l4, proto, v6 = l3 + 40, frame[l3 + 6], True
+    else:
+        return None
+    want = TCP_CHECK if proto == IPPROTO_TCP else UDP_CHECK if proto == IPPROTO_UDP else -1
+    if csum_start != l4 or csum_offset != want or l4 + csum_offset + 2 > n:
+        return None
+    return l3, v6
+
+
+def offload_names(flags: int) -> list[str]:
+    """TUN_F_* bits as ethtool would name the features ("tx-checksum", "tso4", "tso6")."""
+    return [name for bit, name in ((TUN_F_CSUM, "tx-checksum"), (TUN_F_TSO4, "tso4"), (TUN_F_TSO6, "tso6"))
+            if flags & bit]

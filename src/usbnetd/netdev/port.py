@@ -20,6 +20,14 @@ before the TAP is read again; a frame with NEEDS_CSUM gets its checksum complete
 match its header is dropped and counted (`tx_dropped`, `offload_dropped`). This is the reference for the C
 framer's offload mode; the daemon turns offloads on only with the C framer (service.py says why).
 
+With `device_offloads` (a vendor chip that cuts super-frames and fills checksums itself: the AX88179, the
+RTL8153) the same offers are made to the kernel, but the work is left to the chip: `read_into` reads a frame
+of up to `read_max` bytes (the chip's largest super-frame, the TAP's gso_max_size) whole, checks it against its
+vnet header exactly as above, and fills `meta` (gso.TxMeta: GSO type, MSS, checksum start and offset) for the
+driver's TX descriptor; what the chip cannot do (a checksum its engine does not cover) is done here. A frame
+longer than the room left in a transfer that already holds frames is kept whole and CARRIED is returned: the
+data path finishes that transfer and takes the frame with `next_segment` into the next.
+
 The native fast path (usbnetd.native, C) does the same RX work for the framings it knows (an NTB, one frame
 per transfer): `use_native(kind, limit)` attaches it, and then `rx_native(view, length)` /
 `rx_native_end()` replace the driver's decode and this port's emit for a whole batch, with the same writes
@@ -46,18 +54,28 @@ from .gro import VNET_HDR_LEN, ZERO_HDR, Coalescer
 log = logging.getLogger(__name__)
 
 ETH_HLEN = 14
+CARRIED = -2  # read_into: the frame did not fit the room left; finish the transfer, then next_segment
 
 
 class TapPort:
-    def __init__(self, fd: int, stats: Stats, max_frame: int, gro: bool, offload: bool = False) -> None:
+    def __init__(self, fd: int, stats: Stats, max_frame: int, gro: bool, offload: bool = False,
+                 device_offloads: int = 0, read_max: int = 0) -> None:
         self.fd = fd
         self.stats = stats
         self.max_frame = max_frame  # the largest frame the device takes (TX); longer reads are dropped
-        self.vnet = VNET_HDR_LEN if gro or offload else 0
+        self.vnet = VNET_HDR_LEN if gro or offload or device_offloads else 0
         self._vnet_in = bytearray(VNET_HDR_LEN)
+        # Hardware offloads (TUN_F_* the device does itself, `_read_device`): super-frames of up to `read_max`
+        # bytes go to the driver whole, with what its descriptor must ask for in `meta`.
+        self.device_offloads = device_offloads
+        self.read_max = max(read_max, max_frame) if device_offloads else max_frame
+        self.meta = gso.TxMeta()
+        self._carried_hdr: bytes | None = None  # the vnet header of a frame carried to the next transfer
+        self.device_tso = 0  # super-frames handed to the device whole
+        self.device_csum = 0  # frames whose checksum the device completes
         # TX offloads (gso.py): TSO super-frames cut into segments, partial checksums completed
         self.offload = offload
-        self._spill = bytearray(gso.SPILL if offload else 0)
+        self._spill = bytearray(gso.SPILL if offload else self.read_max if device_offloads else 0)
         self.pending: deque[bytes] = deque()  # segments of a super-frame not yet handed out
         self.tso_superframes = 0
         self.tso_segments = 0
@@ -168,6 +186,8 @@ class TapPort:
         n = TapPort.read_into(self, buf)
         if n > 0:
             self.tracer.frame(buf[:n], False)
+        elif n == CARRIED:
+            self.tracer.frame(memoryview(self.pending[-1]), False)
         return n
 
     # ------------------------------------------------------------------ RX: device -> host
@@ -243,6 +263,8 @@ class TapPort:
         With offloads a super-frame gives its first segment here and leaves the rest in `pending`."""
         if self.offload:
             return self._read_offload(buf)
+        if self.device_offloads:
+            return self._read_device(buf)
         try:
             if self.vnet:
                 n = os.readv(self.fd, (self._vnet_in, buf)) - VNET_HDR_LEN
@@ -300,16 +322,105 @@ class TapPort:
             self.csum_completed += 1
         return n
 
+    def _read_device(self, buf: memoryview) -> int:
+        """read_into when the device does the offloads (`device_offloads`): the frame is read whole, up to
+        `read_max` bytes, into `buf` and on into the spill buffer. One that does not fit in `buf` (the room
+        left in a transfer already holding frames) is kept, and CARRIED returned: the caller finishes the
+        transfer and takes the frame with next_segment into the next one."""
+        room = len(buf)
+        try:
+            n = os.readv(self.fd, (self._vnet_in, buf, self._spill)) - VNET_HDR_LEN
+        except BlockingIOError:
+            return -1
+        except OSError as exc:
+            self.read_errors.hit(exc.strerror)
+            return -1
+        if n < ETH_HLEN or n > self.read_max:
+            self.stats.tx_dropped += 1
+            return 0
+        if n > room:
+            self.pending.append(bytes(buf) + bytes(self._spill[: n - room]))  # rare: see datapath
+            self._carried_hdr = bytes(self._vnet_in)
+            return CARRIED
+        return self._device_fields(buf, n, self._vnet_in)
+
+    def _device_fields(self, buf: memoryview, n: int, hdr: bytes | bytearray) -> int:
+        """Check the frame buf[:n] against its vnet header and fill `meta` for the driver: a super-frame the
+        device can cut, a checksum it can complete; what it cannot is done here (gso.segment, complete_csum).
+        Returns n, or 0 when the frame was dropped (counted)."""
+        flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = gso.VNET.unpack_from(hdr)
+        meta, stats = self.meta, self.stats
+        meta.clear(n)
+        if gso_type != gso.GSO_NONE:
+            frame = buf[:n]
+            parsed = gso.parse(frame, gso_type, flags, hdr_len, gso_size, csum_start, csum_offset, self.max_frame)
+            if parsed is None:
+                stats.tx_dropped += 1
+                self.offload_dropped += 1
+                return 0
+            l3, l4, hdrs, v6 = parsed
+            if not self.device_offloads & (gso.TUN_F_TSO6 if v6 else gso.TUN_F_TSO4):
+                return self._cut_here(buf, bytes(frame), hdr)  # not offered, so never expected: still correct
+            segments = -(-(n - hdrs) // gso_size)
+            if segments > 1:
+                meta.gso_type, meta.mss, meta.csum_start, meta.csum_offset = gso_type, gso_size, l4, gso.TCP_CHECK
+                meta.l3, meta.v6, meta.segments, meta.wire = l3, v6, segments, n + (segments - 1) * hdrs
+                self.device_tso += 1
+                return n
+            # One segment's worth (or none): nothing to cut, so it goes as the single frame it is (as Linux
+            # sends such a GSO packet), its checksum still partial: below.
+        elif n > self.max_frame:
+            stats.tx_dropped += 1
+            return 0
+        if flags & gso.F_NEEDS_CSUM:
+            found = gso.partial_l4(buf, n, csum_start, csum_offset)
+            if found is not None and self.device_offloads & gso.TUN_F_CSUM:
+                meta.csum_start, meta.csum_offset = csum_start, csum_offset
+                meta.l3, meta.v6 = found
+                self.device_csum += 1
+            elif gso.complete_csum(buf, n, csum_start, csum_offset):
+                self.csum_completed += 1
+            else:
+                stats.tx_dropped += 1
+                self.offload_dropped += 1
+                return 0
+        return n
+
+    def _cut_here(self, buf: memoryview, frame: bytes, hdr: bytes | bytearray) -> int:
+        segments = gso.segment(hdr, frame, self.max_frame)
+        if segments is None:
+            self.stats.tx_dropped += 1
+            self.offload_dropped += 1
+            return 0
+        self.tso_superframes += 1
+        self.tso_segments += len(segments)
+        first = segments[0]
+        buf[: len(first)] = first
+        self.pending.extend(segments[1:])
+        self.meta.clear(len(first))
+        return len(first)
+
     def next_segment(self, buf: memoryview) -> int:
-        """The next segment of a super-frame (`pending` must not be empty) into `buf`; returns its length."""
+        """The next segment of a super-frame, or the frame carried from a full transfer (`pending` must not be
+        empty), into `buf`; returns its length (0: the carried frame failed its checks and was dropped)."""
         seg = self.pending.popleft()
-        buf[: len(seg)] = seg
-        return len(seg)
+        n = len(seg)
+        if n > len(buf):  # a driver offering less room than it declared: dropped, never raised
+            self._carried_hdr = None
+            self.stats.tx_dropped += 1
+            return 0
+        buf[:n] = seg
+        if self._carried_hdr is not None:
+            hdr, self._carried_hdr = self._carried_hdr, None
+            return self._device_fields(buf, n, hdr)
+        self.meta.clear(n)
+        return n
 
     def drop_pending(self) -> int:
-        """Forget the segments not yet handed out (teardown); returns how many."""
+        """Forget the segments (or the carried frame) not yet handed out (teardown); returns how many."""
         n = len(self.pending)
         self.pending.clear()
+        self._carried_hdr = None
         return n
 
     @property

@@ -28,6 +28,7 @@ IFLA_IFNAME = 3
 IFLA_MTU = 4
 IFLA_OPERSTATE = 16
 IFLA_PROMISCUITY = 30
+IFLA_GSO_MAX_SIZE = 41  # settable since Linux 5.x (do_setlink); tun keeps tso_max_size at 64 KiB
 IFLA_ALLMULTI = 61  # the all-multicast count; kernels before it only show the IFF_ALLMULTI flag
 IFF_UP = 0x1  # linux/if.h
 IFF_ALLMULTI = 0x200
@@ -109,11 +110,14 @@ class LinkSocket:
             raise
         return IFINFOMSG.unpack_from(self.buf, off + NLMSGHDR.size)[2]
 
-    def set(self, index: int, *, mtu: int | None = None, mac: bytes | None = None, up: bool | None = None) -> None:
+    def set(self, index: int, *, mtu: int | None = None, mac: bytes | None = None, up: bool | None = None,
+            gso_max_size: int | None = None) -> None:
         """Change the link `index` (what `ip link set` does); OSError with the kernel's reason if it refuses."""
         attrs = b""
         if mtu is not None:
             attrs += _attr(IFLA_MTU, U32.pack(mtu))
+        if gso_max_size is not None:
+            attrs += _attr(IFLA_GSO_MAX_SIZE, U32.pack(gso_max_size))
         if mac is not None:
             attrs += _attr(IFLA_ADDRESS, bytes(mac))
         flags = IFF_UP if up else 0

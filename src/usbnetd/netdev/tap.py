@@ -136,6 +136,11 @@ class Tap:
         except OSError as exc:
             raise TapError(f"cannot set offloads {flags:#x} on {self.name}: {exc.strerror}") from None
 
+    def set_gso_max_size(self, size: int) -> None:
+        """The largest GSO packet the host's stack hands this TAP (`ip link set ... gso_max_size`): what a
+        device that cuts super-frames itself takes in one transfer."""
+        self._set(f"set gso_max_size {size}", gso_max_size=size)
+
     def up(self) -> None:
         self._set("bring up", up=True)
 

@@ -17,8 +17,9 @@ hand). Bring-up (`bind`), in the chip's order:
    address, written back, so the chip's filter matches the interface);
 4. RX_BULKIN_QCTRL (0x2E, 5 bytes): RX aggregation by USB speed (the kernel driver's values); our bulk IN
    buffers are the largest aggregate the table allows plus 2 KiB, as the kernel sizes its own;
-5. pause water levels (0x54, 0x55); RXCOE_CTL (0x34) and TXCOE_CTL (0x35) = 0: no checksum offload, since
-   frames reach our TAP without a virtio-net header to carry "checksum verified" or "fill it in";
+5. pause water levels (0x54, 0x55); RXCOE_CTL (0x34) and TXCOE_CTL (0x35) = 0: no checksum engines until
+   the service turns the TX offloads on (`enable_offloads`, below); RX checksum results stay off, since tun
+   ignores "checksum verified" on what we write (the C path verifies what it coalesces itself);
 6. RX_CTL (0x0B): START, broadcast, IPE (each frame behind a 2-byte alignment header), drop CRC errors,
    plus the filter (`set_packet_filter`, `apply_filter`);
 7. MEDIUM_STATUS_MODE (0x22): receive enable, flow control, gigabit full duplex until the link says more;
@@ -36,6 +37,13 @@ chip's own filter follows (`DriverFlag.MAC_SETTABLE`: no promiscuous fallback). 
 the 64-bit hash in MULFLTARY (0x16; bit = top 6 bits of the Ethernet CRC-32 of the address), AMALL above 64
 groups, PRO for promiscuous. `unbind`: RX stopped, clocks off, PHY powered down, as Linux leaves the chip.
 
+TX offloads, as the kernel driver uses them (features IP_CSUM | IPV6_CSUM | TSO, netif_set_tso_max_size 16384,
+TXCOE_CTL = IP | TCP | UDP | TCPV6 | UDPV6): `tx_offloads` = TUN_F_CSUM | TUN_F_TSO4 and `tso_max` 16384.
+With them on (service.py, through the TAP's virtio-net header and gso_max_size), TXCOE_CTL has every engine
+on, so the chip fills the IPv4 header, TCP and UDP checksums of every frame, and a TCP/IPv4 super-frame of
+up to 16 KiB goes in one transfer with its MSS in the header's second word: the chip cuts it. IPv6 TSO is
+not a feature the kernel driver claims, so it is not offered to the TAP (the host's stack cuts those).
+
 Framing: `ax88179_codec` (RX aggregates with per-frame descriptors; one TX frame per transfer behind an
 8-byte header). RX runs in C (usbnetd.native's decode_ax88179, with GRO) when the extension is there, with
 `rx_decode` as its reference and fallback.
@@ -48,6 +56,7 @@ import struct
 import time
 
 from ..core.pool import Packet
+from ..netdev import gso
 from ..usb.descriptors import Configuration
 from ..usb.transport import TransportError
 from . import ax88179_codec as codec
@@ -90,6 +99,9 @@ CLK_SELECT = 0x33
 CLK_SELECT_BCS, CLK_SELECT_ACS = 0x01, 0x02
 RXCOE_CTL = 0x34
 TXCOE_CTL = 0x35
+# TXCOE_CTL bits: IPv4 header, TCP, UDP, TCP over IPv6, UDP over IPv6 (the kernel driver sets all five)
+TXCOE_ALL = 0x01 | 0x02 | 0x04 | 0x20 | 0x40
+TSO_MAX = 16384  # the kernel driver's netif_set_tso_max_size
 PAUSE_WATERLVL_HIGH, PAUSE_WATERLVL_LOW = 0x54, 0x55
 
 MII_BMCR = 0x00
@@ -205,6 +217,13 @@ class Ax88179Driver(VendorDriver):
         self._decoder = codec.RxDecoder(self.stats, self.max_frame, ip_align=True)
         self._packet: Packet | None = None
         self._length = 0
+        self._mss = 0  # of the super-frame in the transfer being framed (0: a plain frame)
+        self.tx_offloads = gso.TUN_F_CSUM | gso.TUN_F_TSO4
+        self.tso_max = TSO_MAX
+
+    def enable_offloads(self, flags: int) -> None:
+        if flags & gso.TUN_F_CSUM:
+            self._write(TXCOE_CTL, bytes([TXCOE_ALL]))
 
     def unbind(self) -> None:
         # As Linux leaves the chip: receive stopped, clocks off, PHY powered down (the next driver powers it).
@@ -325,9 +344,16 @@ class Ax88179Driver(VendorDriver):
     def tx_count(self) -> int:
         return 1 if self._length else 0
 
+    def tx_commit_offload(self, length: int, meta) -> bool:
+        # The checksums need nothing per frame (TXCOE_CTL covers them all); a super-frame needs its MSS.
+        self._length = length
+        self._mss = meta.mss if meta.gso_type else 0
+        return True
+
     def tx_finish(self) -> tuple[int, bool]:
-        n = codec.encode_tx(self._packet.view, self._length, self.maxpacket)
+        n = codec.encode_tx(self._packet.view, self._length, self.maxpacket, self._mss)
         self._length = 0
+        self._mss = 0
         return n, False
 
     # --- RX ---

@@ -175,6 +175,12 @@ class ProtocolDriver:
         self.default_mtu: int | None = None
         self.rx_size = 2048  # bytes per bulk IN transfer
         self.tx_size = 2048  # bytes per bulk OUT transfer
+        # Offloads the device does itself (a vendor chip's checksum engine and TSO), as TUN_F_* bits
+        # (netdev/gso.py), and the largest super-frame it takes in one transfer (what the TAP's gso_max_size
+        # is set to); both 0 for the classes. Set by bind(); the service decides whether to use them and says
+        # so with enable_offloads(), and the frames then arrive through tx_commit_offload.
+        self.tx_offloads = 0
+        self.tso_max = 0
         self.maxpacket = binding.ep_out.max_packet or 512
         self._notifications = cdc.NotificationParser()
         # Link changes found outside status() (RNDIS indications come through a control transfer): the service
@@ -363,6 +369,17 @@ class ProtocolDriver:
     def tx_finish(self) -> tuple[int, bool]:
         """Close the transfer; return (bytes to send from packet.offset, whether to add a ZLP)."""
         raise NotImplementedError
+
+    # --- the device's own offloads (tx_offloads) ---
+    def enable_offloads(self, flags: int) -> None:
+        """The TAP hands over super-frames and partial checksums for `flags` (a subset of tx_offloads): turn
+        the chip's engines on. From now on tx_slot must offer an empty transfer room for tso_max bytes."""
+
+    def tx_commit_offload(self, length: int, meta) -> bool:
+        """tx_commit for a frame read with the device's offloads on: `meta` (netdev.gso.TxMeta, checked against
+        the frame by the port) says whether it is a super-frame to cut and whether a checksum is left to fill;
+        the driver writes its descriptor accordingly. True when the transfer must be finished now."""
+        return self.tx_commit(length)
 
     # --- RX ---
     def rx_decode(self, view: memoryview, length: int, sink: RxSink) -> int:

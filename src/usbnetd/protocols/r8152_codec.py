@@ -34,9 +34,13 @@ TX, one or more frames per bulk OUT transfer (the kernel driver fills a 16 KiB b
 tx_desc word 0 (opts1): the frame length in bits 0-17, first segment (bit 31) and last segment (bit 30),
 large send for IPv4/IPv6 (bits 28/27) with the TCP header offset in bits 18-24; word 1 (opts2): UDP, TCP,
 IPv4, IPv6 checksum requests (bits 31-28), the MSS or the transport offset (bits 17-27), a VLAN tag to
-insert (bit 16 + TCI). usbnetd sends plain frames: opts1 = length | first | last, opts2 = 0. A transfer
-that is a multiple of wMaxPacketSize is ended with a ZLP (the chip finds frames by their descriptors; a
-ZLP only ends the transfer for a device that reads up to a short packet).
+insert (bit 16 + TCI). A plain frame has opts1 = length | first | last, opts2 = 0; with the TX offloads on
+(`offload_opts`, as r8152_tx_csum writes them) a TCP super-frame gets GTSENDV4/V6 with its TCP header offset
+and the MSS (at most 0x7ff), and a frame whose checksum is left partial gets IPV4_CS/IPV6_CS, TCP_CS/UDP_CS
+and its transport offset (TCPHO). For an IPv6 super-frame the IPv6 payload length is set to 0 and the TCP
+check field to the pseudo-header sum without a length (tcp_v6_gso_csum_prep, Microsoft's "large send"
+rule the chip follows). A transfer that is a multiple of wMaxPacketSize is ended with a ZLP (the chip finds
+frames by their descriptors; a ZLP only ends the transfer for a device that reads up to a short packet).
 """
 
 from __future__ import annotations
@@ -59,6 +63,18 @@ TX_ALIGN = 4
 TX_FS = 1 << 31
 TX_LS = 1 << 30
 TX_LEN_MASK = 0x3FFFF
+GTSENDV4 = 1 << 28  # opts1: large send, IPv4
+GTSENDV6 = 1 << 27  # opts1: large send, IPv6
+GTTCPHO_SHIFT = 18  # opts1: the TCP header's offset for large send
+GTTCPHO_MAX = 0x7F
+TX_UDP_CS = 1 << 31  # opts2: checksum requests
+TX_TCP_CS = 1 << 30
+TX_IPV4_CS = 1 << 29
+TX_IPV6_CS = 1 << 28
+MSS_SHIFT = 17  # opts2: the MSS for large send
+MSS_MAX = 0x7FF
+TCPHO_SHIFT = 17  # opts2: the transport header's offset for a checksum
+TCPHO_MAX = 0x7FF
 
 _U32 = struct.Struct("<I")
 _TX_DESC = struct.Struct("<II")
@@ -139,12 +155,13 @@ class TxFramer:
         self._slot = desc + TX_DESC_LEN
         return self._slot, max(0, min(self.limit, len(self.buf)) - self._slot)
 
-    def commit(self, length: int) -> None:
-        """The frame is at the offset next_slot() gave: write its descriptor in front of it."""
+    def commit(self, length: int, opts1: int = 0, opts2: int = 0) -> None:
+        """The frame is at the offset next_slot() gave: write its descriptor in front of it (`opts1`/`opts2`:
+        offload requests, offload_opts)."""
         desc = self._slot - TX_DESC_LEN
         for i in range(self.used, desc):
             self.buf[i] = 0  # alignment padding: never stale bytes of an earlier transfer
-        _TX_DESC.pack_into(self.buf, desc, (length & TX_LEN_MASK) | TX_FS | TX_LS, 0)
+        _TX_DESC.pack_into(self.buf, desc, (length & TX_LEN_MASK) | TX_FS | TX_LS | opts1, opts2)
         self.used = self._slot + length
         self.count += 1
 
@@ -153,6 +170,28 @@ class TxFramer:
         self.used = 0
         self.count = 0
         return n
+
+
+def offload_opts(frame: memoryview | bytearray, meta) -> tuple[int, int]:
+    """(opts1, opts2) asking the chip for what `meta` (netdev.gso.TxMeta) says the frame needs, preparing an
+    IPv6 super-frame in place (module docstring). The offsets always fit their fields: the port lets through
+    only a transport header at most 82 bytes in (two VLAN tags, a 60-byte IPv4 header), under GTTCPHO_MAX
+    and TCPHO_MAX."""
+    if meta.gso_type:
+        l4 = meta.csum_start
+        if meta.v6:
+            l3 = meta.l3
+            frame[l3 + 4] = frame[l3 + 5] = 0
+            s = (int.from_bytes(frame[l3 + 8 : l3 + 40], "big") + 6) % 0xFFFF or 0xFFFF  # saddr, daddr, TCP
+            struct.pack_into("!H", frame, l4 + 16, s)
+            opts1 = GTSENDV6
+        else:
+            opts1 = GTSENDV4
+        return opts1 | l4 << GTTCPHO_SHIFT, min(meta.mss, MSS_MAX) << MSS_SHIFT
+    if meta.csum_start:
+        return 0, ((TX_IPV6_CS if meta.v6 else TX_IPV4_CS) | (TX_TCP_CS if meta.csum_offset == 16 else TX_UDP_CS)
+                   | meta.csum_start << TCPHO_SHIFT)
+    return 0, 0
 
 
 def encode_tx(frames: list[bytes], limit: int = 16384) -> bytes:

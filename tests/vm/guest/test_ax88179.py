@@ -33,6 +33,7 @@ from .vendor_tests import (
     status,
     throughput_same_boot,
     traffic,
+    tx_offload,
     unplug_mid_traffic,
 )
 
@@ -95,6 +96,12 @@ def test_usbnetd_on_the_emulator(ax, peers, cli):  # noqa: F811 - the fixture
     st = status(cli, ifname)
     assert st["tx_bytes"] >= up["bytes"] and st["rx_bytes"] >= down["bytes"]
     assert st["rx_errors"] == st["tx_errors"] == 0, st
+    # The chip's TSO and checksum engine: the host's super-frames reached the emulated chip whole, and it cut
+    # them (its counters), with nothing malformed and nothing dropped on the way.
+    off, counts = tx_offload(cli, ifname), g.stats()["counts"]
+    print("usbnetd TX offloads:", off, "emulator:", counts)
+    assert off["device_superframes"] > 0 and off["dropped"] == 0 and "tso4" in off["device_offloads"], off
+    assert counts.get("tso_frames", 0) > 0 and not counts.get("out_malformed"), counts
 
     # The cable: carrier follows the chip's interrupt status both ways.
     g.command("cable_out")

@@ -33,6 +33,7 @@ from .vendor_tests import (
     status,
     throughput_same_boot,
     traffic,
+    tx_offload,
     unplug_mid_traffic,
 )
 
@@ -99,6 +100,12 @@ def test_usbnetd_on_the_emulator(rtl, peers, cli):  # noqa: F811 - the fixture
     st = status(cli, ifname)
     assert st["tx_bytes"] >= up["bytes"] and st["rx_bytes"] >= down["bytes"]
     assert st["rx_errors"] == st["tx_errors"] == 0, st
+    # The chip's TSO and checksum engine: the host's super-frames reached the emulated chip whole, and it cut
+    # them (its counters), with nothing malformed and nothing dropped on the way.
+    off, counts = tx_offload(cli, ifname), g.stats()["counts"]
+    print("usbnetd TX offloads:", off, "emulator:", counts)
+    assert off["device_superframes"] > 0 and off["dropped"] == 0 and "tso4" in off["device_offloads"], off
+    assert counts.get("tso_frames", 0) > 0 and not counts.get("out_malformed"), counts
     dev = g.stats()["counts"]
     assert dev.get("out_multi_frame_transfers", 0) > 0, "usbnetd puts several frames in one TX transfer"
     assert dev.get("in_frames", 0) > dev.get("in_transfers", 0), "the chip aggregated RX frames"

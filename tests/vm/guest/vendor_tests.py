@@ -124,6 +124,12 @@ def status(cli, ifname: str) -> dict:
     return st
 
 
+def tx_offload(cli, ifname: str) -> dict:
+    """The instance's TX offload counters (`usbnetd stats --json`)."""
+    (row,) = json.loads(cli("stats", ifname, "--json").stdout)
+    return row["tx_offload"]
+
+
 def traffic(peer: bench.PeerNamespace, seconds: float) -> tuple[dict, dict, dict]:
     ping = bench.ping(peer.peer_addr, count=10, interval=0.2)
     up = bench.iperf3_tcp(peer, seconds=seconds)
@@ -234,12 +240,14 @@ def throughput_same_boot(make, peers, cli, subnet: int, driver: str, ifname: str
     attach(cli, g, peer, ifname)
     u_ping, u_up, u_down = traffic(peer, seconds)
     st = status(cli, ifname)
+    offload = tx_offload(cli, ifname)
     cli("detach", ifname)
     result = {
         "kernel": {"rtt_ms": k_ping["rtt_avg_ms"], "to_wire_mbps": k_up["bits_per_second"] / 1e6,
                    "from_wire_mbps": k_down["bits_per_second"] / 1e6},
         "usbnetd": {"rtt_ms": u_ping["rtt_avg_ms"], "to_wire_mbps": u_up["bits_per_second"] / 1e6,
-                    "from_wire_mbps": u_down["bits_per_second"] / 1e6, "datapath": st.get("datapath")},
+                    "from_wire_mbps": u_down["bits_per_second"] / 1e6, "datapath": st.get("datapath"),
+                    "device_superframes": offload.get("device_superframes", 0)},
         **(extra(kernel_counts) if extra else {}),
     }
     print("THROUGHPUT", json.dumps(result))
