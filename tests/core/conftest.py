@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(1, str(Path(__file__).parents[1] / "unit"))  # tso_frames: super-frames and their checker
 
 import fake  # noqa: E402
 import pytest  # noqa: E402

@@ -8,11 +8,10 @@ queues, TAP port, link state and reconciler are the real ones (fake.py).
 from __future__ import annotations
 
 import struct
-import sys
-from pathlib import Path
 
 import fake
 import pytest
+import tso_frames as tf
 from fake import FakeTap, ScriptedTransport, turn
 from vendor_fake import assert_bad_start, assert_silence_rule, load_emulator
 
@@ -263,12 +262,6 @@ def test_a_chip_that_never_reports_link_stops_the_instance():
 
 
 # ---------------------------------------------------------------------------- the chip's TX offloads
-def _tso_frames():
-    sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
-    import tso_frames
-
-    return tso_frames
-
 
 def _send(tap: FakeTap, hdr: bytes, frame: bytes) -> None:
     tap.peer.send(hdr + frame)  # as tun hands it over: the virtio-net header, then the frame
@@ -287,7 +280,6 @@ def _on_the_wire(data: bytes) -> list[bytes]:
 
 
 def test_a_tcp_superframe_reaches_the_chip_whole_and_the_chip_cuts_it():
-    tf = _tso_frames()
     t = ScriptedAx88179()
     svc, tap = start(t)
     link(t, svc, True)
@@ -310,7 +302,6 @@ def test_a_tcp_superframe_reaches_the_chip_whole_and_the_chip_cuts_it():
 
 
 def test_a_partial_checksum_is_left_to_the_chip():
-    tf = _tso_frames()
     t = ScriptedAx88179()
     svc, tap = start(t)
     link(t, svc, True)
@@ -331,7 +322,6 @@ def test_a_partial_checksum_is_left_to_the_chip():
 def test_what_the_chip_cannot_do_is_done_here_and_a_lie_is_dropped():
     """TSO over IPv6 is not offered (the kernel driver does not claim it); should such a super-frame come
     anyway it is cut here. A super-frame whose headers contradict its vnet header is dropped and counted."""
-    tf = _tso_frames()
     t = ScriptedAx88179()
     svc, tap = start(t)
     link(t, svc, True)

@@ -7,6 +7,7 @@ import struct
 import time
 
 import pytest
+import tso_frames as tf
 from fake import DEVICE_MAC, ScriptedTransport, ethernet, make_service, turn
 
 from usbnetd.core import datapath as dp
@@ -560,15 +561,6 @@ def test_the_c_tx_pump_flags_a_gone_device(datapath):
 
 
 # ---------------------------------------------------------------------------- TX offloads (TSO, checksums)
-def _tso_frames():
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
-    import tso_frames
-
-    return tso_frames
-
 
 @pytest.mark.parametrize("kind,tso,tso_python", [("ncm", True, False), ("ncm", False, False), ("ecm", True, False),
                                                  ("ecm", False, False), ("ncm", True, True)])
@@ -614,7 +606,6 @@ def test_super_frames_are_cut_into_transfers_and_finish_when_room_comes_back_wit
     takes nothing): what is left of the super-frame being cut waits, and goes out once completions make room,
     with no TAP read (poll() would not call on_tap_readable for a super-frame already read). Every frame arrives
     valid and in order; the stats count super-frames and segments."""
-    tf = _tso_frames()
     svc, t, tap = make_service(kind, tx_transfers=1, tso_python=True)
     t.refuse_tx = True
     n, mss = 40000, 1440  # 74 + 1440: the IPv6 segments are exactly 1514 bytes
@@ -671,7 +662,6 @@ def test_super_frames_are_cut_into_transfers_and_finish_when_room_comes_back_wit
 
 @pytest.mark.parametrize("kind", ["ncm", "ecm"])
 def test_segments_left_at_teardown_are_counted_as_dropped(datapath, kind):
-    tf = _tso_frames()
     svc, t, tap = make_service(kind, tx_transfers=1, tso_python=True)
     t.refuse_tx = True
     for i in range(3):

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import collections
 import struct
-import sys
-from pathlib import Path
 
 import fake
 import pytest
+import tso_frames as tf
 from fake import FakeTap, ScriptedTransport, turn
 from vendor_fake import assert_bad_start, assert_silence_rule, load_emulator
 
@@ -293,12 +292,6 @@ def test_codec_limits_match_the_driver():
 
 
 # ---------------------------------------------------------------------------- the chip's TX offloads
-def _tso_frames():
-    sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
-    import tso_frames
-
-    return tso_frames
-
 
 def _sent(t: ScriptedRtl8153, svc: EthernetService) -> list[tuple[bytes, int, int, list[bytes]]]:
     """Every transfer sent so far, as (frame, opts1, opts2, what the emulated chip puts on the wire) per
@@ -317,7 +310,6 @@ def _sent(t: ScriptedRtl8153, svc: EthernetService) -> list[tuple[bytes, int, in
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
 def test_a_tcp_superframe_goes_in_one_descriptor_and_the_chip_cuts_it(v6):
-    tf = _tso_frames()
     t = ScriptedRtl8153()
     svc, tap = start(t)
     link(t, svc, True)
@@ -349,7 +341,6 @@ def test_a_tcp_superframe_goes_in_one_descriptor_and_the_chip_cuts_it(v6):
 def test_small_frames_still_share_a_transfer_and_a_superframe_starts_the_next():
     """A super-frame that does not fit what is left of a transfer is carried whole into the next, and ends
     it; the frames around it keep their order."""
-    tf = _tso_frames()
     t = ScriptedRtl8153()
     svc, tap = start(t)
     link(t, svc, True)
@@ -372,7 +363,6 @@ def test_small_frames_still_share_a_transfer_and_a_superframe_starts_the_next():
 
 
 def test_a_partial_checksum_is_asked_of_the_chip_in_the_descriptor():
-    tf = _tso_frames()
     t = ScriptedRtl8153()
     svc, tap = start(t)
     link(t, svc, True)

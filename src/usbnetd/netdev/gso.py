@@ -104,15 +104,12 @@ def _be16(b: bytes, off: int) -> int:
     return b[off] << 8 | b[off + 1]
 
 
-def parse(frame: bytes, gso_type: int, flags: int, hdr_len: int, gso_size: int, csum_start: int,
-          csum_offset: int, max_frame: int) -> tuple[int, int, int, bool] | None:
-    """Check a GSO super-frame against its vnet header: (l3, l4, hdrs, ipv6) — where the IP header, the TCP
-    header and the payload start — or None when it must be dropped (the module docstring's list).
-    `frame` is at least an Ethernet header long."""
-    n = len(frame)
-    if gso_type not in (GSO_TCPV4, GSO_TCPV6) or not flags & F_NEEDS_CSUM or gso_size == 0 or hdr_len > n:
-        return None
+def network_header(frame: bytes | bytearray | memoryview, n: int) -> tuple[int, int] | None:
+    """(ethertype, offset of the network header) of the frame's first `n` bytes, past up to MAX_VLAN_TAGS
+    tags; None when the frame ends inside the tags (or before the Ethernet header's type)."""
     off = 12
+    if off + 2 > n:
+        return None
     etype = _be16(frame, off)
     for _ in range(MAX_VLAN_TAGS):
         if etype not in VLAN_TPIDS:
@@ -121,7 +118,21 @@ def parse(frame: bytes, gso_type: int, flags: int, hdr_len: int, gso_size: int, 
         if off + 2 > n:
             return None
         etype = _be16(frame, off)
-    l3 = off + 2
+    return etype, off + 2
+
+
+def parse(frame: bytes, gso_type: int, flags: int, hdr_len: int, gso_size: int, csum_start: int,
+          csum_offset: int, max_frame: int) -> tuple[int, int, int, bool] | None:
+    """Check a GSO super-frame against its vnet header: (l3, l4, hdrs, ipv6) — where the IP header, the TCP
+    header and the payload start — or None when it must be dropped (the module docstring's list).
+    `frame` is at least an Ethernet header long."""
+    n = len(frame)
+    if gso_type not in (GSO_TCPV4, GSO_TCPV6) or not flags & F_NEEDS_CSUM or gso_size == 0 or hdr_len > n:
+        return None
+    found = network_header(frame, n)
+    if found is None:
+        return None
+    etype, l3 = found
     if gso_type == GSO_TCPV4:
         if etype != ETH_P_IP or l3 + 20 > n or frame[l3] >> 4 != 4:
             return None
@@ -228,18 +239,10 @@ def partial_l4(frame: bytes | bytearray | memoryview, n: int, csum_start: int,
     behind an IPv4 header (not a fragment) or an IPv6 header without extension headers, csum_start is that
     transport header and csum_offset its check field, all inside the frame's `n` bytes; None otherwise (then
     the checksum is completed in software)."""
-    off = 12
-    if off + 2 > n:
+    found = network_header(frame, n)
+    if found is None:
         return None
-    etype = _be16(frame, off)
-    for _ in range(MAX_VLAN_TAGS):
-        if etype not in VLAN_TPIDS:
-            break
-        off += 4
-        if off + 2 > n:
-            return None
-        etype = _be16(frame, off)
-    l3 = off + 2
+    etype, l3 = found
     if etype == ETH_P_IP:
         if l3 + 20 > n or frame[l3] >> 4 != 4 or _be16(frame, l3 + 6) & 0x3FFF:
             return None

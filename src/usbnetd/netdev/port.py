@@ -265,15 +265,8 @@ class TapPort:
             return self._read_offload(buf)
         if self.device_offloads:
             return self._read_device(buf)
-        try:
-            if self.vnet:
-                n = os.readv(self.fd, (self._vnet_in, buf)) - VNET_HDR_LEN
-            else:
-                n = os.readv(self.fd, (buf,))
-        except BlockingIOError:
-            return -1
-        except OSError as exc:
-            self.read_errors.hit(exc.strerror)
+        n = self._readv((self._vnet_in, buf) if self.vnet else (buf,))
+        if n is None:
             return -1
         if n < ETH_HLEN or n > self.max_frame:
             # Larger than the device takes (the user raised the MTU past it, or it did not fit the slot) or
@@ -282,16 +275,25 @@ class TapPort:
             return 0
         return n
 
+    def _readv(self, iov: tuple) -> int | None:
+        """One read from the TAP into `iov`: the frame's length (without the vnet header, when the first iovec
+        is one; negative for a read shorter than that), or None when the TAP is empty or failing (logged once
+        per burst)."""
+        try:
+            n = os.readv(self.fd, iov)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            self.read_errors.hit(exc.strerror)
+            return None
+        return n - VNET_HDR_LEN if self.vnet else n
+
     def _read_offload(self, buf: memoryview) -> int:
         """read_into with TX offloads: the vnet header parsed (gso.py), the frame read into the slot's first
         max_frame bytes and on into the spill buffer."""
         mf = self.max_frame
-        try:
-            n = os.readv(self.fd, (self._vnet_in, buf[:mf], self._spill)) - VNET_HDR_LEN
-        except BlockingIOError:
-            return -1
-        except OSError as exc:
-            self.read_errors.hit(exc.strerror)
+        n = self._readv((self._vnet_in, buf[:mf], self._spill))
+        if n is None:
             return -1
         stats = self.stats
         if n < ETH_HLEN:
@@ -328,12 +330,8 @@ class TapPort:
         left in a transfer already holding frames) is kept, and CARRIED returned: the caller finishes the
         transfer and takes the frame with next_segment into the next one."""
         room = len(buf)
-        try:
-            n = os.readv(self.fd, (self._vnet_in, buf, self._spill)) - VNET_HDR_LEN
-        except BlockingIOError:
-            return -1
-        except OSError as exc:
-            self.read_errors.hit(exc.strerror)
+        n = self._readv((self._vnet_in, buf, self._spill))
+        if n is None:
             return -1
         if n < ETH_HLEN or n > self.read_max:
             self.stats.tx_dropped += 1
