@@ -301,18 +301,8 @@ class TapPort:
             return 0
         flags, gso_type, _, _, csum_start, csum_offset = gso.VNET.unpack_from(self._vnet_in)
         if gso_type != gso.GSO_NONE:
-            frame = bytes(buf[: min(n, mf)]) + bytes(self._spill[: max(0, n - mf)])
-            segments = gso.segment(self._vnet_in, frame, mf)
-            if segments is None:
-                stats.tx_dropped += 1
-                self.offload_dropped += 1
-                return 0
-            self.tso_superframes += 1
-            self.tso_segments += len(segments)
-            first = segments[0]
-            buf[: len(first)] = first
-            self.pending.extend(segments[1:])
-            return len(first)
+            return self._cut_here(buf, bytes(buf[: min(n, mf)]) + bytes(self._spill[: max(0, n - mf)]),
+                                  self._vnet_in)
         if n > mf:
             stats.tx_dropped += 1
             return 0
@@ -385,6 +375,8 @@ class TapPort:
         return n
 
     def _cut_here(self, buf: memoryview, frame: bytes, hdr: bytes | bytearray) -> int:
+        """Cut a super-frame here (gso.segment): the first segment into `buf`, the rest into `pending`; its
+        length, or 0 when it does not match its header (dropped, counted)."""
         segments = gso.segment(hdr, frame, self.max_frame)
         if segments is None:
             self.stats.tx_dropped += 1
