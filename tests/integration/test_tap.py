@@ -101,6 +101,8 @@ res = {}
 t = Tap("usbt2", bytes.fromhex("020018000004"), 1500, persistent=True, vnet_hdr=10)
 t.set_offload(OFFLOADS)
 res["set"] = features()
+t.set_gso_max_size(16376)  # what an RTL8153 takes in one transfer, read back by set_gso_max_size itself
+res["gso_max_size"] = t.state()["gso_max_size"]
 t.close(remove=False)  # a persistent TAP stays, with the offloads of the run that set them
 t = Tap("usbt2", bytes.fromhex("020018000004"), 1500, persistent=True, vnet_hdr=0)
 res["reopened"] = features()
@@ -115,9 +117,9 @@ json.dump(res, sys.stdout)
 
 
 def test_offloads_set_and_cleared_when_a_persistent_tap_is_opened_again(netns_pair):
-    """TUNSETOFFLOAD(CSUM | TSO4 | TSO6) shows in ethtool; a later run that opens the same persistent TAP starts
-    with none (it kept the earlier run's: a reader without the vnet header got super-frames it could not
-    tell), and offloads without the vnet header are refused."""
+    """TUNSETOFFLOAD(CSUM | TSO4 | TSO6) shows in ethtool, and gso_max_size is set through rtnetlink; a
+    later run that opens the same persistent TAP starts with none (it kept the earlier run's: a reader without
+    the vnet header got super-frames it could not tell), and offloads without the vnet header are refused."""
     ns, _ = netns_pair
     if subprocess.run(["which", "ethtool"], capture_output=True).returncode:
         import pytest
@@ -128,3 +130,4 @@ def test_offloads_set_and_cleared_when_a_persistent_tap_is_opened_again(netns_pa
     for k in ("tx-checksumming", "tcp-segmentation-offload"):
         assert res["set"][k] == "on" and res["reopened"][k] == "off", (k, res)
     assert "need the vnet header" in res["without_vnet"]
+    assert res["gso_max_size"] == 16376, res

@@ -62,7 +62,7 @@ def _mutate(rng: random.Random, hdr: bytes, frame: bytes) -> tuple[bytes, bytes]
         elif what == 2:
             del frame[rng.randrange(len(frame) + 1) :]
         else:
-            frame += bytes(rng.randrange(1, 64))
+            frame += bytes(rng.randrange(1, 64) if rng.random() < 0.9 else rng.randrange(16000, 50000))
     return bytes(hdr), bytes(frame)
 
 
@@ -134,6 +134,21 @@ def test_a_frame_longer_than_the_room_is_carried_whole(pair):
     peer.send(hdr + frame)
     assert port.read_into(memoryview(buf)[:3000]) == CARRIED
     assert port.drop_pending() == 1 and port._carried_hdr is None
+
+
+def test_a_superframe_longer_than_the_chip_takes_is_cut_here(pair):
+    """A kernel that kept a larger gso_max_size (or forwards a larger GRO packet) hands over up to 64 KiB:
+    read whole, cut here, the segments sent as plain frames; an over-long plain frame is dropped."""
+    ours, peer = pair
+    port = _port(ours)
+    hdr, frame = superframe(40000, 1448)
+    peer.send(hdr + frame)
+    n, buf = _read(port, 3000)
+    assert n == 14 + 20 + 20 + 1448 and port.meta.gso_type == 0 and len(port.pending) == 27
+    assert (port.tso_superframes, port.tso_segments, port.device_tso) == (1, 28, 0)
+    port.drop_pending()
+    peer.send(vnet() + bytes(20000))
+    assert _read(port, READ_MAX)[0] == 0 and port.stats.tx_dropped == 1
 
 
 def test_arbitrary_input_never_raises_and_what_passes_is_sound(pair):

@@ -33,9 +33,10 @@ def test_parse_every_attribute_the_follower_uses():
         attr(rtnl.IFLA_OPERSTATE, b"\x06"),
         attr(rtnl.IFLA_PROMISCUITY, struct.pack("=I", 2)),
         attr(rtnl.IFLA_ALLMULTI, struct.pack("=I", 3)),
+        attr(rtnl.IFLA_GSO_MAX_SIZE, struct.pack("=I", 16384)),
     ))
     assert st == {"mtu": 1400, "mac": "02:00:18:02:00:01", "flags": 0x1043, "operstate": "UP",
-                  "promiscuity": 2, "allmulti": 3}
+                  "promiscuity": 2, "allmulti": 3, "gso_max_size": 16384}
 
 
 def test_without_the_allmulti_count_the_flag_stands_for_it():

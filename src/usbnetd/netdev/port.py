@@ -75,7 +75,9 @@ class TapPort:
         self.device_csum = 0  # frames whose checksum the device completes
         # TX offloads (gso.py): TSO super-frames cut into segments, partial checksums completed
         self.offload = offload
-        self._spill = bytearray(gso.SPILL if offload else self.read_max if device_offloads else 0)
+        # With device offloads a read may still be up to 64 KiB (a kernel that kept a larger gso_max_size, or
+        # forwards larger GRO packets): read whole, then cut here (_read_device).
+        self._spill = bytearray(gso.SPILL if offload or device_offloads else 0)
         self.pending: deque[bytes] = deque()  # segments of a super-frame not yet handed out
         self.tso_superframes = 0
         self.tso_segments = 0
@@ -323,9 +325,17 @@ class TapPort:
         n = self._readv((self._vnet_in, buf, self._spill))
         if n is None:
             return -1
-        if n < ETH_HLEN or n > self.read_max:
+        if n < ETH_HLEN:
             self.stats.tx_dropped += 1
             return 0
+        if n > self.read_max:
+            # More than the chip takes in one transfer: only a super-frame can be, and it is cut here (or
+            # dropped, counted, when it does not match its header; an over-long plain frame is dropped too).
+            frame = bytes(buf[: min(n, room)]) + bytes(self._spill[: max(0, n - room)])
+            if self._vnet_in[1] == gso.GSO_NONE:
+                self.stats.tx_dropped += 1
+                return 0
+            return self._cut_here(buf, frame, self._vnet_in)
         if n > room:
             self.pending.append(bytes(buf) + bytes(self._spill[: n - room]))  # rare: see datapath
             self._carried_hdr = bytes(self._vnet_in)

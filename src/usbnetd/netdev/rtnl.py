@@ -28,7 +28,7 @@ IFLA_IFNAME = 3
 IFLA_MTU = 4
 IFLA_OPERSTATE = 16
 IFLA_PROMISCUITY = 30
-IFLA_GSO_MAX_SIZE = 41  # settable since Linux 5.x (do_setlink); tun keeps tso_max_size at 64 KiB
+IFLA_GSO_MAX_SIZE = 41  # reported by every kernel we run on; settable on a live link only by newer ones
 IFLA_ALLMULTI = 61  # the all-multicast count; kernels before it only show the IFF_ALLMULTI flag
 IFF_UP = 0x1  # linux/if.h
 IFF_ALLMULTI = 0x200
@@ -53,7 +53,7 @@ def parse_link(msg: bytes | bytearray | memoryview) -> dict:
     length = min(NLMSGHDR.unpack_from(msg, 0)[0], len(msg))
     _family, _type, _index, flags, _change = IFINFOMSG.unpack_from(msg, NLMSGHDR.size)
     state: dict = {"mtu": None, "mac": None, "flags": flags, "operstate": None, "promiscuity": 0,
-                   "allmulti": None}
+                   "allmulti": None, "gso_max_size": None}
     off = NLMSGHDR.size + IFINFOMSG.size
     while off + RTATTR.size <= length:
         alen, atype = RTATTR.unpack_from(msg, off)
@@ -73,6 +73,8 @@ def parse_link(msg: bytes | bytearray | memoryview) -> dict:
             state["promiscuity"] = U32.unpack_from(msg, data)[0]
         elif atype == IFLA_ALLMULTI and size >= 4:
             state["allmulti"] = U32.unpack_from(msg, data)[0]
+        elif atype == IFLA_GSO_MAX_SIZE and size >= 4:
+            state["gso_max_size"] = U32.unpack_from(msg, data)[0]
         off += (alen + 3) & ~3
     if state["allmulti"] is None:
         state["allmulti"] = 1 if flags & IFF_ALLMULTI else 0

@@ -138,8 +138,15 @@ class Tap:
 
     def set_gso_max_size(self, size: int) -> None:
         """The largest GSO packet the host's stack hands this TAP (`ip link set ... gso_max_size`): what a
-        device that cuts super-frames itself takes in one transfer."""
+        device that cuts super-frames itself takes in one transfer. Read back: a kernel that cannot change it
+        on a live link may ignore the attribute rather than refuse it."""
         self._set(f"set gso_max_size {size}", gso_max_size=size)
+        try:
+            now = self._links.state(self.index).get("gso_max_size")
+        except OSError as exc:
+            raise TapError(f"cannot read gso_max_size back on {self.name}: {exc.strerror or exc}") from None
+        if now != size:
+            raise TapError(f"the kernel kept gso_max_size {now} on {self.name}")
 
     def up(self) -> None:
         self._set("bring up", up=True)
