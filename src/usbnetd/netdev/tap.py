@@ -14,14 +14,18 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import logging
 import os
 import re
 import socket
 import struct
+import time
 
 import pytun
 
 from .rtnl import LinkSocket
+
+log = logging.getLogger(__name__)
 
 # _IOW('T', 226, int): set the carrier of a tun/tap device (Linux >= 5.0).
 TUNSETCARRIER = 0x400454E2
@@ -62,6 +66,30 @@ def validate_ifname(name: str) -> str | None:
 
 def mac_to_str(mac: bytes) -> str:
     return ":".join(f"{b:02x}" for b in mac)
+
+
+UDEV_CONTROL = "/run/udev/control"  # systemd-udevd's socket: udev is running
+UDEV_DATA = "/run/udev/data/n{index}"  # its database entry for a network interface, written once handled
+UDEV_WAIT = 1.0  # seconds at most; udev handles a new interface in milliseconds
+
+
+def wait_for_udev(index: int, timeout: float = UDEV_WAIT) -> bool:
+    """Wait until udev has handled the "add" event of the interface `index` (its database entry exists), when
+    udev runs. Why: a TAP starts with a random MAC, and udev's default link policy (99-default.link,
+    MACAddressPolicy=persistent) replaces a random MAC with one of its own; should that land after usbnetd set
+    the adapter's MAC, the interface would carry udev's address, and usbnetd would take it for the user's.
+    Setting ours after udev is done with the interface closes that race (contrib/systemd-networkd/70-usbnetd.link
+    closes it for good, on systems that install it). False when udev did not finish in time (or is not there)."""
+    if not os.path.exists(UDEV_CONTROL):
+        return False
+    path = UDEV_DATA.format(index=index)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() >= deadline:
+            log.debug("udev did not handle interface %d within %.1f s", index, timeout)
+            return False
+        time.sleep(0.005)
+    return True
 
 
 class Tap:
@@ -116,6 +144,8 @@ class Tap:
             if persistent:
                 fcntl.ioctl(self.fd, TUNSETPERSIST, 1)
             self.set_carrier(False)
+            if not self.reused:
+                wait_for_udev(self.index)
             self._set(f"set MAC {mac_to_str(mac)} and MTU {mtu}", mac=mac, mtu=mtu)
         except BaseException:
             self.close()
