@@ -37,3 +37,19 @@ def test_a_udev_that_never_answers_costs_the_timeout_only(tmp_path, monkeypatch)
     t0 = time.monotonic()
     assert tap.wait_for_udev(8, timeout=0.1) is False
     assert time.monotonic() - t0 >= 0.1
+
+
+def test_an_entry_still_being_processed_is_not_done(tmp_path, monkeypatch):
+    """systemd 255 and later write the entry with ID_PROCESSING=1 when they start on the event."""
+    (tmp_path / "control").touch()
+    monkeypatch.setattr(tap, "UDEV_CONTROL", str(tmp_path / "control"))
+    monkeypatch.setattr(tap, "UDEV_DATA", str(tmp_path / "n{index}"))
+    entry = tmp_path / "n9"
+    entry.write_bytes(b"I:123\nE:ID_PROCESSING=1\nE:ID_NET_DRIVER=tun\n")
+    assert tap.wait_for_udev(9, timeout=0.1) is False
+    later = threading.Timer(0.1, lambda: entry.write_bytes(b"I:123\nE:ID_NET_DRIVER=tun\n"))
+    later.start()
+    try:
+        assert tap.wait_for_udev(9, timeout=5) is True
+    finally:
+        later.cancel()

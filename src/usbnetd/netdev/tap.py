@@ -84,12 +84,22 @@ def wait_for_udev(index: int, timeout: float = UDEV_WAIT) -> bool:
         return False
     path = UDEV_DATA.format(index=index)
     deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
+    while not _udev_done(path):
         if time.monotonic() >= deadline:
             log.debug("udev did not handle interface %d within %.1f s", index, timeout)
             return False
         time.sleep(0.005)
     return True
+
+
+def _udev_done(path: str) -> bool:
+    """The database entry exists and is not marked as still being processed (systemd 255 and later write it
+    with ID_PROCESSING=1 when they start on the event, and again without it when they are done)."""
+    try:
+        with open(path, "rb") as f:
+            return b"E:ID_PROCESSING=1" not in f.read()
+    except OSError:
+        return False
 
 
 class Tap:
