@@ -196,7 +196,8 @@ def _run_options(f):
     f = click.option("--tso/--no-tso", default=None,
                      help="With the C fast path (NCM; ECM, the CDC subset and RNDIS where the C pump owns the "
                           "transfers): let the kernel hand over TCP super-frames of up to 64 KiB and "
-                          "partial checksums (TSO, checksum offload), cut and completed in C. "
+                          "partial checksums (TSO, checksum offload), cut and completed in C; for an AX88179 "
+                          "or RTL8153, super-frames of up to 16 KiB the chip cuts and checksums itself. "
                           "Default: [queues] tso in the configuration (on).")(f)
     f = click.option("--persistent/--no-persistent", default=None,
                      help="Keep the interface (addresses, routes) when the daemon stops; detach removes it. "
