@@ -290,12 +290,6 @@ class TapPort:
             return None
         return n - VNET_HDR_LEN if self.vnet else n
 
-    def _joined(self, head: memoryview, n: int) -> bytes:
-        """The n-byte frame a read put into `head` and on into the spill buffer, as one bytes object."""
-        if n <= len(head):
-            return bytes(head[:n])
-        return bytes(head) + bytes(self._spill[: n - len(head)])
-
     def _read_offload(self, buf: memoryview) -> int:
         """read_into with TX offloads: the vnet header parsed (gso.py), the frame read into the slot's first
         max_frame bytes and on into the spill buffer."""
@@ -309,7 +303,8 @@ class TapPort:
             return 0
         flags, gso_type, _, _, csum_start, csum_offset = gso.VNET.unpack_from(self._vnet_in)
         if gso_type != gso.GSO_NONE:
-            return self._cut_here(buf, self._joined(buf[:mf], n), self._vnet_in)
+            return self._cut_here(buf, bytes(buf[: min(n, mf)]) + bytes(self._spill[: max(0, n - mf)]),
+                                  self._vnet_in)
         if n > mf:
             stats.tx_dropped += 1
             return 0
@@ -336,12 +331,13 @@ class TapPort:
         if n > self.read_max:
             # More than the chip takes in one transfer: only a super-frame can be, and it is cut here (or
             # dropped, counted, when it does not match its header; an over-long plain frame is dropped too).
+            frame = bytes(buf[: min(n, room)]) + bytes(self._spill[: max(0, n - room)])
             if self._vnet_in[1] == gso.GSO_NONE:
                 self.stats.tx_dropped += 1
                 return 0
-            return self._cut_here(buf, self._joined(buf, n), self._vnet_in)
+            return self._cut_here(buf, frame, self._vnet_in)
         if n > room:
-            self.pending.append(self._joined(buf, n))  # rare: see datapath
+            self.pending.append(bytes(buf) + bytes(self._spill[: n - room]))  # rare: see datapath
             self._carried_hdr = bytes(self._vnet_in)
             return CARRIED
         return self._device_fields(buf, n, self._vnet_in)

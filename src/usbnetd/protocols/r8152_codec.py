@@ -49,7 +49,6 @@ import struct
 from collections.abc import Callable
 
 from ..core.stats import Stats
-from ..netdev.gso import IPPROTO_TCP, TCP_CHECK
 
 ETH_HLEN = 14
 FCS_LEN = 4
@@ -183,15 +182,14 @@ def offload_opts(frame: memoryview | bytearray, meta) -> tuple[int, int]:
         if meta.v6:
             l3 = meta.l3
             frame[l3 + 4] = frame[l3 + 5] = 0
-            # saddr, daddr, a zero length, TCP: the one's complement sum, not inverted (never 0 for real addresses)
-            s = (int.from_bytes(frame[l3 + 8 : l3 + 40], "big") + IPPROTO_TCP) % 0xFFFF or 0xFFFF
-            struct.pack_into("!H", frame, l4 + TCP_CHECK, s)
+            s = (int.from_bytes(frame[l3 + 8 : l3 + 40], "big") + 6) % 0xFFFF or 0xFFFF  # saddr, daddr, TCP
+            struct.pack_into("!H", frame, l4 + 16, s)
             opts1 = GTSENDV6
         else:
             opts1 = GTSENDV4
         return opts1 | l4 << GTTCPHO_SHIFT, min(meta.mss, MSS_MAX) << MSS_SHIFT
     if meta.csum_start:
-        return 0, ((TX_IPV6_CS if meta.v6 else TX_IPV4_CS) | (TX_TCP_CS if meta.csum_offset == TCP_CHECK else TX_UDP_CS)
+        return 0, ((TX_IPV6_CS if meta.v6 else TX_IPV4_CS) | (TX_TCP_CS if meta.csum_offset == 16 else TX_UDP_CS)
                    | meta.csum_start << TCPHO_SHIFT)
     return 0, 0
 
