@@ -42,9 +42,10 @@ RUN_DIR = "/run/usbnetd-bench"
 # Variants of usbnetd measured in the same boot, to show what one optimisation buys: extra `attach` options,
 # or another source tree (`baseline`: an older commit checked out by bench/vm.py --baseline).
 VARIANTS = {"usbnetd": (), "no-gro": ("--no-gro",), "pure-python": ("--pure-python",), "baseline": (),
-            "python-completions": (), "python-loop": ()}
+            "python-completions": (), "python-loop": (), "copied": ()}
 # Variants that differ by the environment `usbnetd run` gets instead of an option.
-VARIANT_ENV = {"python-completions": {"USBNETD_NATIVE_COMPLETIONS": "0"}, "python-loop": {"USBNETD_NATIVE_LOOP": "0"}}
+VARIANT_ENV = {"python-completions": {"USBNETD_NATIVE_COMPLETIONS": "0"}, "python-loop": {"USBNETD_NATIVE_LOOP": "0"},
+               "copied": {"USBNETD_USBFS_MMAP": "0"}}
 
 
 def usbnetd_cli(*args: str, timeout: float = ATTACH_TIMEOUT + 30, check: bool = True, src: str | None = None,

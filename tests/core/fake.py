@@ -94,6 +94,10 @@ class ScriptedTransport(Transport):
         self.stopped = self.closed = False
         self.unreapable = 0  # transfers stop() must pretend it could not reap
         self.refuse_tx = False  # submit_tx says "all busy" (backpressure from the bus)
+        # transfer_memory: with offer_memory, chunks of two slots (as the engine's usbfs memory comes in chunks)
+        self.offer_memory = False
+        self.memory_chunks: list[bytearray] = []
+        self.memory_freed = False
         # With USB_C: the bulk IN pipe, its transfers' addresses in flight (in step with `rx`), what the
         # stand-in libusb_submit_transfer answers (0, or a libusb error), and the NcmRx armed on it.
         self.usb_c = USB_C
@@ -357,9 +361,16 @@ class ScriptedTransport(Transport):
             self.pump = None
         return self.in_flight
 
+    def transfer_memory(self, slot: int, count: int) -> list[memoryview] | None:
+        if not self.offer_memory:
+            return None
+        self.memory_chunks = [bytearray(min(2, count - k) * slot) for k in range(0, count, 2)]
+        return [memoryview(c) for c in self.memory_chunks]
+
     def close(self) -> None:
         assert self.stopped, "the handle closed before the transfers were reaped"
         self.closed = True
+        self.memory_freed = bool(self.memory_chunks)
         for pipe in (self._pipe, self._tx_pipe):
             if pipe is not None and not pipe.in_flight and self.pump is None:
                 pipe.free()
@@ -445,9 +456,12 @@ class FakeTap:
 
 def make_service(kind: str = "ecm", *, gro: bool = False, rx_transfers: int = 0, tx_transfers: int = 0,
                  quirks=None, options: Options | None = None, tso: bool = True,
-                 tso_python: bool = False) -> tuple[EthernetService, ScriptedTransport, FakeTap]:
-    """A started service over a scripted transport and a fake TAP."""
+                 tso_python: bool = False,
+                 transfer_memory: bool = False) -> tuple[EthernetService, ScriptedTransport, FakeTap]:
+    """A started service over a scripted transport and a fake TAP (`transfer_memory`: the transport offers
+    the pool its own memory, as the engine offers usbfs memory)."""
     t = ScriptedTransport(kind)
+    t.offer_memory = transfer_memory
     driver_cls, binding = choose(t.identity.configurations, 1)
     opts = options or (Options() if quirks is None else Options(quirks=quirks))
     driver = driver_cls(t, binding, Stats(), opts)

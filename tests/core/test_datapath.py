@@ -16,7 +16,7 @@ from usbnetd.netdev.gro import F_NEEDS_CSUM, GSO_TCPV4, ZERO_HDR
 from usbnetd.protocols import cdc
 from usbnetd.protocols import eem_codec as ec
 from usbnetd.protocols.driver import Options, Quirk
-from usbnetd.protocols.ncm_codec import NtbDecoder
+from usbnetd.protocols.ncm_codec import NtbDecoder, TxLayout, build_ntb
 from usbnetd.usb.transport import STATUS_ERROR, STATUS_NO_DEVICE, STATUS_STALL
 
 HOST = bytes.fromhex("02aaaaaaaa01")
@@ -55,6 +55,46 @@ def test_default_sizing_follows_the_device():
     svc, t, _ = make_service("ecm")
     # ECM at high speed: 60 full frames of 1536-byte transfers -> 59
     assert t.n_rx == dp.INFLIGHT_BYTES // svc.driver.rx_size
+    svc.stop()
+
+
+def test_the_pool_lives_in_the_transports_memory_when_it_offers_some():
+    """usbfs memory (usb/engine.transfer_memory): every bulk transfer's buffer is in the chunks the transport
+    gave, frames flow both ways as over the pool's own memory, stats say which, and the transport frees the
+    memory only at close, after stop() reaped every transfer."""
+    svc, t, tap = make_service("ncm", transfer_memory=True)
+    chunks = t.memory_chunks
+    assert chunks and svc.datapath.pool.shared
+    assert sum(len(c) for c in chunks) == svc.datapath.pool.packet_count * svc.datapath.pool.buffer_size
+    assert all(any(p.view.obj is c for c in chunks) for p, _ in t.rx), "RX transfers use the given memory"
+    assert svc.detailed_stats()["transfer_memory"] == "usbfs"
+    f = frame(300, 7)
+    t.complete_rx(build_ntb(TxLayout(ntb32=False, max_size=2048), [f]))
+    turn(svc)
+    assert [x for _, x in tap.host_receive()] == [f]
+    tap.host_send(frame(200, 8))
+    svc.on_tap_readable()
+    turn(svc)
+    assert t.sent, "the frame went out"
+    assert not t.memory_freed
+    svc.stop()
+    assert t.stopped and t.closed and t.memory_freed
+    everything_back(svc)
+
+
+def test_the_pool_uses_its_own_memory_when_the_transport_offers_none():
+    svc, t, _ = make_service("ncm")
+    assert not svc.datapath.pool.shared and svc.detailed_stats()["transfer_memory"] == "copied"
+    svc.stop()
+
+
+def test_one_frame_buffers_stay_in_the_pools_own_memory():
+    """ECM's 1.5 KiB buffers: what usbfs memory saves per transfer is small there, and the VM bench measured
+    no gain (core/datapath.USBFS_MEMORY_MIN_SLOT): the transport is not even asked."""
+    svc, t, _ = make_service("ecm", transfer_memory=True)
+    assert svc.datapath.pool.buffer_size < dp.USBFS_MEMORY_MIN_SLOT
+    assert not t.memory_chunks and not svc.datapath.pool.shared
+    assert svc.detailed_stats()["transfer_memory"] == "copied"
     svc.stop()
 
 

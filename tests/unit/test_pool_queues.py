@@ -31,6 +31,26 @@ def test_pool_slots_are_disjoint_views_of_one_buffer():
     assert a.view.obj is b.view.obj  # the same preallocated bytearray
 
 
+def test_pool_carves_the_transports_chunks_slot_by_slot():
+    """The transport's memory (usbfs, usb/engine.transfer_memory) comes in chunks of whole slots: every packet
+    is a view of exactly one slot of one chunk, none straddles two, and nothing of the pool's own is made."""
+    a, b = bytearray(3 * 64), bytearray(2 * 64)
+    pool = PacketBufferPool(5, 64, headroom=8, chunks=[memoryview(a), memoryview(b)])
+    assert pool.shared and pool.packet_count == 5
+    got = [pool.allocate() for _ in range(5)]
+    for i, p in enumerate(got):
+        p.view[:] = bytes([i]) * 64
+    assert a == b"".join(bytes([i]) * 64 for i in range(3)) and b == b"".join(bytes([i]) * 64 for i in (3, 4))
+    assert got[0].offset == 8 and got[4].capacity == 64
+    assert not PacketBufferPool(2, 64).shared
+
+
+@pytest.mark.parametrize("chunks", [[bytearray(100)], [bytearray(64), bytearray(0)], [bytearray(64)]])
+def test_pool_refuses_chunks_that_do_not_hold_its_slots(chunks):
+    with pytest.raises(ValueError):
+        PacketBufferPool(2, 64, chunks=[memoryview(c) for c in chunks])
+
+
 def test_deallocate_resets_and_refuses_double_free_and_foreign_packets():
     pool, other = PacketBufferPool(2, 128), PacketBufferPool(2, 128)
     p = pool.allocate(TX)

@@ -54,6 +54,13 @@ ETH_HLEN = 14
 PUMP_HANDOVER = 0.1
 # usbnet keeps about 60 full-size frames of memory in flight per direction at high speed, x5 at SuperSpeed.
 INFLIGHT_BYTES = 60 * 1518
+# Pool buffers from this size on live in the transport's memory (usb/engine.transfer_memory). What usbfs saves
+# per transfer then (a kernel buffer from the page allocator, zeroed under init_on_alloc, and the copy) grows
+# with the transfer: on NCM's 32 KiB NTBs the VM bench measured 0.93x -> 1.02x of cdc_ncm device->host, 3 of 3
+# and 2 of 2 rounds, in two boots. For one-frame buffers of about 1.5 KiB (ECM, EEM, the subset) it measured
+# no gain: ECM device->host was lower in 5 of 6 rounds and usbnetd's CPU per frame within the boots' spread
+# (docs/performance.md, "usbfs memory for the packet pool").
+USBFS_MEMORY_MIN_SLOT = 4096
 
 
 class DataPath:
@@ -129,7 +136,10 @@ class DataPath:
         # A device that cuts super-frames itself takes one of up to tso_max bytes in a transfer; 64 bytes more
         # cover any driver's descriptor and padding.
         size = max(d.rx_size, d.tx_size + d.tx_headroom, d.tso_max + 64 if d.tx_offloads else 0)
-        self.pool = PacketBufferPool(count, size, headroom=d.tx_headroom)
+        # The transport's own memory (usbfs: no copy, no kernel buffer per transfer) where buffers are large;
+        # USBFS_MEMORY_MIN_SLOT says why not for one-frame buffers.
+        chunks = t.transfer_memory(size, count) if size >= USBFS_MEMORY_MIN_SLOT else None
+        self.pool = PacketBufferPool(count, size, headroom=d.tx_headroom, chunks=chunks)
         n = self.pool.packet_count
         self._tx_frames = array("I", bytes(4 * n))
         self._tx_bytes = array("Q", bytes(8 * n))

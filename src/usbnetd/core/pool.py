@@ -37,16 +37,26 @@ class Packet:
 class PacketBufferPool:
     """A fixed number of fixed-size packet buffers carved from one preallocated buffer."""
 
-    def __init__(self, packet_count: int, buffer_size: int, headroom: int = 0) -> None:
+    def __init__(self, packet_count: int, buffer_size: int, headroom: int = 0,
+                 chunks: list[memoryview] | None = None) -> None:
+        """`chunks`: the memory to carve, given by the transport (usb/engine.py: usbfs memory bulk transfers
+        use without a copy), each a whole number of buffers; None: one bytearray of our own."""
         if packet_count <= 0:
             raise ValueError("packet_count must be positive")
         if buffer_size <= headroom:
             raise ValueError("buffer_size must exceed headroom")
-        self._memory = bytearray(packet_count * buffer_size)
-        whole = memoryview(self._memory)
-        self._packets = [
-            Packet(i, whole[i * buffer_size : (i + 1) * buffer_size], headroom) for i in range(packet_count)
-        ]
+        if chunks is None:
+            self._memory: bytearray | None = bytearray(packet_count * buffer_size)
+            chunks = [memoryview(self._memory)]
+        else:
+            self._memory = None
+            if any(len(c) % buffer_size or not len(c) for c in chunks):
+                raise ValueError("every chunk must hold a whole number of buffers")
+            if sum(len(c) for c in chunks) // buffer_size < packet_count:
+                raise ValueError("the chunks hold fewer buffers than packet_count")
+        self.shared = self._memory is None  # the transport's memory (transfers use it without a copy)
+        views = (c[k : k + buffer_size] for c in chunks for k in range(0, len(c), buffer_size))
+        self._packets = [Packet(i, next(views), headroom) for i in range(packet_count)]
         # The free stack is a list used only with append/pop, so once it has held every packet it never
         # reallocates: steady-state allocate/deallocate creates no Python objects.
         self._free: list[Packet] = list(reversed(self._packets))

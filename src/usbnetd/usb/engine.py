@@ -73,6 +73,8 @@ NET_DRIVERS = frozenset({"cdc_ether", "cdc_ncm", "cdc_eem", "cdc_subset", "rndis
                          "cdc_mbim", "r8152", "ax88179_178a", "asix", "usbnet"})
 
 TX_TIMEOUT_CHECKS = 6  # once-a-second checks: a transfer stuck for 5 to 6 s is cancelled
+# transfer_memory's chunk: 256 KiB is an order-6 allocation, which a running system can still find contiguous
+DEV_MEM_CHUNK = 256 * 1024
 GET_DESCRIPTOR = 0x06
 DT_CONFIG = 0x02
 
@@ -142,6 +144,7 @@ class LibusbTransport(Transport):
         # Set by every Python callback libusb calls (completions the C code leaves, control and interrupt
         # transfers, the fd set changing): the C event loop (native burst) returns to Python when it is set.
         self._py_events = ctypes.c_int(0)
+        self._dev_mem: list[tuple[int, int]] = []  # (address, bytes) from libusb_dev_mem_alloc, freed by close()
         context.setPollFDNotifiers(self._pollfds_changed, self._pollfds_changed)
 
     @staticmethod
@@ -249,6 +252,53 @@ class LibusbTransport(Transport):
             raise TransportError(f"interrupt endpoint read failed: {exc}") from exc
 
     # --- data path ---
+    def transfer_memory(self, slot: int, count: int) -> list[memoryview] | None:
+        """Pool memory from usbfs (libusb_dev_mem_alloc: an mmap of the device file). A bulk transfer whose
+        buffer lies in it is not copied by the kernel: without it usbfs allocates a kernel buffer per URB
+        (zeroed, with init_on_alloc as Debian's kernels boot), copies an OUT transfer in and an IN transfer's
+        data out, and frees it at reaping, per transfer (`bench/vm.py --profile`: clear_page, copy_user and
+        kmalloc were 10-15 % of usbnetd's CPU receiving NCM in the guest). Chunks of at most
+        DEV_MEM_CHUNK bytes: for a host controller without DMA (dummy_hcd, some embedded ones) each is one
+        physically contiguous kmalloc. None, with one log line, where the kernel or libusb cannot (no
+        libusb_dev_mem_alloc, usbfs_memory_mb exhausted, a controller whose DMA memory cannot be mapped):
+        the pool uses ordinary memory and usbfs copies, as before. USBNETD_USBFS_MMAP=0 forces that."""
+        if os.environ.get("USBNETD_USBFS_MMAP", "") == "0" or self._handle is None or self._dev_mem:
+            return None
+        lib = getattr(libusb1, "libusb", None)
+        alloc = getattr(lib, "libusb_dev_mem_alloc", None)
+        free = getattr(lib, "libusb_dev_mem_free", None)
+        if alloc is None or free is None:
+            log.info("usbfs transfer memory: libusb has no libusb_dev_mem_alloc; transfers are copied")
+            return None
+        alloc.restype, alloc.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_size_t]
+        free.restype, free.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+        handle_p = ctypes.cast(self._handle._USBDeviceHandle__handle, ctypes.c_void_p)
+        per_chunk = max(1, DEV_MEM_CHUNK // slot)
+        chunks: list[memoryview] = []
+        left = count
+        while left > 0:
+            n = min(per_chunk, left)
+            address = alloc(handle_p, n * slot)
+            if not address:
+                log.info("usbfs transfer memory: %d bytes refused (usbfs_memory_mb, or the controller's "
+                         "memory); transfers are copied", n * slot)
+                self._free_dev_mem()
+                return None
+            self._dev_mem.append((address, n * slot))
+            chunks.append(memoryview((ctypes.c_char * (n * slot)).from_address(address)).cast("B"))
+            left -= n
+        log.debug("usbfs transfer memory: %d buffers of %d bytes in %d chunks", count, slot, len(chunks))
+        return chunks
+
+    def _free_dev_mem(self) -> None:
+        if not self._dev_mem:
+            return
+        free = libusb1.libusb.libusb_dev_mem_free
+        handle_p = ctypes.cast(self._handle._USBDeviceHandle__handle, ctypes.c_void_p)
+        for address, size in self._dev_mem:
+            free(handle_p, address, size)
+        self._dev_mem.clear()
+
     def open_pipes(self, ep_in: int, ep_out: int, ep_int: int | None, n_rx: int, n_tx: int,
                    int_size: int, on_rx: RxCallback, on_tx: TxCallback, on_int: IntCallback) -> None:
         self._ep_in, self._ep_out = ep_in, ep_out
@@ -516,6 +566,9 @@ class LibusbTransport(Transport):
         self._rx = self._tx = None
         self._ctrl_free.clear()
         self._int_transfer = None
+        # The usbfs memory goes before the handle: a mapping left would keep the device file open, and the
+        # interfaces claimed, until the process ends.
+        self._free_dev_mem()
         handle.close()
         self._handle = None
         self._context.setPollFDNotifiers()  # no callbacks into a transport that is gone

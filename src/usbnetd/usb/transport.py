@@ -152,6 +152,12 @@ class Transport(ABC):
         """What the transport adds to `usbnetd stats` (the simulated device: its own CPU time)."""
         return {}
 
+    def transfer_memory(self, slot: int, count: int) -> list[memoryview] | None:
+        """Memory for `count` pool buffers of `slot` bytes that bulk transfers can use without a copy, as
+        chunks each holding a whole number of slots; or None (the pool then uses ordinary memory). Valid until
+        close(), which frees it: nothing may touch it after that."""
+        return None
+
     def disarm_native_tx(self) -> bool:
         """The C TX pump gives the bulk OUT transfers back at run time (a trace wants TX in Python): only once
         none of its transfers is in flight, False until then. True when no pump is armed."""

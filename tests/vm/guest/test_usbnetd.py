@@ -77,6 +77,12 @@ def drive(cli: Callable, busid: str, ifname: str, peer: bench.PeerNamespace, pro
     # configuration switch, a raw frame it queued while in its ECM configuration; usbnetd rightly counts
     # that as a framing error, so errors are compared with the snapshot taken before the traffic.)
     assert st["rx_errors"] == st0["rx_errors"] and st["tx_errors"] == st0["tx_errors"] == 0
+    # A pool of large buffers (NCM's NTBs) is usbfs memory (usb/engine.transfer_memory): the kernel copied no
+    # transfer, on dummy_hcd (no DMA: kmalloc'd memory remapped) and on QEMU's xHCI (DMA-coherent memory)
+    # alike. One-frame buffers stay ours (core/datapath.USBFS_MEMORY_MIN_SLOT).
+    (row,) = json.loads(cli("stats", ifname, "--json").stdout)
+    large = row["pool"]["buffer_size"] >= 4096
+    assert row["transfer_memory"] == ("usbfs" if large else "copied"), (row["pool"], row["transfer_memory"])
 
     r = cli("detach", ifname)
     assert f"detached {busid} ({ifname})" in r.stdout
