@@ -82,6 +82,7 @@ def drive(cli: Callable, busid: str, ifname: str, peer: bench.PeerNamespace, pro
     # alike. One-frame buffers stay ours (core/datapath.USBFS_MEMORY_MIN_SLOT).
     (row,) = json.loads(cli("stats", ifname, "--json").stdout)
     large = row["pool"]["buffer_size"] >= 4096
+    print("transfer memory:", row["transfer_memory"], row["pool"])
     assert row["transfer_memory"] == ("usbfs" if large else "copied"), (row["pool"], row["transfer_memory"])
 
     r = cli("detach", ifname)
