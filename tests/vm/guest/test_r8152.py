@@ -33,6 +33,7 @@ from .vendor_tests import (
     status,
     throughput_same_boot,
     traffic,
+    transfer_memory,
     tx_offload,
     unplug_mid_traffic,
 )
@@ -106,6 +107,11 @@ def test_usbnetd_on_the_emulator(rtl, peers, cli):  # noqa: F811 - the fixture
     print("usbnetd TX offloads:", off, "emulator:", counts)
     assert off["device_superframes"] > 0 and off["dropped"] == 0 and "tso4" in off["device_offloads"], off
     assert counts.get("tso_frames", 0) > 0 and not counts.get("out_malformed"), counts
+    # With TSO the pool's buffers take a 16 KiB super-frame, so they are usbfs memory: the frames above crossed
+    # the bus without the kernel copying them (usb/engine.transfer_memory).
+    where, pool = transfer_memory(cli, ifname)
+    print("transfer memory:", where, pool)
+    assert where == "usbfs" and pool["buffer_size"] >= 16384, (where, pool)
     dev = g.stats()["counts"]
     assert dev.get("out_multi_frame_transfers", 0) > 0, "usbnetd puts several frames in one TX transfer"
     assert dev.get("in_frames", 0) > dev.get("in_transfers", 0), "the chip aggregated RX frames"

@@ -130,6 +130,12 @@ def tx_offload(cli, ifname: str) -> dict:
     return row["tx_offload"]
 
 
+def transfer_memory(cli, ifname: str) -> tuple[str, dict]:
+    """Where the instance's packet pool lives (`usbnetd stats --json`: usbfs or copied) and the pool."""
+    (row,) = json.loads(cli("stats", ifname, "--json").stdout)
+    return row["transfer_memory"], row["pool"]
+
+
 def traffic(peer: bench.PeerNamespace, seconds: float) -> tuple[dict, dict, dict]:
     ping = bench.ping(peer.peer_addr, count=10, interval=0.2)
     up = bench.iperf3_tcp(peer, seconds=seconds)
