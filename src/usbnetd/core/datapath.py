@@ -694,6 +694,8 @@ class DataPath:
                                         if self.rx_transfers_done else 0)
         st["tx_frames_per_transfer"] = round(stats.tx_packets / tx_transfers, 2) if tx_transfers else 0
         st["tx_flush"] = dict(zip(FLUSH_NAMES, self.tx_flush, strict=True))
+        # usbfs: the pool is usbfs memory, so the kernel copies no bulk transfer (usb/engine.transfer_memory)
+        st["transfer_memory"] = "usbfs" if self.pool is not None and self.pool.shared else "copied"
         if self.pool is not None:
             st["pool"] = {"packets": self.pool.packet_count, "buffer_size": self.pool.buffer_size,
                           "in_use": self.pool.in_use, "exhausted": self.pool_exhausted}

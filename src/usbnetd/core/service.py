@@ -318,9 +318,6 @@ class EthernetService:
         st["protocol_detail"] = self.driver.framing
         st.update(self.datapath.detail())
         st["event_loop"] = "native" if self.can_burst() else "python"  # who takes the frame-only wake-ups
-        pool = self.datapath.pool
-        # usbfs: the pool is usbfs memory, so the kernel copies no bulk transfer (usb/engine.transfer_memory)
-        st["transfer_memory"] = "usbfs" if pool is not None and pool.shared else "copied"
         st.update(self.transport.detail())
         st["rx_gro"] = (self.port.gro_stats if self.port is not None else
                         {"enabled": self.gro, "superframes": 0, "segments": 0, "unverified": 0})
