@@ -14,7 +14,8 @@ TAP frames in, NTBs in bulk OUT transfers out. A 20-byte header, then operations
     byte 0   flags: 1 NTB32, 2 vnet header (10 zero bytes before every frame), 4 pad_to_max, 8 TX offloads
              (with 2: TSO super-frames and NEEDS_CSUM datagrams, as fuzz/native_ncm_tx.py makes them), 16 EOF at
              the end (the writer closes), 32 add_to and take_flushes after every operation (else only at 0xD8-0xDF
-             and at the end), 64 the fd fails every read (EISDIR)
+             and at the end), 64 the fd fails every read (EISDIR), 128 the pump's buffers are memory lent at arm
+             (as usb/engine.py lends usbfs memory), n * max_size bytes ending at an inaccessible page
     1        transfers: 1 + b % 8
     2        divisor: 1 << (b % 10);  3-4 remainder, modulo the divisor;  5 NDP alignment: 1 << (2 + b % 6)
     6        the watchdog's checks: 1 + b % 4
@@ -45,7 +46,8 @@ pending, the next wSequence, the offload counters, whether the flush timer is ar
 Python must look (`attention`); at every add_to: its eight values against the reference's, the five tx_*
 counters in Stats, the NTBs submitted per flush reason (take_flushes); in the end every transfer submitted (its
 NTB bytes, length, ZLP flag, in order), every cancellation (by submission), the read errors. Any difference
-raises `Difference`. The pump's own buffers are C heap blocks ASan guards (with either Python allocator).
+raises `Difference`. The pump's own buffers are C heap blocks ASan guards (with either Python allocator); lent
+ones end at an inaccessible page.
 Messages written back to back are one step: nothing runs on either side between them, so nothing is compared
 after each (native_common.Steps). The reference's pool, BulkPipe and TAP stand-ins are made once and reset for
 every input (native_common.UsbTx); the NcmTx and NcmPump under test are new for every input.
@@ -96,7 +98,7 @@ MAX_XFERS = 8
 MAX32 = 128 << 10  # NTB32 max_size at most (every transfer's buffer is this large)
 MAX_MSG = 70000
 VNET = 10
-NTB32, VNET_ON, PAD, OFFLOAD, EOF, EVERY, ERROR = 1, 2, 4, 8, 16, 32, 64
+NTB32, VNET_ON, PAD, OFFLOAD, EOF, EVERY, ERROR, LENT = 1, 2, 4, 8, 16, 32, 64, 128
 FULL, IDLE, COMPLETION, TIMER = range(4)  # core/datapath.py FLUSH_FULL .. FLUSH_TIMER
 NOW_BEFORE, NOW_AFTER = 1, 1 << 62  # tick's CLOCK_MONOTONIC ns: before any flush deadline, after every one
 
@@ -241,6 +243,7 @@ class Harness:
         # as large as the largest NTB; every NTB is framed in the first max_size bytes of one
         self.usb = UsbTx(MAX_XFERS, MAX_XFERS + 1, MAX32)
         self.layout_fields = None
+        self.lent = nc_.GuardedBuffers(1, MAX_XFERS * MAX32)  # flag LENT: the memory arm lends the pump
 
     # -- the Python pieces ------------------------------------------------------------------------------------
     def reference(self, plan: Plan, layout: Any) -> tuple:
@@ -424,8 +427,15 @@ class Harness:
         read_errors: list[str] = []
         hooks: dict[str, Any] = {}
 
+        lent: tuple[int, int] | tuple[()] = ()
+        if plan.flags & LENT:
+            size = plan.n * tx.max_size
+            lent = (ctypes.addressof(ctypes.c_char.from_buffer(self.lent.maps[0])) + self.lent.size - size, size)
+
         def arm() -> None:
-            pump.arm(usb.submit_addr, usb.cancel_addr, addrs)
+            pump.arm(usb.submit_addr, usb.cancel_addr, addrs, *lent)
+            if pump.lent != bool(lent):
+                raise Difference(f"arm with lent memory {lent}: pump.lent is {pump.lent}")
             cap = pump.burst_hooks()
             hooks["cap"] = cap  # keeps the pump's hooks struct alive while it is used
             h = BurstTx.from_address(_capsule_pointer(cap, b"usbnetd.native.burst_tx"))
@@ -634,6 +644,10 @@ def seeds() -> list[bytes]:
         out.append(header(flags, 2) + mutated + mixed + v4 + b"\x81\x81\xec\xa0\xe0" + v6 + b"\xd8")
     out.append(header(VNET_ON | OFFLOAD, 4, 2, 2, 0, 1, 31, 2, 16384) + v4 * 3 + b"\x81" * 8 + v6 * 3 + b"\xd8")
     out.append(header(VNET_ON | OFFLOAD, 1) + v4 + b"\x81\xf0\xa0\xf0\x80\xd8")  # disarm with segments pending
+    # the buffers lent at arm (usbfs memory): full NTBs up to the last byte of the memory, re-armed, offloads
+    out.append(header(LENT | PAD, 2) + full * 2 + b"\x9f\xa0\xa0\xf0\x85\xd8" + small + b"\x9f\xd8")
+    out.append(header(LENT | NTB32 | PAD, 8, size=MAX32) + full * 8 + b"\x9f\xa0\xa0\xd8")
+    out.append(header(LENT | VNET_ON | OFFLOAD, 2) + v4 + v6 + b"\x81\x81\xa0\xf0\xa0\xf0\x85" + udp + b"\xd8")
     return out
 
 

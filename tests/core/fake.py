@@ -98,6 +98,10 @@ class ScriptedTransport(Transport):
         self.offer_memory = False
         self.memory_chunks: list[bytearray] = []
         self.memory_freed = False
+        # ... and one piece for the C TX pump's buffers (arm_native_tx with a buffer_size), lent at every arm
+        self.pump_memory: bytearray | None = None
+        self.pump_lent_at_close = False  # close() found the pump still holding it (it must be disarmed first)
+        self.pump_buffers: list[int] = []  # the buffer address of every transfer the C pump submitted
         # With USB_C: the bulk IN pipe, its transfers' addresses in flight (in step with `rx`), what the
         # stand-in libusb_submit_transfer answers (0, or a libusb error), and the NcmRx armed on it.
         self.usb_c = USB_C
@@ -175,7 +179,7 @@ class ScriptedTransport(Transport):
         if rx is not None:
             rx.usb_disarm()
 
-    def arm_native_tx(self, pump) -> bool:
+    def arm_native_tx(self, pump, buffer_size: int = 0) -> bool:
         if not self.usb_c or self.tx:
             return False
         self._submit_tx_c = _SUBMIT(self._usb_submit_tx)
@@ -183,8 +187,14 @@ class ScriptedTransport(Transport):
         # Transfers for the pump to own (a BulkPipe only allocates and fills them; nothing submits through it).
         self._tx_pipe = BulkPipe(None, 0x02, self.n_tx, 0, lambda *a: None)
         addr = ctypes.cast
+        memory: tuple[int, int] | tuple[()] = ()
+        if self.offer_memory and buffer_size:
+            if self.pump_memory is None:
+                self.pump_memory = bytearray(self.n_tx * buffer_size)
+            lent = (ctypes.c_char * len(self.pump_memory)).from_buffer(self.pump_memory)
+            memory = (ctypes.addressof(lent), len(self.pump_memory))
         pump.arm(addr(self._submit_tx_c, ctypes.c_void_p).value, addr(self._cancel_c, ctypes.c_void_p).value,
-                 self._tx_pipe.transfer_addresses())
+                 self._tx_pipe.transfer_addresses(), *memory)
         self.pump = pump
         return True
 
@@ -203,6 +213,7 @@ class ScriptedTransport(Transport):
             return self.submit_error
         s = libusb1.libusb_transfer.from_address(address)
         data = ctypes.string_at(s.buffer, s.length)
+        self.pump_buffers.append(ctypes.cast(s.buffer, ctypes.c_void_p).value or 0)
         self.tx.append((None, data, bool(s.flags & FLAG_ADD_ZERO_PACKET)))
         self.sent.append(data)
         self._tx_addr.append(address)
@@ -371,6 +382,7 @@ class ScriptedTransport(Transport):
         assert self.stopped, "the handle closed before the transfers were reaped"
         self.closed = True
         self.memory_freed = bool(self.memory_chunks)
+        self.pump_lent_at_close = self.pump is not None and self.pump.lent
         for pipe in (self._pipe, self._tx_pipe):
             if pipe is not None and not pipe.in_flight and self.pump is None:
                 pipe.free()

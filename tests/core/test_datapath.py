@@ -3,6 +3,7 @@ through a scripted transport and a socket-pair TAP (tests/core/fake.py). No root
 
 from __future__ import annotations
 
+import ctypes
 import struct
 import time
 
@@ -12,6 +13,7 @@ from fake import DEVICE_MAC, ScriptedTransport, ethernet, make_service, turn
 
 from usbnetd.core import datapath as dp
 from usbnetd.core.service import State
+from usbnetd.core.stats import Stats
 from usbnetd.netdev.gro import F_NEEDS_CSUM, GSO_TCPV4, ZERO_HDR
 from usbnetd.protocols import cdc
 from usbnetd.protocols import eem_codec as ec
@@ -585,6 +587,42 @@ def test_the_c_tx_pump_sends_counts_and_gives_its_transfers_back(datapath):
     svc.stop()  # four in flight: cancelled, reaped, the transfers given back
     everything_back(svc)
     assert not pump.armed and svc.stats.tx_errors == 5
+
+
+def test_the_ncm_pumps_buffers_are_the_transports_memory_and_are_given_back_before_close(datapath):
+    """NCM's C pump frames its 16 KiB NTBs in memory the transport lends (usbfs memory: no kernel buffer and
+    no copy per NTB); every NTB it submits lies in that memory and decodes to the frames sent; stop() has it
+    disarmed before close() frees the memory; stats say which."""
+    _only_c_completions(datapath)
+    svc, t, tap = make_service("ncm", transfer_memory=True)
+    pump = svc.datapath.tx_pump
+    assert pump is not None and pump.lent and t.pump_memory is not None
+    assert svc.detailed_stats()["tx_pump_memory"] == "usbfs"
+    base = ctypes.addressof((ctypes.c_char * len(t.pump_memory)).from_buffer(t.pump_memory))
+    frames = [frame(1000, i) for i in range(40)]
+    for f in frames:
+        tap.host_send(f)
+    svc.on_tap_readable()
+    turn(svc)
+    assert t.sent and len(t.pump_buffers) == len(t.sent)
+    got: list[bytes] = []
+    for address, ntb in zip(t.pump_buffers, t.sent, strict=True):
+        assert base <= address and address + len(ntb) <= base + len(t.pump_memory), "an NTB outside the memory"
+        NtbDecoder(Stats()).decode(ntb, len(ntb), lambda o, n, ntb=ntb: got.append(ntb[o:o + n]))
+    assert got == frames[:len(got)] and len(got) > 10
+    svc.stop()
+    assert t.closed and not t.pump_lent_at_close, "close() came while the pump still used the memory"
+    assert not pump.armed and not pump.lent
+    everything_back(svc)
+
+
+def test_one_frame_pumps_keep_their_own_buffers(datapath):
+    """FrameTx's 1.5 KiB buffers gain nothing from usbfs memory (USBFS_MEMORY_MIN_SLOT): none is asked for."""
+    _only_c_completions(datapath)
+    svc, t, _ = make_service("ecm", transfer_memory=True)
+    assert svc.datapath.tx_pump is not None and t.pump_memory is None
+    assert svc.detailed_stats()["tx_pump_memory"] == "copied"
+    svc.stop()
 
 
 def test_the_c_tx_pump_flags_a_gone_device(datapath):

@@ -1086,3 +1086,77 @@ def test_pump_disarm_dropping_a_partial_ntb_leaves_no_flush_deadline() -> None:
         tap.close()
         for p in ptrs:
             libusb1.libusb_free_transfer(p)
+
+
+# --- the pump's buffers in lent memory (usbfs memory, usb/engine.py) ----------------------------------------
+
+_SUBMIT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
+_CALLBACK_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+
+def test_an_ncm_pump_frames_into_the_memory_it_is_lent_and_never_frees_it() -> None:
+    """arm(submit, cancel, transfers, memory, size): the NTBs are built and submitted in the lent memory,
+    slot k at memory + k * max_size; disarm gives the transfers back and leaves the memory to its lender (a
+    free of it would crash or corrupt the allocator here); too little memory is refused with nothing armed."""
+    from usb1 import libusb1
+
+    from usbnetd.core.datapath import FLUSH_TIMER
+
+    libusb1.loadLibrary()  # python-libusb1 lays out its structs when it loads libusb; nothing else is used
+    tap = Tap()
+    tx = make(L16, fd=tap.r.fileno())
+    pump = NcmPump(tx)
+    submitted: list[tuple[int, bytes]] = []
+
+    def submit(address: int) -> int:
+        s = libusb1.libusb_transfer.from_address(address)
+        submitted.append((ctypes.cast(s.buffer, ctypes.c_void_p).value or 0, ctypes.string_at(s.buffer, s.length)))
+        return 0
+
+    submit_c, cancel_c = _SUBMIT_FN(submit), _SUBMIT_FN(lambda address: 0)
+    structs = [libusb1.libusb_transfer() for _ in range(2)]  # libusb's struct; the pump only uses its fields
+    addresses = [ctypes.addressof(s) for s in structs]
+    noop = libusb1.libusb_transfer_cb_fn_p(lambda t: None)
+    for s in structs:
+        s.callback = noop
+    saved = [ctypes.cast(s.callback, ctypes.c_void_p).value for s in structs]
+    fns = [ctypes.cast(f, ctypes.c_void_p).value for f in (submit_c, cancel_c)]
+    memory = bytearray(2 * L16.max_size)
+    lent = (ctypes.c_char * len(memory)).from_buffer(memory)
+    base = ctypes.addressof(lent)
+    try:
+        with pytest.raises(ValueError, match="do not fit"):
+            pump.arm(*fns, addresses, base, len(memory) - 1)
+        assert not pump.armed and not pump.lent
+        assert [ctypes.cast(s.callback, ctypes.c_void_p).value for s in structs] == saved, "callbacks given back"
+        with pytest.raises(ValueError, match="address is 0"):
+            pump.arm(*fns, addresses, 0, len(memory))
+        assert not pump.armed
+        pump.arm(*fns, addresses, base, len(memory))
+        assert pump.armed and pump.lent
+        assert [ctypes.cast(s.buffer, ctypes.c_void_p).value for s in structs] == [base, base + L16.max_size]
+        frames = [frame(1000, k) for k in range(30)]  # more than one 16 KiB NTB
+        tap.send(frames)
+        pump.fill(BUDGET)
+        pump.flush(FLUSH_TIMER)
+        assert len(submitted) == 2
+        got = []
+        for address, ntb in submitted:
+            assert address in (base, base + L16.max_size), "the NTB went from the lent memory"
+            off = address - base
+            assert bytes(memory[off:off + len(ntb)]) == ntb
+            nc.NtbDecoder(Stats()).decode(ntb, len(ntb), lambda o, n, ntb=ntb: got.append(ntb[o:o + n]))
+        assert got == frames[:len(got)] and len(got) >= 10
+        for s in structs:  # the device takes both: the pump's C callback, as libusb would call it
+            s.status = 0
+            s.actual_length = s.length
+            _CALLBACK_FN(ctypes.cast(s.callback, ctypes.c_void_p).value)(ctypes.addressof(s))
+        assert pump.in_flight == 0
+        pump.disarm()
+        assert not pump.armed and not pump.lent
+        assert all(not s.buffer for s in structs)
+        memory[:4] = b"live"  # still ours, and still writable
+    finally:
+        if pump.armed and not pump.in_flight:
+            pump.disarm()
+        tap.close()

@@ -604,7 +604,8 @@ _PROM_KEYS: dict[str, tuple[str, str, str]] = {
 # (exporting both made usbnetd_pool_in_use twice per device).
 _PROM_SKIP = {"busid", "ifname", "protocol", "protocol_detail", "datapath", "state", "link", "mac", "pool_packets",
               "pool_in_use", "tx_flush", "pool", "queues", "in_flight", "rx_gro", "device",
-              "tx_offload", "rx_completions", "tx_completions", "event_loop", "transfer_memory"}
+              "tx_offload", "rx_completions", "tx_completions", "event_loop", "transfer_memory",
+              "tx_pump_memory"}
 # Families made from the nested parts of a row (and link_up), in output order.
 _PROM_NESTED: dict[str, tuple[str, str]] = {
     "usbnetd_link_up": ("gauge", "1 when the device reports link up, else 0."),

@@ -170,15 +170,22 @@ class DataPath:
             # One frame per transfer: the C pump reads the TAP, submits and counts completions itself.
             # With TX offloads (TSO) it also cuts the TAP's super-frames into one segment per transfer.
             pump = port.native_frame_tx(*frame_tx, offload=port.offload)
-            if pump is not None and self.transport.arm_native_tx(pump):
+            if pump is not None and self._arm_pump(pump):
                 self._set_pump(pump)
                 self._frame_tx = pump
         elif self.tx_fast is not None and self.rx_path == "native":
             # NCM: the same, with the C framer building each NTB in the transfer's own buffer.
             pump = port.native_ncm_pump(self.tx_fast)
-            if pump is not None and self.transport.arm_native_tx(pump):
+            if pump is not None and self._arm_pump(pump):
                 self._set_pump(pump)
         self._native_tx_wanted = self.tx_fast is not None
+
+    def _arm_pump(self, pump) -> bool:
+        """The transport hands the C TX pump the bulk OUT transfers. An NcmPump's NTB buffers go in the
+        transport's memory as the pool's do (USBFS_MEMORY_MIN_SLOT): usbfs then neither allocates nor copies a
+        kernel buffer per NTB. FrameTx's one-frame buffers keep their own memory."""
+        lends = hasattr(pump, "lent") and pump.framer.max_size >= USBFS_MEMORY_MIN_SLOT
+        return self.transport.arm_native_tx(pump, pump.framer.max_size if lends else 0)
 
     def _set_pump(self, pump) -> None:
         self.tx_pump = pump
@@ -273,7 +280,7 @@ class DataPath:
             self._finish_tx(FLUSH_TIMER)
         self._submit_tx()
         if (len(self.tx_submission) or not self._wait_tx_idle(lambda: self.transport.tx_free == self.n_tx)
-                or not self.transport.arm_native_tx(pump)):
+                or not self._arm_pump(pump)):
             log.info("%s: bulk OUT transfers still in flight: TX stays in Python until the next start",
                      self.ifname)
             return
@@ -694,8 +701,11 @@ class DataPath:
                                         if self.rx_transfers_done else 0)
         st["tx_frames_per_transfer"] = round(stats.tx_packets / tx_transfers, 2) if tx_transfers else 0
         st["tx_flush"] = dict(zip(FLUSH_NAMES, self.tx_flush, strict=True))
-        # usbfs: the pool is usbfs memory, so the kernel copies no bulk transfer (usb/engine.transfer_memory)
+        # usbfs: the pool's buffers are usbfs memory (usb/engine.transfer_memory), so the kernel copies none of the
+        # transfers they carry; tx_pump_memory says the same of the C TX pump's own buffers (_arm_pump).
         st["transfer_memory"] = "usbfs" if self.pool is not None and self.pool.shared else "copied"
+        if self.tx_pump is not None:
+            st["tx_pump_memory"] = "usbfs" if getattr(self.tx_pump, "lent", False) else "copied"
         if self.pool is not None:
             st["pool"] = {"packets": self.pool.packet_count, "buffer_size": self.pool.buffer_size,
                           "in_use": self.pool.in_use, "exhausted": self.pool_exhausted}

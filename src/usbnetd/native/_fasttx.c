@@ -753,6 +753,7 @@ typedef struct {
     long long flush_at_ns;     /* the flush timer for the C event loop (CLOCK_MONOTONIC), -1 when off */
     unsigned long long tick_transfers; /* completions tick() has seen */
     struct burst_tx hooks;     /* what burst_hooks() hands the C event loop */
+    int lent;                  /* the transfers' buffers are the memory arm was lent (usbfs), not txpump's own */
 } NcmPump;
 
 static PyObject *pump_stat_names[TXP_N_STATS];
@@ -1000,8 +1001,44 @@ static PyObject *NcmPump_arm(NcmPump *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "arm: max_size does not fit a transfer's int length");
         return NULL;
     }
-    if (txp_arm(&self->pump, args, (size_t)tx->max_size, pump_complete, self) < 0)
+    /* arm(submit, cancel, transfers[, memory, size]): `size` bytes at `memory` the caller lends until disarm (usbfs
+     * memory, usb/engine.py: the kernel then neither allocates nor copies a buffer per NTB). txp_arm allocates
+     * buffers of its own first and they are given back here, so that txpump.h, which FrameTx shares, stays as
+     * it is; this runs once per arm. */
+    unsigned long long memory = 0, memory_size = 0;
+    PyObject *targs = args;
+    if (PyTuple_GET_SIZE(args) == 5) {
+        unsigned long long submit, cancel;
+        PyObject *seq;
+        if (!PyArg_ParseTuple(args, "KKOKK:arm", &submit, &cancel, &seq, &memory, &memory_size))
+            return NULL;
+        if (!memory) {
+            PyErr_SetString(PyExc_ValueError, "arm: the lent memory's address is 0");
+            return NULL;
+        }
+        targs = PyTuple_GetSlice(args, 0, 3);
+        if (!targs)
+            return NULL;
+    }
+    int rc = txp_arm(&self->pump, targs, (size_t)tx->max_size, pump_complete, self);
+    if (targs != args)
+        Py_DECREF(targs);
+    if (rc < 0)
         return NULL;
+    if (memory) {
+        struct txpump *p = &self->pump;
+        if ((unsigned long long)p->n > memory_size / p->stride) {
+            txp_disarm(p); /* nothing is in flight yet: it cannot fail */
+            PyErr_Format(PyExc_ValueError, "arm: %zd transfers of %zu bytes do not fit the %llu bytes lent", p->n,
+                         p->stride, memory_size);
+            return NULL;
+        }
+        PyMem_Free(p->bufs);
+        p->bufs = (uint8_t *)(uintptr_t)memory;
+        for (Py_ssize_t i = 0; i < p->n; i++)
+            p->xfers[i]->buffer = txp_buf(p, i);
+        self->lent = 1;
+    }
     tx->pumped = 1;
     self->open_slot = -1;
     Py_INCREF(self); /* the transfers point at this object until disarm */
@@ -1024,8 +1061,14 @@ static PyObject *NcmPump_disarm(NcmPump *self, PyObject *Py_UNUSED(ignored))
         self->open_slot = -1;
         self->flush_at_ns = -1; /* no partial NTB waits for the flush timer now: no deadline for the event loop */
     }
-    if (txp_disarm(&self->pump) < 0)
+    uint8_t *bufs = self->pump.bufs;
+    if (self->lent)
+        self->pump.bufs = NULL; /* the lender's, not txp_free's: nothing is in flight, so txp_disarm cannot fail */
+    if (txp_disarm(&self->pump) < 0) {
+        self->pump.bufs = bufs;
         return NULL;
+    }
+    self->lent = 0;
     self->tx->pumped = 0;
     self->flush_at_ns = -1; /* whatever the timer was for, nothing is framed any more */
     Py_DECREF(self); /* the reference arm took; the caller still holds one */
@@ -1084,6 +1127,11 @@ static PyObject *NcmPump_get_armed(NcmPump *self, void *Py_UNUSED(c))
     return PyBool_FromLong(self->pump.xfers != NULL);
 }
 
+static PyObject *NcmPump_get_lent(NcmPump *self, void *Py_UNUSED(c))
+{
+    return PyBool_FromLong(self->lent);
+}
+
 static PyObject *NcmPump_get_open_count(NcmPump *self, void *Py_UNUSED(c))
 {
     return PyLong_FromSsize_t(self->open_slot >= 0 ? self->tx->count : 0);
@@ -1122,6 +1170,8 @@ static int NcmPump_init(NcmPump *self, PyObject *args, PyObject *kwds)
 static void NcmPump_dealloc(NcmPump *self)
 {
     /* arm holds a reference until disarm: an armed pump is never deallocated */
+    if (self->lent)
+        self->pump.bufs = NULL;
     txp_free(&self->pump);
     Py_XDECREF(self->tx);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -1129,7 +1179,8 @@ static void NcmPump_dealloc(NcmPump *self)
 
 static PyMethodDef NcmPump_methods[] = {
     {"arm", (PyCFunction)NcmPump_arm, METH_VARARGS,
-     "arm(submit, cancel, transfers): own these bulk OUT transfers (addresses), each with a max_size buffer."},
+     "arm(submit, cancel, transfers[, memory, size]): own these bulk OUT transfers (addresses), each with a "
+     "max_size buffer: its own, or carved from `size` bytes at address `memory`, lent until disarm."},
     {"fill", (PyCFunction)NcmPump_fill, METH_O,
      "fill(budget) -> (read, empty): frames from the TAP into NTBs, full ones (and, the TAP drained and the pipe "
      "idle, a partial one) submitted."},
@@ -1157,6 +1208,7 @@ static PyGetSetDef NcmPump_getset[] = {
     {"free", (getter)NcmPump_get_free, NULL, "transfers a TAP read can go into (free ones and the open NTB)",
      NULL},
     {"armed", (getter)NcmPump_get_armed, NULL, "whether it owns transfers", NULL},
+    {"lent", (getter)NcmPump_get_lent, NULL, "whether its buffers are memory lent at arm", NULL},
     {"open_count", (getter)NcmPump_get_open_count, NULL, "frames in the partial NTB waiting to go", NULL},
     {"pending", (getter)NcmPump_get_pending, NULL, "segments of a super-frame still to be written", NULL},
     {"framer", (getter)NcmPump_get_framer, NULL, "the NcmTx it frames with", NULL},

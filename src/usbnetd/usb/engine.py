@@ -75,6 +75,9 @@ NET_DRIVERS = frozenset({"cdc_ether", "cdc_ncm", "cdc_eem", "cdc_subset", "rndis
 TX_TIMEOUT_CHECKS = 6  # once-a-second checks: a transfer stuck for 5 to 6 s is cancelled
 # transfer_memory's chunk: 256 KiB is an order-6 allocation, which a running system can still find contiguous
 DEV_MEM_CHUNK = 256 * 1024
+# The C TX pump's buffers come in one piece (_pump_memory): NCM's 5 NTBs of 16 KiB at high speed are 80 KiB;
+# beyond 1 MiB (order 8) a contiguous allocation is too likely to fail on a long-running system to be worth it.
+PUMP_MEMORY_MAX = 1024 * 1024
 GET_DESCRIPTOR = 0x06
 DT_CONFIG = 0x02
 
@@ -145,6 +148,7 @@ class LibusbTransport(Transport):
         # transfers, the fd set changing): the C event loop (native burst) returns to Python when it is set.
         self._py_events = ctypes.c_int(0)
         self._dev_mem: list[tuple[int, int]] = []  # (address, bytes) from libusb_dev_mem_alloc, freed by close()
+        self._pump_mem: tuple[int, int] | None = None  # the piece of it lent to the C TX pump (_pump_memory)
         context.setPollFDNotifiers(self._pollfds_changed, self._pollfds_changed)
 
     @staticmethod
@@ -262,42 +266,69 @@ class LibusbTransport(Transport):
         physically contiguous kmalloc. None, with one log line, where the kernel or libusb cannot (no
         libusb_dev_mem_alloc, usbfs_memory_mb exhausted, a controller whose DMA memory cannot be mapped):
         the pool uses ordinary memory and usbfs copies, as before. USBNETD_USBFS_MMAP=0 forces that."""
-        if os.environ.get("USBNETD_USBFS_MMAP", "") == "0" or self._handle is None or self._dev_mem:
+        if self._handle is None or self._dev_mem:
             return None
-        lib = getattr(libusb1, "libusb", None)
-        alloc = getattr(lib, "libusb_dev_mem_alloc", None)
-        free = getattr(lib, "libusb_dev_mem_free", None)
-        if alloc is None or free is None:
-            log.info("usbfs transfer memory: libusb has no libusb_dev_mem_alloc; transfers are copied")
-            return None
-        alloc.restype, alloc.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_size_t]
-        free.restype, free.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
-        handle_p = ctypes.cast(self._handle._USBDeviceHandle__handle, ctypes.c_void_p)
         per_chunk = max(1, DEV_MEM_CHUNK // slot)
         chunks: list[memoryview] = []
         left = count
         while left > 0:
             n = min(per_chunk, left)
-            address = alloc(handle_p, n * slot)
+            address = self._dev_mem_alloc(n * slot)
             if not address:
-                log.info("usbfs transfer memory: %d bytes refused (usbfs_memory_mb, or the controller's "
-                         "memory); transfers are copied", n * slot)
                 self._free_dev_mem()
                 return None
-            self._dev_mem.append((address, n * slot))
             chunks.append(memoryview((ctypes.c_char * (n * slot)).from_address(address)).cast("B"))
             left -= n
         log.debug("usbfs transfer memory: %d buffers of %d bytes in %d chunks", count, slot, len(chunks))
         return chunks
 
+    def _pump_memory(self, size: int) -> tuple[int, int] | None:
+        """(address, size) of usbfs memory for the C TX pump's buffers, in one piece (the pump carves it by
+        stride): allocated at the first arm and lent again on every later one (a trace hands the transfers to
+        Python and back). None, and the pump keeps its own buffers, above PUMP_MEMORY_MAX or where
+        transfer_memory would say no."""
+        if self._pump_mem is not None and self._pump_mem[1] == size:
+            return self._pump_mem
+        if size > PUMP_MEMORY_MAX or self._pump_mem is not None:
+            return None
+        address = self._dev_mem_alloc(size)
+        if not address:
+            return None
+        self._pump_mem = (address, size)
+        return self._pump_mem
+
+    def _handle_p(self) -> ctypes.c_void_p:
+        """The libusb_device_handle* under python-libusb1's handle (it keeps it in a private attribute)."""
+        return ctypes.cast(self._handle._USBDeviceHandle__handle, ctypes.c_void_p)
+
+    def _dev_mem_alloc(self, size: int) -> int:
+        """`size` bytes of usbfs memory (freed by close()), or 0 with one log line."""
+        if os.environ.get("USBNETD_USBFS_MMAP", "") == "0":
+            return 0
+        alloc = getattr(getattr(libusb1, "libusb", None), "libusb_dev_mem_alloc", None)
+        if alloc is None or getattr(libusb1.libusb, "libusb_dev_mem_free", None) is None:
+            log.info("usbfs transfer memory: libusb has no libusb_dev_mem_alloc; transfers are copied")
+            return 0
+        alloc.restype, alloc.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_size_t]
+        address = alloc(self._handle_p(), size)
+        if not address:
+            log.info("usbfs transfer memory: %d bytes refused (usbfs_memory_mb, or the controller's memory); "
+                     "transfers are copied", size)
+            return 0
+        self._dev_mem.append((address, size))
+        return address
+
     def _free_dev_mem(self) -> None:
+        """Every piece _dev_mem_alloc gave (transfer_memory's chunks, the pump's memory), back to usbfs."""
         if not self._dev_mem:
             return
         free = libusb1.libusb.libusb_dev_mem_free
-        handle_p = ctypes.cast(self._handle._USBDeviceHandle__handle, ctypes.c_void_p)
+        free.restype, free.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+        handle_p = self._handle_p()
         for address, size in self._dev_mem:
             free(handle_p, address, size)
         self._dev_mem.clear()
+        self._pump_mem = None
 
     def open_pipes(self, ep_in: int, ep_out: int, ep_int: int | None, n_rx: int, n_tx: int,
                    int_size: int, on_rx: RxCallback, on_tx: TxCallback, on_int: IntCallback) -> None:
@@ -419,12 +450,14 @@ class LibusbTransport(Transport):
                     "Python", have)
         return False
 
-    def arm_native_tx(self, pump) -> bool:
+    def arm_native_tx(self, pump, buffer_size: int = 0) -> bool:
         if self._tx is None or self._stopping or self._tx_pump is not None or self._tx.in_flight:
             return False
         if not native.COMPLETIONS or not self._layout_ok():
             return False
-        pump.arm(submit_function_address(), cancel_function_address(), self._tx.transfer_addresses())
+        addresses = self._tx.transfer_addresses()
+        memory = self._pump_memory(len(addresses) * buffer_size) if buffer_size else None
+        pump.arm(submit_function_address(), cancel_function_address(), addresses, *(memory or ()))
         self._tx_pump = pump
         return True
 

@@ -142,10 +142,12 @@ class Transport(ABC):
         """Completions go to `on_rx` again; transfers the C path had decoded come back to it as cancelled."""
         return None
 
-    def arm_native_tx(self, pump) -> bool:
-        """Let the C TX pump (a usbnetd.native FrameTx) own the bulk OUT transfers: it reads the TAP, submits
-        and counts completions without Python per frame. False when this transport cannot (then TX goes
-        through submit_tx and on_tx as always). stop() cancels and reaps its transfers too, then disarms it."""
+    def arm_native_tx(self, pump, buffer_size: int = 0) -> bool:
+        """Let the C TX pump (a usbnetd.native FrameTx or NcmPump) own the bulk OUT transfers: it reads the TAP,
+        submits and counts completions without Python per frame. False when this transport cannot (then TX goes
+        through submit_tx and on_tx as always). stop() cancels and reaps its transfers too, then disarms it.
+        With `buffer_size`, the pump takes buffers of that size in the transport's own memory where there is
+        some, as transfer_memory gives the pool (pump.arm's `memory, size`; pump.lent says whether it did)."""
         return False
 
     def detail(self) -> dict:
