@@ -18,6 +18,7 @@ Reuses tests/vm/guest/bench.py (Gadget, PeerNamespace, kernel_driver, ...) read-
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import statistics
@@ -42,10 +43,19 @@ RUN_DIR = "/run/usbnetd-bench"
 # Variants of usbnetd measured in the same boot, to show what one optimisation buys: extra `attach` options,
 # or another source tree (`baseline`: an older commit checked out by bench/vm.py --baseline).
 VARIANTS = {"usbnetd": (), "no-gro": ("--no-gro",), "pure-python": ("--pure-python",), "baseline": (),
-            "python-completions": (), "python-loop": (), "copied": ()}
+            "python-completions": (), "python-loop": (), "copied": (), "no-placement": (), "pin0": (), "pin1": ()}
 # Variants that differ by the environment `usbnetd run` gets instead of an option.
 VARIANT_ENV = {"python-completions": {"USBNETD_NATIVE_COMPLETIONS": "0"}, "python-loop": {"USBNETD_NATIVE_LOOP": "0"},
-               "copied": {"USBNETD_USBFS_MMAP": "0"}}
+               "copied": {"USBNETD_USBFS_MMAP": "0"}, "no-placement": {"USBNETD_CPU_PLACEMENT": "0"},
+               "pin0": {"USBNETD_CPU_PLACEMENT": "0"}, "pin1": {"USBNETD_CPU_PLACEMENT": "0"}}
+# Variants that pin every thread of `usbnetd run` to one guest CPU once it is attached, its own placement off
+# (app/placement.py; the experiment that led to it: usbnetd on dummy_hcd's timer's CPU, or on the other one).
+VARIANT_AFFINITY = {"pin0": {0}, "pin1": {1}}
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
 
 
 def usbnetd_cli(*args: str, timeout: float = ATTACH_TIMEOUT + 30, check: bool = True, src: str | None = None,
@@ -79,6 +89,52 @@ def find_pid(busid: str, ifname: str) -> int | None:
     return None
 
 
+def softirqs() -> dict[str, list[int]]:
+    """/proc/softirqs: per softirq, the count on each CPU."""
+    out = {}
+    with open("/proc/softirqs") as f:
+        next(f)
+        for line in f:
+            name, *counts = line.split()
+            out[name.rstrip(":")] = [int(x) for x in counts]
+    return out
+
+
+class Placement:
+    """Where the work ran during one measurement: per CPU, the HRTIMER softirqs (dummy_hcd's timer, the emulated
+    bus and the gadget's side of every transfer, is a soft hrtimer) and NET_RX ones, and on which CPU usbnetd was
+    seen (its /proc stat's `processor`, sampled every 10 ms)."""
+
+    def __init__(self, pid: int | None) -> None:
+        import threading
+
+        self.pid, self.seen = pid, collections.Counter()
+        self.before = softirqs()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        if pid:
+            self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            try:
+                with open(f"/proc/{self.pid}/stat") as f:
+                    self.seen[int(f.read().rsplit(")", 1)[1].split()[36])] += 1
+            except (OSError, IndexError, ValueError):
+                return
+
+    def result(self) -> dict:
+        self._stop.set()
+        if self.pid:
+            self._thread.join()
+        after = softirqs()
+        out = {k.lower(): [a - b for a, b in zip(after[k], self.before[k], strict=True)]
+               for k in ("HRTIMER", "NET_RX", "TIMER") if k in after}
+        if self.pid:
+            out["usbnetd_on"] = [self.seen.get(i, 0) for i in range(len(after["HRTIMER"]))]
+        return out
+
+
 def measure_link(peer: vb.PeerNamespace, seconds: float, port: int, pid: int | None) -> dict:
     host: list[str] = []
     dev = ["ip", "netns", "exec", peer.name]
@@ -89,7 +145,9 @@ def measure_link(peer: vb.PeerNamespace, seconds: float, port: int, pid: int | N
         for name, (srv, cli, addr) in dirs.items():
             c.log(f"guest: {proto.upper()} {name} {seconds:g} s")
             cpu0 = c.cpu_seconds(pid) if pid else None
+            placement = Placement(pid)
             r = c.iperf3(srv, cli, addr, port, seconds, udp=proto == "udp")
+            r["placement"] = placement.result()
             port += 1
             if pid and cpu0 is not None:
                 r["usbnetd_cpu_seconds"] = c.cpu_seconds(pid) - cpu0
@@ -113,7 +171,8 @@ def address_and_wait(peer: vb.PeerNamespace, host_if: str) -> None:
 
 
 def run_usbnetd(g: vb.Gadget, busid: str, peer: vb.PeerNamespace, seconds: float, extra: tuple = (),
-                src: str | None = None, extra_env: dict[str, str] | None = None) -> dict:
+                src: str | None = None, extra_env: dict[str, str] | None = None,
+                affinity: set[int] | None = None) -> dict:
     ifname = f"ubench{g.function}0"
     t0 = time.monotonic()
     attach(busid, ifname, extra, src, extra_env)
@@ -121,6 +180,9 @@ def run_usbnetd(g: vb.Gadget, busid: str, peer: vb.PeerNamespace, seconds: float
     try:
         address_and_wait(peer, ifname)
         pid = find_pid(busid, ifname)
+        if pid and affinity:
+            pin(pid, affinity)
+            out["affinity"] = sorted(affinity)
         out.update(measure_link(peer, seconds, 5301, pid))
         if pid:
             out["memory_kib"] = c.memory_kib(pid)
@@ -243,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                                 if side == "baseline" and not src:
                                     raise c.BenchBroken("the baseline variant needs --baseline-src")
                                 rounds[side].append(run_usbnetd(g, busid, peer, ns.seconds, VARIANTS[side], src,
-                                                                VARIANT_ENV.get(side)))
+                                                                VARIANT_ENV.get(side), VARIANT_AFFINITY.get(side)))
                         except (c.BenchBroken, vb.BenchError) as e:
                             traceback.print_exc()
                             case[f"{side}_error"] = f"{type(e).__name__}: {e}"

@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="usbnetd variants to measure in the same boot: usbnetd (as shipped), no-gro, "
                          "pure-python, python-completions (USBNETD_NATIVE_COMPLETIONS=0), python-loop "
                          "(USBNETD_NATIVE_LOOP=0), copied (USBNETD_USBFS_MMAP=0: the pool in ordinary memory), "
-                         "baseline")
+                         "no-placement (USBNETD_CPU_PLACEMENT=0), pin0 / pin1 (placement off, the process pinned "
+                         "to guest CPU 0 / 1), baseline")
     ap.add_argument("--baseline", metavar="COMMIT", help="the commit the 'baseline' variant runs (a git worktree)")
     ap.add_argument("--profile", action="store_true",
                     help="instead of the benchmark, profile usbnetd (the first of --variants) in the guest with "
