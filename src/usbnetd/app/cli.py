@@ -597,6 +597,8 @@ _PROM_KEYS: dict[str, tuple[str, str, str]] = {
                                "Sent frames per bulk OUT transfer, averaged since start."),
     "rx_throttled": ("usbnetd_rx_throttled_total", "counter", "Times RX paused after a storm of USB errors."),
     "tracing": ("usbnetd_tracing", "gauge", "1 while `usbnetd trace` records the instance (Python data path)."),
+    "cpu_placement_moves": ("usbnetd_cpu_placement_moves_total", "counter",
+                            "Times the event loop's thread moved off the CPU completing USB transfers."),
     "sim_device_cpu_seconds": ("usbnetd_sim_device_cpu_seconds_total", "counter",
                                "CPU seconds the simulated device's side took in usbnetd's thread (sim: only)."),
 }
@@ -605,7 +607,7 @@ _PROM_KEYS: dict[str, tuple[str, str, str]] = {
 _PROM_SKIP = {"busid", "ifname", "protocol", "protocol_detail", "datapath", "state", "link", "mac", "pool_packets",
               "pool_in_use", "tx_flush", "pool", "queues", "in_flight", "rx_gro", "device",
               "tx_offload", "rx_completions", "tx_completions", "event_loop", "transfer_memory",
-              "tx_pump_memory"}
+              "tx_pump_memory", "cpu_placement"}
 # Families made from the nested parts of a row (and link_up), in output order.
 _PROM_NESTED: dict[str, tuple[str, str]] = {
     "usbnetd_link_up": ("gauge", "1 when the device reports link up, else 0."),

@@ -20,6 +20,7 @@ from . import trace as trace_mod
 from .control import ControlServer
 from .facts import device_facts
 from .notify import Notifier
+from .placement import CpuPlacement
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class Daemon:
         self.failed: str | None = None  # why the instance ended in error (start-up errors raise instead)
         self.notifier = Notifier()
         self.trace: trace_mod.TraceSession | None = None  # `usbnetd trace` attached (app/trace.py)
+        self.placement: CpuPlacement | None = None  # the loop thread's CPUs (app/placement.py), made by run()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -50,7 +52,10 @@ class Daemon:
         if cmd == "status":
             return {"ok": True, "status": self._with_facts(self.service.status()), "pid": os.getpid()}
         if cmd == "stats":
-            return {"ok": True, "stats": self._with_facts(self.service.detailed_stats()), "pid": os.getpid()}
+            st = self.service.detailed_stats()
+            if self.placement is not None:
+                st.update(self.placement.detail())
+            return {"ok": True, "stats": self._with_facts(st), "pid": os.getpid()}
         if cmd == "detach":
             self.stop_reason = "detach requested"
             self.remove_interface = True  # detach removes even a persistent interface; a restart keeps it
@@ -84,6 +89,8 @@ class Daemon:
                 self.notifier.ready(self._status_line())
                 if on_ready is not None:
                     on_ready(self.service)
+                self.placement = CpuPlacement(
+                    off=None if self.service.transport.host_controller else "no host controller")
                 self._loop()
         finally:
             if self.trace is not None:
@@ -124,6 +131,7 @@ class Daemon:
         watchdog = notifier.watchdog_interval()
         next_ping = time.monotonic() if watchdog else None
         link = (svc.link.up, svc.link.speed_mbps)
+        placement = self.placement
         while self.stop_reason is None:
             if svc.device_gone:
                 self.stop_reason = "device disappeared"
@@ -198,6 +206,8 @@ class Daemon:
             if not burst and (usb or not events or svc.transport.pending()):
                 svc.on_usb()  # (burst handled libusb's events itself)
             svc.process()
+            if placement is not None:
+                placement.check()
             if self.trace is not None:
                 self.trace.pump()  # what this turn recorded goes out now, as far as the socket takes it
                 if self.trace.closed:

@@ -107,6 +107,8 @@ def read_configurations(handle: usb1.USBDeviceHandle, count: int) -> list[Config
 
 
 class LibusbTransport(Transport):
+    host_controller = True
+
     def __init__(self, context: usb1.USBContext, device: usb1.USBDevice) -> None:
         self._context = context
         self._device = device

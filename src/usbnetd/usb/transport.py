@@ -59,6 +59,9 @@ class Transport(ABC):
     # Set when a submission found the device gone: transfers that were in flight at an unplug may complete
     # with a plain error rather than NO_DEVICE, so this is the reliable sign.
     gone = False
+    # True when transfers complete through a host controller's interrupts and softirqs on some CPU, which the
+    # event loop's thread keeps off (app/placement.py); the simulated device completes them in that thread.
+    host_controller = False
 
     def clear_halt(self, endpoint: int) -> bool:
         """Clear a stalled endpoint (CLEAR_FEATURE ENDPOINT_HALT); False when that failed."""

@@ -49,8 +49,51 @@ def link_exists(ifname: str) -> bool:
     return (bench.SYS_NET / ifname).exists()
 
 
+def run_pid(busid: str) -> int:
+    """The `usbnetd run` process attach started for `busid` (its command line names it)."""
+    for p in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"run" in argv and busid.encode() in argv and any(b"usbnetd" in a for a in argv):
+            return int(p)
+    raise AssertionError(f"no usbnetd run process for {busid}")
+
+
+def completion_softirqs() -> dict[int, int]:
+    """Per CPU, the softirqs app/placement.py counts as the bus's (HI, TASKLET, HRTIMER), read independently."""
+    with open("/proc/softirqs") as f:
+        cpus = [int(c[3:]) for c in f.readline().split()]
+        out = dict.fromkeys(cpus, 0)
+        for line in f:
+            name, *counts = line.split()
+            if name in ("HI:", "TASKLET:", "HRTIMER:"):
+                for cpu, n in zip(cpus, counts, strict=False):
+                    out[cpu] += int(n)
+    return out
+
+
+def check_placement(row: dict, pid: int, busiest: int, expect_move: bool) -> None:
+    """app/placement.py: when it moved, the loop thread may not run on the CPU that ran most of the bus's
+    softirqs while traffic ran (the test's own count); on dummy_hcd, whose timer runs on one CPU all the time,
+    it must have moved."""
+    allowed = os.sched_getaffinity(pid)
+    print("cpu placement:", row.get("cpu_placement"), "moves", row.get("cpu_placement_moves"), "thread on",
+          sorted(allowed), "bus softirqs busiest on CPU", busiest)
+    if len(os.sched_getaffinity(0)) < 2:
+        assert row["cpu_placement"] == "off (one CPU)"
+        return
+    if expect_move:
+        assert row["cpu_placement"] == f"avoiding CPU {busiest}", row["cpu_placement"]
+    if row["cpu_placement"].startswith("avoiding CPU"):
+        avoided = int(row["cpu_placement"].split()[-1])
+        assert avoided not in allowed and allowed, (avoided, allowed)
+
+
 def drive(cli: Callable, busid: str, ifname: str, peer: bench.PeerNamespace, protocol: str,
-          extra: tuple[str, ...] = ()) -> None:
+          extra: tuple[str, ...] = (), dummy_hcd: bool = False) -> None:
     r = cli("attach", busid, "--ifname", ifname, "--timeout", str(ATTACH_TIMEOUT), *extra)
     assert r.stdout.strip() == ifname
     peer.address_host_side(ifname)
@@ -61,8 +104,11 @@ def drive(cli: Callable, busid: str, ifname: str, peer: bench.PeerNamespace, pro
     result = bench.ping(peer.peer_addr, count=5)
     print(result["output"])
     assert result["sent"] == 5 and result["received"] >= 4, result["output"]
+    soft0 = completion_softirqs()
     up = bench.iperf3_tcp(peer, seconds=2)
     down = bench.iperf3_tcp(peer, seconds=2, reverse=True)
+    soft1 = completion_softirqs()
+    busiest = max(soft1, key=lambda cpu: soft1[cpu] - soft0.get(cpu, 0))
     print(f"{protocol} on {busid}: iperf3 TCP to device {up['bits_per_second'] / 1e6:.1f} Mbit/s, "
           f"from device {down['bits_per_second'] / 1e6:.1f} Mbit/s")
     assert up["bytes"] > 0 and down["bytes"] > 0
@@ -84,6 +130,7 @@ def drive(cli: Callable, busid: str, ifname: str, peer: bench.PeerNamespace, pro
     large = row["pool"]["buffer_size"] >= 4096
     print("transfer memory:", row["transfer_memory"], row["pool"])
     assert row["transfer_memory"] == ("usbfs" if large else "copied"), (row["pool"], row["transfer_memory"])
+    check_placement(row, run_pid(busid), busiest, dummy_hcd)
 
     r = cli("detach", ifname)
     assert f"detached {busid} ({ifname})" in r.stdout
@@ -96,7 +143,7 @@ def test_usbnetd_drives_gadget(function, gadgets, peers, usbnetd):
     busid = g.bind()
     peer = peers(40 + g.index)
     peer.take(g.gadget_netdev)
-    drive(usbnetd, busid, f"usbn{function}0", peer, function)
+    drive(usbnetd, busid, f"usbn{function}0", peer, function, dummy_hcd=True)
     # The gadget side saw the traffic too: the frames really crossed the USB link.
     stats = peer.exec("cat", f"/sys/class/net/{g.gadget_netdev}/statistics/rx_packets").stdout
     assert int(stats) > 0
