@@ -4,8 +4,8 @@ A fuzz count under ASan+UBSan (docs/reliability.md) belongs to the code it ran o
 touches one function, the other functions' counts still hold if their machine code is the same: this compares
 the two revisions' assembly, built exactly as `fuzz/native_asan.sh` builds it (gcc -fsanitize=address,undefined
 -O1, each revision in its own directory under the same relative path, so file names in the sanitizers' data
-match), function by function. Labels that only number things (.L123, .Lubsan_data45, .LC7) are normalised;
-a .LC constant is compared by its contents.
+match), function by function. Labels that only number things (.L123, .Lubsan_data45, .LC7, .LFB12) are normalised,
+and so are the source lines in ASan's stack-frame descriptions; a .LC constant is compared by its contents.
 
     python fuzz/code_changed.py [--base REV] [--head REV] src/usbnetd/native/_fastpath.c
     (--head defaults to the working tree, --base to HEAD)
@@ -53,7 +53,12 @@ def functions(asm: str) -> dict[str, list[str]]:
             label = m.group(1)
             constants[label] = ""
         elif label and line.startswith("\t.") and not line.startswith(("\t.section", "\t.text", "\t.align")):
-            constants[label] += line.strip() + "|"
+            text = line.strip()
+            if re.match(r'\.string\t"\d+ \d+ \d+ ', text):
+                # ASan's description of a function's stack frame names each variable with its source line
+                # ("2 48 16 2 ts 80 48 5 r:815"): a line moved by an edit elsewhere is not a code change
+                text = re.sub(r':\d+(?=[ "])', ":N", text)
+            constants[label] += text + "|"
         else:
             label = None
     names = set(re.findall(r"^\t\.type\t([\w.]+), @function$", asm, re.M))
@@ -71,7 +76,7 @@ def functions(asm: str) -> dict[str, list[str]]:
             current = None
             continue
         line = re.sub(r"\.LC\d+", lambda c: f"LC[{constants.get(c.group(0), '?')}]", line)
-        line = re.sub(r"\.L(ubsan_data|ubsan_type|ASAN\w*?)?\d+", r".L\1", line)
+        line = re.sub(r"\.L(ubsan_data|ubsan_type|ASAN\w*?|FB|FE)?\d+", r".L\1", line)  # FB/FE: function begin/end
         out[current].append(line)
     return out
 

@@ -139,3 +139,23 @@ def test_a_refused_move_or_an_unreadable_file_turns_it_off_with_one_line(caplog)
                         clock=lambda: m.now)
     q.check()
     assert q.detail()["cpu_placement"].startswith("off (cannot read /proc/softirqs")
+
+
+def test_completions_that_follow_the_thread_make_it_move_ever_less_often(caplog) -> None:
+    """dummy_hcd's timer under light load migrates to the busy CPU, the thread's: without a back-off the two
+    would swap CPUs every second. Each followed move doubles the hold, up to MAX_HOLD, and the log says so
+    once; a move that holds brings the hold back to one period."""
+    m = Machine({0, 1})
+    p = m.placement()
+    with caplog.at_level(logging.INFO, logger="usbnetd.app.placement"):
+        for _ in range(120):
+            thread_cpu = min(m.affinity) if m.sets else 0  # the timer sits wherever the thread is
+            m.run(p, {thread_cpu: 5000}, seconds=1)
+    assert 5 <= p.moves <= 9, p.moves  # 120 s: holds of 1, 2, 4, ... 64 s, not 120 moves
+    assert p.hold == pl.MAX_HOLD
+    assert caplog.text.count("follow the event loop") == 1 and caplog.text.count("keeps off") == 2
+    # the completions stop following: the next move is not a chase, and the hold is one period again
+    m.run(p, {p.avoiding: 5000}, seconds=70)
+    moves = p.moves
+    m.run(p, {min(m.affinity): 5000}, seconds=3)
+    assert p.moves == moves + 1 and p.hold == pl.PERIOD

@@ -76,17 +76,22 @@ def completion_softirqs() -> dict[int, int]:
 
 
 def check_placement(row: dict, pid: int, busiest: int, expect_move: bool) -> None:
-    """app/placement.py: when it moved, the loop thread may not run on the CPU that ran most of the bus's
-    softirqs while traffic ran (the test's own count); on dummy_hcd, whose timer runs on one CPU all the time,
-    it must have moved."""
+    """app/placement.py. On dummy_hcd, whose timer runs the bus's softirqs thousands of times a second, the loop
+    thread must have moved, and then (a move the timer did not follow) off the CPU that ran most of them while
+    traffic ran (the test's own count). When the timer followed the thread (NOHZ timer migration under light
+    load), the back-off must have kept the moves few: holds of 1, 2, 4, 8 s in the test's 20 s. Whatever it did,
+    the thread may not run on the CPU it says it avoids."""
     allowed = os.sched_getaffinity(pid)
-    print("cpu placement:", row.get("cpu_placement"), "moves", row.get("cpu_placement_moves"), "thread on",
-          sorted(allowed), "bus softirqs busiest on CPU", busiest)
+    moves = row.get("cpu_placement_moves")
+    print("cpu placement:", row.get("cpu_placement"), "moves", moves, "thread on", sorted(allowed),
+          "bus softirqs busiest on CPU", busiest)
     if len(os.sched_getaffinity(0)) < 2:
         assert row["cpu_placement"] == "off (one CPU)"
         return
     if expect_move:
-        assert row["cpu_placement"] == f"avoiding CPU {busiest}", row["cpu_placement"]
+        assert row["cpu_placement"].startswith("avoiding CPU") and 1 <= moves <= 6, (row["cpu_placement"], moves)
+        if moves == 1:
+            assert row["cpu_placement"] == f"avoiding CPU {busiest}", row["cpu_placement"]
     if row["cpu_placement"].startswith("avoiding CPU"):
         avoided = int(row["cpu_placement"].split()[-1])
         assert avoided not in allowed and allowed, (avoided, allowed)
