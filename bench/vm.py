@@ -139,6 +139,16 @@ def profile(ns: argparse.Namespace) -> int:
     return rc
 
 
+def wakeups(ns: argparse.Namespace) -> int:
+    """bench/vm.py --wakeups: one boot running bench/guest_wakeup.py (perf bench sched pipe in the guest)."""
+    results = ns.results or tempfile.mkdtemp(prefix="usbnetd-wakeups-vm-")
+    guest_cmd = shlex.join([sys.executable, os.path.join(REPO, "bench", "guest_wakeup.py")])
+    cmd = [sys.executable, "-m", "tests.vm.harness", "run", "--results", results, "--timeout", f"{ns.timeout:g}",
+           "--", guest_cmd]
+    c.log(f"vm: {shlex.join(cmd)}")
+    return subprocess.run(cmd, cwd=REPO).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=5)
@@ -158,9 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true",
                     help="instead of the benchmark, profile usbnetd (the first of --variants) in the guest with "
                          "perf: per-frame CPU, system calls and wake-ups, top symbols (bench/guest_profile.py)")
+    ap.add_argument("--wakeups", action="store_true",
+                    help="instead of the benchmark, what a process wake-up costs in the guest (perf bench sched "
+                         "pipe, bench/guest_wakeup.py)")
     ns = ap.parse_args(argv)
     if ns.profile:
         return profile(ns)
+    if ns.wakeups:
+        return wakeups(ns)
     variants = [v for v in ns.variants.split(",") if v]
     if "baseline" in variants and not ns.baseline:
         ap.error("the baseline variant needs --baseline COMMIT")
