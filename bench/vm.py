@@ -149,6 +149,17 @@ def wakeups(ns: argparse.Namespace) -> int:
     return subprocess.run(cmd, cwd=REPO).returncode
 
 
+def echo_trace(ns: argparse.Namespace) -> int:
+    """bench/vm.py --echo-trace: one boot running bench/guest_echo_trace.py (ftrace of each ping's way)."""
+    results = ns.results or tempfile.mkdtemp(prefix="usbnetd-echo-vm-")
+    guest_cmd = shlex.join([sys.executable, os.path.join(REPO, "bench", "guest_echo_trace.py"),
+                            "--function", ns.functions.split(",")[0]])
+    cmd = [sys.executable, "-m", "tests.vm.harness", "run", "--results", results, "--timeout", f"{ns.timeout:g}",
+           "--", guest_cmd]
+    c.log(f"vm: {shlex.join(cmd)}")
+    return subprocess.run(cmd, cwd=REPO).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=5)
@@ -171,7 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wakeups", action="store_true",
                     help="instead of the benchmark, what a process wake-up costs in the guest (perf bench sched "
                          "pipe, bench/guest_wakeup.py)")
+    ap.add_argument("--echo-trace", action="store_true",
+                    help="instead of the benchmark, trace each ping's way through usbnetd and the kernel's driver "
+                         "on the first of --functions (bench/guest_echo_trace.py)")
     ns = ap.parse_args(argv)
+    if ns.echo_trace:
+        return echo_trace(ns)
     if ns.profile:
         return profile(ns)
     if ns.wakeups:
