@@ -36,6 +36,9 @@ def stats_row(ifname: str = "usb0", busid: str = "sim:ncm", n: int = 1) -> dict:
         "rx_gro": {"enabled": True, "superframes": 1, "segments": 4, "unverified": 0},
         "tx_offload": {"enabled": True, "tso_superframes": 2, "tso_segments": 90, "csum_completed": 7,
                        "dropped": 1},
+        # on a real adapter (not the sim): the C TX pump's memory and the daemon's CPU placement
+        "transfer_memory": "usbfs", "tx_pump_memory": "usbfs", "cpu_placement": "avoiding CPU 1",
+        "cpu_placement_moves": 1,
     }
 
 
