@@ -104,7 +104,7 @@ class Placement:
     """Where the work ran during one measurement: per CPU, the HRTIMER softirqs (dummy_hcd's timer, the emulated
     bus and the gadget's side of every transfer, is a soft hrtimer) and NET_RX ones, and on which CPU usbnetd was
     seen (its /proc stat's `processor`, sampled every 10 ms: a Python thread waking 100 times a second, on the
-    usbnetd sides only, which costs them well under 1 % of a guest CPU)."""
+    usbnetd sides only, which costs them about 1 % of a guest CPU at most)."""
 
     def __init__(self, pid: int | None) -> None:
         import threading
