@@ -292,3 +292,18 @@ def test_instances_append_to_the_device_log_and_a_failed_start_takes_back_its_pa
     rc, out = attach(FailedStart)
     assert rc == 1 and out.strip() == "usbnetd: error: interface usb0 already exists", out
     assert log.read_text() == history and os.listdir(tmp_path) == [log.name]
+
+
+def test_stats_text_says_where_the_buffers_live_and_where_the_thread_runs(tmp_path):
+    """The lines `usbnetd stats` prints for a real adapter's row, the pump memory and CPU placement included."""
+    from test_cli_prometheus import stats_row
+
+    inst = FakeInstance(tmp_path, "3-1", "usb0", busid="3-1")
+    inst.status = stats_row("usb0", "3-1")
+    try:
+        r = usbnetd("stats", "usb0", run_dir=tmp_path)
+    finally:
+        inst.close()
+    assert r.returncode == 0, r.stderr
+    assert "  transfer memory usbfs, TX pump memory usbfs, CPU placement avoiding CPU 1 (1 move)" in r.stdout, r.stdout
+    assert "Traceback" not in r.stderr

@@ -782,6 +782,15 @@ def stats(target, as_json, prometheus, every) -> None:
         pool = r.get("pool", {})
         click.echo(f"  pool: {pool.get('in_use')}/{pool.get('packets')} in use x {pool.get('buffer_size')} B, "
                    f"exhausted {pool.get('exhausted')} times")
+        # Where the transfers' buffers live (usbfs: mapped, not copied) and where the loop's thread runs.
+        where = [f"transfer memory {r['transfer_memory']}"] if "transfer_memory" in r else []
+        if "tx_pump_memory" in r:
+            where.append(f"TX pump memory {r['tx_pump_memory']}")
+        if "cpu_placement" in r:
+            moves = r.get("cpu_placement_moves", 0)
+            where.append(f"CPU placement {r['cpu_placement']} ({moves} move{'' if moves == 1 else 's'})")
+        if where:
+            click.echo("  " + ", ".join(where))
         click.echo("  queue high-water: " + ", ".join(f"{q} {i['high_water']}/{i['capacity']}"
                                                       for q, i in r.get("queues", {}).items()))
 
