@@ -72,13 +72,11 @@ class CpuPlacement:
         self.allowed = frozenset(get_affinity(0))
         self.avoiding: int | None = None
         self.moves = 0
+        if off is None and os.environ.get("USBNETD_CPU_PLACEMENT", "") == "0":
+            off = "USBNETD_CPU_PLACEMENT=0"
+        elif off is None and len(self.allowed) < 2:
+            off = "one CPU"
         self.why_off: str | None = off
-        if off is not None:
-            pass
-        elif os.environ.get("USBNETD_CPU_PLACEMENT", "") == "0":
-            self.why_off = "USBNETD_CPU_PLACEMENT=0"
-        elif len(self.allowed) < 2:
-            self.why_off = "one CPU"
         self._last: dict[int, int] | None = None
         self._last_at = 0.0
         self._next = 0.0
@@ -123,10 +121,7 @@ class CpuPlacement:
         self.moves += 1
         self._moved_at = now
         self.hold = min(2 * self.hold, MAX_HOLD) if chased else PERIOD
-        if chased and self._told_chase:
-            level = logging.DEBUG
-        else:
-            level = logging.INFO
+        level = logging.DEBUG if chased and self._told_chase else logging.INFO  # the chase is told once
         log.log(level, "CPU placement: the event loop keeps off CPU %d, which ran %d%% of the USB completions' "
                 "softirqs (%d a second); it runs on CPUs %s", busiest, round(100 * delta[busiest] / total),
                 round(delta[busiest] / (now - last_at)), ",".join(map(str, sorted(cpus))))
