@@ -125,6 +125,34 @@ def test_a_frame_too_short_or_too_long_for_ecm_is_counted_not_delivered():
     svc.stop()
 
 
+@pytest.mark.parametrize("kind", ["ecm", "ncm", "eem"])
+def test_a_zero_length_transfer_is_a_zlp_not_a_runt_and_goes_back_in_flight(kind):
+    """A ZLP that comes as a transfer of its own (QEMU's usb-net after every frame a multiple of 64 long) ends
+    the data before it: no error, no frame, the transfer resubmitted, in all three data paths alike."""
+    svc, t, tap = make_service(kind)
+    frames = [frame(128, 1), frame(1024, 2)]
+    if kind == "ncm":
+        layout = TxLayout(False, 4096, 4, 0, 4, 40, 512)
+        transfers = [build_ntb(layout, [f]) for f in frames]
+    elif kind == "eem":
+        transfers = [ec.data_packet(f) for f in frames]
+    else:
+        transfers = frames
+    in_flight = t.in_flight
+    t.complete_rx(transfers[0])
+    t.complete_rx(b"")
+    t.complete_rx(transfers[1])
+    t.complete_rx(b"")
+    turn(svc)
+    assert [f for _, f in tap.host_receive()] == frames
+    st = svc.stats
+    assert (st.rx_packets, st.rx_errors, st.rx_length_errors, st.rx_frame_errors) == (2, 0, 0, 0)
+    assert svc.datapath.rx_transfers_done == 4
+    assert t.in_flight == in_flight, "every transfer went back in flight, the ZLPs' too"
+    svc.stop()
+    everything_back(svc)
+
+
 def test_a_full_tap_drops_and_counts_and_rx_keeps_going():
     """Backpressure from the host: the TAP's queue is full. Frames are dropped and counted, one log line per
     burst, nothing raised, and every RX transfer goes back in flight."""

@@ -578,7 +578,12 @@ class DataPath:
             if done:
                 self.rx_transfers_done += done
                 self._rx_error_streak = 0
-        # RX: decode each completed transfer into the port, then recycle its packet.
+        # RX: decode each completed transfer into the port, then recycle its packet. A transfer of no bytes is a
+        # zero-length packet that came on its own: the end of data whose last packet was a full one (USB 2.0
+        # §5.8.3; CDC ECM 1.2 §3.3.1, segment delineation), which the transfer before it already ended. It
+        # carries nothing, so no framing sees it and nothing counts it as a runt. QEMU's usb-net sends one after
+        # every frame whose length is a multiple of 64, and its host controllers hand the whole frame over in
+        # one go, so that ZLP is a transfer of its own. usb_complete in the C path skips it the same way.
         if self.rx_completion.dequeue_batch(batch):
             self.rx_transfers_done += len(batch)
             rx_q, port = self.rx_submission, self.port
@@ -586,15 +591,17 @@ class DataPath:
             if fast is not None:
                 # The C path: the same decode, GRO and writes as below, one call per transfer.
                 for p in batch:
-                    fast(p.view, p.length)
+                    if p.length:
+                        fast(p.view, p.length)
                     p.length = 0
                     rx_q.enqueue(p)
                 port.rx_native_end()  # before any of these buffers is submitted again
             else:
                 decode, begin = self.driver.rx_decode, port.rx_begin
                 for p in batch:
-                    begin(p.view)
-                    decode(p.view, p.length, port)
+                    if p.length:
+                        begin(p.view)
+                        decode(p.view, p.length, port)
                     p.length = 0
                     rx_q.enqueue(p)
                 port.rx_end()  # before any of these buffers is submitted again

@@ -1020,10 +1020,12 @@ static void usb_complete(struct usb_xfer *t)
     long long length = t->actual_length;
     if (length > t->length)
         length = t->length;
-    if (length < 0)
-        length = 0;
-    self->gen++;
-    self->usb_walk(self, t->buffer, length);
+    /* A zero-length transfer is a ZLP that came on its own (DataPath.process skips it the same way): resubmitted,
+     * counted as done, walked by no framing. Negative lengths, which libusb never reports, end up here too. */
+    if (length > 0) {
+        self->gen++;
+        self->usb_walk(self, t->buffer, length);
+    }
     self->pending[self->npending++] = t;
     self->usb_done++;
 }

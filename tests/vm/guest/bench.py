@@ -263,9 +263,10 @@ class PeerNamespace:
 
 
 def ping(addr: str, count: int = 3, netns: str | None = None, timeout: float = 20,
-         interval: float = 0.2) -> dict:
-    """Ping ``addr``; returns {"sent", "received", "rtt_avg_ms", "output"} (no exception on loss)."""
-    r = run("ping", "-n", "-c", str(count), "-i", str(interval), "-W", "2", addr,
+         interval: float = 0.2, size: int = 56) -> dict:
+    """Ping ``addr`` with ``size`` bytes of ICMP data; returns {"sent", "received", "rtt_avg_ms", "output"} (no
+    exception on loss)."""
+    r = run("ping", "-n", "-c", str(count), "-i", str(interval), "-W", "2", "-s", str(size), addr,
             check=False, timeout=timeout, netns=netns)
     m = re.search(r"(\d+) packets transmitted, (\d+) received", r.stdout)
     rtt = re.search(r"= [\d.]+/([\d.]+)/", r.stdout)
