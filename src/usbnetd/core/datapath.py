@@ -591,7 +591,7 @@ class DataPath:
             if fast is not None:
                 # The C path: the same decode, GRO and writes as below, one call per transfer.
                 for p in batch:
-                    if p.length:
+                    if p.length > 0:  # (libusb never reports a negative length; C skips one too)
                         fast(p.view, p.length)
                     p.length = 0
                     rx_q.enqueue(p)
@@ -599,7 +599,7 @@ class DataPath:
             else:
                 decode, begin = self.driver.rx_decode, port.rx_begin
                 for p in batch:
-                    if p.length:
+                    if p.length > 0:
                         begin(p.view)
                         decode(p.view, p.length, port)
                     p.length = 0

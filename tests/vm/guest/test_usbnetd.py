@@ -110,9 +110,10 @@ def drive(cli: Callable, busid: str, ifname: str, peer: bench.PeerNamespace, pro
     print(result["output"])
     assert result["sent"] == 5 and result["received"] >= 4, result["output"]
     # Echoes in 1,024-byte frames (982 bytes of ICMP data + 8 + 20 + 14): a multiple of every bulk max packet
-    # size (64, 512, 1024), so each ends with a zero-length packet both ways. QEMU's usb-net hands that ZLP over
-    # as a transfer of its own (its host controllers pass the whole transfer to the device model at once); it
-    # is a frame's end, not a runt frame, and the error check below holds it to that.
+    # size (64, 512, 1024), so where a transfer is one frame (ECM, the subset) each ends with a zero-length
+    # packet both ways. QEMU's usb-net hands that ZLP over as a transfer of its own (its host controllers pass
+    # the whole transfer to the device model at once); it is a frame's end, not a runt frame, and the error
+    # check below holds it to that.
     zlp = bench.ping(peer.peer_addr, count=4, size=982)
     print(zlp["output"])
     assert zlp["sent"] == 4 and zlp["received"] >= 3, zlp["output"]
