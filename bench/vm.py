@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -149,6 +150,51 @@ def wakeups(ns: argparse.Namespace) -> int:
     return subprocess.run(cmd, cwd=REPO).returncode
 
 
+def rtt_floor_table(data: dict, markdown: bool = False) -> str:
+    """bench/guest_rtt_floor.py's rounds: each side's median and minimum RTT, and its median against the
+    kernel's in the same round; a last row with the medians over the rounds."""
+    sides = ("usbnetd", "relay", "relay-spin", "kernel")
+    compared = sides[:-1]
+    headers = ["round"] + [f"{s} median / min ms" for s in sides] + [f"{s} / kernel" for s in compared]
+    rows, per_side = [], {s: [] for s in sides}
+    for i, row in enumerate(data.get("rounds", []), 1):
+        cells = [str(i)]
+        for s in sides:
+            med, low = (row.get(s) or {}).get("median_ms"), (row.get(s) or {}).get("min_ms")
+            per_side[s].append(med)
+            cells.append(f"{c.fmt(med, '.3f')} / {c.fmt(low, '.3f')}")
+        k = (row.get("kernel") or {}).get("median_ms")
+        cells += [c.fmt(_ratio((row.get(s) or {}).get("median_ms"), k), ".2f", "x") for s in compared]
+        rows.append(cells)
+    if rows:
+        med = {s: statistics.median(v) if v and None not in v else None for s, v in per_side.items()}
+        rows.append(["median"] + [c.fmt(med[s], ".3f") for s in sides]
+                    + [c.fmt(_ratio(med[s], med["kernel"]), ".2f", "x") for s in compared])
+    return c.table(headers, rows, markdown) + f"\nbar: ping RTT <= {c.VM_RTT_RATIO:g}x the kernel's"
+
+
+def rtt_floor(ns: argparse.Namespace) -> int:
+    """bench/vm.py --rtt-floor: one boot running bench/guest_rtt_floor.py (ECM echoes through usbnetd, the
+    minimal usbfs relay, blocking and spinning, and cdc_ether, interleaved); prints its table."""
+    results = ns.results or tempfile.mkdtemp(prefix="usbnetd-rtt-floor-vm-")
+    guest_cmd = shlex.join([sys.executable, os.path.join(REPO, "bench", "guest_rtt_floor.py"),
+                            "--rounds", str(max(ns.rounds, 1))])
+    cmd = [sys.executable, "-m", "tests.vm.harness", "run", "--results", results, "--timeout", f"{ns.timeout:g}",
+           *(["--quiet"] if ns.quiet else []), "--", guest_cmd]
+    c.log(f"vm: {shlex.join(cmd)}")
+    rc = subprocess.run(cmd, cwd=REPO).returncode
+    try:
+        with open(os.path.join(results, "rtt-floor.json")) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        c.log(f"no rtt-floor.json in {results}: {e}")
+        return rc or 1
+    print(rtt_floor_table(data))
+    if ns.json:
+        c.write_json(ns.json, data)
+    return rc
+
+
 def echo_trace(ns: argparse.Namespace) -> int:
     """bench/vm.py --echo-trace: one boot running bench/guest_echo_trace.py (ftrace of each ping's way)."""
     results = ns.results or tempfile.mkdtemp(prefix="usbnetd-echo-vm-")
@@ -185,7 +231,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--echo-trace", action="store_true",
                     help="instead of the benchmark, trace each ping's way through usbnetd and the kernel's driver "
                          "on the first of --functions (bench/guest_echo_trace.py)")
+    ap.add_argument("--rtt-floor", action="store_true",
+                    help="instead of the benchmark, ECM echoes through usbnetd, through the least a usbfs driver "
+                         "can do (bench/micro/usbfs_relay.c, blocking and spinning) and through cdc_ether, "
+                         "--rounds times "
+                         "(bench/guest_rtt_floor.py)")
     ns = ap.parse_args(argv)
+    if ns.rtt_floor:
+        return rtt_floor(ns)
     if ns.echo_trace:
         return echo_trace(ns)
     if ns.profile:

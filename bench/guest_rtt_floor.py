@@ -1,0 +1,137 @@
+"""The RTT floor of any usbfs driver: ECM echoes through usbnetd, through bench/micro/usbfs_relay.c, and through
+cdc_ether, interleaved in one boot.
+
+Runs inside the guest (`bench/vm.py --rtt-floor`). The ECM gadget (bench/guest_bench.py's set-up) is driven in
+turn, every round, by
+    usbnetd   as shipped (`usbnetd attach`);
+    relay     usbfs_relay, compiled here: the fewest wake-ups and system calls a user-space driver can make per
+              echo through usbfs (its header says which), and none of usbnetd's other work;
+    relay-spin  the same with --spin: both threads busy-wait, so an echo wakes nothing (two CPUs at 100 %);
+    kernel    cdc_ether;
+and each side gets the same pings (0.2 s apart, after three unmeasured ones for neighbour resolution). The
+relay's figures are a floor for usbnetd, or any other user-space driver of the same device: if the relay is
+above the RTT bar (1.3x the kernel's), no change inside such a driver brings it under. Writes rtt-floor.json
+into $USBNETD_VM_RESULTS and prints it as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+import common as c  # noqa: E402
+import guest_bench as gb  # noqa: E402
+
+from vm.guest import bench as vb  # noqa: E402
+
+RELAY_SOURCE = HERE / "micro" / "usbfs_relay.c"
+RELAY_IF = "urelay0"
+SIDES = ("usbnetd", "relay", "relay-spin", "kernel")
+
+
+def echoes(addr: str, count: int, pid: int | None) -> dict:
+    """Per-echo RTTs (ms) of `count` pings, their min/median/mean, and `pid`'s CPU seconds meanwhile."""
+    t0 = c.cpu_seconds(pid) if pid else None
+    r = c.run(["ping", "-n", "-c", str(count), "-i", "0.2", "-W", "2", addr], check=False,
+              timeout=count * 0.2 + 30)
+    rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", r.stdout)]
+    out: dict = {"sent": count, "received": len(rtts), "rtts_ms": rtts,
+                 "min_ms": min(rtts) if rtts else None,
+                 "median_ms": statistics.median(rtts) if rtts else None,
+                 "mean_ms": statistics.fmean(rtts) if rtts else None}
+    if pid:
+        out["cpu_seconds"] = round(c.cpu_seconds(pid) - t0, 3)
+    return out
+
+
+def usbfs_node(busid: str) -> str:
+    sysfs = Path("/sys/bus/usb/devices") / busid
+    bus, dev = int((sysfs / "busnum").read_text()), int((sysfs / "devnum").read_text())
+    return f"/dev/bus/usb/{bus:03d}/{dev:03d}"
+
+
+def run_relay(relay: str, busid: str, peer: vb.PeerNamespace, count: int, spin: bool) -> dict:
+    p = subprocess.Popen([relay, *(["--spin"] if spin else []), usbfs_node(busid), RELAY_IF])
+    try:
+        deadline = time.monotonic() + 10
+        while not Path("/sys/class/net", RELAY_IF).exists():
+            if p.poll() is not None or time.monotonic() > deadline:
+                raise c.BenchBroken(f"usbfs_relay did not create {RELAY_IF} (exit {p.poll()})")
+            time.sleep(0.1)
+        c.run(["ip", "link", "set", RELAY_IF, "up"])
+        gb.address_and_wait(peer, RELAY_IF)
+        peer.bounce()  # the gadget's side re-announces its link; the relay ignores it, as it ignores all control
+        c.ping([], peer.peer_addr, count=3, interval=0.2)
+        return echoes(peer.peer_addr, count, p.pid)
+    finally:
+        p.kill()
+        p.wait()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--count", type=int, default=40, help="echoes per side and round")
+    ns = ap.parse_args()
+    build = tempfile.mkdtemp(prefix="usbfs-relay-")
+    relay = os.path.join(build, "usbfs_relay")
+    c.run(["gcc", "-O2", "-Wall", "-Wextra", "-pthread", "-o", relay, str(RELAY_SOURCE)])
+    os.makedirs(gb.RUN_DIR, exist_ok=True)
+    for stale in vb.CONFIGFS.glob(f"{vb.GADGET_PREFIX}*"):
+        vb.Gadget._remove_tree(stale)
+    vb.unload_host_drivers()
+    vb.ensure_dummy_hcd()
+    vb.kernel_driver("tun")
+    g = vb.Gadget.create("ecm", index=1)
+    peer = vb.PeerNamespace(151).create()
+    out: dict = {"function": "ecm", "count": ns.count, "rounds": []}
+    path = os.path.join(os.environ.get("USBNETD_VM_RESULTS", "."), "rtt-floor.json")
+    try:
+        busid = g.bind()
+        peer.take(g.gadget_netdev)
+        for r in range(ns.rounds):
+            row: dict = {}
+            ifname = "ufloor0"
+            gb.attach(busid, ifname)
+            try:
+                gb.address_and_wait(peer, ifname)
+                time.sleep(2)  # the CPU placement's first look, as bench/guest_echo_trace.py
+                c.ping([], peer.peer_addr, count=3, interval=0.2)
+                row["usbnetd"] = echoes(peer.peer_addr, ns.count, gb.find_pid(busid, ifname))
+            finally:
+                gb.usbnetd_cli("detach", ifname, check=False, timeout=60)
+            row["relay"] = run_relay(relay, busid, peer, ns.count, spin=False)
+            row["relay-spin"] = run_relay(relay, busid, peer, ns.count, spin=True)
+            gb.switch_to_kernel(g, peer)
+            c.ping([], peer.peer_addr, count=3, interval=0.2)
+            row["kernel"] = echoes(peer.peer_addr, ns.count, None)
+            g.unbind()
+            vb.unload_host_drivers()
+            busid = g.bind()
+            out["rounds"].append(row)
+            summary = ", ".join(f"{s} median {row[s]['median_ms']} min {row[s]['min_ms']} ms" for s in SIDES)
+            c.log(f"rtt-floor round {r + 1}: {summary}")
+            c.write_json(path, out)
+    finally:
+        g.destroy()
+        peer.delete()
+        vb.unload_host_drivers()
+    c.write_json(path, out)
+    print("RTT-FLOOR " + json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
