@@ -58,6 +58,17 @@ def pin(pid: int, cpus: set[int]) -> None:
         os.sched_setaffinity(int(task.name), cpus)
 
 
+def fresh_guest() -> None:
+    """The guest as every bench script starts from: no gadget left by an earlier run, no host driver bound,
+    dummy_hcd and tun loaded."""
+    os.makedirs(RUN_DIR, exist_ok=True)
+    for g in vb.CONFIGFS.glob(f"{vb.GADGET_PREFIX}*"):
+        vb.Gadget._remove_tree(g)
+    vb.unload_host_drivers()
+    vb.ensure_dummy_hcd()
+    vb.kernel_driver("tun")
+
+
 def usbnetd_cli(*args: str, timeout: float = ATTACH_TIMEOUT + 30, check: bool = True, src: str | None = None,
                 extra_env: dict[str, str] | None = None):
     env = dict(os.environ, USBNETD_RUN_DIR=RUN_DIR, **(extra_env or {}))
@@ -274,12 +285,7 @@ def main(argv: list[str] | None = None) -> int:
 
     status = 0
     try:
-        os.makedirs(RUN_DIR, exist_ok=True)
-        for g in vb.CONFIGFS.glob(f"{vb.GADGET_PREFIX}*"):
-            vb.Gadget._remove_tree(g)
-        vb.unload_host_drivers()
-        vb.ensure_dummy_hcd()
-        vb.kernel_driver("tun")
+        fresh_guest()
         for i, function in enumerate(ns.functions.split(","), 1):
             case: dict = {"function": function}
             data["cases"].append(case)

@@ -130,10 +130,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--function", default="ecm")
     ns = ap.parse_args()
-    os.makedirs(gb.RUN_DIR, exist_ok=True)
-    vb.unload_host_drivers()
-    vb.ensure_dummy_hcd()
-    vb.kernel_driver("tun")
+    gb.fresh_guest()
     g = vb.Gadget.create(ns.function, index=1)
     peer = vb.PeerNamespace(150 + 1).create()
     out: dict = {"function": ns.function}

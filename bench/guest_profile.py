@@ -140,12 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     (out_dir / "kallsyms").write_bytes(Path("/proc/kallsyms").read_bytes())
     if not os.path.ismount(TRACEFS):
         subprocess.run(["mount", "-t", "tracefs", "nodev", TRACEFS], check=False)
-    os.makedirs(gb.RUN_DIR, exist_ok=True)
-    for g in vb.CONFIGFS.glob(f"{vb.GADGET_PREFIX}*"):
-        vb.Gadget._remove_tree(g)
-    vb.unload_host_drivers()
-    vb.ensure_dummy_hcd()
-    vb.kernel_driver("tun")
+    gb.fresh_guest()
     for i, function in enumerate(ns.functions.split(","), 1):
         g = vb.Gadget.create(function, index=i)
         peer = vb.PeerNamespace(150 + i).create()

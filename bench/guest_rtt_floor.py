@@ -88,12 +88,7 @@ def main() -> int:
     build = tempfile.mkdtemp(prefix="usbfs-relay-")
     relay = os.path.join(build, "usbfs_relay")
     c.run(["gcc", "-O2", "-Wall", "-Wextra", "-pthread", "-o", relay, str(RELAY_SOURCE)])
-    os.makedirs(gb.RUN_DIR, exist_ok=True)
-    for stale in vb.CONFIGFS.glob(f"{vb.GADGET_PREFIX}*"):
-        vb.Gadget._remove_tree(stale)
-    vb.unload_host_drivers()
-    vb.ensure_dummy_hcd()
-    vb.kernel_driver("tun")
+    gb.fresh_guest()
     g = vb.Gadget.create("ecm", index=1)
     peer = vb.PeerNamespace(151).create()
     out: dict = {"function": "ecm", "count": ns.count, "rounds": []}
