@@ -126,28 +126,30 @@ def extras(data: dict, markdown: bool = False) -> str:
     return c.table(headers, rows, markdown)
 
 
+def run_guest_script(ns: argparse.Namespace, script: str, args: list[str], prefix: str,
+                     quiet: bool = False) -> tuple[int, str]:
+    """One boot running bench/<script> with `args` in the guest; (harness exit status, results directory)."""
+    results = ns.results or tempfile.mkdtemp(prefix=prefix)
+    guest_cmd = shlex.join([sys.executable, os.path.join(REPO, "bench", script), *args])
+    cmd = [sys.executable, "-m", "tests.vm.harness", "run", "--results", results, "--timeout", f"{ns.timeout:g}",
+           *(["--quiet"] if quiet else []), "--", guest_cmd]
+    c.log(f"vm: {shlex.join(cmd)}")
+    return subprocess.run(cmd, cwd=REPO).returncode, results
+
+
 def profile(ns: argparse.Namespace) -> int:
     """bench/vm.py --profile: one boot running bench/guest_profile.py; its reports are printed as they come."""
-    results = ns.results or tempfile.mkdtemp(prefix="usbnetd-profile-vm-")
     variant = ns.variants.split(",")[0]
-    guest_cmd = shlex.join([sys.executable, os.path.join(REPO, "bench", "guest_profile.py"),
-                            "--seconds", f"{ns.seconds:g}", "--functions", ns.functions, "--variant", variant])
-    cmd = [sys.executable, "-m", "tests.vm.harness", "run", "--results", results, "--timeout", f"{ns.timeout:g}",
-           *(["--quiet"] if ns.quiet else []), "--", guest_cmd]
-    c.log(f"vm: {shlex.join(cmd)}")
-    rc = subprocess.run(cmd, cwd=REPO).returncode
+    rc, results = run_guest_script(ns, "guest_profile.py", ["--seconds", f"{ns.seconds:g}", "--functions",
+                                                            ns.functions, "--variant", variant],
+                                   "usbnetd-profile-vm-", quiet=ns.quiet)
     c.log(f"profile reports and perf data in {results} (profile-<function>-<direction>.*); harness exit {rc}")
     return rc
 
 
 def wakeups(ns: argparse.Namespace) -> int:
     """bench/vm.py --wakeups: one boot running bench/guest_wakeup.py (perf bench sched pipe in the guest)."""
-    results = ns.results or tempfile.mkdtemp(prefix="usbnetd-wakeups-vm-")
-    guest_cmd = shlex.join([sys.executable, os.path.join(REPO, "bench", "guest_wakeup.py")])
-    cmd = [sys.executable, "-m", "tests.vm.harness", "run", "--results", results, "--timeout", f"{ns.timeout:g}",
-           "--", guest_cmd]
-    c.log(f"vm: {shlex.join(cmd)}")
-    return subprocess.run(cmd, cwd=REPO).returncode
+    return run_guest_script(ns, "guest_wakeup.py", [], "usbnetd-wakeups-vm-")[0]
 
 
 def rtt_floor_table(data: dict, markdown: bool = False) -> str:
@@ -176,13 +178,8 @@ def rtt_floor_table(data: dict, markdown: bool = False) -> str:
 def rtt_floor(ns: argparse.Namespace) -> int:
     """bench/vm.py --rtt-floor: one boot running bench/guest_rtt_floor.py (ECM echoes through usbnetd, the
     minimal usbfs relay, blocking and spinning, and cdc_ether, interleaved); prints its table."""
-    results = ns.results or tempfile.mkdtemp(prefix="usbnetd-rtt-floor-vm-")
-    guest_cmd = shlex.join([sys.executable, os.path.join(REPO, "bench", "guest_rtt_floor.py"),
-                            "--rounds", str(max(ns.rounds, 1))])
-    cmd = [sys.executable, "-m", "tests.vm.harness", "run", "--results", results, "--timeout", f"{ns.timeout:g}",
-           *(["--quiet"] if ns.quiet else []), "--", guest_cmd]
-    c.log(f"vm: {shlex.join(cmd)}")
-    rc = subprocess.run(cmd, cwd=REPO).returncode
+    rc, results = run_guest_script(ns, "guest_rtt_floor.py", ["--rounds", str(max(ns.rounds, 1))],
+                                   "usbnetd-rtt-floor-vm-", quiet=ns.quiet)
     try:
         with open(os.path.join(results, "rtt-floor.json")) as f:
             data = json.load(f)
@@ -197,13 +194,8 @@ def rtt_floor(ns: argparse.Namespace) -> int:
 
 def echo_trace(ns: argparse.Namespace) -> int:
     """bench/vm.py --echo-trace: one boot running bench/guest_echo_trace.py (ftrace of each ping's way)."""
-    results = ns.results or tempfile.mkdtemp(prefix="usbnetd-echo-vm-")
-    guest_cmd = shlex.join([sys.executable, os.path.join(REPO, "bench", "guest_echo_trace.py"),
-                            "--function", ns.functions.split(",")[0]])
-    cmd = [sys.executable, "-m", "tests.vm.harness", "run", "--results", results, "--timeout", f"{ns.timeout:g}",
-           "--", guest_cmd]
-    c.log(f"vm: {shlex.join(cmd)}")
-    return subprocess.run(cmd, cwd=REPO).returncode
+    return run_guest_script(ns, "guest_echo_trace.py", ["--function", ns.functions.split(",")[0]],
+                            "usbnetd-echo-vm-")[0]
 
 
 def main(argv: list[str] | None = None) -> int:
