@@ -167,3 +167,28 @@ def test_burst_is_not_used_while_tracing_or_stopped(native_usb):
     assert svc.can_burst()
     svc.stop()
     assert not svc.can_burst()
+
+
+@pytest.mark.parametrize("busy_poll_us", [0, 1_000_000])
+def test_busy_polling_spins_instead_of_sleeping_and_keeps_the_timeout(native_usb, busy_poll_us):
+    """busy_poll_us: the loop polls with a zero timeout for that long after its start instead of sleeping, so
+    its thread's CPU time is its wall time; without it, it sleeps in poll(). Either way it comes back at the
+    timeout (here 100 ms), not at the end of a longer busy-poll window."""
+    svc, t, tap = make_service("ecm")
+    turn(svc)
+    wall, cpu = time.monotonic(), time.thread_time()
+    svc.burst({}, 100, busy_poll_us)
+    wall, cpu = time.monotonic() - wall, time.thread_time() - cpu
+    assert 0.09 <= wall < 0.9, wall
+    if busy_poll_us:
+        assert cpu > 0.02, f"{cpu:.4f} s of CPU in {wall:.3f} s: the loop slept"
+    else:
+        assert cpu < 0.02, f"{cpu:.4f} s of CPU in {wall:.3f} s: the loop did not sleep"
+    svc.stop()
+
+
+def test_a_negative_busy_poll_is_refused(native_usb):
+    svc, t, tap = make_service("ecm")
+    with pytest.raises(ValueError, match="busy_poll_us"):
+        svc.burst({}, 0, -1)
+    svc.stop()

@@ -139,3 +139,37 @@ def test_the_simulated_device_can_frame_in_c_for_benchmarks(netns_pair, tmp_path
         rc = u.stop()
     assert rc == 0, u.output()
     assert "simulated device: NCM framing in C" in u.output()
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+@pytest.mark.parametrize("busy_poll", [0, 1_000_000], ids=["sleeping", "busy-polling"])
+def test_busy_polling_keeps_the_loop_awake_after_traffic(netns_pair, tmp_path, busy_poll):
+    """--busy-poll USEC (the simulated adapter runs the Python event loop): after an echo the loop polls without
+    sleeping, so in the half second after it the daemon takes CPU time; without it, it sleeps. The setting shows
+    in status and stats."""
+    a, b = netns_pair
+    u = Usbnetd(a, b, "sim:ecm", str(tmp_path), extra=("--busy-poll", str(busy_poll)))
+    try:
+        _host_ip, peer_ip = wire_up(u, 47)
+        deadline = time.monotonic() + 10
+        while "LOWER_UP" not in a.run("ip", "link", "show", u.ifname).stdout:
+            assert time.monotonic() < deadline, u.output()
+            time.sleep(0.05)
+        a.run("ping", "-c", "1", "-W", "2", peer_ip, timeout=30)
+        before = _cpu_seconds(u.proc.pid)
+        time.sleep(0.5)
+        cpu = _cpu_seconds(u.proc.pid) - before
+        if busy_poll:
+            assert cpu >= 0.1, f"{cpu:.2f} CPU seconds in the 0.5 s after an echo: the loop slept"
+        else:
+            assert cpu < 0.1, f"{cpu:.2f} CPU seconds in the 0.5 s after an echo: the loop did not sleep"
+        (s,) = json.loads(u.cli("status", "--json").stdout)
+        (d,) = json.loads(u.cli("stats", "--json").stdout)
+        assert s["busy_poll_us"] == d["busy_poll_us"] == busy_poll
+    finally:
+        assert u.stop() == 0

@@ -67,3 +67,14 @@ def test_a_round_with_a_missing_side_shows_a_dash_not_a_ratio() -> None:
                                            "kernel": {"median_ms": 1.0, "min_ms": 0.5}}]})
     row = next(line for line in text.splitlines() if line.lstrip().startswith("1 "))
     assert "2.00x" in row and row.count("-") >= 4  # relay and relay-spin: "- / -" each, and their ratios
+
+
+def test_the_table_takes_the_runs_own_sides_with_the_busy_polling_usbnetd() -> None:
+    vm = vm_module()
+    data = {"sides": ["usbnetd", "usbnetd-busy", "kernel"],
+            "rounds": [{"usbnetd": {"median_ms": 2.0, "min_ms": 1.0}, "usbnetd-busy": {"median_ms": 1.2, "min_ms": 0.7},
+                        "kernel": {"median_ms": 1.0, "min_ms": 0.5}}]}
+    text = vm.rtt_floor_table(data)
+    assert "usbnetd-busy / kernel" in text and "relay" not in text
+    row = next(line for line in text.splitlines() if line.lstrip().startswith("1 "))
+    assert "2.00x" in row and "1.20x" in row

@@ -299,11 +299,12 @@ def test_stats_text_says_where_the_buffers_live_and_where_the_thread_runs(tmp_pa
     from test_cli_prometheus import stats_row
 
     inst = FakeInstance(tmp_path, "3-1", "usb0", busid="3-1")
-    inst.status = stats_row("usb0", "3-1")
+    inst.status = dict(stats_row("usb0", "3-1"), busy_poll_us=200)
     try:
         r = usbnetd("stats", "usb0", run_dir=tmp_path)
     finally:
         inst.close()
     assert r.returncode == 0, r.stderr
-    assert "  transfer memory usbfs, TX pump memory usbfs, CPU placement avoiding CPU 1 (1 move)" in r.stdout, r.stdout
+    assert ("  transfer memory usbfs, TX pump memory usbfs, CPU placement avoiding CPU 1 (1 move), "
+            "busy polling 200 µs after work\n") in r.stdout, r.stdout
     assert "Traceback" not in r.stderr

@@ -24,6 +24,8 @@ def usbnetd(*args: str, run_dir: str) -> subprocess.CompletedProcess:
     (("run", "sim:ncm", "--mac", "01:00:5e:00:00:01"), "multicast address"),
     (("run", "sim:ncm", "--mac", "zz:zz"), "is not a MAC address"),
     (("run", "sim:ncm", "--mtu", "20"), "20 is not in the range"),
+    (("run", "sim:ncm", "--busy-poll", "-5"), "-5 is not in the range 0 to 1000000"),
+    (("run", "sim:ncm", "--busy-poll", "soon"), "'soon' is not a whole number"),
     (("run", "sim:ncm", "--protocol", "xyz"), "'xyz' is not one of"),
     (("frobnicate",), "No such command"),
 ])

@@ -39,6 +39,7 @@ def stats_row(ifname: str = "usb0", busid: str = "sim:ncm", n: int = 1) -> dict:
         # on a real adapter (not the sim): the C TX pump's memory and the daemon's CPU placement
         "transfer_memory": "usbfs", "tx_pump_memory": "usbfs", "cpu_placement": "avoiding CPU 1",
         "cpu_placement_moves": 1,
+        "busy_poll_us": 0,  # the daemon's (app/daemon.py), beside the service's
     }
 
 
@@ -58,6 +59,7 @@ def test_one_valid_exposition_for_any_number_of_devices(devices):
     assert fams["usbnetd_rx_packets"].type == "counter"
     assert fams["usbnetd_tx_flush"].type == "counter"
     assert fams["usbnetd_pool_exhausted"].type == "counter"
+    assert fams["usbnetd_busy_poll_microseconds"].type == "gauge"
     assert fams["usbnetd_queue_high_water"].type == "gauge"
     # one pool_in_use sample per device (it was two: the top-level key and pool.in_use)
     assert len(fams["usbnetd_pool_in_use"].samples) == devices

@@ -19,9 +19,9 @@ def test_defaults_without_files(tmp_path):
     s = load(str(tmp_path))
     assert (s.ifname_template, s.persistent, s.mtu, s.files) == ("enx{mac}", False, None, ())
     assert s.ifname_for(bytes.fromhex("020011223344"), "3-1", None, "ncm") == "enx020011223344"
-    assert (s.gro, s.tso) == (True, True)
-    write(tmp_path, "[queues]\ntso = false\n")
-    assert load(str(tmp_path)).tso is False
+    assert (s.gro, s.tso, s.busy_poll_us) == (True, True, 0)
+    write(tmp_path, "[queues]\ntso = false\nbusy_poll_us = 50\n")
+    assert (load(str(tmp_path)).tso, load(str(tmp_path)).busy_poll_us) == (False, 50)
 
 
 def test_values_and_conf_d_overrides(tmp_path):
@@ -64,6 +64,8 @@ def test_template_too_long_is_refused_when_filled(tmp_path):
     ('[interface]\ncolour = 1\n', "interface: unknown key 'colour'"),
     ('[queues]\nrx_transfers = 1000\n', "queues.rx_transfers: 1000 is not in 0..256"),
     ('[queues]\ntso = "yes"\n', "queues.tso: must be a bool"),
+    ('[queues]\nbusy_poll_us = -1\n', "queues.busy_poll_us: -1 is not in 0..1000000"),
+    ('[queues]\nbusy_poll_us = 2000000\n', "queues.busy_poll_us: 2000000 is not in 0..1000000"),
     ('[ncm]\nrx_ntb_size = 100\n', "ncm.rx_ntb_size: 100 is not in"),
     ('[wifi]\n', "unknown section 'wifi'"),
     ('[[device]]\nprotocol = "ncm"\n', "device[0].id: each device needs"),

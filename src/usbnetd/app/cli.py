@@ -26,6 +26,7 @@ from ..netdev.tap import validate_ifname
 from ..protocols.devices import PROTOCOLS, ConfigError
 from . import control, logs
 from . import systemd as sd
+from .config import BUSY_POLL_MAX_US
 from .discovery import SYSFS_USB, BadDevice, DeviceSpec, list_devices, parse_device_spec, resolve_busid, sanitize
 
 STATUS_FIELDS = ("busid", "ifname", "protocol", "link", "speed_mbps", "mac", "mtu", "rx_packets", "tx_packets",
@@ -190,6 +191,10 @@ def _run_options(f):
     f = click.option("--pure-python", is_flag=True, default=False,
                      help="Do every frame's work in Python, not in the C fast path (usbnetd.native); the same as "
                           "USBNETD_PURE_PYTHON=1. For comparing the two or ruling the C code out.")(f)
+    f = click.option("--busy-poll", "busy_poll", type=_Range(0, BUSY_POLL_MAX_US, metavar="USEC"), default=None,
+                     help="After any USB or interface work, poll for USEC microseconds without sleeping (0: off). "
+                          "Lower latency for a CPU kept busy meanwhile; docs/performance.md, \"Busy polling\". "
+                          "Default: [queues] busy_poll_us in the configuration (0).")(f)
     f = click.option("--gro/--no-gro", default=None,
                      help="Coalesce received TCP segments into one write to the interface (GRO). "
                           "Default: [queues] gro in the configuration (on).")(f)
@@ -218,8 +223,8 @@ def _run_options(f):
              help="Drive DEVICE in the foreground until SIGINT or SIGTERM, then tear down cleanly.\n" + DEVICE_HELP)
 @click.argument("device")
 @_run_options
-def run(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, persistent, tso, gro, pure_python,
-        control_group, verbose) -> None:
+def run(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, persistent, tso, gro, busy_poll,
+        pure_python, control_group, verbose) -> None:
     from .runner import StartError, run_device
 
     spec = _device(device)
@@ -234,7 +239,7 @@ def run(device, ifname, sim_peer, mac, mtu, protocol, configuration, ntb32, pers
     try:
         run_device(spec, control_path=path, ifname=ifname, sim_peer=sim_peer, mac=mac, mtu=mtu,
                    protocol=protocol, configuration=configuration, ntb32=ntb32, persistent=persistent, gro=gro,
-                   tso=tso, native=not pure_python,
+                   tso=tso, busy_poll_us=busy_poll, native=not pure_python,
                    control_group=control.resolve_group(control_group) if control_group else None,
                    on_ready=lambda _service: gate.started())
     except StartError as exc:
@@ -271,7 +276,8 @@ def attach(device, timeout, **opts) -> None:
     ifname, mac, mtu, protocol = opts["ifname"], opts["mac"], opts["mtu"], opts["protocol"]
     args = [sys.executable, "-m", "usbnetd", "run", device, "--sim-peer", sim_peer]
     for opt, val in (("--ifname", ifname), ("--mtu", mtu), ("--protocol", protocol),
-                     ("--configuration", opts["configuration"]), ("--control-group", opts["control_group"])):
+                     ("--configuration", opts["configuration"]), ("--control-group", opts["control_group"]),
+                     ("--busy-poll", opts["busy_poll"])):
         if val is not None:
             args += [opt, str(val)]
     if mac is not None:
@@ -599,6 +605,8 @@ _PROM_KEYS: dict[str, tuple[str, str, str]] = {
     "tracing": ("usbnetd_tracing", "gauge", "1 while `usbnetd trace` records the instance (Python data path)."),
     "cpu_placement_moves": ("usbnetd_cpu_placement_moves_total", "counter",
                             "Times the event loop's thread moved off the CPU completing USB transfers."),
+    "busy_poll_us": ("usbnetd_busy_poll_microseconds", "gauge",
+                     "How long the event loop polls without sleeping after work (--busy-poll; 0: off)."),
     "sim_device_cpu_seconds": ("usbnetd_sim_device_cpu_seconds_total", "counter",
                                "CPU seconds the simulated device's side took in usbnetd's thread (sim: only)."),
 }
@@ -789,6 +797,8 @@ def stats(target, as_json, prometheus, every) -> None:
         if "cpu_placement" in r:
             moves = r.get("cpu_placement_moves", 0)
             where.append(f"CPU placement {r['cpu_placement']} ({moves} move{'' if moves == 1 else 's'})")
+        if r.get("busy_poll_us"):
+            where.append(f"busy polling {r['busy_poll_us']} µs after work")
         if where:
             click.echo("  " + ", ".join(where))
         click.echo("  queue high-water: " + ", ".join(f"{q} {i['high_water']}/{i['capacity']}"

@@ -15,6 +15,7 @@ override the files. USBNETD_CONFIG_DIR points somewhere else (tests, trying a co
     tx_transfers = 0          # bulk OUT transfers in flight (0: automatic)
     gro = true                # coalesce received TCP segments into one TAP write (docs/performance.md)
     tso = true                # NCM with the C fast path: take TCP super-frames and partial checksums from the TAP
+    busy_poll_us = 0          # poll without sleeping this long after work: lower latency for a CPU at 100 %
 
     [control]
     group = "usbnetd"         # members of this group may use the control socket too (status, stats, detach)
@@ -53,6 +54,7 @@ _BUSID = re.compile(r"^[1-9][0-9]{0,2}-[1-9][0-9]{0,2}(\.[1-9][0-9]{0,2}){0,6}$"
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 _TEMPLATE_FIELDS = ("mac", "busid", "serial", "protocol")
 MTU_RANGE = (68, 16000)
+BUSY_POLL_MAX_US = 1_000_000  # a second: longer than any timer of the loop's, so "never sleep while busy"
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class Settings:
     tx_transfers: int = 0
     gro: bool = True
     tso: bool = True
+    busy_poll_us: int = 0
     rx_ntb_size: int | None = None
     tx_ntb_size: int | None = None
     ntb32: bool | None = None
@@ -220,10 +223,11 @@ def load(directory: str | None = None) -> Settings:
                         mtu=r.int_in("mtu", *MTU_RANGE, default=s.mtu))
         if "queues" in data:
             r = _Reader(path, "queues", data["queues"])
-            r.check_keys({"rx_transfers", "tx_transfers", "gro", "tso"})
+            r.check_keys({"rx_transfers", "tx_transfers", "gro", "tso", "busy_poll_us"})
             s = replace(s, rx_transfers=r.int_in("rx_transfers", 0, 256, s.rx_transfers),
                         tx_transfers=r.int_in("tx_transfers", 0, 256, s.tx_transfers),
-                        gro=r.get("gro", bool, s.gro), tso=r.get("tso", bool, s.tso))
+                        gro=r.get("gro", bool, s.gro), tso=r.get("tso", bool, s.tso),
+                        busy_poll_us=r.int_in("busy_poll_us", 0, BUSY_POLL_MAX_US, s.busy_poll_us))
         if "ncm" in data:
             r = _Reader(path, "ncm", data["ncm"])
             r.check_keys({"rx_ntb_size", "tx_ntb_size", "ntb32"})

@@ -4,6 +4,11 @@ libusb's descriptors (usbfs and its timerfd), the TAP, the simulated wire, the c
 wake-up pipe all go into one `select.poll`. USB completions, TAP reads and queue processing therefore happen
 in the same thread, in batches, with no per-packet thread hop and no lock. SIGTERM/SIGINT only set a flag
 (through the wake-up fd); teardown then runs in the normal flow, never inside a signal handler.
+
+With `busy_poll_us` set, the loop does not sleep for that long after a turn that moved USB or TAP work: it
+polls with a zero timeout instead (in C, inside burst(), when the C event loop runs). The next frame is then
+found without the wake-up of a sleeping thread, at the price of a CPU kept busy meanwhile (docs/performance.md,
+"Busy polling").
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ IDLE_TIMEOUT_MS = 250  # wake up now and then even when idle, so a lost wake-up 
 
 
 class Daemon:
-    def __init__(self, service: EthernetService, control_path: str | None, control_group: int | None = None) -> None:
+    def __init__(self, service: EthernetService, control_path: str | None, control_group: int | None = None,
+                 busy_poll_us: int = 0) -> None:
         self.service = service
+        self.busy_poll_us = busy_poll_us
         self.control_path = control_path
         self.control_group = control_group  # gid whose members may use the control socket, besides root
         self.control: ControlServer | None = None
@@ -50,9 +57,12 @@ class Daemon:
     def handle_request(self, req: dict) -> dict:
         cmd = req["cmd"]
         if cmd == "status":
-            return {"ok": True, "status": self._with_facts(self.service.status()), "pid": os.getpid()}
+            st = self.service.status()
+            st["busy_poll_us"] = self.busy_poll_us
+            return {"ok": True, "status": self._with_facts(st), "pid": os.getpid()}
         if cmd == "stats":
             st = self.service.detailed_stats()
+            st["busy_poll_us"] = self.busy_poll_us
             if self.placement is not None:
                 st.update(self.placement.detail())
             return {"ok": True, "stats": self._with_facts(st), "pid": os.getpid()}
@@ -132,6 +142,8 @@ class Daemon:
         next_ping = time.monotonic() if watchdog else None
         link = (svc.link.up, svc.link.speed_mbps)
         placement = self.placement
+        busy_poll_s = self.busy_poll_us / 1e6
+        spin_until = 0.0  # the Python loop's busy polling: no sleep before this (monotonic) time
         while self.stop_reason is None:
             if svc.device_gone:
                 self.stop_reason = "device disappeared"
@@ -169,7 +181,7 @@ class Daemon:
             burst = trace is None and svc.can_burst()
             if burst:
                 try:
-                    events = svc.burst(want, timeout_ms)
+                    events = svc.burst(want, timeout_ms, self.busy_poll_us)
                 except InterruptedError:
                     continue
             else:
@@ -180,6 +192,8 @@ class Daemon:
                         if registered.get(fd) != ev:
                             poller.register(fd, ev)
                     registered = want
+                if busy_poll_s and time.monotonic() < spin_until:
+                    timeout_ms = 0
                 try:
                     events = poller.poll(timeout_ms)
                 except InterruptedError:
@@ -205,6 +219,8 @@ class Daemon:
                     usb = True
             if not burst and (usb or not events or svc.transport.pending()):
                 svc.on_usb()  # (burst handled libusb's events itself)
+            if busy_poll_s and (usb or any(fd == tap_fd for fd, _ in events)):
+                spin_until = time.monotonic() + busy_poll_s
             svc.process()
             if placement is not None:
                 placement.check()

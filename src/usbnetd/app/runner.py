@@ -34,7 +34,8 @@ def run_device(spec: DeviceSpec, control_path: str | None, ifname: str | None = 
                sim_peer: str = "usbnetsim0", mac: bytes | None = None, mtu: int | None = None,
                protocol: str | None = None, configuration: int | None = None, ntb32: bool | None = None,
                persistent: bool | None = None, on_ready=None, control_group: int | None = None,
-               gro: bool | None = None, native: bool = True, tso: bool | None = None) -> None:
+               gro: bool | None = None, native: bool = True, tso: bool | None = None,
+               busy_poll_us: int | None = None) -> None:
     """Command-line values win over the device's [[device]] entry, which wins over the global settings."""
     context = None
     transport = None
@@ -96,7 +97,8 @@ def run_device(spec: DeviceSpec, control_path: str | None, ifname: str | None = 
             tap_factory=tap_factory,
         )
         daemon = Daemon(service, control_path,
-                        control_group if control_group is not None else settings.control_gid)
+                        control_group if control_group is not None else settings.control_gid,
+                        busy_poll_us=settings.busy_poll_us if busy_poll_us is None else busy_poll_us)
         daemon.run(on_ready)
         if daemon.failed:
             raise StartError(daemon.failed)

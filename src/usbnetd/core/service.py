@@ -254,10 +254,11 @@ class EthernetService:
         return (self.state is State.RUNNING and dp.rx_usb and dp.tracer is None and native_module.LOOP
                 and self.transport.burst_handles() is not None)
 
-    def burst(self, want: dict[int, int], timeout_ms: int) -> list[tuple[int, int]]:
+    def burst(self, want: dict[int, int], timeout_ms: int, busy_poll_us: int = 0) -> list[tuple[int, int]]:
         """poll() for the event loop, with the data path's own wake-ups done in C (native _fastpath.burst):
         returns the ready fds of `want` that are not USB's (handled) nor the TAP's when the C TX pump reads it,
-        once one is ready, a Python callback ran, or `timeout_ms` passed."""
+        once one is ready, a Python callback ran, or `timeout_ms` passed. `busy_poll_us`: poll without sleeping
+        that long after the start and after every turn that moved frames (app/daemon.py)."""
         dp = self.datapath
         usb = self.transport.poll_fds()
         usb_fds = {fd for fd, _ in usb}
@@ -265,7 +266,7 @@ class EthernetService:
         python = [(fd, ev) for fd, ev in want.items() if fd not in usb_fds and fd != tap_fd]
         fn, ctx, flag = self.transport.burst_handles()
         ready, _turns = native_module.fastpath.burst(usb, python, tap_fd, fn, ctx, flag, self.datapath.port.native,
-                                                      dp.burst_tx, timeout_ms)
+                                                      dp.burst_tx, timeout_ms, busy_poll_us)
         return ready
 
     def wants_tap_read(self) -> bool:

@@ -30,7 +30,7 @@ import os
 from types import ModuleType
 from typing import Any
 
-API_VERSION = 6  # must equal _fastpath.API_VERSION: an in-place build older than the C source is refused (6: burst)
+API_VERSION = 7  # must equal _fastpath.API_VERSION: an older in-place build is refused (6: burst; 7: busy_poll_us)
 TX_API_VERSION = 3  # must equal _fasttx.API_VERSION (2: offload, TSO; 3: NcmPump)
 FRAME_TX_API_VERSION = 3  # must equal _frametx.API_VERSION (2: burst_hooks; 3: framing, RNDIS)
 

@@ -46,7 +46,7 @@
 #include "pyglue.h"
 
 /* Bumped whenever the Python-visible API changes; native/__init__.py refuses a stale in-place build. */
-#define API_VERSION 6
+#define API_VERSION 7
 
 /* ---- NCM 1.0 (USB CDC Subclass Specification for Network Control Model Devices, rev. 1.0) ---------------- */
 #define NTH16_SIGNATURE 0x484D434Eu       /* "NCMH", §3.2.1 */
@@ -1397,6 +1397,13 @@ static PyObject *fp_segment_verified6(PyObject *Py_UNUSED(mod), PyObject *args)
  * The counters stay in C until Python's process() adds them up, as between any two wake-ups. The GIL is
  * released for the whole loop; a Python callback called by libusb takes it itself (ctypes). NcmRx and the
  * pump are held busy, so no Python method of theirs runs in between.
+ *
+ * `busy_poll_us` (the daemon's busy_poll_us setting, 0: off) keeps the loop from sleeping for that long after
+ * its start and after every turn that moved USB or TAP work: poll() is called with a zero timeout, so the next
+ * completion or TAP frame is found without a wake-up. It is Linux's busy polling (net.core.busy_poll) for a
+ * driver in user space: each wake-up of a sleeping thread costs an interrupt, a scheduler pass and, in a guest,
+ * the exit from a halted vCPU, and a request-reply exchange pays one per direction (docs/performance.md, "Busy
+ * polling"). The price is a CPU kept at 100 % for the window.
  */
 typedef int (*handle_events_fn)(void *ctx, struct timeval *tv);
 
@@ -1406,15 +1413,20 @@ typedef int (*handle_events_fn)(void *ctx, struct timeval *tv);
 static PyObject *fp_burst(PyObject *Py_UNUSED(mod), PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"usb_fds", "python_fds", "tap_fd", "handle_events", "context", "flag", "rx", "tx",
-                             "timeout_ms", NULL};
+                             "timeout_ms", "busy_poll_us", NULL};
     PyObject *usb_seq, *py_seq, *rx_obj, *tx_obj;
-    int tap_fd, timeout_ms;
+    int tap_fd, timeout_ms, busy_poll_us = 0;
     unsigned long long handle_addr, ctx_addr, flag_addr;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOiKKKOOi:burst", kwlist, &usb_seq, &py_seq, &tap_fd,
-                                     &handle_addr, &ctx_addr, &flag_addr, &rx_obj, &tx_obj, &timeout_ms))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOiKKKOOi|i:burst", kwlist, &usb_seq, &py_seq, &tap_fd,
+                                     &handle_addr, &ctx_addr, &flag_addr, &rx_obj, &tx_obj, &timeout_ms,
+                                     &busy_poll_us))
         return NULL;
     if (!handle_addr || !flag_addr) {
         PyErr_SetString(PyExc_ValueError, "burst: the handle_events and flag addresses must be set");
+        return NULL;
+    }
+    if (busy_poll_us < 0) {
+        PyErr_SetString(PyExc_ValueError, "burst: busy_poll_us must be 0 or more");
         return NULL;
     }
     NcmRx *rx = NULL;
@@ -1485,6 +1497,8 @@ static PyObject *fp_burst(PyObject *Py_UNUSED(mod), PyObject *args, PyObject *kw
      * is computed from it, late by this turn's work at most, which poll's millisecond granularity hides. */
     long long now = mono_ns();
     long long end = now + (long long)(timeout_ms > 0 ? timeout_ms : 0) * 1000000LL;
+    long long spin_ns = (long long)busy_poll_us * 1000LL;
+    long long spin_until = now + spin_ns; /* the start counts as work: Python's turn has just run */
     int err = 0;
     unsigned long long turns = 0;
     if (rx)
@@ -1500,7 +1514,7 @@ static PyObject *fp_burst(PyObject *Py_UNUSED(mod), PyObject *args, PyObject *kw
                 until = d;
             pfds[tap_at].events = tx->room(tx->obj) > 0 ? POLLIN : 0;
         }
-        int wait_ms = until <= now ? 0 : (int)((until - now + 999999) / 1000000);
+        int wait_ms = until <= now || now < spin_until ? 0 : (int)((until - now + 999999) / 1000000);
         int rc = poll(pfds, (nfds_t)n, wait_ms);
         if (rc < 0) {
             if (errno != EINTR)
@@ -1531,6 +1545,8 @@ static PyObject *fp_burst(PyObject *Py_UNUSED(mod), PyObject *args, PyObject *kw
                 stop = 1;
         }
         now = mono_ns();
+        if (usb || (tap_at >= 0 && pfds[tap_at].revents))
+            spin_until = now + spin_ns;
         if (tx) {
             tx->tick(tx->obj, now);
             if (pfds[tap_at].revents & (POLLIN | POLLERR | POLLHUP)) {
