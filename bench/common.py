@@ -17,6 +17,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -117,15 +118,18 @@ def iperf3(server: list[str], client: list[str], addr: str, port: int, seconds: 
 
 
 def ping(prefix: list[str], addr: str, count: int = 20, interval: float = 0.2) -> dict:
-    """{"sent", "received", "rtt_min_ms", "rtt_avg_ms", "rtt_max_ms"} of ``count`` echoes."""
-    r = run([*prefix, "ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", "2", addr],
+    """{"sent", "received", "rtt_min_ms", "rtt_avg_ms", "rtt_max_ms", "rtt_median_ms", "rtts_ms"} of ``count``
+    echoes (rtts_ms: each reply's, in order)."""
+    r = run([*prefix, "ping", "-n", "-c", str(count), "-i", str(interval), "-W", "2", addr],
             check=False, timeout=count * interval + 30)
     m = re.search(r"(\d+) packets transmitted, (\d+) received", r.stdout)
     rtt = re.search(r"= ([\d.]+)/([\d.]+)/([\d.]+)/", r.stdout)
+    rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", r.stdout)]
     return {"sent": int(m.group(1)) if m else 0, "received": int(m.group(2)) if m else 0,
             "rtt_min_ms": float(rtt.group(1)) if rtt else None,
             "rtt_avg_ms": float(rtt.group(2)) if rtt else None,
-            "rtt_max_ms": float(rtt.group(3)) if rtt else None}
+            "rtt_max_ms": float(rtt.group(3)) if rtt else None,
+            "rtt_median_ms": statistics.median(rtts) if rtts else None, "rtts_ms": rtts}
 
 
 # ------------------------------------------------------------------------------------------ /proc

@@ -4,6 +4,8 @@ cdc_ether, interleaved in one boot.
 Runs inside the guest (`bench/vm.py --rtt-floor`). The ECM gadget (bench/guest_bench.py's set-up) is driven in
 turn, every round, by
     usbnetd   as shipped (`usbnetd attach`);
+    usbnetd-busy  the same with --busy-poll 1000000: its event loop never sleeps between the pings (0.2 s apart),
+              so an echo wakes none of its threads (one CPU at 100 %);
     relay     usbfs_relay, compiled here: the fewest wake-ups and system calls a user-space driver can make per
               echo through usbfs (its header says which), and none of usbnetd's other work;
     relay-spin  the same with --spin: both threads busy-wait, so an echo wakes nothing (two CPUs at 100 %);
@@ -19,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,22 +38,31 @@ from vm.guest import bench as vb  # noqa: E402
 
 RELAY_SOURCE = HERE / "micro" / "usbfs_relay.c"
 RELAY_IF = "urelay0"
-SIDES = ("usbnetd", "relay", "relay-spin", "kernel")
+SIDES = ("usbnetd", "usbnetd-busy", "relay", "relay-spin", "kernel")
+BUSY_POLL = ("--busy-poll", "1000000")  # a second: longer than the pings' interval, so the loop never sleeps
 
 
 def echoes(addr: str, count: int, pid: int | None) -> dict:
     """Per-echo RTTs (ms) of `count` pings, their min/median/mean, and `pid`'s CPU seconds meanwhile."""
     t0 = c.cpu_seconds(pid) if pid else None
-    r = c.run(["ping", "-n", "-c", str(count), "-i", "0.2", "-W", "2", addr], check=False,
-              timeout=count * 0.2 + 30)
-    rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", r.stdout)]
-    out: dict = {"sent": count, "received": len(rtts), "rtts_ms": rtts,
-                 "min_ms": min(rtts) if rtts else None,
-                 "median_ms": statistics.median(rtts) if rtts else None,
-                 "mean_ms": statistics.fmean(rtts) if rtts else None}
+    p = c.ping([], addr, count=count, interval=0.2)
+    out: dict = {"sent": p["sent"], "received": p["received"], "rtts_ms": p["rtts_ms"],
+                 "min_ms": p["rtt_min_ms"], "median_ms": p["rtt_median_ms"], "mean_ms": p["rtt_avg_ms"]}
     if pid:
         out["cpu_seconds"] = round(c.cpu_seconds(pid) - t0, 3)
     return out
+
+
+def run_usbnetd(busid: str, peer: vb.PeerNamespace, count: int, extra: tuple = ()) -> dict:
+    ifname = "ufloor0"
+    gb.attach(busid, ifname, extra)
+    try:
+        gb.address_and_wait(peer, ifname)
+        time.sleep(2)  # the CPU placement's first look, as bench/guest_echo_trace.py
+        c.ping([], peer.peer_addr, count=3, interval=0.2)
+        return echoes(peer.peer_addr, count, gb.find_pid(busid, ifname))
+    finally:
+        gb.usbnetd_cli("detach", ifname, check=False, timeout=60)
 
 
 def usbfs_node(busid: str) -> str:
@@ -91,22 +100,14 @@ def main() -> int:
     gb.fresh_guest()
     g = vb.Gadget.create("ecm", index=1)
     peer = vb.PeerNamespace(151).create()
-    out: dict = {"function": "ecm", "count": ns.count, "rounds": []}
+    out: dict = {"function": "ecm", "count": ns.count, "sides": SIDES, "rounds": []}
     path = os.path.join(os.environ.get("USBNETD_VM_RESULTS", "."), "rtt-floor.json")
     try:
         busid = g.bind()
         peer.take(g.gadget_netdev)
         for r in range(ns.rounds):
-            row: dict = {}
-            ifname = "ufloor0"
-            gb.attach(busid, ifname)
-            try:
-                gb.address_and_wait(peer, ifname)
-                time.sleep(2)  # the CPU placement's first look, as bench/guest_echo_trace.py
-                c.ping([], peer.peer_addr, count=3, interval=0.2)
-                row["usbnetd"] = echoes(peer.peer_addr, ns.count, gb.find_pid(busid, ifname))
-            finally:
-                gb.usbnetd_cli("detach", ifname, check=False, timeout=60)
+            row: dict = {"usbnetd": run_usbnetd(busid, peer, ns.count),
+                         "usbnetd-busy": run_usbnetd(busid, peer, ns.count, BUSY_POLL)}
             row["relay"] = run_relay(relay, busid, peer, ns.count, spin=False)
             row["relay-spin"] = run_relay(relay, busid, peer, ns.count, spin=True)
             gb.switch_to_kernel(g, peer)

@@ -154,8 +154,9 @@ def wakeups(ns: argparse.Namespace) -> int:
 
 def rtt_floor_table(data: dict, markdown: bool = False) -> str:
     """bench/guest_rtt_floor.py's rounds: each side's median and minimum RTT, and its median against the
-    kernel's in the same round; a last row with the medians over the rounds."""
-    sides = ("usbnetd", "relay", "relay-spin", "kernel")
+    kernel's in the same round; a last row with the medians over the rounds. The sides are the run's own
+    (`sides`, the kernel last), or those of the runs before usbnetd-busy."""
+    sides = tuple(data.get("sides") or ("usbnetd", "relay", "relay-spin", "kernel"))
     compared = sides[:-1]
     headers = ["round"] + [f"{s} median / min ms" for s in sides] + [f"{s} / kernel" for s in compared]
     rows, per_side = [], {s: [] for s in sides}
