@@ -14,6 +14,11 @@ and each side gets the same pings (0.2 s apart, after three unmeasured ones for 
 relay's figures are a floor for usbnetd, or any other user-space driver of the same device: if the relay is
 above the RTT bar (1.3x the kernel's), no change inside such a driver brings it under. Writes rtt-floor.json
 into $USBNETD_VM_RESULTS and prints it as one line.
+
+--busy-cpus runs, for the whole run (every side, the kernel's too), one busy loop per guest CPU at nice 19: no
+vCPU ever halts, while anything else that wants a CPU (ping, the drivers, softirqs) still preempts the loop
+at once. It tells apart what a side pays for waking a halted TCG vCPU (the host has to wake QEMU's thread for
+it) from the rest.
 """
 
 from __future__ import annotations
@@ -89,10 +94,17 @@ def run_relay(relay: str, busid: str, peer: vb.PeerNamespace, count: int, spin: 
         p.wait()
 
 
+def busy_loops() -> list[subprocess.Popen]:
+    """One nice-19 busy loop pinned to each guest CPU (--busy-cpus)."""
+    return [subprocess.Popen(["nice", "-n", "19", "taskset", "-c", str(cpu), "sh", "-c", "while :; do :; done"])
+            for cpu in sorted(os.sched_getaffinity(0))]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--count", type=int, default=40, help="echoes per side and round")
+    ap.add_argument("--busy-cpus", action="store_true", help="keep every guest CPU from halting (module doc)")
     ns = ap.parse_args()
     build = tempfile.mkdtemp(prefix="usbfs-relay-")
     relay = os.path.join(build, "usbfs_relay")
@@ -100,8 +112,9 @@ def main() -> int:
     gb.fresh_guest()
     g = vb.Gadget.create("ecm", index=1)
     peer = vb.PeerNamespace(151).create()
-    out: dict = {"function": "ecm", "count": ns.count, "sides": SIDES, "rounds": []}
+    out: dict = {"function": "ecm", "count": ns.count, "sides": SIDES, "busy_cpus": ns.busy_cpus, "rounds": []}
     path = os.path.join(os.environ.get("USBNETD_VM_RESULTS", "."), "rtt-floor.json")
+    burners = busy_loops() if ns.busy_cpus else []
     try:
         busid = g.bind()
         peer.take(g.gadget_netdev)
@@ -121,6 +134,9 @@ def main() -> int:
             c.log(f"rtt-floor round {r + 1}: {summary}")
             c.write_json(path, out)
     finally:
+        for p in burners:
+            p.kill()
+            p.wait()
         g.destroy()
         peer.delete()
         vb.unload_host_drivers()

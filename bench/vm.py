@@ -179,8 +179,8 @@ def rtt_floor_table(data: dict, markdown: bool = False) -> str:
 def rtt_floor(ns: argparse.Namespace) -> int:
     """bench/vm.py --rtt-floor: one boot running bench/guest_rtt_floor.py (ECM echoes through usbnetd, the
     minimal usbfs relay, blocking and spinning, and cdc_ether, interleaved); prints its table."""
-    rc, results = run_guest_script(ns, "guest_rtt_floor.py", ["--rounds", str(max(ns.rounds, 1))],
-                                   "usbnetd-rtt-floor-vm-", quiet=ns.quiet)
+    args = ["--rounds", str(max(ns.rounds, 1))] + (["--busy-cpus"] if ns.busy_cpus else [])
+    rc, results = run_guest_script(ns, "guest_rtt_floor.py", args, "usbnetd-rtt-floor-vm-", quiet=ns.quiet)
     try:
         with open(os.path.join(results, "rtt-floor.json")) as f:
             data = json.load(f)
@@ -229,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
                          "can do (bench/micro/usbfs_relay.c, blocking and spinning) and through cdc_ether, "
                          "--rounds times "
                          "(bench/guest_rtt_floor.py)")
+    ap.add_argument("--busy-cpus", action="store_true",
+                    help="with --rtt-floor: a nice-19 busy loop on every guest CPU, so no vCPU halts")
     ns = ap.parse_args(argv)
     if ns.rtt_floor:
         return rtt_floor(ns)

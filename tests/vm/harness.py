@@ -486,6 +486,10 @@ def qemu_command(kernel: Kernel, initramfs: Path, results: Path, memory_mb: int 
                  cpus: int = 2) -> list[str]:
     qemu = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
     append = "console=ttyS0 panic=-1 loglevel=4 rdinit=/init"
+    # Extra guest kernel parameters for an experiment (e.g. idle=poll: vCPUs that never halt), not for CI.
+    extra = os.environ.get("USBNETD_VM_KERNEL_ARGS", "").strip()
+    if extra:
+        append += " " + extra
     return [
         qemu,
         # TCG only: /dev/kvm exists on these machines but a KVM guest hangs.
