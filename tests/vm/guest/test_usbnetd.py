@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
 import pytest
@@ -271,3 +272,31 @@ def test_mtu_changes_follow_the_device_and_a_restart_keeps_addresses(gadgets, pe
     assert bench.ping(peer.peer_addr, count=3)["received"] >= 2
     usbnetd("detach", ifname)
     assert not link_exists(ifname)
+
+
+def test_busy_polling_spins_in_the_c_event_loop_on_a_real_adapter(gadgets, peers, usbnetd):
+    """--busy-poll on the ECM gadget: libusb's completions and the TAP go through the C event loop
+    (`event_loop` native), which after the echoes polls without sleeping, so the instance takes CPU time while
+    no frame moves; the echoes still come back and stats show the setting. (tests/core/test_burst.py checks the
+    same loop on the fake transport, tests/integration the Python loop on the simulated adapter.)"""
+    g = gadgets("ecm")
+    busid = g.bind()
+    peer = peers(120)
+    peer.take(g.gadget_netdev)
+    ifname = "usnbusy0"
+    r = usbnetd("attach", busid, "--ifname", ifname, "--timeout", str(ATTACH_TIMEOUT), "--busy-poll", "1000000")
+    assert r.stdout.strip() == ifname
+    peer.address_host_side(ifname)
+    bench.wait_carrier(ifname, timeout=30)
+    result = bench.ping(peer.peer_addr, count=5)
+    assert result["sent"] == 5 and result["received"] >= 4, result["output"]
+    pid = run_pid(busid)
+    with open(f"/proc/{pid}/stat") as f:
+        before = sum(int(x) for x in f.read().rsplit(")", 1)[1].split()[11:13])
+    time.sleep(0.5)
+    with open(f"/proc/{pid}/stat") as f:
+        cpu = (sum(int(x) for x in f.read().rsplit(")", 1)[1].split()[11:13]) - before) / os.sysconf("SC_CLK_TCK")
+    (row,) = json.loads(usbnetd("stats", ifname, "--json").stdout)
+    assert row["event_loop"] == "native" and row["busy_poll_us"] == 1000000, row
+    assert cpu >= 0.2, f"{cpu:.2f} CPU seconds in the 0.5 s after the echoes: the loop slept"
+    usbnetd("detach", ifname)
