@@ -26,6 +26,14 @@ def tcp_stream(server_ns, client_ns, server_ip: str, port: int) -> tuple[str, st
     return sent, got
 
 
+def wait_carrier(u: Usbnetd) -> None:
+    """Carrier comes from the simulated device's NETWORK_CONNECTION notification."""
+    deadline = time.monotonic() + 10
+    while "LOWER_UP" not in u.ns.run("ip", "link", "show", u.ifname).stdout:
+        assert time.monotonic() < deadline, u.output()
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("kind,extra", [("ncm", ()), ("ncm", ("--ntb32",)), ("ecm", ()),
                                         ("ncm", ("--pure-python",)), ("ecm", ("--pure-python",))],
                          ids=["ncm-ntb16", "ncm-ntb32", "ecm", "ncm-pure-python", "ecm-pure-python"])
@@ -34,11 +42,7 @@ def test_sim_adapter_end_to_end(netns_pair, tmp_path, kind, extra):
     u = Usbnetd(a, b, f"sim:{kind}", str(tmp_path), extra=extra)
     try:
         host_ip, peer_ip = wire_up(u, {"ncm": 10, "ecm": 11}[kind] + 10 * len(extra) + 20 * ("--pure-python" in extra))
-        # Carrier comes from the simulated device's NETWORK_CONNECTION notification.
-        deadline = time.monotonic() + 10
-        while "LOWER_UP" not in a.run("ip", "link", "show", u.ifname).stdout:
-            assert time.monotonic() < deadline, u.output()
-            time.sleep(0.05)
+        wait_carrier(u)
         a.run("ping", "-c", "3", "-i", "0.2", "-W", "2", peer_ip, timeout=30)
         b.run("ping", "-c", "3", "-i", "0.2", "-W", "2", host_ip, timeout=30)
 
@@ -122,10 +126,7 @@ def test_the_simulated_device_can_frame_in_c_for_benchmarks(netns_pair, tmp_path
     u = Usbnetd(a, b, "sim:ncm?native=1", str(tmp_path))
     try:
         host_ip, peer_ip = wire_up(u, 44)
-        deadline = time.monotonic() + 10
-        while "LOWER_UP" not in a.run("ip", "link", "show", u.ifname).stdout:
-            assert time.monotonic() < deadline, u.output()
-            time.sleep(0.05)
+        wait_carrier(u)
         a.run("ping", "-c", "3", "-i", "0.2", "-W", "2", peer_ip, timeout=30)
         sent, got = tcp_stream(b, a, peer_ip, 5211)
         assert sent == got and sent.startswith(str(STREAM_BYTES))
@@ -156,10 +157,7 @@ def test_busy_polling_keeps_the_loop_awake_after_traffic(netns_pair, tmp_path, b
     u = Usbnetd(a, b, "sim:ecm", str(tmp_path), extra=("--busy-poll", str(busy_poll)))
     try:
         _host_ip, peer_ip = wire_up(u, 47)
-        deadline = time.monotonic() + 10
-        while "LOWER_UP" not in a.run("ip", "link", "show", u.ifname).stdout:
-            assert time.monotonic() < deadline, u.output()
-            time.sleep(0.05)
+        wait_carrier(u)
         a.run("ping", "-c", "1", "-W", "2", peer_ip, timeout=30)
         before = _cpu_seconds(u.proc.pid)
         time.sleep(0.5)
