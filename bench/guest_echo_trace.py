@@ -13,6 +13,10 @@ sched:sched_wakeup), per echo:
                same interface)
 
 and the wake-ups of usbnetd in each echo. Prints one JSON document: the medians per part and side.
+
+--busy-poll USEC adds a side `usbnetd-busy` (usbnetd with that --busy-poll), and --relay-spin one for
+bench/micro/usbfs_relay.c --spin (bench/guest_rtt_floor.py): their system calls are not traced (a spinning
+loop makes millions), so their wake-ups are not counted.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 import common as c  # noqa: E402
 import guest_bench as gb  # noqa: E402
+import guest_rtt_floor as floor  # noqa: E402
 
 from vm.guest import bench as vb  # noqa: E402
 
@@ -129,7 +134,10 @@ def measure(peer: vb.PeerNamespace, host_if: str, pid: int | None) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--function", default="ecm")
+    ap.add_argument("--busy-poll", type=int, default=0, metavar="USEC", help="also usbnetd with --busy-poll USEC")
+    ap.add_argument("--relay-spin", action="store_true", help="also the spinning usbfs relay (ECM only)")
     ns = ap.parse_args()
+    relay = floor.build_relay() if ns.relay_spin else None
     gb.fresh_guest()
     g = vb.Gadget.create(ns.function, index=1)
     peer = vb.PeerNamespace(150 + 1).create()
@@ -138,13 +146,18 @@ def main() -> int:
         busid = g.bind()
         peer.take(g.gadget_netdev)
         ifname = f"ubench{ns.function}0"
-        gb.attach(busid, ifname)
-        try:
-            gb.address_and_wait(peer, ifname)
-            time.sleep(2)  # the CPU placement's first look
-            out["usbnetd"] = measure(peer, ifname, gb.find_pid(busid, ifname))
-        finally:
-            gb.usbnetd_cli("detach", ifname, check=False, timeout=60)
+        sides = [("usbnetd", ())] + ([("usbnetd-busy", ("--busy-poll", str(ns.busy_poll)))] if ns.busy_poll else [])
+        for side, extra in sides:
+            gb.attach(busid, ifname, extra)
+            try:
+                gb.address_and_wait(peer, ifname)
+                time.sleep(2)  # the CPU placement's first look
+                out[side] = measure(peer, ifname, None if extra else gb.find_pid(busid, ifname))
+            finally:
+                gb.usbnetd_cli("detach", ifname, check=False, timeout=60)
+        if relay:
+            with floor.relay_running(relay, busid, peer, spin=True):
+                out["relay-spin"] = measure(peer, floor.RELAY_IF, None)
         host_if = gb.switch_to_kernel(g, peer)
         out["kernel"] = measure(peer, host_if, None)
     finally:

@@ -24,6 +24,7 @@ it) from the rest.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -76,7 +77,16 @@ def usbfs_node(busid: str) -> str:
     return f"/dev/bus/usb/{bus:03d}/{dev:03d}"
 
 
-def run_relay(relay: str, busid: str, peer: vb.PeerNamespace, count: int, spin: bool) -> dict:
+def build_relay() -> str:
+    """usbfs_relay compiled into a temporary directory; its path."""
+    relay = os.path.join(tempfile.mkdtemp(prefix="usbfs-relay-"), "usbfs_relay")
+    c.run(["gcc", "-O2", "-Wall", "-Wextra", "-pthread", "-o", relay, str(RELAY_SOURCE)])
+    return relay
+
+
+@contextlib.contextmanager
+def relay_running(relay: str, busid: str, peer: vb.PeerNamespace, spin: bool):
+    """The relay driving the device as RELAY_IF, addressed and past neighbour resolution; yields its pid."""
     p = subprocess.Popen([relay, *(["--spin"] if spin else []), usbfs_node(busid), RELAY_IF])
     try:
         deadline = time.monotonic() + 10
@@ -88,10 +98,15 @@ def run_relay(relay: str, busid: str, peer: vb.PeerNamespace, count: int, spin: 
         gb.address_and_wait(peer, RELAY_IF)
         peer.bounce()  # the gadget's side re-announces its link; the relay ignores it, as it ignores all control
         c.ping([], peer.peer_addr, count=3, interval=0.2)
-        return echoes(peer.peer_addr, count, p.pid)
+        yield p.pid
     finally:
         p.kill()
         p.wait()
+
+
+def run_relay(relay: str, busid: str, peer: vb.PeerNamespace, count: int, spin: bool) -> dict:
+    with relay_running(relay, busid, peer, spin) as pid:
+        return echoes(peer.peer_addr, count, pid)
 
 
 def busy_loops() -> list[subprocess.Popen]:
@@ -106,9 +121,7 @@ def main() -> int:
     ap.add_argument("--count", type=int, default=40, help="echoes per side and round")
     ap.add_argument("--busy-cpus", action="store_true", help="keep every guest CPU from halting (module doc)")
     ns = ap.parse_args()
-    build = tempfile.mkdtemp(prefix="usbfs-relay-")
-    relay = os.path.join(build, "usbfs_relay")
-    c.run(["gcc", "-O2", "-Wall", "-Wextra", "-pthread", "-o", relay, str(RELAY_SOURCE)])
+    relay = build_relay()
     gb.fresh_guest()
     g = vb.Gadget.create("ecm", index=1)
     peer = vb.PeerNamespace(151).create()

@@ -195,8 +195,10 @@ def rtt_floor(ns: argparse.Namespace) -> int:
 
 def echo_trace(ns: argparse.Namespace) -> int:
     """bench/vm.py --echo-trace: one boot running bench/guest_echo_trace.py (ftrace of each ping's way)."""
-    return run_guest_script(ns, "guest_echo_trace.py", ["--function", ns.functions.split(",")[0]],
-                            "usbnetd-echo-vm-")[0]
+    args = ["--function", ns.functions.split(",")[0]] + (["--relay-spin"] if ns.relay_spin else [])
+    if ns.busy_poll:
+        args += ["--busy-poll", str(ns.busy_poll)]
+    return run_guest_script(ns, "guest_echo_trace.py", args, "usbnetd-echo-vm-")[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
                          "can do (bench/micro/usbfs_relay.c, blocking and spinning) and through cdc_ether, "
                          "--rounds times "
                          "(bench/guest_rtt_floor.py)")
+    ap.add_argument("--busy-poll", type=int, default=0, metavar="USEC",
+                    help="with --echo-trace: also usbnetd with --busy-poll USEC")
+    ap.add_argument("--relay-spin", action="store_true",
+                    help="with --echo-trace: also the spinning usbfs relay (ECM)")
     ap.add_argument("--busy-cpus", action="store_true",
                     help="with --rtt-floor: a nice-19 busy loop on every guest CPU, so no vCPU halts")
     ns = ap.parse_args(argv)
