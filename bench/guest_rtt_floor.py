@@ -17,8 +17,9 @@ into $USBNETD_VM_RESULTS and prints it as one line.
 
 --busy-cpus runs, for the whole run (every side, the kernel's too), one busy loop per guest CPU at nice 19: no
 vCPU ever halts, while anything else that wants a CPU (ping, the drivers, softirqs) still preempts the loop
-at once. It tells apart what a side pays for waking a halted TCG vCPU (the host has to wake QEMU's thread for
-it) from the rest.
+at once. It was meant to tell apart what a side pays for waking a halted TCG vCPU (the host has to wake QEMU's
+thread for it) from the rest; measured, the loops' own preemptions cost more than that (docs/performance.md,
+"Busy polling").
 """
 
 from __future__ import annotations
