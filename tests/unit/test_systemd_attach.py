@@ -66,12 +66,25 @@ def test_attach_falls_back_with_a_note(kind, busid, options, device_state, why):
     assert why in plan.note
 
 
-def test_given_options():
-    opts = {"ifname": None, "mac": None, "mtu": 1400, "ntb32": None, "persistent": False, "verbose": 0,
-            "sim_peer": "usbnetsim0", "protocol": None, "configuration": None}
-    assert sd.given_options(opts, {"sim_peer": "usbnetsim0"}) == ["mtu"]
-    assert sd.given_options({**opts, "mtu": None, "verbose": 2, "sim_peer": "w0"}, {"sim_peer": "usbnetsim0"}) == \
-        ["sim_peer", "verbose"]
+def test_attach_counts_every_option_set_on_the_command_line(tmp_path, monkeypatch):
+    """`attach --no-gro` and `attach --busy-poll 0` are options given, so they do not go to a unit instance that
+    would follow the configuration file; plain `attach` has none."""
+    from click.testing import CliRunner
+
+    from usbnetd.app import cli
+
+    seen: list[list[str]] = []
+
+    def plan(kind, busid, options, running=None, state=None):
+        seen.append(options)
+        raise cli.Fail("stop here")
+
+    monkeypatch.setenv("USBNETD_RUN_DIR", str(tmp_path))
+    monkeypatch.setattr(sd, "plan_attach", plan)
+    for args in ((), ("--no-gro",), ("--busy-poll", "0"), ("--no-persistent",), ("-v", "--mtu", "1400")):
+        r = CliRunner().invoke(cli.cli, ["attach", "3-1", *args])
+        assert r.exit_code == 1 and "stop here" in r.output, r.output
+    assert seen == [[], ["gro"], ["busy_poll"], ["persistent"], ["mtu", "verbose"]]
 
 
 @pytest.mark.parametrize("state,expected", [

@@ -267,7 +267,11 @@ def attach(device, timeout, **opts) -> None:
     path = control.socket_path(name)
     if os.path.exists(path) and _query(path) is not None:
         raise Fail(f"{device} is already attached")
-    plan = sd.plan_attach(spec.kind, name, sd.given_options(opts, {"sim_peer": "usbnetsim0"}))
+    # What the command line set, whatever its value: an explicit off (--no-gro, --busy-poll 0) may differ from
+    # the configuration file, which a unit instance would follow instead.
+    ctx = click.get_current_context()
+    given = sorted(k for k in opts if ctx.get_parameter_source(k) is click.core.ParameterSource.COMMANDLINE)
+    plan = sd.plan_attach(spec.kind, name, given)
     if plan.systemd:
         _attach_systemd(device, plan, path, timeout)
         return

@@ -62,16 +62,10 @@ class Plan:
     note: str | None = None  # why not systemd, when systemd runs but is not used
 
 
-def given_options(options: Mapping[str, object], defaults: Mapping[str, object] | None = None) -> list[str]:
-    """The run options set on the command line: not None, not False, not 0, not their default."""
-    defaults = defaults or {}
-    return sorted(k for k, v in options.items() if v not in (None, False, 0) and v != defaults.get(k))
-
-
 def plan_attach(kind: str, busid: str, options: list[str], running: Callable[[], bool] | None = None,
                 state: Callable[[str], str] | None = None) -> Plan:
     """`kind` is the DEVICE kind ("usb", "sim", ...), `busid` the resolved bus id, `options` the names of the
-    run options given (see given_options). `running` and `state` default to the real probes."""
+    run options given on the command line. `running` and `state` default to the real probes."""
     running = running or systemd_running
     state = state or unit_state
     if not running():
