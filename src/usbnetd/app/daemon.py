@@ -198,9 +198,10 @@ class Daemon:
                     events = poller.poll(timeout_ms)
                 except InterruptedError:
                     continue
-            usb = False
+            usb = tap = False
             for fd, _ev in events:
                 if fd == tap_fd:
+                    tap = True
                     svc.on_tap_readable()
                 elif fd == wake_fd:
                     try:
@@ -219,7 +220,7 @@ class Daemon:
                     usb = True
             if not burst and (usb or not events or svc.transport.pending()):
                 svc.on_usb()  # (burst handled libusb's events itself)
-            if busy_poll_s and (usb or any(fd == tap_fd for fd, _ in events)):
+            if busy_poll_s and (usb or tap):
                 spin_until = time.monotonic() + busy_poll_s
             svc.process()
             if placement is not None:

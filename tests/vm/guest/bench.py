@@ -72,6 +72,13 @@ def run(*cmd: str, check: bool = True, timeout: float = 30, netns: str | None = 
     return r
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` (all its threads), in seconds (proc(5), fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat") as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
     """Poll ``predicate`` until it returns something truthy; raise ``BenchError`` naming ``what``."""
     deadline = time.monotonic() + timeout
